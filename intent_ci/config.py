@@ -101,7 +101,7 @@ class ModelConfig:
         },
     )
     cosine_scale: float = field(
-        default=20.0,
+        default=30.0,
         metadata={"help": "Logit scale of the cosine head (inverse softmax temperature)."},
     )
     max_length: int = field(
@@ -171,7 +171,7 @@ class TrainConfig:
     """Optimisation: the one training loop shared by `init` and `add-intent`."""
 
     epochs: int = field(
-        default=2, metadata={"help": "Passes over the training set (new examples + replay)."}
+        default=3, metadata={"help": "Passes over the training set (new examples + replay)."}
     )
     batch_size: int = field(default=32, metadata={"help": "Examples per device per step."})
     gradient_accumulation_steps: int = field(
@@ -180,6 +180,13 @@ class TrainConfig:
     lr: float = field(default=1e-3, metadata={"help": "Peak learning rate of the LoRA weights."})
     head_lr: float = field(default=1e-2, metadata={"help": "Peak learning rate of the head."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    class_balanced: bool = field(
+        default=True,
+        metadata={
+            "help": "Weight cross-entropy so every intent counts equally; in add-intent this offsets "
+            "the new intents' full data against the old intents' few replay exemplars."
+        },
+    )
     warmup_ratio: float = field(
         default=0.06, metadata={"help": "Share of steps with linear warm-up."}
     )

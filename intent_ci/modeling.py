@@ -183,6 +183,21 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
+def rowwise_dot(features: torch.Tensor, rows: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """``features @ rows.T`` computed so that each logit does not depend on how many rows exist.
+
+    A GEMM picks its blocking, and so its summation order, from the matrix shapes: adding head
+    rows changes the old intents' logits in the last bits. Here every logit is its own
+    reduction over the hidden size, whose order depends on the hidden size alone, so widening
+    the head leaves old-intent logits bit-identical (on CPU; tested). Rows are processed in
+    chunks to bound the ``batch x chunk x hidden`` intermediate; the head is a tiny share of
+    the model's compute.
+    """
+    return torch.cat(
+        [(features.unsqueeze(1) * block.unsqueeze(0)).sum(-1) for block in rows.split(chunk)], dim=1
+    )
+
+
 class IntentHead(nn.Module):
     """``dropout -> [dense -> tanh -> dropout] -> out_proj``, as `RobertaClassificationHead`.
 
@@ -226,12 +241,9 @@ class IntentHead(nn.Module):
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         if self.kind == "cosine":
-            return (
-                self.scale
-                * F.normalize(features, dim=-1)
-                @ F.normalize(self.out_proj.weight, dim=-1).T
-            )
-        return self.out_proj(features)
+            rows = F.normalize(self.out_proj.weight, dim=-1)
+            return self.scale * rowwise_dot(F.normalize(features, dim=-1), rows)
+        return rowwise_dot(features, self.out_proj.weight) + self.out_proj.bias
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.classify(self.project(pooled))

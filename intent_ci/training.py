@@ -28,9 +28,25 @@ from intent_ci.modeling import IntentModel
 logger = logging.getLogger(__name__)
 
 
-def cross_entropy_term(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over all intents."""
-    return F.cross_entropy(logits.float(), labels)
+def cross_entropy_term(
+    logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy over all intents, optionally weighted per class."""
+    return F.cross_entropy(logits.float(), labels, weight=class_weights)
+
+
+def balanced_class_weights(labels: list[int], num_labels: int) -> torch.Tensor:
+    """Weights that give every class present the same total weight (inverse frequency).
+
+    In add-intent the new intents have all their examples while each old intent has only its
+    few replay exemplars; unweighted cross-entropy then pulls old utterances toward the new
+    intents. Balancing removes that bias toward new intents.
+    """
+    counts = torch.bincount(torch.tensor(labels), minlength=num_labels).float()
+    present = counts > 0
+    weights = torch.zeros(num_labels)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights
 
 
 def distillation_term(
@@ -170,6 +186,12 @@ def train(
         The trained, unwrapped model and statistics of the run.
     """
     use_kd = teacher is not None and distill is not None and distill.enabled and distill.weight > 0
+    class_weights = None
+    if cfg.class_balanced:
+        num_labels = model.head.num_labels
+        class_weights = balanced_class_weights(
+            [int(y) for y in train_set["labels"]], num_labels
+        ).to(accelerator.device)
     loader = make_loader(train_set, tokenizer, cfg.batch_size, shuffle=True, seed=cfg.seed)
     head_params = [p for p in model.head.parameters() if p.requires_grad]
     head_ids = {id(p) for p in head_params}
@@ -207,7 +229,7 @@ def train(
             with accelerator.accumulate(model):
                 inputs = _model_inputs(batch)
                 logits = model(**inputs)
-                ce = cross_entropy_term(logits, batch["labels"])
+                ce = cross_entropy_term(logits, batch["labels"], class_weights)
                 loss = ce
                 kd = torch.zeros((), device=logits.device)
                 if use_kd:

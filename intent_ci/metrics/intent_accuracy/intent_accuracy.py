@@ -6,7 +6,8 @@ Load it offline with ``evaluate.load("path/to/intent_accuracy.py")``::
     metric.compute(predictions=["a", "b"], references=["a", "a"], old_intents=["a"])
 """
 
-from collections import Counter, defaultdict
+# One import per line: evaluate's import scanner reads this file as text.
+import collections
 
 import datasets
 import evaluate
@@ -44,9 +45,9 @@ class IntentAccuracy(evaluate.Metric):
     def _compute(self, predictions, references, old_intents=None, top_confusions=10):
         if len(predictions) != len(references):
             raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
-        per = defaultdict(lambda: [0, 0])
-        confusions = Counter()
-        for pred, ref in zip(predictions, references):
+        per = collections.defaultdict(lambda: [0, 0])
+        confusions = collections.Counter()
+        for pred, ref in zip(predictions, references, strict=True):
             per[ref][1] += 1
             if pred == ref:
                 per[ref][0] += 1

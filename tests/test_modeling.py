@@ -1,0 +1,162 @@
+"""Head surgery, pooling, LoRA attachment and the distillation term, on the tiny RoBERTa."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from intent_ci.config import ModelConfig
+from intent_ci.errors import IntentCIError
+from intent_ci.modeling import (
+    IntentHead,
+    IntentModel,
+    attach_lora,
+    build_head,
+    class_prototypes,
+    detect_pooling,
+    load_backbone,
+    widen_head,
+)
+from intent_ci.training import distillation_term
+
+
+def _batch(backbone, texts):
+    return backbone.tokenizer(texts, padding=True, return_tensors="pt")
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear"])
+@pytest.mark.parametrize("dense", [True, False])
+def test_widen_head_keeps_old_logits_bit_identical(kind, dense):
+    torch.manual_seed(0)
+    head = IntentHead(32, 5, kind=kind, dense=dense, scale=16.0).eval()
+    with torch.no_grad():
+        if head.out_proj.bias is not None:
+            head.out_proj.bias.normal_()
+    before_state = {k: v.clone() for k, v in head.state_dict().items()}
+    features = torch.randn(7, 32)
+    new_rows = torch.randn(3, 32)
+    old_logits = head(features)
+
+    wide = widen_head(head, 3, new_rows).eval()
+
+    assert wide.num_labels == 8
+    assert torch.equal(wide(features)[:, :5], old_logits)
+    assert torch.equal(wide.out_proj.weight[:5], head.out_proj.weight)
+    assert torch.equal(wide.out_proj.weight[5:], new_rows)
+    if kind == "linear":
+        assert torch.equal(wide.out_proj.bias[:5], head.out_proj.bias)
+        assert torch.equal(wide.out_proj.bias[5:], torch.zeros(3))
+    # the parent's head is untouched
+    for key, value in head.state_dict().items():
+        assert torch.equal(value, before_state[key])
+
+
+def test_widen_head_on_full_model_keeps_old_intent_logits(tiny_backbone):
+    backbone = load_backbone(ModelConfig(backbone=str(tiny_backbone), lora_r=4))
+    encoder = attach_lora(backbone.encoder, ModelConfig(backbone=str(tiny_backbone), lora_r=4))
+    model = IntentModel(
+        encoder, build_head(ModelConfig(), 32, 4, backbone.pooling), backbone.pooling
+    ).eval()
+    batch = _batch(backbone, ["card lost please", "open weekend hours", "send wire now"])
+    before = model(**batch)
+    model.head = widen_head(model.head, 2, torch.randn(2, 32))
+    model.eval()
+    after = model(**batch)
+    assert after.shape == (3, 6)
+    assert torch.equal(after[:, :4], before)
+
+
+def test_widen_head_rejects_bad_input():
+    head = IntentHead(32, 2)
+    with pytest.raises(IntentCIError, match="at least one new intent"):
+        widen_head(head, 0)
+    with pytest.raises(IntentCIError, match=r"shape \(2, 32\)"):
+        widen_head(head, 2, torch.zeros(3, 32))
+
+
+def test_pooling_is_detected_from_the_checkpoint(tiny_backbone, tiny_mean_backbone):
+    assert detect_pooling(str(tiny_backbone)) == "cls"
+    assert detect_pooling(str(tiny_mean_backbone)) == "mean"
+    assert load_backbone(ModelConfig(backbone=str(tiny_mean_backbone))).pooling == "mean"
+    assert (
+        load_backbone(ModelConfig(backbone=str(tiny_mean_backbone), pooling="cls")).pooling == "cls"
+    )
+
+
+def test_mean_pooling_ignores_padding(tiny_backbone):
+    from intent_ci.modeling import pool
+
+    hidden = torch.randn(2, 4, 8)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    pooled = pool(hidden, mask, "mean")
+    assert torch.allclose(pooled[0], hidden[0, :2].mean(0))
+    assert torch.allclose(pooled[1], hidden[1].mean(0))
+    assert torch.equal(pool(hidden, mask, "cls"), hidden[:, 0])
+
+
+def test_backbone_is_frozen_and_only_lora_and_head_train(tiny_backbone):
+    cfg = ModelConfig(backbone=str(tiny_backbone), lora_r=4)
+    backbone = load_backbone(cfg)
+    encoder = attach_lora(backbone.encoder, cfg)
+    model = IntentModel(encoder, build_head(cfg, 32, 3, backbone.pooling), backbone.pooling)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable, "nothing to train"
+    assert all("lora_" in n or n.startswith("head.") for n in trainable), trainable
+    assert any("lora_" in n for n in trainable)
+
+
+def test_unknown_architecture_needs_explicit_lora_targets():
+    from intent_ci.modeling import lora_config
+
+    with pytest.raises(IntentCIError, match="model.lora_target_modules"):
+        lora_config(ModelConfig(), "some-new-encoder")
+    assert set(lora_config(ModelConfig(), "roberta").target_modules) == {"query", "value"}
+    assert set(lora_config(ModelConfig(), "mpnet").target_modules) == {"q", "v"}
+
+
+def test_missing_backbone_is_a_clear_error(tmp_path):
+    with pytest.raises(IntentCIError, match="could not load"):
+        load_backbone(ModelConfig(backbone=str(tmp_path / "nope")))
+
+
+def test_class_prototypes_are_unit_class_means():
+    feats = torch.tensor([[2.0, 0.0], [0.0, 3.0], [4.0, 0.0]])
+    labels = torch.tensor([0, 1, 0])
+    protos = class_prototypes(feats, labels, 2)
+    assert torch.allclose(protos, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    with pytest.raises(IntentCIError, match="no examples"):
+        class_prototypes(feats, labels, 3)
+
+
+def test_distillation_is_zero_for_identical_student_and_positive_otherwise():
+    teacher = torch.randn(6, 4)
+    student = torch.cat([teacher, torch.randn(6, 2)], dim=1)  # same old logits, extra new columns
+    assert distillation_term(student, teacher, 2.0).abs().item() < 1e-6
+    shifted = student.clone()
+    shifted[:, 0] += 3.0
+    assert distillation_term(shifted, teacher, 2.0).item() > 1e-3
+
+
+def test_distillation_gradients_reach_lora_weights(tiny_backbone):
+    cfg = ModelConfig(backbone=str(tiny_backbone), lora_r=4)
+    backbone = load_backbone(cfg)
+    model = IntentModel(
+        attach_lora(backbone.encoder, cfg), build_head(cfg, 32, 3, backbone.pooling), "cls"
+    )
+    # LoRA starts with B = 0, which blocks gradients to A; nudge B so both factors get signal.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.1)
+    batch = _batch(backbone, ["card lost please", "open weekend hours"])
+    teacher_logits = torch.randn(2, 2)
+    loss = distillation_term(model(**batch), teacher_logits, 2.0)
+    assert loss.item() > 0
+    loss.backward()
+    lora_grads = [p.grad for n, p in model.named_parameters() if "lora_" in n]
+    assert lora_grads and all(g is not None and g.abs().sum() > 0 for g in lora_grads)
+    assert all(
+        p.grad is None
+        for n, p in model.named_parameters()
+        if "lora_" not in n and not n.startswith("head.")
+    )
