@@ -265,7 +265,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """Base release on data/base, add data/new/refund_status.txt, print old/new accuracy."""
     from intent_ci.config import PACKAGED_MINILM, apply_overrides, load_config
-    from intent_ci.data import read_examples
+    from intent_ci.data import INTENT, IntentData, read_examples
     from intent_ci.evaluation import evaluate_release
     from intent_ci.pipeline import add_intents, init_release
     from intent_ci.registry import Registry
@@ -295,14 +295,10 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     old_clf = IntentClassifier.load(registry, v1)
     new_clf = IntentClassifier.load(registry, v2)
     data = read_examples(test, config.data)
+    # data/test also holds intents that are not added here (the other files in data/new).
     known = set(new_clf.intents)
-    from datasets import Dataset
-
-    from intent_ci.data import INTENT, IntentData
-
     subset = IntentData(data.dataset.filter(lambda row: row[INTENT] in known), str(test))
     result = evaluate_release(new_clf, subset, old_intents=old_clf.intents, against=old_clf)
-    del Dataset
     a = result["against"]
     echo("")
     echo(f"registry {args.registry}: {v1} -> {v2}")

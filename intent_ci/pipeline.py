@@ -50,8 +50,13 @@ DataSource = str | Path | datasets.Dataset | datasets.DatasetDict | IntentData
 
 
 def make_accelerator(config: ReleaseConfig) -> Accelerator:
-    """One Accelerator per job; mixed precision and accumulation come from the config."""
+    """One Accelerator per job; mixed precision and accumulation come from the config.
+
+    Accelerate only picks multi-process CPU training (gloo) when told to use the CPU, so on a
+    machine without an accelerator we say so: `torchrun --nproc_per_node N` then runs N ranks.
+    """
     return Accelerator(
+        cpu=not torch.accelerator.is_available(),
         mixed_precision=config.train.mixed_precision,
         gradient_accumulation_steps=config.train.gradient_accumulation_steps,
     )
@@ -193,7 +198,8 @@ def init_release(
     started = time.perf_counter()
     accelerator = make_accelerator(config)
     set_seed(config.train.seed)
-    registry.clean_stale_staging() if accelerator.is_main_process else None
+    if accelerator.is_main_process:
+        registry.clean_stale_staging()
 
     backbone = load_backbone(config.model)
     encoder = attach_lora(backbone.encoder, config.model)
@@ -303,7 +309,8 @@ def add_intents(
     started = time.perf_counter()
     accelerator = make_accelerator(config)
     set_seed(config.train.seed)
-    registry.clean_stale_staging() if accelerator.is_main_process else None
+    if accelerator.is_main_process:
+        registry.clean_stale_staging()
     backbone = parent_release.backbone
     student = parent_release.model
     teacher = copy.deepcopy(student).eval().requires_grad_(False)
