@@ -180,6 +180,14 @@ class TrainConfig:
     lr: float = field(default=1e-3, metadata={"help": "Peak learning rate of the LoRA weights."})
     head_lr: float = field(default=1e-2, metadata={"help": "Peak learning rate of the head."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    add_intent_lr_scale: float = field(
+        default=0.5,
+        metadata={
+            "help": "add-intent trains at lr and head_lr times this. The student starts from a "
+            "trained parent; smaller steps keep old intents where they were. Chosen on the CLINC150 "
+            "validation split (scripts/bench_clinc.py)."
+        },
+    )
     class_balanced: bool = field(
         default=True,
         metadata={
@@ -219,6 +227,12 @@ class TrainConfig:
             "train",
             "weight_decay",
             f"must be >= 0, got {self.weight_decay}",
+        )
+        _check(
+            0 < self.add_intent_lr_scale <= 10,
+            "train",
+            "add_intent_lr_scale",
+            f"must be in (0, 10], got {self.add_intent_lr_scale}",
         )
         _check(
             0 <= self.warmup_ratio < 1,
@@ -387,7 +401,10 @@ def apply_overrides(
                     f"{source}: unknown key `{section_name}.{key}`." + _suggest(str(key), valid)
                 )
             kwargs[key] = _coerce(value, hints[key], f"{source}: `{section_name}.{key}`")
-        updated[section_name] = type(current)(**kwargs)
+        try:
+            updated[section_name] = type(current)(**kwargs)
+        except IntentCIError as err:
+            raise IntentCIError(f"{source}: {err}") from None
     return dataclasses.replace(config, **updated)
 
 

@@ -12,6 +12,8 @@ Every source is checked before any training starts, and every problem is reporte
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 from collections import Counter
@@ -107,49 +109,58 @@ def _from_txt(path: Path, intent: str, cfg: DataConfig) -> datasets.Dataset:
     return datasets.Dataset.from_dict({TEXT: texts, INTENT: [intent] * len(texts), SOURCE: sources})
 
 
+def _table_rows(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]]]:
+    """Columns and ``(line, record)`` rows of a CSV or JSONL file, with real line numbers."""
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
+            columns = list(reader.fieldnames or [])
+            rows = []
+            for record in reader:
+                rows.append((reader.line_num, record))
+        except csv.Error as err:
+            raise IntentCIError(f"{path}:{reader.line_num}: not valid CSV ({err})") from None
+        return columns, rows
+    columns: list[str] = []
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise IntentCIError(
+                f"{path}:{number}: not valid JSON ({err.msg}); expected one object per line"
+            ) from None
+        if not isinstance(record, dict):
+            raise IntentCIError(f"{path}:{number}: expected a JSON object with `text` and `intent`")
+        columns.extend(k for k in record if k not in columns)
+        rows.append((number, record))
+    return columns, rows
+
+
 def _from_table(path: Path, cfg: DataConfig) -> datasets.Dataset:
-    _read_utf8(path, cfg.max_chars)
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".csv":
-            loaded = datasets.Dataset.from_csv(
-                str(path), keep_in_memory=True, dtype=str, keep_default_na=False
-            )
-            first_line = 2  # line 1 is the header
-        else:
-            loaded = datasets.Dataset.from_json(str(path), keep_in_memory=True)
-            first_line = 1
-    except Exception as err:  # datasets/pyarrow/pandas raise many types for malformed files
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise IntentCIError(
-            f"{path}: could not be parsed as {suffix[1:].upper()}: {detail}"
-        ) from None
-    missing = [c for c in (TEXT, INTENT) if c not in loaded.column_names]
+    text = _read_utf8(path, cfg.max_chars)
+    columns, rows = _table_rows(path, text)
+    missing = [c for c in (TEXT, INTENT) if c not in columns]
     if missing:
         raise IntentCIError(
-            f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(loaded.column_names) or 'none'}; "
+            f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(columns) or 'none'}; "
             "expected columns `text` and `intent`"
         )
-    if len(loaded) == 0:
+    if not rows:
         raise IntentCIError(f"{path}: has a header but no rows; expected labelled utterances")
-    if suffix != ".csv":
-        # JSONL: blank lines are skipped by the reader, so map rows back to real line numbers.
-        lines = [
-            n
-            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-            if line.strip()
-        ]
-    else:
-        lines = None
     texts, intents, sources = [], [], []
-    for row, (text, intent) in enumerate(zip(loaded[TEXT], loaded[INTENT], strict=True)):
-        number = lines[row] if lines is not None and row < len(lines) else row + first_line
+    for number, record in rows:
         where = f"{path}:{number}"
-        if not isinstance(text, str) or not text.strip():
+        value, intent = record.get(TEXT), record.get(INTENT)
+        if not isinstance(value, str):
+            raise IntentCIError(f"{where}: `text` must be a string, got {value!r}")
+        if not value.strip():
             raise IntentCIError(f"{where}: empty `text`; expected an utterance")
         if not isinstance(intent, str) or not intent.strip():
             raise IntentCIError(f"{where}: empty `intent`; expected an intent name")
-        texts.append(text.strip())
+        texts.append(value.strip())
         intents.append(intent.strip())
         sources.append(where)
     return datasets.Dataset.from_dict({TEXT: texts, INTENT: intents, SOURCE: sources})
@@ -223,7 +234,7 @@ def read_examples(
             dataset = datasets.concatenate_datasets([_from_txt(p, p.stem, cfg) for p in txt])
         elif path.suffix == ".txt":
             dataset = _from_txt(path, path.stem, cfg)
-        elif path.suffix.lower() in (".csv", ".jsonl", ".json"):
+        elif path.suffix.lower() in (".csv", ".jsonl"):
             dataset = _from_table(path, cfg)
         else:
             raise IntentCIError(
@@ -257,8 +268,9 @@ def _validate(dataset: datasets.Dataset, cfg: DataConfig) -> None:
     counts = Counter(dataset[INTENT])
     for intent, n in counts.items():
         if n < cfg.min_examples_per_intent:
+            first = dataset[SOURCE][dataset[INTENT].index(intent)].rsplit(":", 1)[0]
             raise IntentCIError(
-                f"intent {intent!r} has {n} utterance(s); at least {cfg.min_examples_per_intent} "
+                f"{first}: intent {intent!r} has {n} utterance(s); at least {cfg.min_examples_per_intent} "
                 "are needed (config field `data.min_examples_per_intent`)"
             )
 

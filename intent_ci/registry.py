@@ -35,6 +35,7 @@ from intent_ci.errors import IntentCIError, ReleaseVerificationError
 
 MANIFEST = "manifest.json"
 LATEST = "LATEST"
+HIGH_WATER = ".last-release"
 STAGING_PREFIX = ".staging-"
 RELEASE_ID = re.compile(r"^v([1-9][0-9]{0,8})$")
 RESERVED = {"latest", "staging", "lock"}
@@ -259,14 +260,11 @@ class Registry:
         }
         try:
             with self._lock():
-                releases = self.releases()
-                taken = {int(RELEASE_ID.match(r).group(1)) for r in releases}
-                # Also skip ids of folders that exist but are incomplete, so a number is never reused.
-                for entry in self.root.iterdir():
-                    match = RELEASE_ID.match(entry.name)
-                    if match:
-                        taken.add(int(match.group(1)))
-                release = f"v{max(taken, default=0) + 1}"
+                # The high-water mark remembers ids of releases deleted by hand, and incomplete
+                # folders are skipped too, so a number is never handed out twice.
+                taken = {int(m.group(1)) for e in self.root.iterdir() if (m := RELEASE_ID.match(e.name))}
+                release = f"v{max(max(taken, default=0), self._high_water()) + 1}"
+                self._write_small(self.root / HIGH_WATER, release + "\n")
                 final = dict(manifest, format=MANIFEST_FORMAT, release=release, files=files)
                 final.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
                 manifest_path = staging / MANIFEST
@@ -284,11 +282,22 @@ class Registry:
             ) from None
         return release
 
-    def _point_latest(self, release: str) -> None:
-        tmp = self.root / f".{LATEST}.{os.getpid()}.tmp"
-        tmp.write_text(release + "\n", encoding="utf-8")
+    def _high_water(self) -> int:
+        try:
+            match = RELEASE_ID.match((self.root / HIGH_WATER).read_text(encoding="utf-8").strip())
+        except OSError:
+            return 0
+        return int(match.group(1)) if match else 0
+
+    def _write_small(self, path: Path, text: str) -> None:
+        """Write a small file by atomic replace (fsynced temp file, then rename)."""
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
         _fsync_file(tmp)
-        os.replace(tmp, self.root / LATEST)
+        os.replace(tmp, path)
+
+    def _point_latest(self, release: str) -> None:
+        self._write_small(self.root / LATEST, release + "\n")
 
 
 def _alive(pid: int) -> bool:

@@ -189,10 +189,10 @@ def load_release(
     head = build_head(config.model, backbone.encoder.config.hidden_size, len(labels), pooling)
     head_state = _load_safetensors(folder / HEAD_WEIGHTS)
     out_rows = head_state.get("out_proj.weight")
-    if out_rows is None or out_rows.shape[0] != len(labels):
-        rows = None if out_rows is None else out_rows.shape[0]
+    if out_rows is None or out_rows.ndim != 2 or out_rows.shape[0] != len(labels):
+        rows = None if out_rows is None else tuple(out_rows.shape)
         raise ReleaseVerificationError(
-            f"{folder / HEAD_WEIGHTS}: head has {rows} output rows but {LABELS} lists {len(labels)} intents"
+            f"{folder / HEAD_WEIGHTS}: head's out_proj has shape {rows} but {LABELS} lists {len(labels)} intents"
         )
     try:
         head.load_state_dict(head_state, strict=True)

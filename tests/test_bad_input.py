@@ -1,0 +1,602 @@
+"""Every bad-input check, through the real CLI: exit 2, one clear line, no traceback, registry untouched.
+
+Each test builds a small broken input, runs `intent_ci.cli.main`, and checks that stderr holds an
+``intent-ci: error:`` line naming the file (and line, where there is one) and what was expected.
+Mutating commands run on a copy of the session's trained registry (v1, v2) or on a registry
+folder that does not exist yet (`init`); either way the registry must be byte-for-byte unchanged.
+All checks happen before training, so nothing here trains a model.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import shutil
+from pathlib import Path
+
+import datasets
+import pytest
+import yaml
+
+from intent_ci.cli import main
+from intent_ci.data import read_examples
+from intent_ci.errors import IntentCIError
+from tests.conftest import BASE_INTENTS, make_utterances, snapshot, tiny_overrides, write_intents
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+def refused(capsys, argv: list, registry: Path, pattern: str) -> str:
+    """Run the CLI and check the refusal contract; return stderr.
+
+    `pattern` is a regex for the text after ``intent-ci: error: ``; it must match at the start
+    of a stderr line. The registry folder (or its absence) must be exactly as before.
+    """
+    before, existed = snapshot(registry), registry.exists()
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2, f"exit code {code}, stderr:\n{err}"
+    assert "Traceback" not in err, err
+    assert re.search(r"^intent-ci: error: " + pattern, err, re.MULTILINE), (
+        f"stderr does not match {pattern!r}:\n{err}"
+    )
+    assert registry.exists() == existed
+    assert snapshot(registry) == before, "the registry changed"
+    return err
+
+
+def esc(path: Path) -> str:
+    return re.escape(str(path))
+
+
+@pytest.fixture
+def config_file(tmp_path, tiny_backbone) -> Path:
+    """The tiny, offline config for `init` (a real backbone would try the network)."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_overrides(tiny_backbone)), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def fresh(tmp_path) -> Path:
+    """A registry folder that does not exist yet; a refused `init` must not create it."""
+    return tmp_path / "fresh-registry"
+
+
+@pytest.fixture
+def registry(tmp_path, trained_registry) -> Path:
+    """A private copy of the trained registry (v1: 4 base intents, v2: + refund_status)."""
+    return Path(shutil.copytree(trained_registry, tmp_path / "adapters"))
+
+
+@pytest.fixture
+def base_folder(tmp_path) -> Path:
+    """A valid data folder (4 intents x 5 utterances) that tests add one bad file to."""
+    return write_intents(tmp_path / "data", BASE_INTENTS, 5, seed=0)
+
+
+def init(data: Path, registry: Path, config: Path) -> list:
+    return ["init", "--data", data, "--registry", registry, "--config", config]
+
+
+# ---- empty input ---------------------------------------------------------------------------
+def test_empty_file(capsys, base_folder, fresh, config_file):
+    bad = base_folder / "refund_status.txt"
+    bad.write_bytes(b"")
+    refused(
+        capsys,
+        init(base_folder, fresh, config_file),
+        fresh,
+        rf"{esc(bad)}: file is empty; expected labelled utterances$",
+    )
+
+
+def test_file_with_only_blank_lines(capsys, base_folder, fresh, config_file):
+    bad = base_folder / "refund_status.txt"
+    bad.write_text("\n\n   \n\t\n", encoding="utf-8")
+    refused(capsys, init(bad, fresh, config_file), fresh, rf"{esc(bad)}: file is empty")
+
+
+def test_file_with_only_unicode_whitespace_has_no_utterances(capsys, fresh, config_file, tmp_path):
+    """Lines of non-ASCII spaces pass the byte-level emptiness check but hold no utterance."""
+    bad = tmp_path / "refund_status.txt"
+    bad.write_text("\u00a0\n\u3000\n", encoding="utf-8")
+    refused(
+        capsys,
+        init(bad, fresh, config_file),
+        fresh,
+        rf"{esc(bad)}: intent 'refund_status' has no utterances; expected one utterance per line$",
+    )
+
+
+# ---- intent names --------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["Refund Status", "refund!", "_refund", "x" * 65])
+def test_invalid_intent_name_from_file_name(capsys, base_folder, fresh, config_file, name):
+    bad = base_folder / f"{name}.txt"
+    bad.write_text("\n".join(make_utterances("refund_status", 5, 0)) + "\n", encoding="utf-8")
+    refused(
+        capsys,
+        init(base_folder, fresh, config_file),
+        fresh,
+        rf"{esc(bad)}: invalid intent name {re.escape(repr(name))} \(from the file name\); "
+        r"expected lowercase letters, digits, '_' or '-'.*e\.g\. refund_status\.txt$",
+    )
+
+
+def test_invalid_intent_in_csv_row(capsys, fresh, config_file, tmp_path):
+    bad = tmp_path / "train.csv"
+    rows = [f"{u},card_lost" for u in make_utterances("card_lost", 3, 0)]
+    rows.insert(2, "where is my refund,Refund Status")  # file line 4 (line 1 is the header)
+    bad.write_text("text,intent\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    refused(
+        capsys,
+        init(bad, fresh, config_file),
+        fresh,
+        rf"{esc(bad)}:4: invalid intent name 'Refund Status'; expected lowercase letters",
+    )
+
+
+def test_invalid_intent_in_jsonl_row_names_the_real_line(capsys, fresh, config_file, tmp_path):
+    """Blank lines are skipped by the reader; the error must still name the file's own line."""
+    bad = tmp_path / "train.jsonl"
+    lines = [
+        json.dumps({"text": u, "intent": "card_lost"}) for u in make_utterances("card_lost", 3, 0)
+    ]
+    bad.write_text(
+        "\n"
+        + "\n\n".join(lines)
+        + "\n\n"
+        + json.dumps({"text": "hi", "intent": "Card Lost"})
+        + "\n",
+        encoding="utf-8",
+    )  # lines 2, 4, 6 are valid, line 8 is the bad one
+    refused(
+        capsys,
+        init(bad, fresh, config_file),
+        fresh,
+        rf"{esc(bad)}:8: invalid intent name 'Card Lost'; expected lowercase letters",
+    )
+
+
+# ---- conflicting labels ----------------------------------------------------------------------
+def test_same_utterance_under_two_intents(capsys, base_folder, fresh, config_file):
+    """Case and whitespace do not make two utterances different; both places are named."""
+    first, second = base_folder / "card_lost.txt", base_folder / "check_balance.txt"
+    first.write_text("lost card now\nWhere is my Card\nstolen card today\n", encoding="utf-8")
+    second.write_text("balance please\ntotal funds\n  where  IS my card \n", encoding="utf-8")
+    refused(
+        capsys,
+        init(base_folder, fresh, config_file),
+        fresh,
+        rf"{esc(second)}:3: utterance 'where  IS my card' is labelled 'check_balance' here but "
+        rf"'card_lost' at {esc(first)}:2; each utterance must have exactly one intent$",
+    )
+
+
+def test_add_intent_that_parent_already_has(capsys, registry, tmp_path):
+    data = write_intents(tmp_path / "new", ["card_lost", "report_damage"], 5, seed=3)
+    refused(
+        capsys,
+        ["add-intent", "--data", data, "--registry", registry],
+        registry,
+        rf"{esc(data / 'card_lost.txt')}:1: intent 'card_lost' already exists in release v2; "
+        r"add-intent adds new intents only",
+    )
+
+
+# ---- encoding, size and format ---------------------------------------------------------------
+def test_non_utf8_bytes_name_the_line(capsys, base_folder, fresh, config_file):
+    bad = base_folder / "refund_status.txt"
+    raw = b"where is my refund\nrefund please\ncaf\xe9 refund\n"
+    bad.write_bytes(raw)
+    offset = raw.index(b"\xe9")
+    refused(
+        capsys,
+        init(base_folder, fresh, config_file),
+        fresh,
+        rf"{esc(bad)}:3: not valid UTF-8 \(byte 0xe9 at offset {offset}\); "
+        r"expected UTF-8 text, re-encode the file$",
+    )
+
+
+def test_line_over_max_chars(capsys, base_folder, fresh, config_file):
+    bad = base_folder / "refund_status.txt"
+    long = ("refund " * 100)[:501]
+    bad.write_text(f"where is my refund\n{long}\nrefund please\n", encoding="utf-8")
+    refused(
+        capsys,
+        init(base_folder, fresh, config_file),
+        fresh,
+        rf"{esc(bad)}:2: utterance is 501 characters long; at most 500 allowed "
+        r"\(config field `data.max_chars`\)$",
+    )
+
+
+def test_100k_character_line(capsys, base_folder, fresh, config_file):
+    bad = base_folder / "refund_status.txt"
+    bad.write_text("where is my refund\n" + "x" * 100_000 + "\n", encoding="utf-8")
+    refused(
+        capsys,
+        init(base_folder, fresh, config_file),
+        fresh,
+        rf"{esc(bad)}:2: line is 100000 characters long; utterances may have at most 500 "
+        r"\(config field `data.max_chars`\)$",
+    )
+
+
+def test_gzip_file_named_csv(capsys, fresh, config_file, tmp_path):
+    bad = tmp_path / "train.csv"
+    bad.write_bytes(gzip.compress(b"text,intent\nlost my card,card_lost\n"))
+    refused(
+        capsys,
+        init(bad, fresh, config_file),
+        fresh,
+        rf"{esc(bad)}: looks like a gzip archive, expected plain UTF-8 text; decompress it first$",
+    )
+
+
+def test_csv_with_header_only(capsys, fresh, config_file, tmp_path):
+    bad = tmp_path / "train.csv"
+    bad.write_text("text,intent\n", encoding="utf-8")
+    refused(
+        capsys,
+        init(bad, fresh, config_file),
+        fresh,
+        rf"{esc(bad)}: has a header but no rows; expected labelled utterances$",
+    )
+
+
+def test_csv_with_wrong_columns(capsys, fresh, config_file, tmp_path):
+    bad = tmp_path / "train.csv"
+    bad.write_text("utterance,label\nlost my card,card_lost\n", encoding="utf-8")
+    refused(
+        capsys,
+        init(bad, fresh, config_file),
+        fresh,
+        rf"{esc(bad)}: missing column\(s\) text, intent; found utterance, label; "
+        r"expected columns `text` and `intent`$",
+    )
+
+
+def _jsonl_with_bad_line(tmp_path: Path) -> Path:
+    bad = tmp_path / "train.jsonl"
+    good = [
+        json.dumps({"text": u, "intent": "card_lost"}) for u in make_utterances("card_lost", 3, 0)
+    ]
+    bad.write_text(f"{good[0]}\n\nnot json at all\n{good[1]}\n{good[2]}\n", encoding="utf-8")
+    return bad  # the bad line is line 3
+
+
+def test_jsonl_with_non_json_line(capsys, fresh, config_file, tmp_path):
+    bad = _jsonl_with_bad_line(tmp_path)
+    refused(capsys, init(bad, fresh, config_file), fresh, rf"{esc(bad)}(:\d+)?: .*JSON")
+
+
+def test_jsonl_with_non_json_line_names_the_line(capsys, fresh, config_file, tmp_path):
+    bad = _jsonl_with_bad_line(tmp_path)
+    refused(capsys, init(bad, fresh, config_file), fresh, rf"{esc(bad)}:3: .*JSON")
+
+
+def test_data_folder_with_a_non_txt_file(capsys, base_folder, fresh, config_file):
+    (base_folder / "notes.csv").write_text("text,intent\n", encoding="utf-8")
+    refused(
+        capsys,
+        init(base_folder, fresh, config_file),
+        fresh,
+        rf"{esc(base_folder)}: unexpected file\(s\) notes.csv; "
+        r"a data folder holds only <intent>.txt files$",
+    )
+
+
+def test_unsupported_file_type(capsys, fresh, config_file, tmp_path):
+    bad = tmp_path / "train.xlsx"
+    bad.write_bytes(b"text,intent\n")
+    refused(
+        capsys,
+        init(bad, fresh, config_file),
+        fresh,
+        rf"{esc(bad)}: unsupported file type '.xlsx'; expected .csv, .jsonl, .txt or a folder$",
+    )
+
+
+def test_data_path_that_does_not_exist(capsys, fresh, config_file, tmp_path):
+    missing = tmp_path / "no-such-data"
+    refused(
+        capsys,
+        init(missing, fresh, config_file),
+        fresh,
+        rf"{esc(missing)}: no such file or folder; expected a CSV, JSONL, .txt file or a folder",
+    )
+
+
+def _too_few(base_folder: Path) -> Path:
+    few = base_folder / "refund_status.txt"
+    few.write_text("where is my refund\nrefund please\n", encoding="utf-8")
+    return few
+
+
+def test_too_few_utterances_for_an_intent(capsys, base_folder, fresh, config_file):
+    _too_few(base_folder)
+    refused(
+        capsys,
+        init(base_folder, fresh, config_file),
+        fresh,
+        r".*intent 'refund_status' has 2 utterance\(s\); at least 3 are needed "
+        r"\(config field `data.min_examples_per_intent`\)$",
+    )
+
+
+def test_too_few_utterances_names_the_file(capsys, base_folder, fresh, config_file):
+    few = _too_few(base_folder)
+    refused(capsys, init(base_folder, fresh, config_file), fresh, rf".*{esc(few)}.*has 2 utterance")
+
+
+def test_init_on_a_registry_that_has_releases(capsys, registry, data_dir, config_file):
+    refused(
+        capsys,
+        init(data_dir / "base", registry, config_file),
+        registry,
+        rf"registry {esc(registry)} already has releases \(v1, v2\); use `intent-ci add-intent`",
+    )
+
+
+# ---- YAML config -----------------------------------------------------------------------------
+def write_yaml(tmp_path: Path, values) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(values), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("override", "pattern"),
+    [
+        (
+            {"train": {"epoch": 3}},
+            r"unknown key `train.epoch`. Did you mean `epochs`\? Valid keys: ",
+        ),
+        ({"trian": {"epochs": 3}}, r"unknown section `trian`. Did you mean `train`\? Valid keys: "),
+        ({"train": {"epochs": "three"}}, r"`train.epochs`: expected an integer, got 'three'$"),
+        ({"train": {"lr": True}}, r"`train.lr`: expected a number, got True$"),
+        ({"model": {"backbone": None}}, r"`model.backbone`: expected a string, got None$"),
+        ({"train": [1, 2]}, r"section `train` must be a mapping of key: value$"),
+    ],
+)
+def test_bad_init_config(capsys, fresh, config_file, tmp_path, tiny_backbone, override, pattern):
+    values = tiny_overrides(tiny_backbone)
+    for section, fields in override.items():
+        if isinstance(fields, dict):
+            values.setdefault(section, {}).update(fields)
+        else:
+            values[section] = fields
+    bad = write_yaml(tmp_path, values)
+    refused(
+        capsys,
+        init(tmp_path / "unused", fresh, bad),
+        fresh,
+        rf"{esc(bad)}: {pattern}",
+    )
+
+
+def test_invalid_config_value(capsys, fresh, tmp_path, tiny_backbone):
+    bad = write_yaml(tmp_path, tiny_overrides(tiny_backbone, train={"epochs": 0}))
+    refused(
+        capsys,
+        init(tmp_path / "unused", fresh, bad),
+        fresh,
+        r".*config field `train.epochs`: must be >= 1, got 0$",
+    )
+
+
+def test_invalid_config_value_names_the_file(capsys, fresh, tmp_path, tiny_backbone):
+    bad = write_yaml(tmp_path, tiny_overrides(tiny_backbone, train={"epochs": 0}))
+    refused(capsys, init(tmp_path / "unused", fresh, bad), fresh, rf".*{esc(bad)}.*train.epochs")
+
+
+def test_config_that_is_not_yaml(capsys, fresh, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: [3\n", encoding="utf-8")
+    refused(
+        capsys,
+        init(tmp_path / "unused", fresh, bad),
+        fresh,
+        rf"{esc(bad)}: line \d+ is not valid YAML",
+    )
+
+
+def test_config_file_that_does_not_exist(capsys, fresh, tmp_path):
+    missing = tmp_path / "missing.yaml"
+    refused(
+        capsys,
+        init(tmp_path / "unused", fresh, missing),
+        fresh,
+        rf"{esc(missing)}: config file not found$",
+    )
+
+
+def test_add_intent_config_cannot_change_the_backbone(
+    capsys, registry, data_dir, tmp_path, tiny_backbone_other
+):
+    bad = write_yaml(tmp_path, {"model": {"backbone": str(tiny_backbone_other)}})
+    refused(
+        capsys,
+        ["add-intent", "--data", data_dir / "new" / "report_damage.txt"]
+        + ["--registry", registry, "--config", bad],
+        registry,
+        rf"{esc(bad)}: `model.backbone` cannot change in add-intent; the backbone, pooling, head "
+        r"and LoRA shape are fixed by the base release",
+    )
+
+
+def test_add_intent_config_with_unknown_key(capsys, registry, data_dir, tmp_path):
+    bad = write_yaml(tmp_path, {"distill": {"temprature": 3.0}})
+    refused(
+        capsys,
+        ["add-intent", "--data", data_dir / "new" / "report_damage.txt"]
+        + ["--registry", registry, "--config", bad],
+        registry,
+        rf"{esc(bad)}: unknown key `distill.temprature`. Did you mean `temperature`\?",
+    )
+
+
+# ---- releases ----------------------------------------------------------------------------------
+RELEASE_COMMANDS = {
+    "predict": lambda ref, data: ["predict", "lost my card", "--release", ref],
+    "eval": lambda ref, data: ["eval", "--release", ref, "--data", data / "test"],
+    "eval-against": lambda ref, data: ["eval", "--against", ref, "--data", data / "test"],
+    "add-intent": lambda ref, data: ["add-intent", "--from", ref, "--data", data / "new"],
+    "show": lambda ref, data: ["show", ref],
+}
+
+
+@pytest.mark.parametrize("command", list(RELEASE_COMMANDS))
+def test_unknown_release(capsys, registry, data_dir, command):
+    refused(
+        capsys,
+        RELEASE_COMMANDS[command]("v9", data_dir) + ["--registry", registry],
+        registry,
+        rf"unknown release 'v9' in {esc(registry)}; releases: v1, v2$",
+    )
+
+
+@pytest.mark.parametrize("ref", ["../v1", "v1/", "V1", "staging"])
+@pytest.mark.parametrize("command", ["predict", "add-intent", "show"])
+def test_invalid_release_name(capsys, registry, data_dir, command, ref):
+    refused(
+        capsys,
+        RELEASE_COMMANDS[command](ref, data_dir) + ["--registry", registry],
+        registry,
+        rf"invalid release name {re.escape(repr(ref))}; expected e\.g\. v3",
+    )
+
+
+def test_release_in_a_registry_that_does_not_exist(capsys, tmp_path):
+    missing = tmp_path / "nowhere"
+    refused(
+        capsys,
+        ["predict", "hello", "--registry", missing],
+        missing,
+        rf"no registry at {esc(missing)}; create one with `intent-ci init",
+    )
+
+
+def test_eval_with_intents_the_release_does_not_know(capsys, registry, data_dir):
+    """data/test holds report_damage, which neither v1 nor v2 was trained on."""
+    refused(
+        capsys,
+        ["eval", "--release", "v2", "--data", data_dir / "test", "--registry", registry],
+        registry,
+        rf"{esc(data_dir / 'test' / 'report_damage.txt')}:1: intent\(s\) 'report_damage' are not "
+        r"in release v2 \(it knows 5 intents: card_lost, check_balance, ",
+    )
+
+
+def test_predict_input_with_a_non_json_line(capsys, registry, tmp_path):
+    bad = tmp_path / "input.jsonl"
+    bad.write_text('{"text": "lost my card"}\n\n{"text": oops}\n', encoding="utf-8")
+    refused(
+        capsys,
+        ["predict", "--input", bad, "--registry", registry],
+        registry,
+        rf"{esc(bad)}:3: not valid JSON \(",
+    )
+
+
+def test_predict_with_nothing_to_classify(capsys, registry):
+    refused(
+        capsys,
+        ["predict", "--registry", registry],
+        registry,
+        r"nothing to classify: give utterances as arguments or --input FILE$",
+    )
+
+
+# ---- read_examples, directly ---------------------------------------------------------------------
+def test_read_examples_csv(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text(
+        'text,intent\nlost my card,card_lost\n"hi, my card is gone",card_lost\n'
+        "card stolen,card_lost\n123,check_balance\nNA,check_balance\nnull,check_balance\n",
+        encoding="utf-8",
+    )
+    data = read_examples(path)
+    assert data.dataset["text"] == [
+        "lost my card",
+        "hi, my card is gone",
+        "card stolen",
+        "123",  # read as text, not as a number or a missing value
+        "NA",
+        "null",
+    ]
+    assert data.intents == ["card_lost", "check_balance"]
+    assert data.dataset["source"][0] == f"{path}:2"  # line 1 is the header
+    assert data.dataset["source"][-1] == f"{path}:7"
+
+
+def test_read_examples_jsonl_line_numbers_skip_blank_lines(tmp_path):
+    path = tmp_path / "train.jsonl"
+    rows = [
+        {"text": " lost my card ", "intent": "card_lost", "extra": 1},
+        {"text": "card stolen", "intent": "card_lost"},
+        {"text": "missing card", "intent": "card_lost"},
+    ]
+    path.write_text(
+        "\n" + "\n\n".join(json.dumps(r) for r in rows) + "\n\n\n", encoding="utf-8"
+    )  # rows on lines 2, 4, 6
+    data = read_examples(path)
+    assert data.dataset["text"] == ["lost my card", "card stolen", "missing card"]
+    assert data.dataset["intent"] == ["card_lost"] * 3
+    assert data.dataset["source"] == [f"{path}:2", f"{path}:4", f"{path}:6"]
+    assert data.origin == str(path)
+
+
+def test_read_examples_jsonl_empty_text_names_the_real_line(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text(
+        '{"text": "lost card", "intent": "card_lost"}\n\n\n{"text": "  ", "intent": "card_lost"}\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(
+        IntentCIError, match=rf"^{esc(path)}:4: empty `text`; expected an utterance$"
+    ):
+        read_examples(path)
+
+
+def test_read_examples_dataset():
+    ds = datasets.Dataset.from_dict(
+        {
+            "text": [" lost my card", "card stolen", "missing card", "balance", "funds", "total"],
+            "intent": ["card_lost"] * 3 + ["check_balance"] * 3,
+        }
+    )
+    data = read_examples(ds)
+    assert data.origin == "dataset"
+    assert data.dataset["text"][0] == "lost my card"
+    assert data.counts() == {"card_lost": 3, "check_balance": 3}
+    assert data.dataset["source"][4] == "dataset row 4"
+
+
+def test_read_examples_dataset_dict_takes_the_split():
+    def split(intent: str) -> datasets.Dataset:
+        texts = make_utterances(intent, 3, 0)
+        return datasets.Dataset.from_dict({"text": texts, "intent": [intent] * 3})
+
+    dd = datasets.DatasetDict({"train": split("card_lost"), "test": split("check_balance")})
+    assert read_examples(dd).intents == ["card_lost"]
+    assert read_examples(dd, split="test").intents == ["check_balance"]
+    with pytest.raises(
+        IntentCIError, match=r"^DatasetDict has no split 'validation'; it has train, test$"
+    ):
+        read_examples(dd, split="validation")
+
+
+def test_read_examples_dataset_errors_name_the_row():
+    missing = datasets.Dataset.from_dict({"text": ["a b"], "label": ["x"]})
+    with pytest.raises(
+        IntentCIError, match=r"^dataset: missing column\(s\) intent; found text, label"
+    ):
+        read_examples(missing)
+    bad = datasets.Dataset.from_dict(
+        {"text": ["a a", "b b", "c c"], "intent": ["card_lost", "card_lost", "Card Lost"]}
+    )
+    with pytest.raises(IntentCIError, match=r"^dataset row 2: invalid intent name 'Card Lost'"):
+        read_examples(bad)
