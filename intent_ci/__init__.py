@@ -32,6 +32,14 @@ def __getattr__(name: str):
         from intent_ci import pipeline
 
         return getattr(pipeline, name)
+    if name == "evaluate_release":
+        from intent_ci.evaluation import evaluate_release
+
+        return evaluate_release
+    if name == "read_examples":
+        from intent_ci.data import read_examples
+
+        return read_examples
     if name == "Registry":
         from intent_ci.registry import Registry
 
@@ -52,6 +60,8 @@ __all__ = [
     "ReplayConfig",
     "TrainConfig",
     "add_intents",
+    "evaluate_release",
     "init_release",
+    "read_examples",
     "load_config",
 ]

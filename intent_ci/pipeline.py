@@ -344,9 +344,17 @@ def add_intents(
     tokenized = tokenize(backbone.tokenizer, texts, targets, config.model.max_length, accelerator)
 
     scale = config.train.add_intent_lr_scale
-    train_cfg = dataclasses.replace(config.train, lr=config.train.lr * scale, head_lr=config.train.head_lr * scale)
+    train_cfg = dataclasses.replace(
+        config.train, lr=config.train.lr * scale, head_lr=config.train.head_lr * scale
+    )
     student, stats = train(
-        student, tokenized, backbone.tokenizer, accelerator, train_cfg, teacher=teacher, distill=config.distill
+        student,
+        tokenized,
+        backbone.tokenizer,
+        accelerator,
+        train_cfg,
+        teacher=teacher,
+        distill=config.distill,
     )
     new_memory = select_exemplars(
         new_texts,

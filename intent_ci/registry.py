@@ -262,7 +262,9 @@ class Registry:
             with self._lock():
                 # The high-water mark remembers ids of releases deleted by hand, and incomplete
                 # folders are skipped too, so a number is never handed out twice.
-                taken = {int(m.group(1)) for e in self.root.iterdir() if (m := RELEASE_ID.match(e.name))}
+                taken = {
+                    int(m.group(1)) for e in self.root.iterdir() if (m := RELEASE_ID.match(e.name))
+                }
                 release = f"v{max(max(taken, default=0), self._high_water()) + 1}"
                 self._write_small(self.root / HIGH_WATER, release + "\n")
                 final = dict(manifest, format=MANIFEST_FORMAT, release=release, files=files)

@@ -1,0 +1,69 @@
+"""The small pure pieces of training: class balancing, exemplar selection, the metric module."""
+
+from __future__ import annotations
+
+import evaluate
+import pytest
+import torch
+
+from intent_ci.errors import IntentCIError
+from intent_ci.metrics import INTENT_ACCURACY
+from intent_ci.replay import herding, memory_bytes_per_intent, select_exemplars
+from intent_ci.training import balanced_class_weights, cross_entropy_term
+
+
+def test_balanced_weights_give_each_present_class_equal_total_weight():
+    labels = (
+        [0] * 2 + [1] * 2 + [2] * 8
+    )  # two old intents with replay, one new intent with all its data
+    weights = balanced_class_weights(labels, 4)
+    totals = [weights[c] * labels.count(c) for c in range(3)]
+    assert torch.allclose(torch.stack(totals), totals[0].expand(3))
+    assert weights[3] == 0  # absent class
+    assert weights[0] > weights[2]
+
+
+def test_weighted_cross_entropy_differs_from_plain_on_imbalanced_batches():
+    logits = torch.randn(6, 3)
+    labels = torch.tensor([0, 2, 2, 2, 2, 1])
+    plain = cross_entropy_term(logits, labels)
+    weighted = cross_entropy_term(logits, labels, balanced_class_weights(labels.tolist(), 3))
+    assert not torch.isclose(plain, weighted)
+
+
+def test_herding_picks_points_whose_mean_tracks_the_class_mean():
+    torch.manual_seed(0)
+    feats = torch.randn(200, 16)
+    chosen = herding(feats, 10)
+    assert len(set(chosen)) == 10
+    unit = torch.nn.functional.normalize(feats, dim=-1)
+    target = unit.mean(0)
+    herded_error = (unit[chosen].mean(0) - target).norm()
+    random_errors = [(unit[torch.randperm(200)[:10]].mean(0) - target).norm() for _ in range(50)]
+    assert herded_error < torch.stack(random_errors).median()
+
+
+def test_select_exemplars_bounds_memory_per_intent():
+    texts = [f"t{i}" for i in range(30)]
+    intents = ["a"] * 20 + ["b"] * 10
+    for method in ("herding", "random"):
+        memory = select_exemplars(texts, intents, torch.randn(30, 4), 8, method, seed=0)
+        assert {k: len(v) for k, v in memory.items()} == {"a": 8, "b": 8}
+        assert set(memory["a"]) <= set(texts[:20]) and set(memory["b"]) <= set(texts[20:])
+    assert memory_bytes_per_intent({"a": ["xy", "z"], "b": ["é"]}) == (3 + 2) / 2
+    with pytest.raises(IntentCIError, match="different lengths"):
+        select_exemplars(texts, intents[:5], None, 8, "random", seed=0)
+
+
+def test_metric_module_loads_offline_and_splits_old_and_new():
+    metric = evaluate.load(INTENT_ACCURACY)
+    result = metric.compute(
+        predictions=["a", "b", "c", "c", "a"],
+        references=["a", "a", "c", "c", "b"],
+        old_intents=["a", "b"],
+    )
+    assert result["accuracy"] == pytest.approx(3 / 5)
+    assert result["old_intents_accuracy"] == pytest.approx(1 / 3) and result["old_n"] == 3
+    assert result["new_intents_accuracy"] == 1.0 and result["new_n"] == 2
+    assert result["per_intent"]["a"] == {"accuracy": 0.5, "n": 2, "correct": 1}
+    assert {"true": "a", "predicted": "b", "count": 1} in result["confusions"]
