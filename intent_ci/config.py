@@ -290,7 +290,17 @@ class ReplayConfig:
     enabled: bool = field(
         default=True, metadata={"help": "Train add-intent on old-intent exemplars too."}
     )
-    per_intent: int = field(default=20, metadata={"help": "Exemplars kept per intent."})
+    per_intent: int = field(
+        default=20, metadata={"help": "Exemplars kept per intent in the release's memory."}
+    )
+    train_per_intent: int = field(
+        default=5,
+        metadata={
+            "help": "Exemplars of each old intent replayed in one add-intent release: a fresh, "
+            "seeded draw from the memory for every release, so the cost of adding an intent "
+            "grows with the number of old intents times this, not with the memory size."
+        },
+    )
     selection: str = field(
         default="herding",
         metadata={"help": "`herding` (exemplars whose mean tracks the class mean) or `random`."},
@@ -298,6 +308,12 @@ class ReplayConfig:
 
     def __post_init__(self) -> None:
         _check(self.per_intent >= 1, "replay", "per_intent", f"must be >= 1, got {self.per_intent}")
+        _check(
+            self.train_per_intent >= 1,
+            "replay",
+            "train_per_intent",
+            f"must be >= 1, got {self.train_per_intent}",
+        )
         _check(
             self.selection in ("herding", "random"),
             "replay",

@@ -7,7 +7,6 @@ main process writes the registry. The release id is decided there and broadcast 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import time
@@ -41,7 +40,7 @@ from intent_ci.modeling import (
 )
 from intent_ci.registry import Registry
 from intent_ci.release import library_versions, load_release, save_model_files
-from intent_ci.replay import memory_bytes_per_intent, select_exemplars
+from intent_ci.replay import draw_replay, memory_bytes_per_intent, select_exemplars
 from intent_ci.training import compute_features, make_loader, predict_logits, tokenize, train
 
 logger = logging.getLogger(__name__)
@@ -215,6 +214,7 @@ def init_release(
 
     # One forward pass before training gives both the cosine head's starting rows and the
     # replay exemplars (LoRA's B matrices are zero, so this is the frozen encoder's view).
+    compute_started = time.perf_counter()
     features = _feature_pass(model, tokenized, backbone, accelerator, config)
     if config.model.head == "cosine":
         with torch.no_grad():
@@ -235,6 +235,8 @@ def init_release(
         "train": dataclasses.asdict(stats),
         "train_examples": len(train_data),
         "forward_only_examples": len(train_data),
+        # Feature pass, exemplar choice and training (loading and writing excluded).
+        "compute_s": round(time.perf_counter() - compute_started, 2),
         "eval": _evaluate(model, labels, evaluation, labels, backbone, accelerator, config),
     }
     metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
@@ -312,8 +314,9 @@ def add_intents(
     if accelerator.is_main_process:
         registry.clean_stale_staging()
     backbone = parent_release.backbone
-    student = parent_release.model
-    teacher = copy.deepcopy(student).eval().requires_grad_(False)
+    # The parent's model is the frozen teacher until its soft labels are computed, then the
+    # student, trained in place.
+    model = parent_release.model.eval()
 
     index = {label: i for i, label in enumerate(labels)}
     new_texts, new_intents = new_data.dataset[TEXT], new_data.dataset[INTENT]
@@ -324,36 +327,57 @@ def add_intents(
 
     # The teacher's features of the new utterances start the new head rows (prototypes) and
     # choose the new intents' replay exemplars.
-    features = _feature_pass(teacher, tokenized_new, backbone, accelerator, config)
+    compute_started = time.perf_counter()
+    features = _feature_pass(model, tokenized_new, backbone, accelerator, config)
     rows = None
     if config.model.head == "cosine":
         local = torch.tensor([t - len(old_labels) for t in new_targets])
         rows = class_prototypes(features, local, len(new_labels))
-    student.head = widen_head(student.head, len(new_labels), rows)
-    for p in student.encoder.parameters():
-        p.requires_grad_(False)
-    for name, p in student.encoder.named_parameters():
-        if "lora_" in name:
-            p.requires_grad_(True)
 
-    replayed = parent_release.replay if config.replay.enabled else {}
+    replayed = (
+        draw_replay(
+            parent_release.replay,
+            old_labels,
+            config.replay.train_per_intent,
+            seed=f"{config.train.seed}-{parent_release.name}",
+        )
+        if config.replay.enabled
+        else {}
+    )
     replay_texts = [t for intent in old_labels for t in replayed.get(intent, [])]
     replay_targets = [index[intent] for intent in old_labels for _ in replayed.get(intent, [])]
     texts = list(new_texts) + replay_texts
     targets = new_targets + replay_targets
     tokenized = tokenize(backbone.tokenizer, texts, targets, config.model.max_length, accelerator)
 
+    # The parent's soft labels for every training row, computed once: the teacher is frozen
+    # and deterministic (eval mode), so this equals scoring each batch on the fly, epochs times
+    # cheaper. Each rank scores its own shard; gather_for_metrics collects them in row order.
+    use_kd = config.distill.enabled and config.distill.weight > 0
+    soft_labels = None
+    if use_kd:
+        loader = accelerator.prepare(
+            make_loader(tokenized, backbone.tokenizer, config.train.eval_batch_size, shuffle=False)
+        )
+        soft_labels = predict_logits(model, loader, accelerator)
+
+    # The student: the parent's LoRA weights and its head, widened with the old rows copied
+    # exactly. Surgery happens before the optimizer and `prepare` exist.
+    model.head = widen_head(model.head, len(new_labels), rows)
+    for name, p in model.encoder.named_parameters():
+        p.requires_grad_("lora_" in name)
+
     scale = config.train.add_intent_lr_scale
     train_cfg = dataclasses.replace(
         config.train, lr=config.train.lr * scale, head_lr=config.train.head_lr * scale
     )
-    student, stats = train(
-        student,
+    model, stats = train(
+        model,
         tokenized,
         backbone.tokenizer,
         accelerator,
         train_cfg,
-        teacher=teacher,
+        soft_labels=soft_labels,
         distill=config.distill,
     )
     new_memory = select_exemplars(
@@ -365,20 +389,25 @@ def add_intents(
         config.train.seed,
     )
     replay = {**parent_release.replay, **new_memory}
+    compute_s = time.perf_counter() - compute_started
     metrics: dict[str, Any] = {
         "train": dataclasses.asdict(stats),
         "train_examples": len(texts),
         "new_examples": len(new_texts),
         "replay_examples": len(replay_texts),
-        "forward_only_examples": len(new_texts)
-        + (len(texts) * config.train.epochs if config.distill.enabled else 0),
-        "eval": _evaluate(student, labels, evaluation, old_labels, backbone, accelerator, config),
+        # Forward passes without a backward: the feature pass over the new utterances
+        # (prototypes and exemplar choice) and the teacher's pass over the training set.
+        "forward_only_examples": len(new_texts) + (len(texts) if use_kd else 0),
+        # Feature pass, teacher pass, replay draw, training and exemplar choice: what adding
+        # intents costs beyond loading the parent and writing the release.
+        "compute_s": round(compute_s, 2),
+        "eval": _evaluate(model, labels, evaluation, old_labels, backbone, accelerator, config),
     }
     metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
     return _write_release(
         registry,
         accelerator,
-        model=student,
+        model=model,
         labels=labels,
         new_intents=new_labels,
         parent=parent_release.name,

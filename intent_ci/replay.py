@@ -8,6 +8,7 @@ A release's memory is its parent's memory plus exemplars of the intents it adds,
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import torch
@@ -72,6 +73,20 @@ def select_exemplars(
             )
         memory[intent] = [texts[j] for j in picked]
     return memory
+
+
+def draw_replay(memory: dict[str, list[str]], intents: list[str], k: int, seed: str) -> dict[str, list[str]]:
+    """Up to `k` exemplars of each intent in `intents`, drawn without replacement from `memory`.
+
+    The draw is seeded by `seed` (the parent release and the training seed), so a release is
+    reproducible while successive releases replay different exemplars of the same memory.
+    """
+    rng = random.Random(seed)
+    drawn = {}
+    for intent in intents:
+        pool = memory.get(intent, [])
+        drawn[intent] = rng.sample(pool, min(k, len(pool)))
+    return drawn
 
 
 def write_memory(memory: dict[str, list[str]], path: Path) -> None:

@@ -2,9 +2,12 @@
 
 ``loss = cross_entropy(logits, labels) + distill.weight * distillation(logits[:, :n_old], teacher)``
 
-`init` uses the first term only; `add-intent` adds the second, computed against the parent
-release (the teacher), which stays frozen, runs under ``no_grad`` and is never passed to
-``accelerator.prepare``: every process computes soft labels for its own shard of each batch.
+`init` uses the first term only; `add-intent` adds the second against the parent release's
+soft labels. The parent (the teacher) is frozen and deterministic in eval mode, so its logits
+are computed once, before training, by :func:`predict_logits` over the training set: every
+process scores its own shard, ``gather_for_metrics`` collects them, and the teacher is never
+passed to ``accelerator.prepare``. One teacher pass instead of one per epoch, and the teacher
+can be freed before the student trains.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase, get_scheduler
 
 from intent_ci.config import DistillConfig, TrainConfig
+from intent_ci.errors import IntentCIError
 from intent_ci.modeling import IntentModel
 
 logger = logging.getLogger(__name__)
@@ -171,21 +175,29 @@ def train(
     accelerator: Accelerator,
     cfg: TrainConfig,
     *,
-    teacher: IntentModel | None = None,
+    soft_labels: torch.Tensor | None = None,
     distill: DistillConfig | None = None,
 ) -> tuple[IntentModel, TrainStats]:
-    """Train LoRA and head with cross-entropy, plus distillation when a teacher is given.
+    """Train LoRA and head with cross-entropy, plus distillation when soft labels are given.
 
     Args:
         model: the student, not yet prepared; its encoder is frozen apart from LoRA.
-        train_set: tokenized examples with ``labels``.
-        teacher: the parent release's model; kept out of ``prepare`` and run under ``no_grad``.
-        distill: temperature and weight of the distillation term; required with a teacher.
+        train_set: tokenized examples with ``labels`` and ``index`` (row number).
+        soft_labels: the parent release's logits for every row of `train_set`, in row order
+            (see :func:`predict_logits`); the distillation target of row ``i`` is
+            ``soft_labels[i]``.
+        distill: temperature and weight of the distillation term; required with soft labels.
 
     Returns:
         The trained, unwrapped model and statistics of the run.
     """
-    use_kd = teacher is not None and distill is not None and distill.enabled and distill.weight > 0
+    use_kd = (
+        soft_labels is not None and distill is not None and distill.enabled and distill.weight > 0
+    )
+    if use_kd and soft_labels.shape[0] != len(train_set):
+        raise IntentCIError(
+            f"soft labels cover {soft_labels.shape[0]} rows but the training set has {len(train_set)}"
+        )
     class_weights = None
     if cfg.class_balanced:
         num_labels = model.head.num_labels
@@ -213,8 +225,8 @@ def train(
         num_training_steps=total_steps,
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    if teacher is not None:
-        teacher.to(accelerator.device).eval()
+    if use_kd:
+        soft_labels = soft_labels.to(accelerator.device)
 
     stats = TrainStats()
     start = time.perf_counter()
@@ -233,9 +245,9 @@ def train(
                 loss = ce
                 kd = torch.zeros((), device=logits.device)
                 if use_kd:
-                    with torch.no_grad():
-                        soft = teacher(**inputs)
-                    kd = distillation_term(logits, soft, distill.temperature)
+                    kd = distillation_term(
+                        logits, soft_labels[batch["index"]], distill.temperature
+                    )
                     loss = ce + distill.weight * kd
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:

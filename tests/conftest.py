@@ -147,7 +147,7 @@ def tiny_overrides(backbone: Path, **sections) -> dict:
             "head_lr": 5e-2,
             "eval_batch_size": 32,
         },
-        "replay": {"per_intent": 8},
+        "replay": {"per_intent": 8, "train_per_intent": 8},
     }
     for section, fields in sections.items():
         values.setdefault(section, {}).update(fields)

@@ -66,6 +66,7 @@ def test_init_and_add_intent_under_torchrun(tmp_path, tiny_backbone, data_dir):
     assert manifest["intents"] == [*BASE_INTENTS, "refund_status"]
     # Every example trained once per epoch in total, not once per rank.
     assert manifest["metrics"]["train_examples"] == 40 + 8 * len(BASE_INTENTS)
+    assert manifest["metrics"]["replay_examples"] == 8 * len(BASE_INTENTS)
     # Progress and the summary come from the main process only.
     assert add.stdout.count("v2: 5 intents") == 1
     clf = IntentClassifier.load(registry, "v2")

@@ -8,7 +8,7 @@ import torch
 
 from intent_ci.errors import IntentCIError
 from intent_ci.metrics import INTENT_ACCURACY
-from intent_ci.replay import herding, memory_bytes_per_intent, select_exemplars
+from intent_ci.replay import draw_replay, herding, memory_bytes_per_intent, select_exemplars
 from intent_ci.training import balanced_class_weights, cross_entropy_term
 
 
@@ -67,3 +67,13 @@ def test_metric_module_loads_offline_and_splits_old_and_new():
     assert result["new_intents_accuracy"] == 1.0 and result["new_n"] == 2
     assert result["per_intent"]["a"] == {"accuracy": 0.5, "n": 2, "correct": 1}
     assert {"true": "a", "predicted": "b", "count": 1} in result["confusions"]
+
+
+def test_draw_replay_is_bounded_seeded_and_varies_between_releases():
+    memory = {"a": [f"a{i}" for i in range(20)], "b": ["b0", "b1"]}
+    first = draw_replay(memory, ["a", "b"], 5, seed="0-v1")
+    assert {k: len(v) for k, v in first.items()} == {"a": 5, "b": 2}
+    assert len(set(first["a"])) == 5 and set(first["a"]) <= set(memory["a"])
+    assert draw_replay(memory, ["a", "b"], 5, seed="0-v1") == first
+    assert draw_replay(memory, ["a", "b"], 5, seed="0-v2")["a"] != first["a"]
+    assert draw_replay(memory, ["c"], 5, seed="0-v1") == {"c": []}

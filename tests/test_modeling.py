@@ -160,3 +160,26 @@ def test_distillation_gradients_reach_lora_weights(tiny_backbone):
         for n, p in model.named_parameters()
         if "lora_" not in n and not n.startswith("head.")
     )
+
+
+def test_soft_labels_are_the_teachers_logits_in_row_order(tiny_backbone):
+    """add-intent scores the training set once with the parent; row i's target must be row i's."""
+    from accelerate import Accelerator
+
+    from intent_ci.training import make_loader, predict_logits, tokenize
+
+    cfg = ModelConfig(backbone=str(tiny_backbone), lora_r=4)
+    backbone = load_backbone(cfg)
+    model = IntentModel(
+        attach_lora(backbone.encoder, cfg), build_head(cfg, 32, 3, backbone.pooling), "cls"
+    ).eval()
+    # Different lengths, so that any reordering by batch would show up.
+    texts = ["card lost", "open weekend hours please now", "balance", "send wire to payee today"]
+    accelerator = Accelerator(cpu=True)
+    data = tokenize(backbone.tokenizer, texts, [0, 1, 2, 0], 64, accelerator)
+    loader = accelerator.prepare(make_loader(data, backbone.tokenizer, 3, shuffle=False))
+    soft = predict_logits(model, loader, accelerator)
+    with torch.no_grad():
+        one_by_one = torch.cat([model(**_batch(backbone, [t])) for t in texts])
+    assert soft.shape == (4, 3)
+    torch.testing.assert_close(soft, one_by_one, rtol=1e-5, atol=1e-5)
