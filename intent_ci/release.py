@@ -261,19 +261,28 @@ class IntentClassifier:
         if isinstance(texts, str):
             raise IntentCIError("predict() takes a list of utterances, not a single string")
         max_length = self.release.config.model.max_length
-        out = []
+        texts = list(texts)
+        if not texts:
+            return torch.empty(0, len(self.intents))
+        # Batch utterances of similar length together so little compute goes to padding,
+        # then put the rows back in input order.
+        lengths = [
+            len(ids)
+            for ids in self.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        ]
+        order = sorted(range(len(texts)), key=lengths.__getitem__)
+        out = torch.empty(len(texts), len(self.intents))
         for start in range(0, len(texts), batch_size):
+            rows = order[start : start + batch_size]
             batch = self.tokenizer(
-                list(texts[start : start + batch_size]),
+                [texts[i] for i in rows],
                 padding=True,
                 truncation=True,
                 max_length=max_length,
                 return_tensors="pt",
             ).to(self.device)
-            out.append(self.model(**batch).float().cpu())
-        if not out:
-            return torch.empty(0, len(self.intents))
-        return torch.cat(out)
+            out[rows] = self.model(**batch).float().cpu()
+        return out
 
     def predict_proba(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
         return self.logits(texts, batch_size).softmax(-1)

@@ -75,7 +75,9 @@ def select_exemplars(
     return memory
 
 
-def draw_replay(memory: dict[str, list[str]], intents: list[str], k: int, seed: str) -> dict[str, list[str]]:
+def draw_replay(
+    memory: dict[str, list[str]], intents: list[str], k: int, seed: str
+) -> dict[str, list[str]]:
     """Up to `k` exemplars of each intent in `intents`, drawn without replacement from `memory`.
 
     The draw is seeded by `seed` (the parent release and the training seed), so a release is

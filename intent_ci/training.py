@@ -245,9 +245,7 @@ def train(
                 loss = ce
                 kd = torch.zeros((), device=logits.device)
                 if use_kd:
-                    kd = distillation_term(
-                        logits, soft_labels[batch["index"]], distill.temperature
-                    )
+                    kd = distillation_term(logits, soft_labels[batch["index"]], distill.temperature)
                     loss = ce + distill.weight * kd
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:

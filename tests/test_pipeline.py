@@ -203,6 +203,15 @@ def test_save_load_round_trip_gives_identical_predictions(trained_registry):
     ]
 
 
+def test_batched_logits_come_back_in_input_order(trained_registry):
+    """Batches are formed by length to save padding; rows must still match the input order."""
+    clf = IntentClassifier.load(trained_registry, "v2")
+    texts = ["send wire to payee today please now", "hello", "card lost now", "refund", "open"]
+    one_by_one = torch.cat([clf.logits([t]) for t in texts])
+    torch.testing.assert_close(clf.logits(texts, batch_size=2), one_by_one, rtol=1e-5, atol=1e-5)
+    assert clf.logits([]).shape == (0, len(clf.intents))
+
+
 def test_release_records_everything_needed_to_rebuild_it(trained_registry):
     manifest = Registry(trained_registry).manifest("v2")
     for key in (

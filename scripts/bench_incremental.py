@@ -1,0 +1,818 @@
+#!/usr/bin/env python
+"""Class-incremental CLINC150: does add-intent keep old intents as well as a full retrain, cheaply?
+
+Protocols, on the 150 in-scope intents in a seeded shuffle (the seed is recorded):
+
+    P1  base release of 75 intents, then 5 releases of 15 intents, full training data
+    P2  base release of 140 intents, then 10 releases of 1 intent, full data ("add one intent")
+    P3  base release of 140 intents, then 10 releases of 1 intent, 10 utterances each (few-shot)
+
+Add-intent methods, all started from the same base release of a protocol:
+
+    intent-ci       the shipped defaults: distillation + replay + class-balanced cross-entropy
+    distill+replay  both, with plain cross-entropy (no correction of the bias toward new intents)
+    distill-only    no replay
+    replay-only     no distillation
+    naive           no distillation, no replay: plain sequential fine-tuning
+
+Baselines: a full retrain (`init` with the same recipe on everything seen so far) at the final
+step of each protocol, and logistic regression on frozen mean-pooled embeddings at every step.
+
+    python scripts/bench_incremental.py                          # all of it (about 70 min, 2 cores)
+    python scripts/bench_incremental.py --protocols P2 --methods intent-ci naive
+    python scripts/bench_incremental.py --protocols P2 --split val --out runs/sweep \\
+        --method lr2='{"train": {"add_intent_lr_scale": 1.0}}'   # choose defaults on val
+
+Every release is scored on both the val and the test split; defaults are chosen on val, the
+README quotes test. Writes <out>.json, <out>.md and <out>.png. Registries are kept under
+--workdir (the base and full-retrain releases are reused across runs when their recipe and
+intents are unchanged). CLINC150 (CC BY 3.0) is read from ../shared/datasets/clinc150/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import datasets  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from intent_ci.cli import _quiet_libraries  # noqa: E402
+from intent_ci.config import PACKAGED_MINILM, ModelConfig, ReleaseConfig, apply_overrides  # noqa: E402
+from intent_ci.data import read_examples  # noqa: E402
+from intent_ci.modeling import load_backbone, pool  # noqa: E402
+from intent_ci.pipeline import add_intents, init_release  # noqa: E402
+from intent_ci.registry import Registry  # noqa: E402
+from intent_ci.release import IntentClassifier  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "clinc150" / "data_full.json"
+SPLITS = ("val", "test")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    base: int
+    releases: int
+    per_release: int
+    shots: int | None  # training utterances per new intent; None = all 100
+
+    def describe(self) -> str:
+        data = f"{self.shots} utterances each" if self.shots else "full data"
+        return (
+            f"{self.name}: base {self.base} intents, then {self.releases} releases of "
+            f"{self.per_release} intent{'s' if self.per_release > 1 else ''}, {data}"
+        )
+
+
+PROTOCOLS = {
+    "P1": Protocol("P1", 75, 5, 15, None),
+    "P2": Protocol("P2", 140, 10, 1, None),
+    "P3": Protocol("P3", 140, 10, 1, 10),
+}
+
+METHODS: dict[str, dict] = {
+    "intent-ci": {},
+    "distill+replay": {"train": {"class_balanced": False}},
+    "distill-only": {"replay": {"enabled": False}},
+    "replay-only": {"distill": {"enabled": False}},
+    "naive": {"distill": {"enabled": False}, "replay": {"enabled": False}},
+}
+
+
+# ---- data -------------------------------------------------------------------------------------
+SMOKE_PROTOCOLS = {
+    "P1": Protocol("P1", 6, 2, 2, None),
+    "P2": Protocol("P2", 8, 2, 1, None),
+    "P3": Protocol("P3", 8, 2, 1, 10),
+}
+
+
+def load_clinc(path: Path, smoke: bool = False) -> dict[str, list[tuple[str, str]]]:
+    """CLINC150's in-scope splits; `smoke` keeps 12 intents and 20 training utterances each."""
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    data = {split: [(t, i) for t, i in raw[split]] for split in ("train", "val", "test")}
+    if smoke:
+        keep = set(sorted({i for _, i in data["train"]})[:12])
+        seen: dict[str, int] = {}
+        train = []
+        for t, i in data["train"]:
+            if i in keep and seen.get(i, 0) < 20:
+                seen[i] = seen.get(i, 0) + 1
+                train.append((t, i))
+        data = {"train": train, **{s: [(t, i) for t, i in data[s] if i in keep] for s in SPLITS}}
+    return data
+
+
+def intent_order(raw: dict, seed: int) -> list[str]:
+    intents = sorted({i for _, i in raw["train"]})
+    random.Random(seed).shuffle(intents)
+    return intents
+
+
+def train_rows(raw: dict, intents: list[str], shots: int | None, seed: int) -> datasets.Dataset:
+    """Training utterances of `intents`; with `shots`, a seeded sample of that many per intent."""
+    texts, labels = [], []
+    for intent in intents:
+        rows = [t for t, i in raw["train"] if i == intent]
+        if shots is not None:
+            rows = random.Random(f"{seed}-{intent}").sample(rows, shots)
+        texts += rows
+        labels += [intent] * len(rows)
+    return datasets.Dataset.from_dict({"text": texts, "intent": labels})
+
+
+# ---- measuring --------------------------------------------------------------------------------
+def reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def score(clf: IntentClassifier, raw: dict, known: list[str], old: set[str]) -> dict:
+    """Accuracy on the val and test utterances of the intents `clf` knows."""
+    known_set = set(known)
+    out = {}
+    for split in SPLITS:
+        rows = [(t, i) for t, i in raw[split] if i in known_set]
+        preds = [p.label for p in clf.predict([t for t, _ in rows], batch_size=256)]
+        per: dict[str, list[int]] = {}
+        for pred, (_, ref) in zip(preds, rows, strict=True):
+            per.setdefault(ref, [0, 0])
+            per[ref][0] += pred == ref
+            per[ref][1] += 1
+
+        def acc(keep: set[str], per=per) -> float | None:
+            c = sum(v[0] for k, v in per.items() if k in keep)
+            n = sum(v[1] for k, v in per.items() if k in keep)
+            return c / n if n else None
+
+        out[split] = {
+            "accuracy": acc(known_set),
+            "old_intents_accuracy": acc(old),
+            "new_intents_accuracy": acc(known_set - old),
+            "per_intent": {k: v[0] / v[1] for k, v in sorted(per.items())},
+        }
+    return out
+
+
+def release_costs(registry: Registry, release: str) -> dict:
+    m = registry.manifest(release)["metrics"]
+    trained = m["train"]["examples_trained"]
+    return {
+        "compute_s": m["compute_s"],
+        "job_s": m["wall_time_s"],
+        "train_loop_s": round(m["train"]["wall_time_s"], 2),
+        "examples_trained": trained,
+        "forward_only_examples": m["forward_only_examples"],
+        "examples_processed": trained + m["forward_only_examples"],
+        "replay_examples": m.get("replay_examples", 0),
+    }
+
+
+def config_key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cached_init(
+    workdir: Path, kind: str, data: datasets.Dataset, config: ReleaseConfig, reuse: bool
+) -> tuple[Registry, dict]:
+    """An `init` release on `data`, reused from an earlier run when recipe and data match."""
+    key = config_key(kind, config.to_dict(), list(data["intent"]), list(data["text"]))
+    folder = workdir / "cache" / f"{kind}-{key}"
+    registry = Registry(folder / "adapters")
+    if reuse and registry.releases() == ["v1"] and (folder / "cost.json").is_file():
+        print(f"  reusing {folder}", flush=True)
+        return registry, json.loads((folder / "cost.json").read_text())
+    if folder.exists():
+        shutil.rmtree(folder)
+    reset_peak_rss()
+    started = time.perf_counter()
+    init_release(read_examples(data), registry, config)
+    cost = release_costs(registry, "v1")
+    cost["wall_s"] = round(time.perf_counter() - started, 2)
+    cost["peak_rss_mb"] = peak_rss_mb()
+    (folder / "cost.json").write_text(json.dumps(cost, indent=1))
+    return registry, cost
+
+
+# ---- the protocols ----------------------------------------------------------------------------
+def run_method(
+    name: str,
+    overrides: dict,
+    protocol: Protocol,
+    base_registry: Registry,
+    steps: list[list[str]],
+    base_intents: list[str],
+    raw: dict,
+    workdir: Path,
+    seed: int,
+    base_scores: dict,
+) -> dict:
+    root = workdir / protocol.name / name
+    if root.exists():
+        shutil.rmtree(root)
+    shutil.copytree(base_registry.root, root / "adapters")
+    registry = Registry(root / "adapters")
+    known = list(base_intents)
+    history = [{"release": "v1", "intents": len(known), "added": [], "scores": base_scores}]
+    for added in steps:
+        old = set(known)
+        data = train_rows(raw, added, protocol.shots, seed)
+        reset_peak_rss()
+        started = time.perf_counter()
+        release = add_intents(read_examples(data), registry, "latest", overrides=overrides)
+        wall = time.perf_counter() - started
+        cost = release_costs(registry, release)
+        cost.update(wall_s=round(wall, 2), peak_rss_mb=peak_rss_mb())
+        known += added
+        clf = IntentClassifier.load(registry, release)
+        scores = score(clf, raw, known, old)
+        manifest = registry.manifest(release)
+        entry = {
+            "release": release,
+            "intents": len(known),
+            "added": added,
+            "scores": scores,
+            "cost": cost,
+            "replay_bytes_per_intent": manifest["replay"]["bytes_per_intent"],
+            "replay_exemplars": manifest["replay"]["exemplars"],
+        }
+        for split in SPLITS:
+            prev = history[-1]["scores"][split]["accuracy"]
+            entry.setdefault("old_intent_drop_points", {})[split] = 100 * (
+                prev - scores[split]["old_intents_accuracy"]
+            )
+        history.append(entry)
+        t = scores["test"]
+        print(
+            f"  {protocol.name} {name} {release}: test acc {100 * t['accuracy']:.2f} "
+            f"old {100 * t['old_intents_accuracy']:.2f} (drop {entry['old_intent_drop_points']['test']:+.2f}) "
+            f"new {100 * t['new_intents_accuracy']:.2f}; {cost['compute_s']:.1f} s, "
+            f"{cost['examples_processed']} examples",
+            flush=True,
+        )
+    return {"overrides": overrides, "registry": str(registry.root), "releases": history}
+
+
+def forgetting(history: list[dict], split: str) -> float:
+    """Mean over intents learned before the last release of (best earlier accuracy - final)."""
+    final = history[-1]["scores"][split]["per_intent"]
+    learned_before = [i for step in history[:-1] for i in step["scores"][split]["per_intent"]]
+    drops = []
+    for intent in set(learned_before):
+        best = max(
+            s["scores"][split]["per_intent"][intent]
+            for s in history[:-1]
+            if intent in s["scores"][split]["per_intent"]
+        )
+        drops.append(best - final[intent])
+    return 100 * float(np.mean(drops)) if drops else 0.0
+
+
+@torch.no_grad()
+def embed(backbone, texts: list[str], batch_size: int = 256) -> np.ndarray:
+    out = []
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for start in range(0, len(texts), batch_size):
+        rows = order[start : start + batch_size]
+        batch = backbone.tokenizer(
+            [texts[i] for i in rows],
+            padding=True,
+            truncation=True,
+            max_length=64,
+            return_tensors="pt",
+        )
+        hidden = backbone.encoder(**batch).last_hidden_state
+        out.append(F.normalize(pool(hidden, batch["attention_mask"], "mean"), dim=-1))
+    result = torch.empty(len(texts), out[0].shape[1])
+    result[order] = torch.cat(out)
+    return result.numpy()
+
+
+class Probe:
+    """Logistic regression on frozen mean-pooled embeddings; embeddings computed once."""
+
+    def __init__(self, backbone_name: str, raw: dict) -> None:
+        started = time.perf_counter()
+        backbone = load_backbone(ModelConfig(backbone=backbone_name))
+        self.x = {s: embed(backbone, [t for t, _ in raw[s]]) for s in ("train", *SPLITS)}
+        self.y = {s: np.array([i for _, i in raw[s]]) for s in ("train", *SPLITS)}
+        self.texts = {s: [t for t, _ in raw[s]] for s in ("train",)}
+        self.embed_s = time.perf_counter() - started
+        self.c: float | None = None
+
+    def fit_score(self, train: datasets.Dataset, known: list[str], old: set[str]) -> dict:
+        from sklearn.linear_model import LogisticRegression
+
+        keep = set(zip(train["text"], train["intent"], strict=True))
+        mask = np.array(
+            [(t, i) in keep for t, i in zip(self.texts["train"], self.y["train"], strict=True)]
+        )
+        known_set = set(known)
+        candidates = [self.c] if self.c is not None else [1.0, 10.0, 100.0]
+        best = None
+        started = time.perf_counter()
+        for c in candidates:  # C chosen on val once, at the first step, then kept
+            model = LogisticRegression(C=c, max_iter=3000).fit(
+                self.x["train"][mask], self.y["train"][mask]
+            )
+            vmask = np.isin(self.y["val"], list(known_set))
+            val_acc = float((model.predict(self.x["val"][vmask]) == self.y["val"][vmask]).mean())
+            if best is None or val_acc > best[0]:
+                best = (val_acc, c, model)
+        fit_s = time.perf_counter() - started
+        _, self.c, model = best
+        out = {"C": self.c, "fit_s": round(fit_s, 2)}
+        for split in SPLITS:
+            m = np.isin(self.y[split], list(known_set))
+            pred, truth = model.predict(self.x[split][m]), self.y[split][m]
+            old_m = np.isin(truth, list(old))
+            out[split] = {
+                "accuracy": float((pred == truth).mean()),
+                "old_intents_accuracy": float((pred[old_m] == truth[old_m]).mean()),
+                "new_intents_accuracy": float((pred[~old_m] == truth[~old_m]).mean())
+                if (~old_m).any()
+                else None,
+            }
+        return out
+
+
+def run_protocol(
+    protocol: Protocol,
+    methods: dict[str, dict],
+    raw: dict,
+    order: list[str],
+    config: ReleaseConfig,
+    args: argparse.Namespace,
+    probe: Probe | None,
+) -> dict:
+    print(protocol.describe(), flush=True)
+    workdir = Path(args.workdir)
+    base_intents = order[: protocol.base]
+    steps = [
+        order[
+            protocol.base + k * protocol.per_release : protocol.base
+            + (k + 1) * protocol.per_release
+        ]
+        for k in range(protocol.releases)
+    ]
+    base_data = train_rows(raw, base_intents, None, args.seed)
+    base_registry, base_cost = cached_init(workdir, "base", base_data, config, args.reuse)
+    base_scores = score(IntentClassifier.load(base_registry, "v1"), raw, base_intents, set())
+    result: dict = {
+        "protocol": protocol.__dict__,
+        "base_intents": base_intents,
+        "steps": steps,
+        "base": {"cost": base_cost, "scores": base_scores},
+        "methods": {},
+    }
+    for name, overrides in methods.items():
+        result["methods"][name] = run_method(
+            name,
+            overrides,
+            protocol,
+            base_registry,
+            steps,
+            base_intents,
+            raw,
+            workdir,
+            args.seed,
+            base_scores,
+        )
+    everything = base_intents + [i for s in steps for i in s]
+    if not args.no_retrain:
+        print(f"  {protocol.name} full retrain on {len(everything)} intents ...", flush=True)
+        full_data = datasets.concatenate_datasets(
+            [base_data, train_rows(raw, everything[protocol.base :], protocol.shots, args.seed)]
+        )
+        reg, cost = cached_init(workdir, "retrain", full_data, config, args.reuse)
+        scores = score(IntentClassifier.load(reg, "v1"), raw, everything, set(base_intents))
+        result["full_retrain"] = {"cost": cost, "scores": scores, "registry": str(reg.root)}
+        print(f"  full retrain: test acc {100 * scores['test']['accuracy']:.2f}", flush=True)
+    if probe is not None:
+        probe_steps = []
+        for k in range(protocol.releases + 1):
+            known = everything[: protocol.base + k * protocol.per_release]
+            old = set(everything[: protocol.base + (k - 1) * protocol.per_release]) if k else set()
+            train = datasets.concatenate_datasets(
+                [base_data]
+                + (
+                    [train_rows(raw, known[protocol.base :], protocol.shots, args.seed)]
+                    if k
+                    else []
+                )
+            )
+            probe_steps.append(probe.fit_score(train, known, old))
+        result["linear_probe"] = probe_steps
+    return result
+
+
+# ---- summary ----------------------------------------------------------------------------------
+def summarise(result: dict, split: str) -> dict:
+    """Headline numbers per protocol and method on `split`."""
+    out = {}
+    for pname, p in result["protocols"].items():
+        retrain = p.get("full_retrain")
+        rows = {}
+        for name, m in p["methods"].items():
+            rel = m["releases"][1:]
+            final = m["releases"][-1]["scores"][split]
+            rows[name] = {
+                "final_accuracy": final["accuracy"],
+                "final_old_intents_accuracy": final["old_intents_accuracy"],
+                "mean_new_intents_accuracy": float(
+                    np.mean([r["scores"][split]["new_intents_accuracy"] for r in rel])
+                ),
+                "min_new_intents_accuracy": min(
+                    r["scores"][split]["new_intents_accuracy"] for r in rel
+                ),
+                "max_old_intent_drop_points": max(r["old_intent_drop_points"][split] for r in rel),
+                "mean_forgetting_points": forgetting(m["releases"], split),
+                "median_compute_s": statistics.median(r["cost"]["compute_s"] for r in rel),
+                "median_examples_processed": statistics.median(
+                    r["cost"]["examples_processed"] for r in rel
+                ),
+                "max_peak_rss_mb": max((r["cost"]["peak_rss_mb"] or 0) for r in rel),
+                "final_replay_bytes_per_intent": m["releases"][-1]["replay_bytes_per_intent"],
+            }
+            if retrain:
+                rows[name]["vs_full_retrain_points"] = 100 * (
+                    final["accuracy"] - retrain["scores"][split]["accuracy"]
+                )
+                rows[name]["median_compute_ratio"] = (
+                    rows[name]["median_compute_s"] / retrain["cost"]["compute_s"]
+                )
+                rows[name]["median_examples_ratio"] = (
+                    rows[name]["median_examples_processed"] / retrain["cost"]["examples_processed"]
+                )
+        out[pname] = rows
+    return out
+
+
+def targets(result: dict) -> list[dict]:
+    """The issue's targets, checked on test with the shipped method (`intent-ci`)."""
+    checks = []
+    s = result["summary"]["test"]
+    protocols = result["protocols"]
+
+    def add(name: str, value: float | None, bar: str, ok: bool | None) -> None:
+        checks.append({"target": name, "value": value, "bar": bar, "met": ok})
+
+    for pname, p in protocols.items():
+        if "full_retrain" not in p or "intent-ci" not in p["methods"]:
+            continue
+        retrain = p["full_retrain"]["scores"]["test"]["accuracy"]
+        probe = p.get("linear_probe", [{}])[-1].get("test", {}).get("accuracy")
+        row = s[pname]["intent-ci"]
+        if pname in ("P1", "P2"):
+            add(f"{pname} full retrain accuracy", retrain, ">= 96.0%", retrain >= 0.96)
+            if probe is not None:
+                add(
+                    f"{pname} full retrain beats the linear probe",
+                    retrain - probe,
+                    "> 0",
+                    retrain > probe,
+                )
+            add(
+                f"{pname} final accuracy vs full retrain (points)",
+                row["vs_full_retrain_points"],
+                ">= -1.0",
+                row["vs_full_retrain_points"] >= -1.0,
+            )
+            bar = 0.5 if pname == "P2" else 1.0
+            add(
+                f"{pname} largest old-intent drop in one release (points)",
+                row["max_old_intent_drop_points"],
+                f"<= {bar}",
+                row["max_old_intent_drop_points"] <= bar,
+            )
+        if pname == "P2":
+            add(
+                "P2 median add-intent compute / full retrain",
+                row["median_compute_ratio"],
+                "<= 5%",
+                row["median_compute_ratio"] <= 0.05,
+            )
+            add(
+                "P2 median examples processed / full retrain",
+                row["median_examples_ratio"],
+                "<= 5%",
+                row["median_examples_ratio"] <= 0.05,
+            )
+        if pname == "P3":
+            add(
+                "P3 mean new-intent accuracy (10 utterances)",
+                row["mean_new_intents_accuracy"],
+                ">= 85%",
+                row["mean_new_intents_accuracy"] >= 0.85,
+            )
+            add(
+                "P3 largest old-intent drop in one release (points)",
+                row["max_old_intent_drop_points"],
+                "<= 0.5",
+                row["max_old_intent_drop_points"] <= 0.5,
+            )
+    return checks
+
+
+def markdown(result: dict, out: Path) -> str:
+    pct = lambda x: "n/a" if x is None else f"{100 * x:.2f}%"  # noqa: E731
+    split = result["report_split"]
+    s = result["summary"][split]
+    lines = [
+        "# Class-incremental CLINC150: add-intent against a full retrain",
+        "",
+        f"Backbone `{result['backbone']}`, intent order seed {result['seed']}, "
+        f"{result['machine']['cpu_count']} CPU cores ({result['machine']['processor']}), "
+        f"{result['date']}. Produced by `{result['command']}`; {out.name}.json has every number "
+        f"(val and test). Scores below are on the **{split}** split.",
+        "",
+    ]
+    for pname, p in result["protocols"].items():
+        proto = PROTOCOLS[pname]
+        lines += [f"## {proto.describe()}", ""]
+        if "full_retrain" in p:
+            fr = p["full_retrain"]
+            lines.append(
+                f"Full retrain on all {len(p['base_intents']) + sum(len(x) for x in p['steps'])} intents: "
+                f"**{pct(fr['scores'][split]['accuracy'])}**, {fr['cost']['compute_s']:.0f} s compute, "
+                f"{fr['cost']['examples_processed']} examples processed."
+            )
+        if "linear_probe" in p:
+            lines.append(
+                f"Linear probe on frozen embeddings at the final step: {pct(p['linear_probe'][-1][split]['accuracy'])}."
+            )
+        lines += [
+            "",
+            "| method | final acc | vs retrain (pts) | worst old-intent drop / release (pts) | forgetting (pts) | new-intent acc (mean, min) | median cost / release | examples / release |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, row in s[pname].items():
+            ratio = (
+                f" ({100 * row['median_compute_ratio']:.1f}% of retrain)"
+                if "median_compute_ratio" in row
+                else ""
+            )
+            eratio = (
+                f" ({100 * row['median_examples_ratio']:.1f}%)"
+                if "median_examples_ratio" in row
+                else ""
+            )
+            vs = (
+                f"{row['vs_full_retrain_points']:+.2f}"
+                if "vs_full_retrain_points" in row
+                else "n/a"
+            )
+            lines.append(
+                f"| {'**' + name + '**' if name == 'intent-ci' else name} | {pct(row['final_accuracy'])} | {vs} | "
+                f"{row['max_old_intent_drop_points']:.2f} | {row['mean_forgetting_points']:.2f} | "
+                f"{pct(row['mean_new_intents_accuracy'])}, {pct(row['min_new_intents_accuracy'])} | "
+                f"{row['median_compute_s']:.1f} s{ratio} | {row['median_examples_processed']:.0f}{eratio} |"
+            )
+        lines += ["", "Accuracy on all intents known after each release:", ""]
+        names = list(p["methods"])
+        lines.append(
+            "| release | intents | "
+            + " | ".join(names)
+            + (" | linear probe |" if "linear_probe" in p else " |")
+        )
+        lines.append("|---" * (2 + len(names) + ("linear_probe" in p)) + "|")
+        n_steps = len(next(iter(p["methods"].values()))["releases"])
+        for k in range(n_steps):
+            first = next(iter(p["methods"].values()))["releases"][k]
+            cells = [
+                pct(p["methods"][n]["releases"][k]["scores"][split]["accuracy"]) for n in names
+            ]
+            if "linear_probe" in p:
+                cells.append(pct(p["linear_probe"][k][split]["accuracy"]))
+            lines.append(f"| {first['release']} | {first['intents']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if result["targets"]:
+        lines += [
+            "## Targets (test split, shipped defaults)",
+            "",
+            "| target | value | bar | met |",
+            "|---|---|---|---|",
+        ]
+        for c in result["targets"]:
+            v = c["value"]
+            shown = (
+                f"{100 * v:.2f}%"
+                if "accuracy" in c["target"] and "points" not in c["target"] and abs(v) <= 1
+                else f"{100 * v:.1f}%"
+                if "/" in c["target"]
+                else f"{v:+.2f}"
+                if "points" in c["target"] or "beats" in c["target"]
+                else f"{v}"
+            )
+            if "beats" in c["target"]:
+                shown = f"{100 * v:+.2f} points"
+            lines.append(
+                f"| {c['target']} | {shown} | {c['bar']} | {'yes' if c['met'] else '**no**'} |"
+            )
+        lines.append("")
+    lines += [
+        "Cost is the release's compute: the feature pass, the teacher's soft labels, the replay draw, "
+        "training and the choice of exemplars (loading the parent and writing the release excluded; "
+        "both are in the JSON as `job_s`). Examples processed = examples trained (epochs x set) + "
+        "forward-only passes. Forgetting = mean over old intents of (best earlier accuracy - final accuracy).",
+        "",
+        f"![accuracy per release]({out.name}.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    split = result["report_split"]
+    protocols = result["protocols"]
+    fig, axes = plt.subplots(1, len(protocols), figsize=(6 * len(protocols), 4.6), squeeze=False)
+    colours = {
+        "intent-ci": "#1f77b4",
+        "distill+replay": "#2ca02c",
+        "distill-only": "#9467bd",
+        "replay-only": "#ff7f0e",
+        "naive": "#d62728",
+    }
+    for ax, (pname, p) in zip(axes[0], protocols.items(), strict=True):
+        for name, m in p["methods"].items():
+            xs = [r["intents"] for r in m["releases"]]
+            ys = [100 * r["scores"][split]["accuracy"] for r in m["releases"]]
+            ax.plot(
+                xs,
+                ys,
+                marker="o",
+                ms=3,
+                label=name,
+                color=colours.get(name),
+                lw=2 if name == "intent-ci" else 1.2,
+            )
+        if "linear_probe" in p:
+            xs = [r["intents"] for r in next(iter(p["methods"].values()))["releases"]]
+            ax.plot(
+                xs,
+                [100 * r[split]["accuracy"] for r in p["linear_probe"]],
+                ls="--",
+                color="grey",
+                label="linear probe",
+            )
+        if "full_retrain" in p:
+            n = len(p["base_intents"]) + sum(len(s) for s in p["steps"])
+            ax.scatter(
+                [n],
+                [100 * p["full_retrain"]["scores"][split]["accuracy"]],
+                marker="*",
+                s=160,
+                color="black",
+                zorder=5,
+                label="full retrain",
+            )
+        ax.set_title(PROTOCOLS[pname].describe(), fontsize=9)
+        ax.set_xlabel("intents known")
+        ax.set_ylabel(f"{split} accuracy, all known intents (%)")
+        lows = [
+            100 * r["scores"][split]["accuracy"]
+            for m in p["methods"].values()
+            for r in m["releases"]
+            if m is not None
+        ]
+        ax.set_ylim(max(min(lows) - 2, 0), 100)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="CLINC150 data_full.json")
+    parser.add_argument("--backbone", default=PACKAGED_MINILM)
+    parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument(
+        "--method",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="an extra add-intent override set",
+    )
+    parser.add_argument(
+        "--init-config", default="{}", help="JSON overrides for the base and full-retrain releases"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="intent order, few-shot samples and training seed"
+    )
+    parser.add_argument(
+        "--split", default="test", choices=SPLITS, help="split the Markdown and targets report"
+    )
+    parser.add_argument("--no-retrain", action="store_true", help="skip the full-retrain baseline")
+    parser.add_argument("--no-probe", action="store_true", help="skip the linear-probe baseline")
+    parser.add_argument(
+        "--reuse",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="reuse cached base/retrain releases",
+    )
+    parser.add_argument("--workdir", default=str(REPO / "runs" / "incremental"))
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="12 intents, 20 utterances, 1 epoch: checks the script runs",
+    )
+    parser.add_argument("--out", default=str(REPO / "scripts" / "results" / "bench_incremental"))
+    args = parser.parse_args()
+    _quiet_libraries()
+    torch.manual_seed(args.seed)
+
+    raw = load_clinc(Path(args.data), smoke=args.smoke)
+    if args.smoke:
+        PROTOCOLS.update(SMOKE_PROTOCOLS)
+        args.init_config = json.dumps({"train": {"epochs": 1}, **json.loads(args.init_config)})
+    order = intent_order(raw, args.seed)
+    methods = {name: METHODS[name] for name in args.methods}
+    for spec in args.method:
+        name, _, value = spec.partition("=")
+        methods[name] = json.loads(value)
+    config = apply_overrides(
+        ReleaseConfig(),
+        {"model": {"backbone": args.backbone}, "train": {"seed": args.seed}},
+        source="bench",
+    )
+    config = apply_overrides(config, json.loads(args.init_config), source="--init-config")
+    started = time.perf_counter()
+    probe = None
+    if not args.no_probe:
+        print("embedding CLINC150 with the frozen backbone for the linear probe ...", flush=True)
+        probe = Probe(args.backbone, raw)
+    result: dict = {
+        "dataset": "CLINC150 data_full, in-scope intents",
+        "backbone": args.backbone,
+        "seed": args.seed,
+        "intent_order": order,
+        "command": " ".join(["python scripts/bench_incremental.py", *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d"),
+        "init_config": config.to_dict(),
+        "methods": methods,
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "processor": platform.processor() or platform.machine(),
+            "platform": platform.platform(),
+        },
+        "report_split": args.split,
+        "protocols": {},
+    }
+    if probe is not None:
+        result["linear_probe_embed_s"] = round(probe.embed_s, 1)
+    for pname in args.protocols:
+        result["protocols"][pname] = run_protocol(
+            PROTOCOLS[pname], methods, raw, order, config, args, probe
+        )
+    result["summary"] = {split: summarise(result, split) for split in SPLITS}
+    result["targets"] = targets(result)
+    result["total_s"] = round(time.perf_counter() - started, 1)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    out.with_suffix(".md").write_text(markdown(result, out), encoding="utf-8")
+    plot(result, out.with_suffix(".png"))
+    print(markdown(result, out))
+
+
+if __name__ == "__main__":
+    main()
