@@ -584,7 +584,8 @@ def push_release(
     hub = _Hub(config)
     result = PushResult(config.repo_id, name)
     with hub.remote("create or open the repo"):
-        hub.api.create_repo(config.repo_id, private=config.private, exist_ok=True)
+        # private=None (not False) leaves a new repo to the namespace's default visibility.
+        hub.api.create_repo(config.repo_id, private=config.private or None, exist_ok=True)
     tags, head = hub.tags()
     local = set(registry.releases())
 

@@ -223,6 +223,28 @@ def test_a_different_release_under_an_existing_tag_is_an_error(
     assert err.startswith("intent-ci: error: tag v1") and err.count("\n") == 1
 
 
+def test_an_interrupted_push_is_completed_and_a_foreign_untagged_folder_refused(
+    hub, config, trained_registry, tmp_path
+):
+    push_release(trained_registry, "v1", config)
+    repo = hub.repos[REPO]
+    commit = repo.tags.pop("v1")  # as if the push died between the commit and the tag
+    commits = len(repo.commits)
+    result = push_release(trained_registry, "v1", config)
+    assert result.pushed == {"v1": commit} and "without its tag" in result.notes[0]
+    assert repo.tags["v1"] == commit and len(repo.commits) == commits
+
+    other = Path(shutil.copytree(trained_registry, tmp_path / "other"))
+    path = other / "v1" / "manifest.json"
+    path.write_text(path.read_text().replace('"created_at": "', '"created_at": "X'))
+    repo.tags.pop("v1")
+    with pytest.raises(
+        IntentCIError, match=r"releases/v1/manifest.json exists on main without a tag"
+    ):
+        push_release(other, "v1", config)
+    assert "v1" not in repo.tags and len(repo.commits) == commits
+
+
 def test_parent_missing_everywhere_is_explained(hub, config, trained_registry, tmp_path):
     only_v2 = Path(shutil.copytree(trained_registry, tmp_path / "only-v2"))
     shutil.rmtree(only_v2 / "v1")
