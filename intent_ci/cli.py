@@ -321,6 +321,51 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _hub_quiet(verbose: bool) -> None:
+    if not verbose:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from intent_ci.hub import HubConfig, push_release
+
+    _hub_quiet(args.verbose)
+    config = HubConfig(
+        repo_id=args.repo_id,
+        token_env=args.token_env,
+        private=args.private,
+        include_replay=not args.no_replay,
+    )
+    result = push_release(args.registry, args.release, config, gate_report=args.gate_report)
+    for release, commit in result.present.items():
+        echo(
+            f"{release}: already on {result.repo_id} (tag {release}, commit {commit[:12]}); nothing to do"
+        )
+    for release, commit in result.pushed.items():
+        echo(f"{release}: pushed to {result.repo_id} (commit {commit[:12]}, tag {release})")
+    for note in result.notes:
+        echo(f"note: {note}")
+    return EXIT_OK
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from intent_ci.hub import HubConfig, pull_release
+
+    _hub_quiet(args.verbose)
+    config = HubConfig(repo_id=args.repo_id, token_env=args.token_env)
+    result = pull_release(config, args.release, args.registry)
+    for release in result.present:
+        echo(f"{release}: already in {args.registry}, identical to {result.repo_id}")
+    for release in result.pulled:
+        echo(f"{release}: pulled from {result.repo_id} into {Path(args.registry) / release}")
+    if not result.pulled:
+        echo(f"{result.release}: nothing to pull")
+    echo(f"{result.release} is at commit {result.commit[:12]}; LATEST is {result.latest or '-'}")
+    return EXIT_OK
+
+
 # ---- parser --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -399,6 +444,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     registry_arg(p)
     p.set_defaults(func=cmd_predict)
+
+    def hub_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--repo-id",
+            required=True,
+            help="Hub model repo of the release line, e.g. acme/support-intents",
+        )
+        p.add_argument(
+            "--token-env",
+            default="HF_TOKEN",
+            help="environment variable holding the Hub token (default HF_TOKEN; if unset, "
+            "huggingface_hub's own login). The Hub URL comes from HF_ENDPOINT.",
+        )
+
+    p = sub.add_parser(
+        "push", help="upload a release (and parents missing there) to a Hugging Face Hub repo"
+    )
+    p.add_argument("release", help="release name or latest")
+    hub_args(p)
+    p.add_argument(
+        "--private", action="store_true", help="create the repo private (if push creates it)"
+    )
+    p.add_argument(
+        "--no-replay",
+        action="store_true",
+        help="leave out replay.json (training utterances); the release still loads and predicts",
+    )
+    p.add_argument(
+        "--gate-report",
+        help="report.json of `intent-ci check`: its verdict goes on the model card; fail stops the push",
+    )
+    registry_arg(p)
+    p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser(
+        "pull", help="download a release and its missing parents from a Hub repo, verified"
+    )
+    hub_args(p)
+    p.add_argument(
+        "--release", default="latest", help="release id, or latest (the highest tag; default)"
+    )
+    registry_arg(p)
+    p.set_defaults(func=cmd_pull)
 
     p = sub.add_parser(
         "quickstart", help="offline demo: base release from data/, add an intent, print accuracies"

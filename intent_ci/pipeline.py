@@ -40,7 +40,12 @@ from intent_ci.modeling import (
 )
 from intent_ci.registry import Registry
 from intent_ci.release import library_versions, load_release, save_model_files
-from intent_ci.replay import draw_replay, memory_bytes_per_intent, select_exemplars
+from intent_ci.replay import (
+    REPLAY_FILE,
+    draw_replay,
+    memory_bytes_per_intent,
+    select_exemplars,
+)
 from intent_ci.training import compute_features, make_loader, predict_logits, tokenize, train
 
 logger = logging.getLogger(__name__)
@@ -299,6 +304,13 @@ def add_intents(
     registry = _registry(registry)
     parent_release = load_release(registry, parent)
     config = resolve_add_config(parent_release.config, overrides, overrides_source)
+    if config.replay.enabled and REPLAY_FILE not in parent_release.manifest["files"]:
+        raise IntentCIError(
+            f"release {parent_release.name} has no replay memory (it was pushed to the Hub with "
+            "--no-replay), so its old intents have no exemplars to train on; set `replay.enabled: "
+            "false` in --config to rely on distillation alone, or add intents from a release that "
+            "has its replay.json"
+        )
     new_data = _as_data(data, config)
     check_new_intents(new_data, parent_release.labels, parent_release.name)
     old_labels = list(parent_release.labels)

@@ -284,6 +284,72 @@ class Registry:
             ) from None
         return release
 
+    def adopt(self, folder: Path, *, latest: bool = False) -> bool:
+        """Move a complete release made elsewhere (e.g. pulled from the Hub) in under its own id.
+
+        `folder` is named after the release (``v3``) and holds its files and manifest; it should
+        sit in a staging folder of this registry, so that moving it in is one rename. Its files
+        are verified against its manifest first, and its parent must already be here, so lineage
+        stays whole (adopt ancestors oldest first).
+
+        Args:
+            folder: the release folder to move in; left in place when nothing is moved.
+            latest: move ``LATEST`` to this release if there is none yet or it names an older one.
+
+        Returns:
+            True if the release was moved in; False if this registry already holds it,
+            byte-identical (a no-op).
+
+        Raises:
+            ReleaseVerificationError: if `folder` fails verification.
+            IntentCIError: if the id is taken by a different release, the parent is missing,
+                or the lock cannot be taken in time.
+        """
+        release = folder.name
+        if not RELEASE_ID.match(release):
+            raise IntentCIError(f"{folder}: release folders are named v1, v2, …; got {release!r}")
+        manifest = Registry(folder.parent).verify(release)
+        digest = sha256_file(folder / MANIFEST)
+        for file in folder.iterdir():
+            _fsync_file(file)
+        _fsync_dir(folder)
+        self.root.mkdir(parents=True, exist_ok=True)
+        target = self.root / release
+        try:
+            with self._lock():
+                if target.exists() or target.is_symlink():
+                    same = (target / MANIFEST).is_file() and sha256_file(
+                        target / MANIFEST
+                    ) == digest
+                    if not same:
+                        raise IntentCIError(
+                            f"{target}: already holds a different release {release}; a release is "
+                            "never overwritten (pull into another --registry)"
+                        )
+                    self.verify(release)
+                    moved = False
+                else:
+                    parent = manifest.get("parent")
+                    if parent is not None and parent not in self.releases():
+                        raise IntentCIError(
+                            f"{folder / MANIFEST}: parent {parent} of {release} is not in {self.root}; "
+                            "adopt the ancestors first, oldest first"
+                        )
+                    os.rename(folder, target)
+                    if int(release[1:]) > self._high_water():
+                        self._write_small(self.root / HIGH_WATER, release + "\n")
+                    moved = True
+                if latest:
+                    current = self.latest()
+                    if current is None or int(current[1:]) < int(release[1:]):
+                        self._point_latest(release)
+                _fsync_dir(self.root)
+        except Timeout:
+            raise IntentCIError(
+                f"{self.root}: another intent-ci run holds the registry lock for over {LOCK_TIMEOUT_S:.0f}s"
+            ) from None
+        return moved
+
     def _high_water(self) -> int:
         try:
             match = RELEASE_ID.match((self.root / HIGH_WATER).read_text(encoding="utf-8").strip())

@@ -201,7 +201,9 @@ def load_release(
             f"{folder / HEAD_WEIGHTS}: {str(err).splitlines()[0]}"
         ) from None
     model = IntentModel(encoder, head, pooling).eval()
-    replay = read_memory(folder / REPLAY_FILE)
+    # A release pulled from a repo pushed with --no-replay has no replay memory; it still loads
+    # and predicts, and add-intent from it needs replay.enabled: false.
+    replay = read_memory(folder / REPLAY_FILE) if REPLAY_FILE in manifest["files"] else {}
     return LoadedRelease(name, manifest, config, labels, replay, model, backbone)
 
 
