@@ -212,7 +212,10 @@ class Registry:
             raise ReleaseVerificationError(
                 f"{pointer}: expected a release name such as v3, got {len(raw)} bytes that are not one"
             )
-        check_release_name(name, f"{pointer}: ")
+        try:
+            check_release_name(name, f"{pointer}: ")
+        except IntentCIError as err:
+            raise ReleaseVerificationError(str(err)) from None
         if name not in self.releases():
             raise ReleaseVerificationError(
                 f"{pointer}: points to {name!r}, which is not a complete release in {self.root}; "
@@ -695,9 +698,12 @@ def check_manifest(data: Any, path: Path) -> None:
         raise ReleaseVerificationError(
             f"{path}: format {data['format']} is not supported (expected {MANIFEST_FORMAT})"
         )
-    check_release_name(data["release"], f"{path}: field `release`: ")
-    if data.get("parent") is not None:
-        check_release_name(data["parent"], f"{path}: field `parent`: ")
+    try:
+        check_release_name(data["release"], f"{path}: field `release`: ")
+        if data.get("parent") is not None:
+            check_release_name(data["parent"], f"{path}: field `parent`: ")
+    except IntentCIError as err:
+        raise ReleaseVerificationError(str(err)) from None
     if not _is_name_list(data["intents"], allow_empty=False):
         raise ReleaseVerificationError(
             f"{path}: field `intents` must be a non-empty list of unique intent names"

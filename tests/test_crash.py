@@ -59,24 +59,34 @@ class _Recorded(Exception):
 
 @pytest.fixture(scope="module")
 def pending_add(tmp_path_factory, trained_registry, data_dir):
-    """A registry (v1, v2) and the recorded arguments of one real add-intent's release write."""
+    """A registry and the recorded arguments of one real add-intent's release write.
+
+    The registry holds v1, v2 and v3 = v2 with card_lost retired; the add-intent trains
+    report_damage on top of v3 (1 epoch), so every replayed write is an add after a retire.
+    """
     registry = Path(shutil.copytree(trained_registry, tmp_path_factory.mktemp("crash") / "reg"))
+    assert retire_intents(["card_lost"], registry, "v2") == "v3"
     recorded: dict = {}
 
     def record(registry_arg, accelerator, **kwargs):
         recorded.update(kwargs, accelerator=accelerator)
         raise _Recorded
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(pipeline, "_write_release", record)
         with pytest.raises(_Recorded):
             add_intents(
                 data_dir / "new" / "report_damage.txt",
                 registry,
-                "v2",
+                "v3",
                 overrides={"train": {"epochs": 1}},
             )
-    assert recorded["labels"] == [*BASE_INTENTS, "refund_status", "report_damage"]
+    torch.set_num_threads(threads)
+    assert recorded["parent"] == "v3"
+    assert recorded["labels"] == [*BASE_INTENTS[1:], "refund_status", "report_damage"]
+    assert "card_lost" not in recorded["replay"]
     return registry, recorded
 
 

@@ -363,3 +363,30 @@ def test_ids_stay_unique_across_retire_and_rollback(reg, capsys):
     assert Registry(reg).releases() == ["v1", "v2", "v3", "v4"]
     assert Registry(reg).latest() == "v4"
     assert os.listdir(reg).count("v3") == 1
+
+
+def test_the_package_never_unpickles_or_runs_remote_code():
+    """Safe loading, checked on the source: no torch.load, no pickle, no trust_remote_code,
+    no ignore_mismatched_sizes anywhere in intent_ci/ (registry files are safetensors and JSON)."""
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "intent_ci"
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr == "load":
+                if isinstance(node.value, ast.Name) and node.value.id in ("torch", "pickle"):
+                    found.append(f"{path.name}:{node.lineno} {node.value.id}.load")
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                modules = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                if any(
+                    m.split(".")[0] in ("pickle", "dill", "joblib", "cloudpickle") for m in modules
+                ):
+                    found.append(f"{path.name}:{node.lineno} imports {modules}")
+            if isinstance(node, ast.keyword) and node.arg in (
+                "trust_remote_code",
+                "ignore_mismatched_sizes",
+                "weights_only",
+            ):
+                found.append(f"{path.name}:{node.lineno} {node.arg}=")
+    assert found == []

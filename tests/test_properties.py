@@ -65,8 +65,11 @@ FUZZ = settings(
 CASES: dict[str, int] = {}
 
 
-def count(name: str) -> None:
-    CASES[name] = CASES.get(name, 0) + 1
+STEPS: dict[str, int] = {}
+
+
+def count(name: str, table: dict[str, int] = CASES) -> None:
+    table[name] = table.get(name, 0) + 1
 
 
 # ---- the state machine -------------------------------------------------------------------------
@@ -95,6 +98,7 @@ class RegistryMachine(RuleBasedStateMachine):
         self.issued = 2
         self.digests = {name: folder_digest(root / name) for name in self.intents}
         self.fresh = 0
+        count("runs", STEPS)
 
     def _committed(self, release: str, parent: str, intents: list[str]) -> None:
         assert int(release[1:]) == self.issued + 1, "ids are handed out in order, never reused"
@@ -103,6 +107,7 @@ class RegistryMachine(RuleBasedStateMachine):
         self.parents[release] = parent
         self.latest = release
         self.digests[release] = folder_digest(self.registry.path(release))
+        count("commits", STEPS)
 
     @rule(data=st.data(), new=st.integers(1, 2))
     def add(self, data, new: int) -> None:
@@ -171,6 +176,7 @@ class RegistryMachine(RuleBasedStateMachine):
     def roll_back(self, data) -> None:
         target = data.draw(st.sampled_from(sorted(self.intents)))
         previous, now = rollback(self.registry, target)
+        count("rollbacks", STEPS)
         assert now == target and (previous == self.latest)
         self.latest = target
 
@@ -178,6 +184,7 @@ class RegistryMachine(RuleBasedStateMachine):
     def verify(self) -> None:
         report = verify_registry(self.registry)
         assert report.ok, report.to_dict()
+        count("verifies", STEPS)
         assert [c.release for c in report.releases] == sorted(
             self.intents, key=lambda r: int(r[1:])
         )
@@ -220,6 +227,8 @@ def test_registry_state_machine(trained_registry, tmp_path):
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+    assert STEPS["commits"] >= 20 and STEPS["rollbacks"] >= 5, STEPS
+    print(f"\nstate machine: {STEPS}")
 
 
 # ---- fuzzing -----------------------------------------------------------------------------------
