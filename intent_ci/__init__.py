@@ -14,6 +14,7 @@ from intent_ci.config import (  # noqa: E402
     DataConfig,
     DistillConfig,
     ModelConfig,
+    RegistryConfig,
     ReleaseConfig,
     ReplayConfig,
     TrainConfig,
@@ -40,6 +41,10 @@ def __getattr__(name: str):
         from intent_ci.data import read_examples
 
         return read_examples
+    if name in ("verify_registry", "rollback", "diff_releases", "retire_intents"):
+        from intent_ci import lifecycle
+
+        return getattr(lifecycle, name)
     if name == "Registry":
         from intent_ci.registry import Registry
 
@@ -55,13 +60,18 @@ __all__ = [
     "ModelConfig",
     "Prediction",
     "Registry",
+    "RegistryConfig",
     "ReleaseConfig",
     "ReleaseVerificationError",
     "ReplayConfig",
     "TrainConfig",
     "add_intents",
+    "diff_releases",
     "evaluate_release",
     "init_release",
     "read_examples",
     "load_config",
+    "retire_intents",
+    "rollback",
+    "verify_registry",
 ]

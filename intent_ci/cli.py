@@ -14,7 +14,8 @@ from typing import Any
 
 from intent_ci.errors import IntentCIError
 
-EXIT_OK, EXIT_ERROR = 0, 2
+EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
+"""0: done; 1: a release failed `verify`; 2: a user mistake (bad input, usage, unknown release)."""
 logger = logging.getLogger("intent_ci")
 
 
@@ -60,7 +61,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         config = apply_overrides(
             config, {"model": {"backbone": args.backbone}}, source="--backbone"
         )
-    release = init_release(args.data, args.registry, config, eval_data=args.eval_data)
+    release = init_release(args.data, _writable_registry(args), config, eval_data=args.eval_data)
     _report_release(args.registry, release)
     return EXIT_OK
 
@@ -68,15 +69,10 @@ def cmd_init(args: argparse.Namespace) -> int:
 def _read_overrides(path: str | None) -> dict[str, Any]:
     if path is None:
         return {}
-    import yaml
+    from intent_ci.config import read_yaml
 
     file = Path(path)
-    if not file.is_file():
-        raise IntentCIError(f"{file}: config file not found")
-    try:
-        values = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError) as err:
-        raise IntentCIError(f"{file}: not valid YAML ({err})") from None
+    values = read_yaml(file)
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -91,7 +87,7 @@ def cmd_add_intent(args: argparse.Namespace) -> int:
 
     release = add_intents(
         args.data,
-        args.registry,
+        _writable_registry(args),
         args.from_release,
         overrides=_read_overrides(args.config),
         overrides_source=args.config or "overrides",
@@ -139,6 +135,7 @@ def cmd_releases(args: argparse.Namespace) -> int:
                 "parent": m.get("parent"),
                 "intents": len(m["intents"]),
                 "new_intents": m.get("new_intents", []),
+                "retired_intents": m.get("retired_intents", []),
                 "accuracy": ev.get("accuracy"),
                 "old_intents_accuracy": ev.get("old_intents_accuracy"),
                 "new_intents_accuracy": ev.get("new_intents_accuracy"),
@@ -155,6 +152,8 @@ def cmd_releases(args: argparse.Namespace) -> int:
     echo(f"{'release':<9} {'parent':<7} {'intents':>7}  {'acc':>6} {'old':>6} {'new':>6}  added")
     for r in rows:
         added = ", ".join(r["new_intents"][:4]) + (" …" if len(r["new_intents"]) > 4 else "")
+        if r["retired_intents"]:
+            added = "retired " + ", ".join(r["retired_intents"])
         mark = "*" if r["latest"] else " "
         echo(
             f"{r['release'] + mark:<9} {r['parent'] or '-':<7} {r['intents']:>7}  {_fmt(r['accuracy']):>6} "
@@ -182,10 +181,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     )
     echo(f"intents   {len(manifest['intents'])}: {', '.join(manifest['intents'])}")
     echo(f"added     {', '.join(manifest.get('new_intents', []))}")
+    if manifest.get("retired_intents"):
+        echo(f"retired   {', '.join(manifest['retired_intents'])}")
     m = manifest.get("metrics") or {}
-    echo(
-        f"training  {m.get('train_examples')} examples, {m.get('wall_time_s')} s, {m.get('train', {}).get('steps')} steps"
-    )
+    if m.get("train") is not None:
+        echo(
+            f"training  {m.get('train_examples')} examples, {m.get('wall_time_s')} s, {m.get('train', {}).get('steps')} steps"
+        )
     ev = m.get("eval")
     if ev:
         echo(
@@ -363,6 +365,116 @@ def cmd_pull(args: argparse.Namespace) -> int:
     if not result.pulled:
         echo(f"{result.release}: nothing to pull")
     echo(f"{result.release} is at commit {result.commit[:12]}; LATEST is {result.latest or '-'}")
+
+
+def _writable_registry(args: argparse.Namespace) -> Any:
+    """The registry of a command that writes, with its `--lock-timeout`."""
+    from intent_ci.config import RegistryConfig
+    from intent_ci.registry import Registry
+
+    return Registry(args.registry, RegistryConfig(lock_timeout_s=args.lock_timeout))
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from intent_ci.lifecycle import verify_registry
+
+    if args.all and args.release:
+        raise IntentCIError("verify takes a release name or --all, not both")
+    report = verify_registry(
+        args.registry, None if args.all else (args.release or "latest"), backbone=args.backbone
+    )
+    if args.json:
+        echo(json.dumps(report.to_dict(), indent=2))
+        return EXIT_OK if report.ok else EXIT_FAILED
+    for problem in report.registry_problems:
+        echo(f"registry  FAILED  {problem}")
+    for check in report.releases:
+        if check.ok:
+            echo(
+                f"{check.release:<9} ok      {check.intents} intents, parent {check.parent or '-'}"
+            )
+        else:
+            echo(f"{check.release:<9} FAILED")
+            for problem in check.problems:
+                echo(f"  - {problem}")
+    for note in report.notes:
+        echo(f"note: {note}")
+    failed = sum(not c.ok for c in report.releases)
+    echo(
+        f"{len(report.releases)} release(s) checked: {len(report.releases) - failed} ok, {failed} failed"
+        + (
+            f"; {len(report.registry_problems)} registry problem(s)"
+            if report.registry_problems
+            else ""
+        )
+    )
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from intent_ci.lifecycle import rollback
+
+    previous, current = rollback(_writable_registry(args), args.release)
+    if previous == current:
+        echo(f"{current} is already latest; nothing changed")
+    else:
+        echo(
+            f"latest: {previous or '-'} -> {current} (no release deleted; logged in HISTORY.jsonl)"
+        )
+    return EXIT_OK
+
+
+def _pct_delta(row: dict[str, Any]) -> str:
+    return f"{_fmt(row['a'])} -> {_fmt(row['b'])} ({100 * row['delta']:+.1f} points)"
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from intent_ci.lifecycle import diff_releases
+
+    result = diff_releases(args.registry, args.a, args.b)
+    if args.json:
+        echo(json.dumps(result, indent=2))
+        return EXIT_OK
+    echo(f"{result['a']} -> {result['b']}: {result['relation']}")
+    echo(f"intents added    {', '.join(result['intents_added']) or '-'}")
+    removed = ", ".join(result["intents_removed"]) or "-"
+    if result["retired_intents"]:
+        removed += f" (retired by {result['b']})"
+    echo(f"intents removed  {removed}")
+    metrics = result["metrics"]
+    if not metrics:
+        echo("metrics          - (both releases need eval results: --eval-data)")
+    else:
+        data = metrics["data"]
+        if data["a"] != data["b"]:
+            echo(f"metrics          measured on different data: {data['a']} vs {data['b']}")
+        for key in ("accuracy", "old_intents_accuracy", "new_intents_accuracy"):
+            if key in metrics:
+                echo(f"  {key:<22} {_pct_delta(metrics[key])}")
+        for intent, row in metrics["per_intent"].items():
+            echo(f"  {intent:<22} {_pct_delta(row)}")
+    changes = result["config_changes"] + result["backbone_changes"]
+    echo(
+        f"config changes   {len(result['config_changes'])}" + ("" if changes else " (same config)")
+    )
+    for change in result["config_changes"]:
+        echo(f"  {change['field']:<30} {change['a']!r} -> {change['b']!r}")
+    for change in result["backbone_changes"]:
+        echo(f"  backbone.{change['field']:<21} {change['a']!r} -> {change['b']!r}")
+    return EXIT_OK
+
+
+def cmd_retire(args: argparse.Namespace) -> int:
+    from intent_ci.lifecycle import retire_intents
+    from intent_ci.registry import Registry
+
+    release = retire_intents(args.intents, _writable_registry(args), args.from_release)
+    manifest = Registry(args.registry).manifest(release)
+    echo(
+        f"{release}: {len(manifest['intents'])} intents, parent {manifest['parent']}, retired "
+        f"{', '.join(manifest['retired_intents'])}"
+    )
+    echo(f"  written to {Path(args.registry) / release}; {manifest['parent']} is unchanged")
     return EXIT_OK
 
 
@@ -374,9 +486,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from intent_ci.config import RegistryConfig
 
-    def registry_arg(p: argparse.ArgumentParser) -> None:
+    def registry_arg(p: argparse.ArgumentParser, writes: bool = False) -> None:
         p.add_argument("--registry", default="adapters", help="registry folder (default: adapters)")
+        if writes:
+            p.add_argument(
+                "--lock-timeout",
+                type=float,
+                default=RegistryConfig.lock_timeout_s,
+                metavar="SECONDS",
+                help="how long to wait for another run's registry lock (default: %(default)g)",
+            )
 
     p = sub.add_parser("init", help="train the first release (v1) from labelled utterances")
     p.add_argument(
@@ -394,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--eval-data", help="held-out utterances scored after training and stored in the manifest"
     )
-    registry_arg(p)
+    registry_arg(p, writes=True)
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser(
@@ -412,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--eval-data", help="held-out utterances of old and new intents, scored after training"
     )
-    registry_arg(p)
+    registry_arg(p, writes=True)
     p.set_defaults(func=cmd_add_intent)
 
     p = sub.add_parser("releases", help="list releases: lineage, intents and key metrics")
@@ -489,6 +610,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pull)
 
     p = sub.add_parser(
+        "verify",
+        help="re-hash files and check label maps, adapter configs and lineage (exit 1 on failure)",
+    )
+    p.add_argument("release", nargs="?", help="release name or latest (default: latest)")
+    p.add_argument("--all", action="store_true", help="every release, and LATEST itself")
+    p.add_argument(
+        "--backbone",
+        action="store_true",
+        help="also load each backbone and compare its weights with the recorded fingerprint",
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    registry_arg(p)
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("rollback", help="point latest back at an existing release (never deletes)")
+    p.add_argument("release", help="the release latest should point to, e.g. v2")
+    registry_arg(p, writes=True)
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser(
+        "diff", help="intents added/removed, per-intent metric deltas, config changes"
+    )
+    p.add_argument("a", help="release name or latest")
+    p.add_argument("b", help="release name or latest")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    registry_arg(p)
+    p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser(
+        "retire", help="new release in which the given intents are no longer predicted"
+    )
+    p.add_argument("intents", nargs="+", metavar="INTENT", help="intent(s) to stop predicting")
+    p.add_argument(
+        "--from", dest="from_release", default="latest", help="parent release (default: latest)"
+    )
+    registry_arg(p, writes=True)
+    p.set_defaults(func=cmd_retire)
+
+    p = sub.add_parser(
         "quickstart", help="offline demo: base release from data/, add an intent, print accuracies"
     )
     p.add_argument(
@@ -500,11 +660,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_release_args(args: argparse.Namespace) -> None:
+    """Reject path-like or reserved release names before any command touches a file."""
+    from intent_ci.registry import check_release_name
+
+    for attr in ("release", "against", "from_release", "a", "b"):
+        value = getattr(args, attr, None)
+        if isinstance(value, str) and value != "latest":
+            check_release_name(value)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     _quiet_libraries()
     try:
+        _check_release_args(args)
         return args.func(args)
     except IntentCIError as err:
         sys.stderr.write(f"intent-ci: error: {err}\n")

@@ -345,6 +345,31 @@ class ReleaseConfig:
         return apply_overrides(cls(), values, source=source)
 
 
+@dataclass
+class RegistryConfig:
+    """How commands that write the registry behave. Not part of a release (not in manifests)."""
+
+    lock_timeout_s: float = field(
+        default=600.0,
+        metadata={
+            "help": "Seconds a commit, rollback or retire waits for the registry lock held by another "
+            "run before it stops with an error (nothing committed). Two add-intent runs both train "
+            "at once and wait only to commit, one after the other, with distinct ids. "
+            "CLI: --lock-timeout."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        _check(
+            isinstance(self.lock_timeout_s, (int, float))
+            and not isinstance(self.lock_timeout_s, bool)
+            and 0 <= self.lock_timeout_s <= 86_400,
+            "registry",
+            "lock_timeout_s",
+            f"must be a number of seconds in [0, 86400], got {self.lock_timeout_s!r}",
+        )
+
+
 def _suggest(name: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(name, valid, n=1)
     hint = f" Did you mean `{close[0]}`?" if close else ""
@@ -428,6 +453,33 @@ def apply_overrides(
     return dataclasses.replace(config, **updated)
 
 
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file with `yaml.safe_load`; every failure names the file.
+
+    Raises:
+        IntentCIError: if the file is missing, not UTF-8, not YAML, nested too deeply, or holds
+            a value YAML cannot construct (such as the date 2001-02-30).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise IntentCIError(f"{path}: config file not found")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise IntentCIError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise IntentCIError(
+            f"{path}:{where} is not valid YAML: {getattr(err, 'problem', err)}"
+        ) from None
+    except RecursionError:
+        raise IntentCIError(f"{path}: is not valid YAML: nested too deeply") from None
+    except (ValueError, OverflowError) as err:
+        # safe_load builds dates and numbers itself; an impossible one raises a plain ValueError.
+        raise IntentCIError(f"{path}: is not valid YAML: {err}") from None
+
+
 def load_config(path: str | Path | None, base: ReleaseConfig | None = None) -> ReleaseConfig:
     """Read a YAML override file on top of `base` (defaults when None).
 
@@ -437,19 +489,7 @@ def load_config(path: str | Path | None, base: ReleaseConfig | None = None) -> R
     config = base if base is not None else ReleaseConfig()
     if path is None:
         return config
-    path = Path(path)
-    if not path.is_file():
-        raise IntentCIError(f"{path}: config file not found")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise IntentCIError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise IntentCIError(
-            f"{path}:{where} is not valid YAML: {getattr(err, 'problem', err)}"
-        ) from None
+    values = read_yaml(path)
     if values is None:
         return config
     return apply_overrides(config, values, source=str(path))

@@ -4,14 +4,34 @@ Layout::
 
     adapters/
       LATEST                  # text: the release `latest` points to
+      HISTORY.jsonl           # append-only log of every move of LATEST (release, rollback)
+      .last-release           # high-water mark: the highest id ever handed out
+      .lock                   # the file lock that serialises commits and LATEST moves
       v1/  manifest.json  labels.json  adapter_model.safetensors  adapter_config.json
            head.safetensors  replay.json
       v2/  ...
 
-A release is written into a staging folder on the same filesystem, every file is fsynced,
-``manifest.json`` (with the sha256 of every other file) is written last, and the folder is
-renamed into place under a file lock that also allocates the id, so ids are never reused and a
-killed run leaves no partial release. ``LATEST`` moves by atomic replace. A release never changes.
+Guarantees, and how they are kept:
+
+* **Atomic release.** A release is written into a staging folder inside the registry (same
+  filesystem), every file is fsynced, ``manifest.json`` (with the sha256 and size of every other
+  file) is written last, the folder is renamed into place and ``LATEST`` moves by atomic replace.
+  A killed run leaves at most a staging folder or a ``.tmp-`` file tagged with its pid; the
+  next write removes them, ``verify`` reports them, and nothing ever loads them.
+* **Ids never reused.** The id is allocated under a file lock from the largest of the existing
+  folders and the high-water mark, which is written before the folder appears. A release
+  folder is never overwritten.
+* **Concurrency policy.** Two ``add-intent`` runs at once both train; each takes the lock only to
+  commit, so they commit one after the other, get distinct ids, and ``LATEST`` ends on the one
+  that committed last. A run waits for the lock at most ``RegistryConfig.lock_timeout_s``
+  seconds and then stops with an error; its staging folder is removed and nothing is committed.
+* **Verification.** :meth:`Registry.integrity_problems` re-hashes files against the manifest;
+  :meth:`Registry.lineage_problems` checks parents, cycles, label-map growth and backbone
+  consistency from the manifests alone. Names (CLI arguments, the manifest's ``parent``, the
+  content of ``LATEST``) are checked before any file is touched.
+
+The registry is format-agnostic: which files a release holds is decided by
+:mod:`intent_ci.release`; this module only stages, hashes, commits and checks them.
 """
 
 from __future__ import annotations
@@ -19,9 +39,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,17 +52,54 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from intent_ci.config import NAME_PATTERN
+from intent_ci.config import NAME_PATTERN, RegistryConfig
 from intent_ci.errors import IntentCIError, ReleaseVerificationError
+
+logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 LATEST = "LATEST"
+HISTORY = "HISTORY.jsonl"
 HIGH_WATER = ".last-release"
+LOCK = ".lock"
 STAGING_PREFIX = ".staging-"
+TMP_PREFIX = ".tmp-"
 RELEASE_ID = re.compile(r"^v([1-9][0-9]{0,8})$")
-RESERVED = {"latest", "staging", "lock"}
+WINDOWS_DEVICES = {"con", "prn", "aux", "nul"} | {
+    f"{d}{i}" for d in ("com", "lpt") for i in range(10)
+}
+RESERVED = {"latest", "staging", "lock", "history", "manifest"} | WINDOWS_DEVICES
+"""Names that are never release names: pointers, registry files and Windows device names."""
 MANIFEST_FORMAT = 1
-LOCK_TIMEOUT_S = 600.0
+LOCK_TIMEOUT_S = RegistryConfig().lock_timeout_s
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_MAX_POINTER_BYTES = 256
+
+CRASH_AFTER_ENV = "INTENT_CI_TEST_CRASH_AFTER"
+"""Crash-injection test hook: with this variable set to N, a process SIGKILLs itself at the
+Nth step of a registry write (see :func:`crash_point`). Unset, it has no effect at all."""
+_crash_steps_taken = 0
+
+
+def crash_point(step: str) -> None:
+    """Mark the end of one step of a registry write (a file written, fsynced or renamed).
+
+    This is the documented crash-injection hook of the test suite. When the environment
+    variable ``INTENT_CI_TEST_CRASH_AFTER`` is unset, which it always is outside tests, it
+    returns at once. When it holds N, the process kills itself with SIGKILL on reaching its
+    Nth step, so a test can stop a real write between any two of its system calls.
+
+    Args:
+        step: what was just done, for readers of the code (e.g. ``"renamed release"``).
+    """
+    target = os.environ.get(CRASH_AFTER_ENV)
+    if not target:
+        return
+    global _crash_steps_taken
+    _crash_steps_taken += 1
+    if str(_crash_steps_taken) == target.strip():
+        logger.debug("crash hook: SIGKILL after step %d (%s)", _crash_steps_taken, step)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def sha256_file(path: Path) -> str:
@@ -49,6 +108,19 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def describe_os_error(err: BaseException) -> str:
+    """A short reason for a failed write: ``No space left on device`` rather than a repr.
+
+    Works for `OSError` and for libraries (safetensors) that only report ``os error 28``.
+    """
+    if isinstance(err, OSError) and err.errno is not None:
+        return os.strerror(err.errno)
+    match = re.search(r"os error (\d+)", str(err))
+    if match:
+        return os.strerror(int(match.group(1)))
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def _fsync_file(path: Path) -> None:
@@ -64,32 +136,49 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def check_release_name(name: str) -> str:
+def check_release_name(name: Any, where: str = "") -> str:
     """Release names follow the intent-name rule and are not reserved words.
 
+    Args:
+        name: the name to check (from the command line, a manifest or ``LATEST``).
+        where: prefix naming where the name came from, e.g. ``"adapters/v2/manifest.json:
+            field `parent`: "``.
+
     Raises:
-        IntentCIError: for path separators, traversal, reserved words or bad characters.
+        IntentCIError: for path separators, traversal, absolute paths, reserved words or bad
+            characters, before any file is touched.
     """
     if not isinstance(name, str) or not NAME_PATTERN.match(name) or name in RESERVED:
         raise IntentCIError(
-            f"invalid release name {name!r}; expected e.g. v3 (lowercase letters, digits, '_' or '-', "
+            f"{where}invalid release name {name!r}; expected e.g. v3 (lowercase letters, digits, '_' or '-', "
             "at most 64 characters, not a reserved word)"
         )
     return name
 
 
-class Registry:
-    """A folder of immutable releases with a `latest` pointer."""
+def _pid_alive(entry_name: str, prefix: str) -> bool:
+    pid = entry_name[len(prefix) :].split("-", 1)[0]
+    return pid.isdigit() and _alive(int(pid))
 
-    def __init__(self, root: str | Path) -> None:
+
+class Registry:
+    """A folder of immutable releases with a `latest` pointer.
+
+    Args:
+        root: the registry folder (created on the first commit).
+        config: lock timeout and other commit settings.
+    """
+
+    def __init__(self, root: str | Path, config: RegistryConfig | None = None) -> None:
         self.root = Path(root)
+        self.config = config or RegistryConfig()
 
     # ---- reading -------------------------------------------------------------------------
     def exists(self) -> bool:
         return self.root.is_dir()
 
     def releases(self) -> list[str]:
-        """Complete releases (folders named ``vN`` with a manifest), oldest first."""
+        """Complete releases (real folders named ``vN`` with a manifest), oldest first."""
         if not self.root.is_dir():
             return []
         found = []
@@ -100,10 +189,33 @@ class Registry:
         return [name for _, name in sorted(found)]
 
     def latest(self) -> str | None:
+        """The release ``LATEST`` points to, or None before the first release.
+
+        Raises:
+            ReleaseVerificationError: if ``LATEST`` is a link, is not a release name, or names
+                a release that is not complete.
+        """
         pointer = self.root / LATEST
+        if pointer.is_symlink():
+            raise ReleaseVerificationError(
+                f"{pointer}: is a symbolic link; LATEST must be a regular file inside the registry"
+            )
         if not pointer.is_file():
             return None
-        name = pointer.read_text(encoding="utf-8").strip()
+        with pointer.open("rb") as handle:
+            raw = handle.read(_MAX_POINTER_BYTES + 1)
+        try:
+            name = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            name = None
+        if name is None or len(raw) > _MAX_POINTER_BYTES:
+            raise ReleaseVerificationError(
+                f"{pointer}: expected a release name such as v3, got {len(raw)} bytes that are not one"
+            )
+        try:
+            check_release_name(name, f"{pointer}: ")
+        except IntentCIError as err:
+            raise ReleaseVerificationError(str(err)) from None
         if name not in self.releases():
             raise ReleaseVerificationError(
                 f"{pointer}: points to {name!r}, which is not a complete release in {self.root}; "
@@ -114,9 +226,13 @@ class Registry:
     def resolve(self, ref: str) -> str:
         """Turn ``latest`` or a release name into an existing release name.
 
+        The name is checked before the registry folder is looked at.
+
         Raises:
-            IntentCIError: if the registry is empty or the release does not exist.
+            IntentCIError: for an invalid name, an empty registry or a missing release.
         """
+        if ref != "latest":
+            check_release_name(ref)
         if not self.root.is_dir():
             raise IntentCIError(
                 f"no registry at {self.root}; create one with `intent-ci init --registry {self.root}`"
@@ -128,7 +244,6 @@ class Registry:
                     f"registry {self.root} has no releases yet; run `intent-ci init` first"
                 )
             return latest
-        check_release_name(ref)
         if ref not in self.releases():
             raise IntentCIError(
                 f"unknown release {ref!r} in {self.root}; releases: {', '.join(self.releases()) or 'none'}"
@@ -142,7 +257,8 @@ class Registry:
         """The release's manifest, parsed and shape-checked.
 
         Raises:
-            ReleaseVerificationError: if it is missing, not JSON or lacks required fields.
+            ReleaseVerificationError: if it is missing, not JSON, or a field has the wrong shape
+                (each message names the file and the field).
         """
         path = self.path(release) / MANIFEST
         try:
@@ -151,97 +267,233 @@ class Registry:
             raise ReleaseVerificationError(
                 f"{path}: missing; {release} is not a complete release"
             ) from None
-        except (UnicodeDecodeError, ValueError) as err:
+        except (UnicodeDecodeError, ValueError, RecursionError) as err:
             raise ReleaseVerificationError(f"{path}: not valid JSON ({err})") from None
-        required = {
-            "format": int,
-            "release": str,
-            "intents": list,
-            "files": dict,
-            "backbone": dict,
-            "config": dict,
-        }
-        if not isinstance(data, dict):
-            raise ReleaseVerificationError(f"{path}: expected a JSON object")
-        for key, kind in required.items():
-            if not isinstance(data.get(key), kind):
-                raise ReleaseVerificationError(
-                    f"{path}: field `{key}` missing or not a {kind.__name__}"
-                )
+        check_manifest(data, path)
         if data["release"] != release:
             raise ReleaseVerificationError(
                 f"{path}: names release {data['release']!r} but sits in folder {release!r}"
             )
-        if data["format"] != MANIFEST_FORMAT:
-            raise ReleaseVerificationError(
-                f"{path}: format {data['format']} is not supported (expected {MANIFEST_FORMAT})"
-            )
         return data
+
+    def integrity_problems(self, release: str) -> list[str]:
+        """Every way the release's files differ from its manifest (empty when intact).
+
+        Checks, in order: the manifest itself, missing files, unlisted files, then per file:
+        a regular file (no links), the recorded size, the recorded sha256.
+        """
+        try:
+            manifest = self.manifest(release)
+        except IntentCIError as err:
+            return [str(err)]
+        folder = self.path(release)
+        if folder.is_symlink():
+            return [f"{folder}: is a symlink; releases must be real folders inside the registry"]
+        problems = []
+        present = {p.name for p in folder.iterdir()} - {MANIFEST}
+        expected = set(manifest["files"])
+        for name in sorted(expected - present):
+            problems.append(f"{folder / name}: listed in the manifest but missing")
+        for name in sorted(present - expected):
+            problems.append(f"{folder / name}: not listed in the manifest; releases never change")
+        for name, meta in sorted(manifest["files"].items()):
+            file = folder / name
+            if name not in present:
+                continue
+            if file.is_symlink() or not file.is_file():
+                problems.append(f"{file}: must be a regular file, not a link or folder")
+                continue
+            size, actual = file.stat().st_size, sha256_file(file)
+            if actual == meta["sha256"] and size == meta["bytes"]:
+                continue
+            mismatch = f"{file}: sha256 {actual[:12]}… does not match the manifest's {meta['sha256'][:12]}…; "
+            if size != meta["bytes"]:
+                problems.append(
+                    mismatch + f"{size} bytes where the manifest records {meta['bytes']}: the file "
+                    "is truncated or was altered (an interrupted download or copy?)"
+                )
+            else:
+                problems.append(mismatch + "the release was altered or damaged")
+        return problems
 
     def verify(self, release: str) -> dict[str, Any]:
         """Re-hash every file of a release against its manifest; return the manifest.
 
         Raises:
-            ReleaseVerificationError: naming the first missing, extra or altered file.
+            ReleaseVerificationError: naming the first missing, extra, resized or altered file.
         """
-        manifest = self.manifest(release)
-        folder = self.path(release)
-        if folder.is_symlink():
-            raise ReleaseVerificationError(f"{folder}: is a symlink; releases must be real folders")
-        present = {p.name for p in folder.iterdir()} - {MANIFEST}
-        expected = set(manifest["files"])
-        for name in sorted(expected - present):
-            raise ReleaseVerificationError(f"{folder / name}: listed in the manifest but missing")
-        for name in sorted(present - expected):
-            raise ReleaseVerificationError(
-                f"{folder / name}: not listed in the manifest; releases never change"
+        problems = self.integrity_problems(release)
+        if problems:
+            raise ReleaseVerificationError(problems[0])
+        return self.manifest(release)
+
+    def lineage_problems(self, release: str, *, whole_chain: bool = True) -> list[str]:
+        """Problems with the release's ancestry, read from manifests alone.
+
+        Every parent must be a valid name of a complete release and the chain must end without
+        a cycle. For each parent -> child edge: the child's intents start with the parent's
+        intents in order (label maps only grow), unless the child was made by ``retire`` and
+        says so in ``retired_intents``, in which case it holds the parent's intents minus those;
+        ``parent_intents`` matches the parent; the backbone (fingerprint, type, size, pooling)
+        and the ``model`` config are the parent's.
+
+        Args:
+            release: the release whose lineage is checked.
+            whole_chain: check every edge up to the root (loading); False checks the release's
+                own edge and only the existence and acyclicity of the rest (``verify --all``,
+                which checks every other edge under its own release).
+        """
+        try:
+            child = self.manifest(release)
+        except IntentCIError as err:
+            return [str(err)]
+        problems: list[str] = []
+        chain = [release]
+        complete = set(self.releases())
+        name, manifest, first = release, child, True
+        while manifest.get("parent") is not None:
+            parent = manifest["parent"]
+            where = f"{self.root / name / MANIFEST}: field `parent`: "
+            if parent in chain:
+                problems.append(
+                    f"{self.root / name / MANIFEST}: lineage has a cycle: "
+                    + " -> ".join([*chain, parent])
+                )
+                break
+            chain.append(parent)
+            if parent not in complete:
+                problems.append(
+                    f"{where}parent {parent!r} is not a complete release in {self.root}; "
+                    f"releases: {', '.join(sorted(complete, key=_release_number)) or 'none'}"
+                )
+                break
+            try:
+                parent_manifest = self.manifest(parent)
+            except IntentCIError as err:
+                problems.append(f"{where}parent {parent!r} is unreadable: {err}")
+                break
+            if first or whole_chain:
+                problems.extend(
+                    edge_problems(self.root / name / MANIFEST, manifest, parent_manifest)
+                )
+            name, manifest, first = parent, parent_manifest, False
+        if child.get("parent") is None and child.get("retired_intents"):
+            problems.append(
+                f"{self.root / release / MANIFEST}: field `retired_intents` is set but the release has no parent"
             )
-        for name, meta in sorted(manifest["files"].items()):
-            file = folder / name
-            if file.is_symlink() or not file.is_file():
-                raise ReleaseVerificationError(
-                    f"{file}: must be a regular file, not a link or folder"
+        return problems
+
+    def registry_problems(self) -> list[str]:
+        """Problems of the registry as a whole: ``LATEST``, stray or linked ``vN`` entries."""
+        problems = []
+        try:
+            self.latest()
+        except IntentCIError as err:
+            problems.append(str(err))
+        if not self.root.is_dir():
+            return problems
+        complete = set(self.releases())
+        for entry in sorted(self.root.iterdir()):
+            if not RELEASE_ID.match(entry.name) or entry.name in complete:
+                continue
+            if entry.is_symlink():
+                problems.append(
+                    f"{entry}: is a symbolic link to {os.readlink(entry)}; releases must be real "
+                    "folders inside the registry (never loaded)"
                 )
-            actual = sha256_file(file)
-            if actual != meta.get("sha256"):
-                raise ReleaseVerificationError(
-                    f"{file}: sha256 {actual[:12]}… does not match the manifest's {str(meta.get('sha256'))[:12]}…; "
-                    "the release was altered or damaged"
+            elif entry.is_dir():
+                problems.append(
+                    f"{entry}: folder without {MANIFEST}; not a release (a partial copy?), never loaded"
                 )
-        return manifest
+            else:
+                problems.append(f"{entry}: not a folder; not a release, never loaded")
+        return problems
+
+    def history(self) -> list[dict[str, Any]]:
+        """Entries of ``HISTORY.jsonl``, oldest first; unreadable (torn) lines are skipped."""
+        path = self.root / HISTORY
+        if not path.is_file() or path.is_symlink():
+            return []
+        entries = []
+        for number, line in enumerate(path.read_bytes().splitlines(), 1):
+            try:
+                entry = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                logger.warning("%s:%d: unreadable history line skipped", path, number)
+                continue
+            if isinstance(entry, dict):
+                entries.append(entry)
+        return entries
 
     # ---- writing -------------------------------------------------------------------------
     def _lock(self) -> FileLock:
-        return FileLock(str(self.root / ".lock"), timeout=LOCK_TIMEOUT_S)
+        return FileLock(str(self.root / LOCK), timeout=self.config.lock_timeout_s)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the registry lock (commits and LATEST moves take it).
+
+        Raises:
+            IntentCIError: if another run holds it for longer than the configured timeout.
+        """
+        try:
+            with self._lock():
+                crash_point("lock acquired")
+                yield
+        except Timeout:
+            raise IntentCIError(
+                f"{self.root}: another intent-ci run has held the registry lock ({self.root / LOCK}) "
+                f"for over {self.config.lock_timeout_s:g} s; nothing was committed. Try again when it "
+                "has finished, or raise --lock-timeout"
+            ) from None
 
     def stale_staging(self) -> list[Path]:
-        """Staging folders left by runs that are no longer alive (never loaded)."""
+        """Leftovers of runs that are no longer alive: staging folders and ``.tmp-`` files."""
         if not self.root.is_dir():
             return []
         stale = []
-        for entry in self.root.iterdir():
-            if not entry.name.startswith(STAGING_PREFIX):
-                continue
-            pid = entry.name[len(STAGING_PREFIX) :].split("-", 1)[0]
-            if not pid.isdigit() or not _alive(int(pid)):
-                stale.append(entry)
+        for entry in sorted(self.root.iterdir()):
+            for prefix in (STAGING_PREFIX, TMP_PREFIX):
+                if entry.name.startswith(prefix) and not _pid_alive(entry.name, prefix):
+                    stale.append(entry)
         return stale
 
     def clean_stale_staging(self) -> list[str]:
+        """Remove the leftovers of dead runs; return their names."""
         removed = []
         for entry in self.stale_staging():
-            shutil.rmtree(entry, ignore_errors=True)
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
             removed.append(entry.name)
+        if removed:
+            logger.info("removed leftovers of killed runs: %s", ", ".join(removed))
         return removed
 
     @contextlib.contextmanager
     def stage(self) -> Iterator[Path]:
-        """A private staging folder inside the registry; removed if the block fails."""
+        """A private staging folder inside the registry; removed if the block fails.
+
+        Leftovers of dead runs are removed first. A failed write (full disk, file size limit)
+        becomes an `IntentCIError`; the registry is left as it was.
+
+        Raises:
+            IntentCIError: if a file cannot be written.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
+        self.clean_stale_staging()
         staging = self.root / f"{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
         staging.mkdir()
+        crash_point("staging folder created")
         try:
             yield staging
+        except OSError as err:
+            raise IntentCIError(
+                f"{self.root}: could not write the new release ({describe_os_error(err)}); "
+                "nothing was committed and the registry is unchanged"
+            ) from None
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
@@ -249,39 +501,63 @@ class Registry:
     def commit(self, staging: Path, manifest: dict[str, Any]) -> str:
         """Allocate the next id, write the manifest last, rename into place, move `latest`.
 
+        Everything that needs disk space (high-water mark, manifest, the new ``LATEST``) is
+        written and fsynced before the rename, so once the release is visible only renames remain.
+
         Raises:
-            IntentCIError: if the lock cannot be taken in time.
+            IntentCIError: if the lock cannot be taken in time or a write fails.
         """
         for file in sorted(staging.iterdir()):
             _fsync_file(file)
+            crash_point(f"fsynced {file.name}")
         files = {
             p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
             for p in sorted(staging.iterdir())
         }
-        try:
-            with self._lock():
-                # The high-water mark remembers ids of releases deleted by hand, and incomplete
-                # folders are skipped too, so a number is never handed out twice.
-                taken = {
-                    int(m.group(1)) for e in self.root.iterdir() if (m := RELEASE_ID.match(e.name))
-                }
-                release = f"v{max(max(taken, default=0), self._high_water()) + 1}"
-                self._write_small(self.root / HIGH_WATER, release + "\n")
-                final = dict(manifest, format=MANIFEST_FORMAT, release=release, files=files)
-                final.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-                manifest_path = staging / MANIFEST
-                manifest_path.write_text(
-                    json.dumps(final, indent=2, sort_keys=False) + "\n", encoding="utf-8"
-                )
-                _fsync_file(manifest_path)
-                _fsync_dir(staging)
-                os.rename(staging, self.root / release)
-                self._point_latest(release)
+        with self.locked():
+            # The high-water mark remembers ids of releases deleted by hand, and incomplete
+            # folders are skipped too, so a number is never handed out twice.
+            taken = {
+                int(m.group(1)) for e in self.root.iterdir() if (m := RELEASE_ID.match(e.name))
+            }
+            release = f"v{max(max(taken, default=0), self._high_water()) + 1}"
+            previous = self.latest_or_none()
+            self._write_small(self.root / HIGH_WATER, release + "\n")
+            final = dict(manifest, format=MANIFEST_FORMAT, release=release, files=files)
+            final.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            manifest_path = staging / MANIFEST
+            manifest_path.write_text(
+                json.dumps(final, indent=2, sort_keys=False) + "\n", encoding="utf-8"
+            )
+            crash_point("manifest written")
+            _fsync_file(manifest_path)
+            crash_point("manifest fsynced")
+            _fsync_dir(staging)
+            crash_point("staging folder fsynced")
+            pointer_tmp = self._prepare_small(LATEST, release + "\n")
+            os.rename(staging, self.root / release)
+            crash_point("release renamed into place")
+            # From here on the release exists: a failure must not claim that nothing was committed.
+            try:
+                self._replace_small(pointer_tmp, self.root / LATEST)
                 _fsync_dir(self.root)
-        except Timeout:
-            raise IntentCIError(
-                f"{self.root}: another intent-ci run holds the registry lock for over {LOCK_TIMEOUT_S:.0f}s"
-            ) from None
+                crash_point("registry folder fsynced")
+            except OSError as err:
+                raise IntentCIError(
+                    f"{self.root / release}: the release was written, but moving LATEST to it failed "
+                    f"({describe_os_error(err)}); check with `intent-ci verify --all`, then "
+                    f"`intent-ci rollback {release}`"
+                ) from None
+            self._log_history(
+                {
+                    "event": "release",
+                    "release": release,
+                    "parent": final.get("parent"),
+                    "latest": release,
+                    "previous_latest": previous,
+                }
+            )
+        crash_point("lock released")
         return release
 
     def adopt(self, folder: Path, *, latest: bool = False) -> bool:
@@ -315,57 +591,277 @@ class Registry:
         _fsync_dir(folder)
         self.root.mkdir(parents=True, exist_ok=True)
         target = self.root / release
-        try:
-            with self._lock():
-                if target.exists() or target.is_symlink():
-                    same = (target / MANIFEST).is_file() and sha256_file(
-                        target / MANIFEST
-                    ) == digest
-                    if not same:
-                        raise IntentCIError(
-                            f"{target}: already holds a different release {release}; a release is "
-                            "never overwritten (pull into another --registry)"
-                        )
-                    self.verify(release)
-                    moved = False
-                else:
-                    parent = manifest.get("parent")
-                    if parent is not None and parent not in self.releases():
-                        raise IntentCIError(
-                            f"{folder / MANIFEST}: parent {parent} of {release} is not in {self.root}; "
-                            "adopt the ancestors first, oldest first"
-                        )
-                    os.rename(folder, target)
-                    if int(release[1:]) > self._high_water():
-                        self._write_small(self.root / HIGH_WATER, release + "\n")
-                    moved = True
-                if latest:
-                    current = self.latest()
-                    if current is None or int(current[1:]) < int(release[1:]):
-                        self._point_latest(release)
-                _fsync_dir(self.root)
-        except Timeout:
-            raise IntentCIError(
-                f"{self.root}: another intent-ci run holds the registry lock for over {LOCK_TIMEOUT_S:.0f}s"
-            ) from None
+        with self.locked():
+            if target.exists() or target.is_symlink():
+                same = (target / MANIFEST).is_file() and sha256_file(target / MANIFEST) == digest
+                if not same:
+                    raise IntentCIError(
+                        f"{target}: already holds a different release {release}; a release is "
+                        "never overwritten (pull into another --registry)"
+                    )
+                self.verify(release)
+                moved = False
+            else:
+                parent = manifest.get("parent")
+                if parent is not None and parent not in self.releases():
+                    raise IntentCIError(
+                        f"{folder / MANIFEST}: parent {parent} of {release} is not in {self.root}; "
+                        "adopt the ancestors first, oldest first"
+                    )
+                if int(release[1:]) > self._high_water():
+                    self._write_small(self.root / HIGH_WATER, release + "\n")
+                os.rename(folder, target)
+                moved = True
+            previous = self.latest_or_none()
+            if latest and (previous is None or int(previous[1:]) < int(release[1:])):
+                self._write_small(self.root / LATEST, release + "\n")
+                self._log_history({"event": "pull", "latest": release, "previous_latest": previous})
+            _fsync_dir(self.root)
         return moved
+
+    def move_latest(self, release: str, event: str) -> str | None:
+        """Point ``LATEST`` at an existing release by atomic replace, under the lock; log it.
+
+        Args:
+            release: a complete release.
+            event: what to record in ``HISTORY.jsonl`` (e.g. ``"rollback"``).
+
+        Returns:
+            The release ``LATEST`` pointed to before.
+
+        Raises:
+            IntentCIError: for an unknown release or a lock timeout.
+        """
+        release = self.resolve(release)
+        self.clean_stale_staging()
+        with self.locked():
+            previous = self.latest_or_none()
+            try:
+                pointer_tmp = self._prepare_small(LATEST, release + "\n")
+                self._replace_small(pointer_tmp, self.root / LATEST)
+                _fsync_dir(self.root)
+                crash_point("registry folder fsynced")
+            except OSError as err:
+                raise IntentCIError(
+                    f"{self.root / LATEST}: could not move LATEST to {release} "
+                    f"({describe_os_error(err)}); it still points to {previous or 'nothing'}"
+                ) from None
+            self._log_history({"event": event, "latest": release, "previous_latest": previous})
+        crash_point("lock released")
+        return previous
+
+    def latest_or_none(self) -> str | None:
+        """Like `latest`, but None when ``LATEST`` is missing or damaged (rollback repairs it)."""
+        try:
+            return self.latest()
+        except IntentCIError:
+            return None
 
     def _high_water(self) -> int:
         try:
             match = RELEASE_ID.match((self.root / HIGH_WATER).read_text(encoding="utf-8").strip())
-        except OSError:
+        except (OSError, UnicodeDecodeError):
             return 0
         return int(match.group(1)) if match else 0
 
+    def _prepare_small(self, name: str, text: str) -> Path:
+        """Write and fsync ``.tmp-<pid>-<name>``; removed again if that fails."""
+        tmp = self.root / f"{TMP_PREFIX}{os.getpid()}-{name.lstrip('.')}"
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            crash_point(f"wrote temporary {name}")
+            _fsync_file(tmp)
+            crash_point(f"fsynced temporary {name}")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        return tmp
+
+    def _replace_small(self, tmp: Path, path: Path) -> None:
+        os.replace(tmp, path)
+        crash_point(f"replaced {path.name}")
+
     def _write_small(self, path: Path, text: str) -> None:
         """Write a small file by atomic replace (fsynced temp file, then rename)."""
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        _fsync_file(tmp)
-        os.replace(tmp, path)
+        self._replace_small(self._prepare_small(path.name, text), path)
 
-    def _point_latest(self, release: str) -> None:
-        self._write_small(self.root / LATEST, release + "\n")
+    def _log_history(self, event: dict[str, Any]) -> None:
+        """Record a move of LATEST; the move has happened, so a failed append only warns."""
+        try:
+            self._append_history(event)
+        except OSError as err:
+            logger.warning(
+                "%s: could not append to the history (%s); LATEST moved anyway",
+                self.root / HISTORY,
+                describe_os_error(err),
+            )
+
+    def _append_history(self, event: dict[str, Any]) -> None:
+        """Append one fsynced line to ``HISTORY.jsonl`` (caller holds the lock)."""
+        entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **event}
+        data = (json.dumps(entry, sort_keys=True) + "\n").encode("utf-8")
+        fd = os.open(self.root / HISTORY, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data  # end a line torn by a crash, so this one stays readable
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            crash_point("history appended")
+            os.fsync(fd)
+            crash_point("history fsynced")
+        finally:
+            os.close(fd)
+
+
+def _release_number(name: str) -> int:
+    match = RELEASE_ID.match(name)
+    return int(match.group(1)) if match else 0
+
+
+def _is_name_list(value: Any, *, allow_empty: bool = True) -> bool:
+    return (
+        isinstance(value, list)
+        and (allow_empty or bool(value))
+        and all(isinstance(v, str) and NAME_PATTERN.match(v) for v in value)
+        and len(set(value)) == len(value)
+    )
+
+
+def check_manifest(data: Any, path: Path) -> None:
+    """Check the shape of a parsed manifest; every message names the file and the field.
+
+    Raises:
+        ReleaseVerificationError: for a missing or mistyped field, an invalid name (intents,
+            ``parent``, file names), a malformed hash, or an unsupported format.
+    """
+    if not isinstance(data, dict):
+        raise ReleaseVerificationError(f"{path}: expected a JSON object")
+    required = {
+        "format": int,
+        "release": str,
+        "intents": list,
+        "files": dict,
+        "backbone": dict,
+        "config": dict,
+    }
+    for key, kind in required.items():
+        value = data.get(key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ReleaseVerificationError(
+                f"{path}: field `{key}` missing or not a {kind.__name__}"
+            )
+    if data["format"] != MANIFEST_FORMAT:
+        raise ReleaseVerificationError(
+            f"{path}: format {data['format']} is not supported (expected {MANIFEST_FORMAT})"
+        )
+    try:
+        check_release_name(data["release"], f"{path}: field `release`: ")
+        if data.get("parent") is not None:
+            check_release_name(data["parent"], f"{path}: field `parent`: ")
+    except IntentCIError as err:
+        raise ReleaseVerificationError(str(err)) from None
+    if not _is_name_list(data["intents"], allow_empty=False):
+        raise ReleaseVerificationError(
+            f"{path}: field `intents` must be a non-empty list of unique intent names"
+        )
+    for key in ("new_intents", "parent_intents", "retired_intents"):
+        if key in data and not _is_name_list(data[key]):
+            raise ReleaseVerificationError(
+                f"{path}: field `{key}` must be a list of unique intent names"
+            )
+    for name, meta in data["files"].items():
+        if (
+            not isinstance(name, str)
+            or name in ("", ".", "..", MANIFEST)
+            or "/" in name
+            or "\\" in name
+            or "\x00" in name
+            or name.startswith(".")
+        ):
+            raise ReleaseVerificationError(
+                f"{path}: field `files` lists {name!r}; expected plain file names inside the release"
+            )
+        if (
+            not isinstance(meta, dict)
+            or not isinstance(meta.get("sha256"), str)
+            or not _SHA256.match(meta["sha256"])
+            or not isinstance(meta.get("bytes"), int)
+            or isinstance(meta.get("bytes"), bool)
+            or meta["bytes"] < 0
+        ):
+            raise ReleaseVerificationError(
+                f'{path}: field `files.{name}` must be {{"sha256": 64 hex digits, "bytes": size}}'
+            )
+
+
+def _backbone_identity(manifest: dict[str, Any]) -> dict[str, Any]:
+    backbone = manifest["backbone"]
+    return {k: backbone.get(k) for k in ("fingerprint", "model_type", "hidden_size", "pooling")}
+
+
+def edge_problems(path: Path, child: dict[str, Any], parent: dict[str, Any]) -> list[str]:
+    """Problems of one parent -> child edge of the lineage (see `Registry.lineage_problems`)."""
+    problems = []
+    old, new = parent["intents"], child["intents"]
+    retired = child.get("retired_intents") or []
+    pname = parent["release"]
+    if retired:
+        unknown = [i for i in retired if i not in old]
+        expected = [i for i in old if i not in retired]
+        if unknown:
+            problems.append(
+                f"{path}: field `retired_intents` names {', '.join(map(repr, unknown))}, which "
+                f"parent {pname} does not have"
+            )
+        elif new != expected:
+            problems.append(
+                f"{path}: a release made by retire must hold its parent {pname}'s intents minus "
+                f"{', '.join(retired)}, in order; it holds {len(new)} intents that differ"
+            )
+        if child.get("new_intents"):
+            problems.append(f"{path}: a release made by retire cannot add intents")
+    elif new[: len(old)] != old:
+        position = next(
+            (i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b), len(new)
+        )
+        found = repr(new[position]) if position < len(new) else "nothing"
+        problems.append(
+            f"{path}: label map shrank or was reordered: the intents must start with parent "
+            f"{pname}'s {len(old)} intents in order, but position {position} holds {found} where "
+            f"{pname} has {old[position]!r} (only releases made by retire, which list "
+            "`retired_intents`, may drop intents)"
+        )
+    elif "new_intents" in child and child["new_intents"] != new[len(old) :]:
+        problems.append(
+            f"{path}: field `new_intents` does not list the intents after parent {pname}'s"
+        )
+    if "parent_intents" in child and child["parent_intents"] != old:
+        problems.append(f"{path}: field `parent_intents` differs from parent {pname}'s intents")
+    mine, theirs = _backbone_identity(child), _backbone_identity(parent)
+    for key in mine:
+        if mine[key] != theirs[key]:
+            problems.append(
+                f"{path}: field `backbone.{key}` is {str(mine[key])[:30]!r} but parent {pname} has "
+                f"{str(theirs[key])[:30]!r}; a lineage shares one backbone"
+            )
+    child_model, parent_model = child["config"].get("model"), parent["config"].get("model")
+    if child_model != parent_model:
+        if isinstance(child_model, dict) and isinstance(parent_model, dict):
+            changed = sorted(
+                str(k)
+                for k in set(child_model) | set(parent_model)
+                if child_model.get(k) != parent_model.get(k)
+            )
+        else:
+            changed = ["not a mapping"]
+        problems.append(
+            f"{path}: field `config.model` differs from parent {pname}'s "
+            f"({', '.join(changed)}); the model config is fixed by the base release"
+        )
+    return problems
 
 
 def _alive(pid: int) -> bool:

@@ -13,9 +13,12 @@ whose weights differ from the one the release was trained on. Only safetensors a
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
+import math
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,10 +28,17 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from intent_ci.config import NAME_PATTERN, ReleaseConfig
+from intent_ci.config import NAME_PATTERN, ModelConfig, ReleaseConfig
 from intent_ci.errors import IntentCIError, ReleaseVerificationError
-from intent_ci.modeling import Backbone, IntentModel, attach_lora, build_head, load_backbone
-from intent_ci.registry import Registry
+from intent_ci.modeling import (
+    Backbone,
+    IntentModel,
+    attach_lora,
+    build_head,
+    load_backbone,
+    lora_config,
+)
+from intent_ci.registry import MANIFEST, Registry, crash_point, describe_os_error
 from intent_ci.replay import REPLAY_FILE, read_memory, write_memory
 
 logger = logging.getLogger(__name__)
@@ -37,6 +47,8 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 HEAD_WEIGHTS = "head.safetensors"
 LABELS = "labels.json"
+RELEASE_FILES = (ADAPTER_WEIGHTS, ADAPTER_CONFIG, HEAD_WEIGHTS, LABELS, REPLAY_FILE)
+"""The files every intent-ci release holds besides its manifest."""
 
 
 def library_versions() -> dict[str, str]:
@@ -72,23 +84,58 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def write_staged(path: Path, write: Callable[[], None]) -> None:
+    """Run one file write into a staging folder; a failed write becomes an `IntentCIError`.
+
+    safetensors reports a full disk as its own error type, so both it and `OSError` are caught.
+    """
+    try:
+        write()
+    except (OSError, SafetensorError) as err:
+        raise IntentCIError(
+            f"{path.parent.parent}: could not write {path.name} of the new release "
+            f"({describe_os_error(err)}); nothing was committed and the registry is unchanged"
+        ) from None
+    crash_point(f"wrote {path.name}")
+
+
+def write_staged_json(path: Path, payload: Any, **dump: Any) -> None:
+    write_staged(
+        path, lambda: path.write_text(json.dumps(payload, **dump) + "\n", encoding="utf-8")
+    )
+
+
 def save_model_files(
     model: IntentModel, labels: list[str], replay: dict[str, list[str]], folder: Path
 ) -> None:
-    """Write the adapter, head, labels and replay memory of `model` into `folder`."""
+    """Write the adapter, head, labels and replay memory of `model` into `folder`.
+
+    Raises:
+        IntentCIError: if a write fails (full disk, file size limit), or if peft produced an
+            adapter config the strict schema of :func:`adapter_config_problems` would refuse.
+    """
     adapter_state = {
         k: v.detach().cpu().contiguous()
         for k, v in get_peft_model_state_dict(model.encoder).items()
     }
-    save_file(adapter_state, str(folder / ADAPTER_WEIGHTS))
-    adapter_cfg = _jsonable(model.encoder.peft_config["default"].to_dict())
-    (folder / ADAPTER_CONFIG).write_text(
-        json.dumps(adapter_cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-    )
+    path = folder / ADAPTER_WEIGHTS
+    write_staged(path, lambda: save_file(adapter_state, str(path)))
+    peft_config = model.encoder.peft_config["default"]
+    adapter_cfg = _jsonable(peft_config.to_dict())
+    unknown = sorted(k for k in adapter_cfg if k not in _ADAPTER_KEYS)
+    if unknown:
+        raise IntentCIError(
+            f"peft {adapter_cfg.get('peft_version')} writes adapter_config.json key(s) "
+            f"{', '.join(unknown)} that intent-ci's strict adapter schema does not know; add them "
+            "to intent_ci/release.py (_ADAPTER_OFF or _ADAPTER_INFO) after checking what they do"
+        )
+    write_staged_json(folder / ADAPTER_CONFIG, adapter_cfg, indent=2, sort_keys=True)
     head_state = {k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()}
-    save_file(head_state, str(folder / HEAD_WEIGHTS))
-    (folder / LABELS).write_text(json.dumps({"intents": labels}, indent=1) + "\n", encoding="utf-8")
-    write_memory(replay, folder / REPLAY_FILE)
+    path = folder / HEAD_WEIGHTS
+    write_staged(path, lambda: save_file(head_state, str(path)))
+    write_staged_json(folder / LABELS, {"intents": labels}, indent=1)
+    path = folder / REPLAY_FILE
+    write_staged(path, lambda: write_memory(replay, path))
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -98,10 +145,16 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise ReleaseVerificationError(f"{path}: not a readable safetensors file ({err})") from None
 
 
-def _read_labels(path: Path) -> list[str]:
+def read_labels(path: Path) -> list[str]:
+    """The intents of ``labels.json``, in head-row order.
+
+    Raises:
+        ReleaseVerificationError: if it is not JSON, not the expected shape, or holds invalid
+            or repeated intent names.
+    """
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
         raise ReleaseVerificationError(f"{path}: not valid JSON ({err})") from None
     intents = payload.get("intents") if isinstance(payload, dict) else None
     if not isinstance(intents, list) or not intents:
@@ -114,6 +167,318 @@ def _read_labels(path: Path) -> list[str]:
     if len(set(intents)) != len(intents):
         raise ReleaseVerificationError(f"{path}: intents are not unique")
     return intents
+
+
+# ---- strict checks of a release's files, before torch or peft read them ---------------------
+_DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
+    "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}  # fmt: skip
+_MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+
+
+def read_safetensors_header(path: Path) -> dict[str, dict[str, Any]]:
+    """Parse and check a safetensors header without loading any tensor.
+
+    The file is 8 bytes of little-endian header length, a JSON header mapping tensor names to
+    ``dtype``, ``shape`` and ``data_offsets``, then the data. Every tensor must fit its byte
+    range and the ranges must cover the data exactly, so a truncated file is caught here.
+
+    Returns:
+        The tensor entries (without ``__metadata__``).
+
+    Raises:
+        ReleaseVerificationError: naming the file and what is wrong with it.
+    """
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise ReleaseVerificationError(
+                    f"{path}: not a safetensors file ({size} bytes, shorter than its 8-byte header length)"
+                )
+            length = int.from_bytes(prefix, "little")
+            if length > min(size - 8, _MAX_HEADER_BYTES):
+                raise ReleaseVerificationError(
+                    f"{path}: not a safetensors file (header length {length} exceeds the file's {size} bytes)"
+                )
+            raw = handle.read(length)
+    except OSError as err:
+        raise ReleaseVerificationError(f"{path}: unreadable ({describe_os_error(err)})") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ReleaseVerificationError(
+            f"{path}: not a safetensors file (header is not JSON)"
+        ) from None
+    if not isinstance(header, dict):
+        raise ReleaseVerificationError(f"{path}: not a safetensors file (header is not an object)")
+    data_bytes = size - 8 - length
+    tensors: dict[str, dict[str, Any]] = {}
+    ranges = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = entry.get("dtype") if isinstance(entry, dict) else None
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if (
+            dtype not in _DTYPE_BYTES
+            or not isinstance(shape, list)
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+            or not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data_bytes
+            or offsets[1] - offsets[0] != math.prod(shape) * _DTYPE_BYTES[dtype]
+        ):
+            raise ReleaseVerificationError(
+                f"{path}: tensor {name!r} has a malformed entry or lies outside the file's "
+                f"{data_bytes} data bytes (truncated?)"
+            )
+        tensors[name] = entry
+        ranges.append(tuple(offsets))
+    covered = 0
+    for start, end in sorted(ranges):
+        if start != covered:
+            break
+        covered = end
+    if covered != data_bytes:
+        raise ReleaseVerificationError(
+            f"{path}: tensors cover {covered} of the file's {data_bytes} data bytes; the file is "
+            "truncated, padded or overlapping"
+        )
+    return tensors
+
+
+_ADAPTER_MATCHED = {
+    "peft_type": "LoRA adapters only",
+    "r": "config.model.lora_r",
+    "lora_alpha": "config.model.lora_alpha",
+    "lora_dropout": "config.model.lora_dropout",
+    "target_modules": "config.model.lora_target_modules, resolved for the backbone",
+    "bias": "no trained biases",
+}
+_ADAPTER_OFF = {
+    # Each of these changes what peft builds or loads; intent-ci never sets them, so they must
+    # be null, false or empty. auto_mapping names classes for peft to import (remote code).
+    "auto_mapping", "task_type", "modules_to_save", "layers_to_transform", "layers_pattern",
+    "rank_pattern", "alpha_pattern", "layer_replication", "megatron_config", "loftq_config",
+    "eva_config", "corda_config", "use_dora", "use_rslora", "fan_in_fan_out", "exclude_modules",
+    "lora_bias", "trainable_token_indices", "target_parameters", "arrow_config",
+    "alora_invocation_tokens", "use_qalora", "lora_ga_config", "kasa_config",
+    "monteclora_config", "velora_config", "use_bdlora", "ensure_weight_tying",
+}  # fmt: skip
+_ADAPTER_INFO: dict[str, tuple[type | None, ...]] = {
+    # Descriptive keys that do not change the adapter's weights or code paths.
+    "base_model_name_or_path": (str, None),
+    "revision": (str, None),
+    "inference_mode": (bool,),
+    "peft_version": (str, None),
+    "init_lora_weights": (bool, str),
+    "qalora_group_size": (int,),
+    "megatron_core": (str, None),
+}
+_ADAPTER_KEYS = set(_ADAPTER_MATCHED) | _ADAPTER_OFF | set(_ADAPTER_INFO)
+
+
+def _is_off(value: Any) -> bool:
+    return value is None or value is False or value == {} or value == [] or value == ""
+
+
+def adapter_config_problems(path: Path, model: ModelConfig, model_type: Any) -> list[str]:
+    """Check ``adapter_config.json`` against intent-ci's strict schema and the manifest.
+
+    Unknown keys, remote-code flags (``auto_mapping``, ``trust_remote_code``, ...), switches that
+    would change what peft builds, and LoRA settings or ``target_modules`` that differ from the
+    manifest's resolved ``model`` config are all refused, before peft could ever read the file.
+
+    Args:
+        path: the adapter config file.
+        model: the release's model config (from its manifest).
+        model_type: the backbone's ``model_type`` (from its manifest), to resolve default targets.
+    """
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        return [f"{path}: not valid JSON ({err})"]
+    if not isinstance(cfg, dict):
+        return [f"{path}: expected a JSON object"]
+    problems = []
+    for key in sorted(cfg, key=str):
+        if key in _ADAPTER_KEYS:
+            continue
+        if "remote" in str(key).lower() or "auto_map" in str(key).lower():
+            problems.append(f"{path}: remote-code flag {key!r} is not allowed in a release")
+        else:
+            close = difflib.get_close_matches(str(key), sorted(_ADAPTER_KEYS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(
+                f"{path}: unknown key {key!r}{hint}; the adapter config may hold only the LoRA keys "
+                "intent-ci writes"
+            )
+    for key in sorted(_ADAPTER_OFF & set(cfg)):
+        if not _is_off(cfg[key]):
+            why = (
+                " (it names classes for peft to import: remote code)"
+                if key == "auto_mapping"
+                else ""
+            )
+            shown = json.dumps(cfg[key])
+            shown = shown if len(shown) <= 80 else shown[:79] + "…"
+            problems.append(f"{path}: {key!r} must be null, false or empty, got {shown}{why}")
+    for key, kinds in _ADAPTER_INFO.items():
+        if key in cfg and not any(
+            (cfg[key] is None)
+            if k is None
+            else (isinstance(cfg[key], k) and not (k is int and isinstance(cfg[key], bool)))
+            for k in kinds
+        ):
+            problems.append(f"{path}: {key!r} has the wrong type ({type(cfg[key]).__name__})")
+    if cfg.get("megatron_core") not in (None, "megatron.core"):
+        problems.append(
+            f"{path}: 'megatron_core' must be 'megatron.core' or null (it is a module peft imports)"
+        )
+    try:
+        expected_targets = sorted(lora_config(model, str(model_type)).target_modules)
+    except IntentCIError as err:
+        return [*problems, f"{path}: cannot resolve the manifest's LoRA target modules: {err}"]
+    expected = {
+        "peft_type": "LORA",
+        "r": model.lora_r,
+        "lora_alpha": model.lora_alpha,
+        "lora_dropout": model.lora_dropout,
+        "bias": "none",
+    }
+    for key, value in expected.items():
+        found = cfg.get(key)
+        same = (
+            isinstance(found, (int, float))
+            and not isinstance(found, bool)
+            and math.isclose(found, value)
+            if isinstance(value, (int, float))
+            else found == value
+        )
+        if not same:
+            problems.append(
+                f"{path}: {key!r} is {found!r} but the manifest requires {value!r} ({_ADAPTER_MATCHED[key]})"
+            )
+    targets = cfg.get("target_modules")
+    if (
+        not (isinstance(targets, list) and all(isinstance(t, str) for t in targets))
+        or sorted(set(targets)) != expected_targets
+    ):
+        problems.append(
+            f"{path}: 'target_modules' is {str(targets)[:80]} but the manifest's model config "
+            f"resolves to {expected_targets}"
+        )
+    return problems
+
+
+def content_problems(folder: Path, manifest: dict[str, Any]) -> list[str]:
+    """Checks of a release's files that need no model: label map, head rows, adapter config.
+
+    Reads only JSON and safetensors headers. Run after the hashes matched.
+    """
+    # A release pushed to the Hub with --no-replay records its replay memory under
+    # `omitted_files` instead: it loads and predicts without it.
+    omitted = manifest.get("omitted_files") or {}
+    has_replay = REPLAY_FILE in manifest["files"]
+    missing = [
+        name
+        for name in RELEASE_FILES
+        if name not in manifest["files"] and not (name == REPLAY_FILE and name in omitted)
+    ]
+    if missing:
+        return [
+            f"{folder / MANIFEST}: lists no {', '.join(missing)}; an intent-ci release holds "
+            f"{', '.join(RELEASE_FILES)}"
+        ]
+    problems = []
+    intents = manifest["intents"]
+    try:
+        labels = read_labels(folder / LABELS)
+    except IntentCIError as err:
+        problems.append(str(err))
+        labels = intents
+    else:
+        if labels != intents:
+            problems.append(f"{folder / LABELS}: intents differ from the manifest's `intents`")
+    head = folder / HEAD_WEIGHTS
+    try:
+        tensors = read_safetensors_header(head)
+    except IntentCIError as err:
+        problems.append(str(err))
+    else:
+        shape = tensors.get("out_proj.weight", {}).get("shape")
+        if not isinstance(shape, list) or len(shape) != 2 or shape[0] != len(labels):
+            rows = None if shape is None else tuple(shape)
+            problems.append(
+                f"{head}: head's out_proj has shape {rows} but {LABELS} lists {len(labels)} intents"
+            )
+        bias = tensors.get("out_proj.bias", {}).get("shape")
+        if bias is not None and bias != [len(labels)]:
+            problems.append(
+                f"{head}: head's out_proj bias has shape {tuple(bias)}, expected ({len(labels)},)"
+            )
+    try:
+        read_safetensors_header(folder / ADAPTER_WEIGHTS)
+    except IntentCIError as err:
+        problems.append(str(err))
+    try:
+        config = ReleaseConfig.from_dict(
+            manifest["config"], source=f"{folder / MANIFEST} field `config`"
+        )
+    except IntentCIError as err:
+        problems.append(str(err))
+    else:
+        problems.extend(
+            adapter_config_problems(
+                folder / ADAPTER_CONFIG, config.model, manifest["backbone"].get("model_type")
+            )
+        )
+    try:
+        replay = read_memory(folder / REPLAY_FILE) if has_replay else {}
+    except IntentCIError as err:
+        problems.append(str(err))
+    else:
+        strays = [i for i in replay if i not in intents]
+        if strays:
+            problems.append(
+                f"{folder / REPLAY_FILE}: exemplars for {', '.join(map(repr, strays))}, which the "
+                "release does not predict"
+            )
+    return problems
+
+
+def release_problems(registry: Registry, name: str, *, whole_chain: bool = True) -> list[str]:
+    """Everything wrong with a release, without loading a model: files, content, lineage.
+
+    Args:
+        registry: where the release lives.
+        name: a complete release's name.
+        whole_chain: check every edge of the lineage (see `Registry.lineage_problems`).
+    """
+    problems = registry.integrity_problems(name)
+    if problems:
+        return problems  # hashes first: content checks on altered files would only add noise
+    manifest = registry.manifest(name)
+    return content_problems(registry.path(name), manifest) + registry.lineage_problems(
+        name, whole_chain=whole_chain
+    )
+
+
+def verify_release(registry: Registry, name: str) -> dict[str, Any]:
+    """The cheap checks every load runs: hashes, label map, head rows, adapter schema, lineage.
+
+    Raises:
+        ReleaseVerificationError: with the first problem found.
+    """
+    problems = release_problems(registry, name)
+    if problems:
+        raise ReleaseVerificationError(problems[0])
+    return registry.manifest(name)
 
 
 @dataclass
@@ -144,12 +509,12 @@ def load_release(
         ReleaseVerificationError: for hash, label-map, head-size or backbone mismatches.
     """
     name = registry.resolve(ref)
-    manifest = registry.verify(name)
+    manifest = verify_release(registry, name)
     folder = registry.path(name)
     config = ReleaseConfig.from_dict(
         manifest["config"], source=f"{folder / 'manifest.json'} field `config`"
     )
-    labels = _read_labels(folder / LABELS)
+    labels = read_labels(folder / LABELS)
     if labels != manifest["intents"]:
         raise ReleaseVerificationError(
             f"{folder / LABELS}: intents differ from the manifest's `intents`"

@@ -193,3 +193,13 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
     }
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run a test with one torch thread: tiny models only lose time to thread start-up and,
+    on a shared 2-core machine, to contention (a tiny forward pass went from 0.05 s to 0.7 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -445,6 +445,10 @@ RELEASE_COMMANDS = {
     "eval-against": lambda ref, data: ["eval", "--against", ref, "--data", data / "test"],
     "add-intent": lambda ref, data: ["add-intent", "--from", ref, "--data", data / "new"],
     "show": lambda ref, data: ["show", ref],
+    "verify": lambda ref, data: ["verify", ref],
+    "rollback": lambda ref, data: ["rollback", ref],
+    "diff": lambda ref, data: ["diff", "v1", ref],
+    "retire": lambda ref, data: ["retire", "card_lost", "--from", ref],
 }
 
 
@@ -458,8 +462,8 @@ def test_unknown_release(capsys, registry, data_dir, command):
     )
 
 
-@pytest.mark.parametrize("ref", ["../v1", "v1/", "V1", "staging"])
-@pytest.mark.parametrize("command", ["predict", "add-intent", "show"])
+@pytest.mark.parametrize("ref", ["../v1", "v1/", "V1", "staging", "/etc/passwd", "nul"])
+@pytest.mark.parametrize("command", list(RELEASE_COMMANDS))
 def test_invalid_release_name(capsys, registry, data_dir, command, ref):
     refused(
         capsys,
@@ -600,3 +604,420 @@ def test_read_examples_dataset_errors_name_the_row():
     )
     with pytest.raises(IntentCIError, match=r"^dataset row 2: invalid intent name 'Card Lost'"):
         read_examples(bad)
+
+
+# ---- damaged and hostile registries ------------------------------------------------------------
+# Each test damages a private copy of the trained registry in one precise way, as a person, a
+# broken copy or an attacker would, then runs the CLI: one clear line, exit 2 (or `verify` exit
+# 1), and the registry exactly as it was.
+def rehash(folder: Path, name: str) -> None:
+    """Record `name`'s current sha256 and size in the manifest, so only deeper checks can fire."""
+    import hashlib
+
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    data = (folder / name).read_bytes()
+    manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+
+
+def edit_manifest(folder: Path, edit) -> None:
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    edit(manifest)
+    path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+
+
+def predict(registry: Path, release: str = "latest") -> list:
+    return ["predict", "lost my card", "--release", release, "--registry", registry]
+
+
+def verify_fails(capsys, registry: Path, line: str) -> str:
+    """`verify --all` exits 1 and prints `line` (a regex) as one of its problem lines."""
+    before = snapshot(registry)
+    code = main(["verify", "--all", "--registry", str(registry)])
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert re.search(rf"^(  - |registry  FAILED  ){line}", out, re.M), out
+    assert snapshot(registry) == before
+    return out
+
+
+def test_corrupt_safetensors(capsys, registry):
+    head = registry / "v2" / "head.safetensors"
+    head.write_bytes(b"\xde\xad\xbe\xef" * 64)
+    rehash(registry / "v2", "head.safetensors")
+    refused(
+        capsys,
+        predict(registry),
+        registry,
+        rf"{esc(head)}: not a safetensors file \(header length \d+ exceeds the file's 256 bytes\)$",
+    )
+
+
+def test_truncated_safetensors(capsys, registry):
+    adapter = registry / "v2" / "adapter_model.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[: adapter.stat().st_size // 2])
+    rehash(registry / "v2", "adapter_model.safetensors")
+    refused(
+        capsys,
+        predict(registry),
+        registry,
+        rf"{esc(adapter)}: tensor '[^']+' has a malformed entry or lies outside the file's \d+ "
+        r"data bytes \(truncated\?\)$",
+    )
+
+
+def test_label_map_size_differs_from_the_head(capsys, registry):
+    folder = registry / "v2"
+    (folder / "labels.json").write_text(json.dumps({"intents": BASE_INTENTS}), encoding="utf-8")
+    rehash(folder, "labels.json")
+    edit_manifest(folder, lambda m: m.update(intents=BASE_INTENTS))
+    refused(
+        capsys,
+        predict(registry),
+        registry,
+        rf"{esc(folder / 'head.safetensors')}: head's out_proj has shape \(5, 32\) but labels.json "
+        r"lists 4 intents$",
+    )
+
+
+def test_wrong_backbone(capsys, registry, tiny_backbone_other):
+    edit_manifest(
+        registry / "v1",
+        lambda m: m["config"]["model"].update(backbone=str(tiny_backbone_other)),
+    )
+    refused(
+        capsys,
+        predict(registry, "v1"),
+        registry,
+        rf"release v1 was trained on backbone '[^']+' with weights sha256:[0-9a-f]{{12}}…, but "
+        rf"{esc(repr(str(tiny_backbone_other)))} loaded here has weights sha256:[0-9a-f]{{12}}…; "
+        r"load the same backbone \(and revision\) the release was trained on$",
+    )
+
+
+def test_missing_parent(capsys, registry, data_dir):
+    shutil.rmtree(registry / "v1")
+    pattern = (
+        rf"{esc(registry / 'v2' / 'manifest.json')}: field `parent`: parent 'v1' is not a complete "
+        rf"release in {esc(registry)}; releases: v2$"
+    )
+    refused(capsys, predict(registry), registry, pattern)
+    add = ["add-intent", "--data", data_dir / "new" / "report_damage.txt", "--registry", registry]
+    refused(capsys, add, registry, pattern)
+    verify_fails(capsys, registry, pattern)
+
+
+def test_cyclic_lineage(capsys, registry):
+    edit_manifest(registry / "v1", lambda m: m.update(parent="v2"))
+    refused(
+        capsys,
+        predict(registry),
+        registry,
+        rf"{esc(registry / 'v1' / 'manifest.json')}: lineage has a cycle: v2 -> v1 -> v2$",
+    )
+
+
+def test_release_file_symlinked_outside_the_registry(capsys, registry, tmp_path):
+    labels = registry / "v2" / "labels.json"
+    outside = tmp_path / "outside-labels.json"
+    shutil.copy(labels, outside)  # same bytes: only the link itself is wrong
+    labels.unlink()
+    labels.symlink_to(outside)
+    refused(
+        capsys,
+        predict(registry),
+        registry,
+        rf"{esc(labels)}: must be a regular file, not a link or folder$",
+    )
+
+
+def test_release_folder_symlinked_outside_the_registry(capsys, registry, tmp_path):
+    outside = Path(shutil.copytree(registry / "v2", tmp_path / "elsewhere" / "v3"))
+    edit_manifest(outside, lambda m: m.update(release="v3"))
+    (registry / "v3").symlink_to(outside, target_is_directory=True)
+    refused(
+        capsys,
+        predict(registry, "v3"),
+        registry,
+        rf"unknown release 'v3' in {esc(registry)}; releases: v1, v2$",
+    )
+    verify_fails(
+        capsys,
+        registry,
+        rf"{esc(registry / 'v3')}: is a symbolic link to {esc(outside)}; releases must be real "
+        r"folders inside the registry \(never loaded\)$",
+    )
+
+
+def test_latest_symlinked_outside_the_registry(capsys, registry, tmp_path):
+    outside = tmp_path / "LATEST"
+    outside.write_text("v1\n", encoding="utf-8")
+    (registry / "LATEST").unlink()
+    (registry / "LATEST").symlink_to(outside)
+    refused(
+        capsys,
+        predict(registry),
+        registry,
+        rf"{esc(registry / 'LATEST')}: is a symbolic link; LATEST must be a regular file inside "
+        r"the registry$",
+    )
+
+
+def test_latest_holding_a_path(capsys, registry):
+    (registry / "LATEST").write_text("../../etc/passwd\n", encoding="utf-8")
+    refused(
+        capsys,
+        predict(registry),
+        registry,
+        rf"{esc(registry / 'LATEST')}: invalid release name '../../etc/passwd'; expected e\.g\. v3",
+    )
+
+
+def test_manifest_parent_holding_a_path(capsys, registry):
+    edit_manifest(registry / "v2", lambda m: m.update(parent="../../outside"))
+    refused(
+        capsys,
+        predict(registry),
+        registry,
+        rf"{esc(registry / 'v2' / 'manifest.json')}: field `parent`: invalid release name "
+        r"'../../outside'; expected e\.g\. v3",
+    )
+
+
+def test_manifest_listing_a_file_outside_the_release(capsys, registry):
+    def point_outside(manifest):
+        manifest["files"]["../v1/head.safetensors"] = manifest["files"].pop("head.safetensors")
+
+    edit_manifest(registry / "v2", point_outside)
+    refused(
+        capsys,
+        predict(registry),
+        registry,
+        rf"{esc(registry / 'v2' / 'manifest.json')}: field `files` lists '../v1/head.safetensors'; "
+        r"expected plain file names inside the release$",
+    )
+
+
+@pytest.mark.parametrize(
+    ("edit", "pattern"),
+    [
+        (
+            {"custom_kernel_path": "/tmp/k.so"},
+            r"unknown key 'custom_kernel_path'; the adapter config may hold only the LoRA keys "
+            r"intent-ci writes$",
+        ),
+        (
+            {"trust_remote_code": True},
+            r"remote-code flag 'trust_remote_code' is not allowed in a release$",
+        ),
+        (
+            {"auto_mapping": {"base_model_class": "Evil", "parent_library": "evil.models"}},
+            r"'auto_mapping' must be null, false or empty, got \{\"base_model_class\": \"Evil\", "
+            r"\"parent_library\": \"evil.models\"\} \(it names classes for peft to import: remote "
+            r"code\)$",
+        ),
+        (
+            {"target_modules": ["query", "key"]},
+            r"'target_modules' is \['query', 'key'\] but the manifest's model config resolves to "
+            r"\['query', 'value'\]$",
+        ),
+        ({"r": 64}, r"'r' is 64 but the manifest requires 4 \(config.model.lora_r\)$"),
+        ({"modules_to_save": ["classifier"]}, r"'modules_to_save' must be null, false or empty"),
+    ],
+    ids=[
+        "unknown-key",
+        "trust-remote-code",
+        "auto-mapping",
+        "target-modules",
+        "rank",
+        "modules-to-save",
+    ],
+)
+def test_adapter_config_outside_the_strict_schema(capsys, registry, edit, pattern):
+    path = registry / "v2" / "adapter_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config.update(edit)
+    path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    rehash(registry / "v2", "adapter_config.json")  # a consistent release, built to attack
+    refused(capsys, predict(registry), registry, rf"{esc(path)}: {pattern}")
+
+
+def test_interrupted_download_of_a_release(capsys, registry):
+    """A release copied in by hand or a sync tool that stopped part-way: one file is short."""
+    pulled = Path(shutil.copytree(registry / "v2", registry / "v3"))
+    edit_manifest(
+        pulled,
+        lambda m: m.update(release="v3", parent="v2", parent_intents=m["intents"], new_intents=[]),
+    )
+    adapter = pulled / "adapter_model.safetensors"
+    full = adapter.stat().st_size
+    adapter.write_bytes(adapter.read_bytes()[: full // 2])
+    refused(
+        capsys,
+        predict(registry, "v3"),
+        registry,
+        rf"{esc(adapter)}: sha256 [0-9a-f]{{12}}… does not match the manifest's [0-9a-f]{{12}}…; "
+        rf"{full // 2} bytes where the manifest records {full}: the file is truncated or was altered "
+        r"\(an interrupted download or copy\?\)$",
+    )
+
+
+def test_interrupted_download_left_in_staging_is_never_loaded(capsys, registry):
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    staged = Path(shutil.copytree(registry / "v2", registry / f".staging-{child.pid}-download01"))
+    (staged / "head.safetensors").write_bytes(b"\x00" * 10)
+    before = snapshot(registry)
+    assert main([str(a) for a in predict(registry)]) == 0
+    assert main(["verify", "--all", "--registry", str(registry)]) == 0
+    out = capsys.readouterr().out
+    assert f"note: {staged}: left by a run that was killed; never loaded" in out
+    assert snapshot(registry) == before
+    assert main(["retire", "card_lost", "--registry", str(registry)]) == 0  # the next write
+    assert not staged.exists()
+
+
+def _limit_file_size(limit: int):
+    """For a child process: writes past `limit` bytes fail with EFBIG (SIGXFSZ ignored)."""
+    import resource
+    import signal
+
+    def before() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(
+            resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1])
+        )
+
+    return before
+
+
+def refused_in_child(argv: list, registry: Path, pattern: str, limit: int) -> None:
+    """Like `refused`, in a forked child whose file size is limited by RLIMIT_FSIZE."""
+    from tests import procs
+
+    before = snapshot(registry)
+    child = procs.run(lambda: main([str(a) for a in argv]), before=_limit_file_size(limit))
+    assert child.exit_code == 2, child.output
+    assert "Traceback" not in child.output, child.output
+    assert re.search(r"^intent-ci: error: " + pattern, child.output, re.M), child.output
+    assert snapshot(registry) == before, "the registry changed"
+
+
+def test_write_beyond_the_file_size_limit(registry):
+    refused_in_child(
+        ["retire", "card_lost", "--registry", registry],
+        registry,
+        rf"{esc(registry)}: could not write adapter_model.safetensors of the new release "
+        r"\(File too large\); nothing was committed and the registry is unchanged$",
+        limit=1024,
+    )
+
+
+def _mount_tmpfs(folder: Path, size: str) -> bool:
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+            capture_output=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def test_full_disk(capsys, trained_registry, data_dir, tmp_path, one_torch_thread):
+    """A real full filesystem (a small tmpfs; mounting needs root). Without root the same
+    failing write comes from RLIMIT_FSIZE instead, as in the test above."""
+    import os
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    add = ["add-intent", "--data", data_dir / "new" / "report_damage.txt"]
+    add += ["--config", write_yaml(tmp_path, {"train": {"epochs": 1}})]
+    files = r"(adapter_model\.safetensors|adapter_config\.json|head\.safetensors|labels\.json|replay\.json)"
+    if not _mount_tmpfs(disk, "1m"):
+        registry = Path(shutil.copytree(trained_registry, disk / "adapters"))
+        refused_in_child(
+            [*add, "--registry", registry],
+            registry,
+            rf"{esc(registry)}: could not write {files} of the new release \(File too large\); "
+            "nothing was committed and the registry is unchanged$",
+            limit=2048,
+        )
+        return
+    try:
+        registry = Path(shutil.copytree(trained_registry, disk / "adapters"))
+        stats = os.statvfs(disk)
+        free = stats.f_bavail * stats.f_frsize
+        (disk / "filler").write_bytes(b"\0" * (free - 8192))  # 8 KiB left: fails part-way
+        refused(
+            capsys,
+            [*add, "--registry", registry],
+            registry,
+            rf"{esc(registry)}: could not write {files} of the new release \(No space left on "
+            r"device\); nothing was committed and the registry is unchanged$",
+        )
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True, timeout=30)
+
+
+def test_invalid_lock_timeout(capsys, registry):
+    refused(
+        capsys,
+        ["retire", "card_lost", "--lock-timeout", "-1", "--registry", registry],
+        registry,
+        r"config field `registry.lock_timeout_s`: must be a number of seconds in \[0, 86400\], "
+        r"got -1.0$",
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "pattern"),
+    [
+        (
+            ["retire", "nope"],
+            r"intent\(s\) 'nope' are not in release v2 \(it has 5 intents: card_lost, check_balance, "
+            r"opening_hours, transfer_money, refund_status\); nothing to retire$",
+        ),
+        (["retire", "../card_lost"], r"invalid intent name '../card_lost'; expected lowercase"),
+        (["retire", "card_lost", "card_lost"], r"intent\(s\) listed twice: card_lost, card_lost$"),
+        (
+            ["retire", *BASE_INTENTS, "refund_status"],
+            r"cannot retire every intent of release v2; a release predicts at least one intent$",
+        ),
+        (["rollback", "latest"], r"rollback needs a release name such as v2, not `latest`$"),
+        (["diff", "v1", "v9"], r"unknown release 'v9' in .*; releases: v1, v2$"),
+    ],
+    ids=[
+        "retire-unknown",
+        "retire-path",
+        "retire-twice",
+        "retire-all",
+        "rollback-latest",
+        "diff-unknown",
+    ],
+)
+def test_bad_lifecycle_request(capsys, registry, argv, pattern):
+    refused(capsys, [*argv, "--registry", registry], registry, pattern)
+
+
+def test_rollback_to_a_damaged_release(capsys, registry):
+    head = registry / "v1" / "head.safetensors"
+    data = bytearray(head.read_bytes())
+    data[-1] ^= 0xFF
+    head.write_bytes(bytes(data))
+    refused(
+        capsys,
+        ["rollback", "v1", "--registry", registry],
+        registry,
+        rf"cannot roll back to v1, it fails verification: {esc(head)}: sha256 [0-9a-f]{{12}}… "
+        r"does not match",
+    )

@@ -1,0 +1,304 @@
+"""Fault and load tests: SIGKILL at every step of real release writes, and concurrent writers.
+
+Crash injection uses the registry's documented test hook: with ``INTENT_CI_TEST_CRASH_AFTER=N``
+a process SIGKILLs itself at the Nth step of a registry write (a file written, fsynced,
+renamed; the lock taken or released). Unset, the hook does nothing. To keep this fast, one
+add-intent is trained once (1 epoch on the tiny RoBERTa) and the arguments of its release write
+are recorded; each kill point then runs only the real write (`pipeline._write_release`: stage,
+`save_model_files`, `Registry.commit`) in a forked child. A second series kills after seeded
+random delays (the parent sends SIGKILL, no hook), which lands inside library calls such as
+safetensors' own writes. One more kill runs `python -m intent_ci.cli add-intent` in a fresh
+interpreter, end to end.
+
+After every kill: `intent-ci verify --all` exits 0, at most one new release exists and it is
+complete, LATEST is the previous latest or that new release, the previous latest loads and
+predicts bit-identically, and the next run removes the leftovers of the killed one.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from filelock import FileLock
+
+from intent_ci import pipeline
+from intent_ci.cli import main
+from intent_ci.config import ReleaseConfig
+from intent_ci.lifecycle import retire_intents, rollback
+from intent_ci.modeling import load_backbone
+from intent_ci.pipeline import add_intents
+from intent_ci.registry import CRASH_AFTER_ENV, Registry
+from intent_ci.release import IntentClassifier, load_release
+from tests import procs
+from tests.conftest import BASE_INTENTS, make_utterances
+
+REPO = Path(__file__).resolve().parents[1]
+PROBE = ["card lost now", "refund credited please", "weekend hours", "smashed broken box", "hi"]
+SEED = 20240607
+TIMED_KILLS = 10
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+class _Recorded(Exception):
+    """Raised by the recorder in place of the release write, once its arguments are kept."""
+
+
+@pytest.fixture(scope="module")
+def pending_add(tmp_path_factory, trained_registry, data_dir):
+    """A registry and the recorded arguments of one real add-intent's release write.
+
+    The registry holds v1, v2 and v3 = v2 with card_lost retired; the add-intent trains
+    report_damage on top of v3 (1 epoch), so every replayed write is an add after a retire.
+    """
+    registry = Path(shutil.copytree(trained_registry, tmp_path_factory.mktemp("crash") / "reg"))
+    assert retire_intents(["card_lost"], registry, "v2") == "v3"
+    recorded: dict = {}
+
+    def record(registry_arg, accelerator, **kwargs):
+        recorded.update(kwargs, accelerator=accelerator)
+        raise _Recorded
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline, "_write_release", record)
+        with pytest.raises(_Recorded):
+            add_intents(
+                data_dir / "new" / "report_damage.txt",
+                registry,
+                "v3",
+                overrides={"train": {"epochs": 1}},
+            )
+    torch.set_num_threads(threads)
+    assert recorded["parent"] == "v3"
+    assert recorded["labels"] == [*BASE_INTENTS[1:], "refund_status", "report_damage"]
+    assert "card_lost" not in recorded["replay"]
+    return registry, recorded
+
+
+class Watch:
+    """The invariants that must hold after every kill."""
+
+    def __init__(self, root: Path, capsys) -> None:
+        self.root, self.capsys = root, capsys
+        self.registry = Registry(root)
+        # Each load re-reads and re-checks every file of the release; only the frozen backbone
+        # is reused (a fresh copy per load), as `load_release(backbone=...)` allows, to save time.
+        model = ReleaseConfig.from_dict(self.registry.manifest("v1")["config"]).model
+        self.backbone = load_backbone(model)
+        self.releases = self.registry.releases()
+        self.latest = self.registry.latest()
+        self.reference: dict[tuple, torch.Tensor] = {}
+        self.leftovers: list[Path] = []
+        self.loads = 0
+
+    def logits(self, release: str) -> torch.Tensor:
+        backbone = dataclasses.replace(self.backbone, encoder=copy.deepcopy(self.backbone.encoder))
+        self.loads += 1
+        return IntentClassifier(load_release(self.registry, release, backbone=backbone)).logits(
+            PROBE
+        )
+
+    def same_as_reference(self, release: str) -> bool:
+        """Releases with identical files (replays of one write) must predict identically."""
+        files = self.registry.manifest(release)["files"]
+        key = tuple(sorted((n, m["sha256"]) for n, m in files.items()))
+        logits = self.logits(release)
+        return torch.equal(logits, self.reference.setdefault(key, logits))
+
+    def check(self, child: procs.Child, *, targets: set[str], cleaned: bool) -> None:
+        """Check the registry after `child` ended (killed, or finished normally).
+
+        Args:
+            targets: releases LATEST may point to besides the previous latest (rollback).
+            cleaned: whether this run must have removed the previous run's leftovers.
+        """
+        assert child.killed or child.exit_code == 0, child.output
+        assert main(["verify", "--all", "--registry", str(self.root)]) == 0, (
+            self.capsys.readouterr().out
+        )
+        report = self.capsys.readouterr().out
+        assert re.search(r"release\(s\) checked: \d+ ok, 0 failed$", report, re.M), report
+        now = self.registry.releases()
+        new = [r for r in now if r not in self.releases]
+        assert set(self.releases) <= set(now) and len(new) <= 1, (self.releases, now)
+        assert not self.registry.registry_problems()
+        latest = self.registry.latest()
+        assert latest in {self.latest, *new, *targets}, (latest, self.latest, new)
+        # The previous latest still loads and predicts bit-identically.
+        assert self.same_as_reference(self.latest)
+        if cleaned:
+            assert not [p for p in self.leftovers if os.path.lexists(p)], self.leftovers
+        self.leftovers = self.registry.stale_staging()
+        self.releases, self.latest = now, latest
+
+
+def _count_steps(target) -> int:
+    """Run `target` once to the end with the hook counting (never firing); return its steps."""
+    from intent_ci import registry as registry_module
+
+    def counted():
+        target()
+        print(f"steps={registry_module._crash_steps_taken}")
+
+    child = procs.run(counted, crash_after=10**9)
+    assert child.exit_code == 0, child.output
+    return int(re.search(r"steps=(\d+)", child.output).group(1))
+
+
+def test_sigkill_at_every_write_step_never_leaves_a_partial_release(pending_add, capsys):
+    root, recorded = pending_add
+    registry = Registry(root)
+    rng = random.Random(SEED)
+    watch = Watch(root, capsys)
+
+    def add():
+        pipeline._write_release(registry, **recorded)
+
+    def retire():
+        retire_intents(["card_lost"], registry, "v2")
+
+    def roll_back():
+        current = registry.latest()
+        rollback(registry, "v1" if current != "v1" else "v2")
+
+    survived: dict[str, int] = {}
+    for name, target in (("add-intent", add), ("retire", retire), ("rollback", roll_back)):
+        steps = _count_steps(target)  # this run finishes normally and commits
+        watch.check(procs.Child(0, ""), targets={"v1", "v2"}, cleaned=False)
+        points = list(range(1, steps + 1))
+        rng.shuffle(points)  # seeded order: each kill meets the state the earlier ones left
+        for point in points:
+            child = procs.run(target, crash_after=point)
+            assert child.killed, f"{name}: step {point} of {steps} did not kill: {child.output}"
+            watch.check(child, targets={"v1", "v2"}, cleaned=True)
+        survived[name] = steps
+
+    # Kills at seeded random times (SIGKILL from outside, no hook), over the span of a write.
+    started = time.perf_counter()
+    child = procs.run(add)
+    span = time.perf_counter() - started
+    watch.check(child, targets=set(), cleaned=False)
+    timed = 0
+    for _ in range(TIMED_KILLS):
+        child = procs.run(add, kill_after_s=rng.uniform(0.0, span))
+        watch.check(child, targets=set(), cleaned=False)
+        timed += child.killed
+
+    # The next normal run cleans every leftover and takes an id never handed out before.
+    highest = max(int(r[1:]) for r in registry.releases())
+    final = procs.run(add)
+    assert final.exit_code == 0, final.output
+    assert not registry.stale_staging()
+    assert int(registry.latest()[1:]) > highest
+    total = sum(survived.values())
+    assert total >= 50, survived
+    print(f"\nkill points survived: {survived} = {total} hook kills + {timed} timed kills")
+
+
+def test_sigkill_of_a_cli_add_intent_in_a_fresh_interpreter(tmp_path, trained_registry, data_dir):
+    """The hook through the real entry point: `python -m intent_ci.cli add-intent`, killed."""
+    root = Path(shutil.copytree(trained_registry, tmp_path / "adapters"))
+    config = tmp_path / "one-epoch.yaml"
+    config.write_text(yaml.safe_dump({"train": {"epochs": 1}}), encoding="utf-8")
+    registry = Registry(root)
+    before = {name: IntentClassifier.load(root, name).logits(PROBE) for name in ("v1", "v2")}
+    point = random.Random(SEED).randint(1, 20)  # staging, file writes, fsyncs, lock, rename
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO),
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        **{CRASH_AFTER_ENV: str(point)},
+    )
+    command = [sys.executable, "-m", "intent_ci.cli", "add-intent", "--registry", str(root)]
+    command += ["--data", str(data_dir / "new" / "report_damage.txt"), "--config", str(config)]
+    killed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+
+    assert main(["verify", "--all", "--registry", str(root)]) == 0
+    assert registry.releases() in (["v1", "v2"], ["v1", "v2", "v3"])
+    for name, logits in before.items():
+        assert torch.equal(IntentClassifier.load(root, name).logits(PROBE), logits)
+    assert registry.latest() in ("v2", "v3")
+
+    # The next run (same CLI, forked from this process to save an interpreter start) cleans up.
+    rerun = procs.run(lambda: main(command[3:]))
+    assert rerun.exit_code == 0, rerun.output
+    assert not registry.stale_staging()
+    assert registry.latest() == registry.releases()[-1]
+
+
+def test_four_writers_at_once_get_distinct_ids(tmp_path, trained_registry):
+    """Policy: concurrent add-intent runs all train, then commit one at a time under the lock.
+
+    The test holds the registry lock until all four have trained and staged their files, so
+    the four commits really contend for it.
+    """
+    root = Path(shutil.copytree(trained_registry, tmp_path / "adapters"))
+    config = tmp_path / "one-epoch.yaml"
+    config.write_text(yaml.safe_dump({"train": {"epochs": 1}}), encoding="utf-8")
+    intents = [f"damage_{i}" for i in range(4)]
+    files = []
+    for i, intent in enumerate(intents):
+        path = tmp_path / f"{intent}.txt"
+        path.write_text("\n".join(make_utterances("report_damage", 12, seed=i)) + "\n", "utf-8")
+        files.append(path)
+
+    def writer(path: Path):
+        argv = ["add-intent", "--data", str(path), "--from", "v2", "--config", str(config)]
+        return lambda: main([*argv, "--registry", str(root)])
+
+    lock = FileLock(str(root / ".lock"))
+    lock.acquire()
+    children = [procs.start(writer(path)) for path in files]
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            staged = [p for p in root.iterdir() if p.name.startswith(".staging-")]
+            if len(staged) == 4 and all(len(list(p.iterdir())) == 5 for p in staged):
+                break
+            for pid, _ in children:
+                assert os.waitpid(pid, os.WNOHANG) == (0, 0), "a writer ended before committing"
+            assert time.monotonic() < deadline, "writers did not all stage in time"
+            time.sleep(0.05)
+        time.sleep(0.3)  # let them reach the lock
+    finally:
+        lock.release()
+    results = [procs.finish(pid, fd) for pid, fd in children]
+    for result in results:
+        assert result.exit_code == 0, result.output
+
+    registry = Registry(root)
+    assert registry.releases() == ["v1", "v2", "v3", "v4", "v5", "v6"]
+    reported = sorted(
+        re.search(r"^(v\d+): 6 intents \(\+1\)", r.output, re.M).group(1) for r in results
+    )
+    assert reported == ["v3", "v4", "v5", "v6"]
+    added = set()
+    for name in ("v3", "v4", "v5", "v6"):
+        manifest = registry.manifest(name)
+        assert manifest["parent"] == "v2"
+        assert manifest["intents"][:5] == [*BASE_INTENTS, "refund_status"]
+        added.add(manifest["intents"][5])
+    assert added == set(intents)
+    assert main(["verify", "--all", "--registry", str(root)]) == 0
+    assert not [p for p in root.iterdir() if p.name.startswith((".staging-", ".tmp-"))]
+    events = [e for e in registry.history() if e["event"] == "release"][-4:]
+    assert sorted(e["release"] for e in events) == ["v3", "v4", "v5", "v6"]
+    assert registry.latest() == events[-1]["release"]
+    print(f"\nconcurrent writers: 4, ids {json.dumps(reported)}")
