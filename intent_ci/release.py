@@ -24,6 +24,8 @@ import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.tensor import DTensor
 
 from intent_ci.config import NAME_PATTERN, ReleaseConfig
 from intent_ci.errors import IntentCIError, ReleaseVerificationError
@@ -72,20 +74,50 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def full_state_dict(model: IntentModel) -> dict[str, torch.Tensor] | None:
+    """The unsharded weights of a model whose parameters FSDP2 sharded, or None if it is whole.
+
+    Under FSDP (``fully_shard``) every process holds a shard (a DTensor) of each parameter,
+    so the release cannot be written from one process's parameters. This all-gathers the full
+    state dict to the CPU of the main process (other processes get an empty dict); every
+    process must call it. DDP and single-process models are whole and return None.
+    """
+    if not any(isinstance(p, DTensor) for p in model.parameters()):
+        return None
+    return get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+
+
+def _submodule_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
 def save_model_files(
-    model: IntentModel, labels: list[str], replay: dict[str, list[str]], folder: Path
+    model: IntentModel,
+    labels: list[str],
+    replay: dict[str, list[str]],
+    folder: Path,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Write the adapter, head, labels and replay memory of `model` into `folder`."""
+    """Write the adapter, head, labels and replay memory of `model` into `folder`.
+
+    Args:
+        state: the model's full state dict when its parameters are sharded (see
+            :func:`full_state_dict`); None to read the weights from `model` itself.
+    """
+    encoder_state = _submodule_state(state, "encoder.") if state is not None else None
     adapter_state = {
         k: v.detach().cpu().contiguous()
-        for k, v in get_peft_model_state_dict(model.encoder).items()
+        for k, v in get_peft_model_state_dict(model.encoder, state_dict=encoder_state).items()
     }
     save_file(adapter_state, str(folder / ADAPTER_WEIGHTS))
     adapter_cfg = _jsonable(model.encoder.peft_config["default"].to_dict())
     (folder / ADAPTER_CONFIG).write_text(
         json.dumps(adapter_cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )
-    head_state = {k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()}
+    head_source = _submodule_state(state, "head.") if state is not None else model.head.state_dict()
+    head_state = {k: v.detach().cpu().contiguous() for k, v in head_source.items()}
     save_file(head_state, str(folder / HEAD_WEIGHTS))
     (folder / LABELS).write_text(json.dumps({"intents": labels}, indent=1) + "\n", encoding="utf-8")
     write_memory(replay, folder / REPLAY_FILE)
@@ -205,6 +237,23 @@ def load_release(
     return LoadedRelease(name, manifest, config, labels, replay, model, backbone)
 
 
+MERGED_FINGERPRINT = "merged-lora:"
+
+
+def merge_lora_for_serving(release: LoadedRelease) -> None:
+    """Fold the release's LoRA weights into its encoder, in place, for inference.
+
+    ``W <- W + (alpha / r) B A`` for every adapted projection (peft's ``merge_and_unload``), so
+    the encoder has exactly the bare backbone's shape and cost. The backbone's fingerprint is
+    prefixed so that loading another release with this (now changed) backbone is refused.
+    """
+    if release.backbone.fingerprint.startswith(MERGED_FINGERPRINT):
+        return
+    release.model.encoder = release.model.encoder.merge_and_unload()
+    release.backbone.encoder = release.model.encoder
+    release.backbone.fingerprint = MERGED_FINGERPRINT + release.backbone.fingerprint
+
+
 @dataclass(frozen=True)
 class Prediction:
     """One utterance's predicted intent and its softmax probability."""
@@ -222,9 +271,26 @@ class IntentClassifier:
         clf.predict(["where is my refund"])  # [Prediction(label='refund_status', confidence=0.97)]
     """
 
-    def __init__(self, release: LoadedRelease, device: str | torch.device | None = None) -> None:
+    def __init__(
+        self,
+        release: LoadedRelease,
+        device: str | torch.device | None = None,
+        *,
+        merge_lora: bool = False,
+    ) -> None:
+        """Wrap a loaded release for inference.
+
+        Args:
+            device: where to run; default the GPU if there is one.
+            merge_lora: fold the LoRA weights into the encoder's weights (peft's
+                ``merge_and_unload``) for serving: the encoder then runs at the bare backbone's
+                speed. This changes the loaded backbone's weights in place, so the release's
+                `Backbone` is marked as merged and cannot be reused to load another release.
+        """
         self.release = release
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if merge_lora:
+            merge_lora_for_serving(release)
         self.model = release.model.to(self.device).eval()
         self.tokenizer = release.backbone.tokenizer
 
@@ -234,14 +300,16 @@ class IntentClassifier:
         registry: str | Path | Registry = "adapters",
         release: str = "latest",
         device: str | None = None,
+        *,
+        merge_lora: bool = False,
     ) -> IntentClassifier:
-        """Load and verify a release from a registry folder.
+        """Load and verify a release from a registry folder (``merge_lora``: see ``__init__``).
 
         Raises:
             IntentCIError: for an unknown release or one that fails verification.
         """
         reg = registry if isinstance(registry, Registry) else Registry(registry)
-        return cls(load_release(reg, release), device=device)
+        return cls(load_release(reg, release), device=device, merge_lora=merge_lora)
 
     @property
     def name(self) -> str:
