@@ -29,7 +29,14 @@ from torch.distributed.tensor import DTensor
 
 from intent_ci.config import NAME_PATTERN, ReleaseConfig
 from intent_ci.errors import IntentCIError, ReleaseVerificationError
-from intent_ci.modeling import Backbone, IntentModel, attach_lora, build_head, load_backbone
+from intent_ci.modeling import (
+    Backbone,
+    IntentModel,
+    attach_lora,
+    build_head,
+    load_backbone,
+    merge_lora,
+)
 from intent_ci.registry import Registry
 from intent_ci.replay import REPLAY_FILE, read_memory, write_memory
 
@@ -249,7 +256,7 @@ def merge_lora_for_serving(release: LoadedRelease) -> None:
     """
     if release.backbone.fingerprint.startswith(MERGED_FINGERPRINT):
         return
-    release.model.encoder = release.model.encoder.merge_and_unload()
+    merge_lora(release.model)
     release.backbone.encoder = release.model.encoder
     release.backbone.fingerprint = MERGED_FINGERPRINT + release.backbone.fingerprint
 
@@ -325,23 +332,28 @@ class IntentClassifier:
 
     @torch.inference_mode()
     def logits(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-        """Raw logits, shape ``(len(texts), len(intents))``, computed in batches."""
+        """Raw logits, shape ``(len(texts), len(intents))``, in the order of `texts`.
+
+        Utterances are batched by token count (longest first), so each batch is padded to
+        nearly its own length: with random batches of short, uneven utterances around 40% of
+        the computed tokens are padding (scripts/results/bench_throughput.md).
+        """
         if isinstance(texts, str):
             raise IntentCIError("predict() takes a list of utterances, not a single string")
+        if not texts:
+            return torch.empty(0, len(self.intents))
         max_length = self.release.config.model.max_length
-        out = []
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=max_length)
+        order = sorted(range(len(texts)), key=lambda i: -len(encoded["input_ids"][i]))
+        out = torch.empty(len(texts), len(self.intents))
         for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer(
-                list(texts[start : start + batch_size]),
-                padding=True,
-                truncation=True,
-                max_length=max_length,
+            rows = order[start : start + batch_size]
+            batch = self.tokenizer.pad(
+                {key: [encoded[key][i] for i in rows] for key in encoded},
                 return_tensors="pt",
             ).to(self.device)
-            out.append(self.model(**batch).float().cpu())
-        if not out:
-            return torch.empty(0, len(self.intents))
-        return torch.cat(out)
+            out[rows] = self.model(**batch).float().cpu()
+        return out
 
     def predict_proba(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
         return self.logits(texts, batch_size).softmax(-1)

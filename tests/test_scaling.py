@@ -173,3 +173,19 @@ def test_merge_lora_leaves_other_loads_untouched(trained_registry):
     after = IntentClassifier.load(trained_registry, "v1").logits(["card lost"])
     assert torch.equal(before, after)
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def test_batched_logits_are_in_input_order_and_match_one_at_a_time(trained_registry, data_dir):
+    """logits() batches utterances by length; the results come back in the caller's order."""
+    texts = [
+        line
+        for f in sorted((data_dir / "test").glob("*.txt"))
+        for line in f.read_text().splitlines()
+    ][:23]
+    texts[3] = texts[3] + " please please please now today"  # uneven lengths
+    clf = IntentClassifier.load(trained_registry, "v2", device="cpu")
+    batched = clf.logits(texts, batch_size=4)
+    single = torch.cat([clf.logits([t]) for t in texts])
+    assert batched.shape == (23, len(clf.intents))
+    assert torch.allclose(batched, single, atol=1e-5, rtol=1e-5)
+    assert clf.logits([]).shape == (0, len(clf.intents))
