@@ -133,11 +133,12 @@ def global_batch_loss(
 class TrainStats:
     """What a training run did, for the manifest and the benchmarks."""
 
-    steps: int = 0  # batches, per process
-    optimizer_steps: int = 0  # updates: steps / gradient_accumulation_steps, rounded up per epoch
-    examples_trained: int = (
-        0  # rows that entered the loss, all processes, Accelerate's repeats excluded
-    )
+    # batches, per process
+    steps: int = 0
+    # updates: steps / gradient_accumulation_steps, rounded up per epoch
+    optimizer_steps: int = 0
+    # rows that entered the loss, over all processes, Accelerate's repeats excluded
+    examples_trained: int = 0
     wall_time_s: float = 0.0
     loss_per_epoch: list[dict[str, float]] = field(default_factory=list)
 
@@ -328,8 +329,8 @@ def train(
             stats.steps += 1
             progress.update(1)
             progress.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-        if accelerator.num_processes > 1:
-            sums = accelerator.reduce(sums, reduction="sum")
+        if accelerator.num_processes > 1:  # NCCL reduces device tensors only
+            sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
         ce_mean, kd_mean = (sums / max(batches, 1)).tolist()
         kd_weight = distill.weight if use_kd else 0.0
         epoch_means = {"loss": ce_mean + kd_weight * kd_mean, "ce": ce_mean, "kd": kd_mean}

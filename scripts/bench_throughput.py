@@ -24,8 +24,9 @@ a, b and c back to back in a rotating order, so that load changes on a shared ma
 three alike; each variant's time is summed per round and the median round is kept.
 
 Tokens: *real* tokens are non-padding tokens; *padded* tokens are what the model computes on
-(batch x longest utterance in the batch). Batches are random unless ``--sort`` groups utterances
-of similar length (inference only; training keeps random batches, as the recipe does).
+(batch x longest utterance in the batch). Inference is timed on random batches and on batches
+of utterances of similar length ("sorted", what `IntentClassifier.logits` does); training keeps
+random batches, as the recipe does.
 
 Model FLOPs per example (the MFU numerator), for L tokens, hidden h, FFN width f, n layers,
 LoRA rank r on m projections per layer, and C intents:
@@ -34,11 +35,14 @@ LoRA rank r on m projections per layer, and C intents:
   ``4 L h`` for attention scores and the weighted sum, ``4 h r m`` for the LoRA branches;
 * head, per example: ``2 h^2`` (dense, with cls pooling) + ``2 h C``;
 * backward: the backbone is frozen, so its linear layers need only activation gradients
-  (``dX = dY W^T``: 1x their forward FLOPs, no weight gradients); attention's two matmuls have
-  activations on both sides, so 2x; LoRA and head weights get both gradients, so 2x;
+  (``dX = dY W^T``: 1x their forward FLOPs, no weight gradients), except the first layer's
+  Q, K, V projections whose input (the embeddings) needs none; attention's two matmuls have
+  activations on both sides, so 2x (less the first layer's key gradient: its keys come from
+  frozen weights and embeddings); LoRA and head weights get both gradients, so 2x;
 * a training step is forward + backward (about 2x the frozen matmuls, 3x attention, LoRA and
   head); ``--distill`` adds one more forward. Embedding lookups, layer norms, softmax and
-  the optimizer are not counted (the usual MFU convention). MFU = model FLOPs per second
+  the optimizer are not counted (the usual MFU convention). tests/test_bench_throughput.py
+  checks the formula against torch's FlopCounterMode on the real model. MFU = model FLOPs per second
   divided by the GPU's dense bf16 peak (``--peak-tflops`` overrides the table below).
 """
 
@@ -216,7 +220,11 @@ def flops_per_example(
     lora = n * tokens * 4 * h * lora_r * lora_modules
     head = 2 * h * h + 2 * h * labels
     forward = frozen + attention + lora + head
-    backward = frozen + 2 * attention + 2 * lora + 2 * head
+    # The first layer's Q, K, V projections and LoRA down-projections read the embeddings,
+    # which need no gradient, so their activation gradients are skipped; so is the gradient of
+    # its keys (no LoRA on K), one of attention's four backward matmuls.
+    first_layer = tokens * 2 * (3 * h * h + h * lora_r * lora_modules) + tokens * 2 * tokens * h
+    backward = frozen + 2 * attention + 2 * lora + 2 * head - first_layer
     train = forward + backward + (forward if distill else 0.0)
     return {"forward": forward, "train_step": train}
 
@@ -387,8 +395,37 @@ def _merged_release_model(enc: Encoder, args: argparse.Namespace, tmp: Path):
     return plain, merged, len(plain.intents)
 
 
+def _time_paired(
+    models: dict, batches: list[dict[str, torch.Tensor]], rounds: int, device: torch.device
+) -> dict[str, list[float]]:
+    """Seconds per round for each model. Every batch goes through all models back to back, in
+    an order that rotates from batch to batch, so load changes on a shared machine hit all
+    alike; round 0 warms up and is dropped."""
+    names = list(models)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    with torch.inference_mode():
+        for round_ in range(rounds + 1):
+            spent = dict.fromkeys(names, 0.0)
+            for i, b in enumerate(batches):
+                for k in range(len(names)):
+                    name = names[(i + k) % len(names)]
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    started = time.perf_counter()
+                    models[name](b)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    spent[name] += time.perf_counter() - started
+            if round_ > 0:
+                for name in names:
+                    times[name].append(spent[name])
+    return times
+
+
 def cmd_infer(args: argparse.Namespace) -> dict:
-    """Bare backbone vs release (LoRA as trained) vs release merged for serving."""
+    """Bare backbone vs release (LoRA as trained) vs release merged for serving, on random
+    and on length-sorted batches; weights cast to the inference dtype (bf16 with
+    ``--mixed-precision bf16``), as a server would hold them."""
     from intent_ci.modeling import pool
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -409,52 +446,38 @@ def cmd_infer(args: argparse.Namespace) -> dict:
                     if "lora_B" in name:
                         p.normal_(0, 0.02)
             merged_model = merge_lora(copy.deepcopy(lora_model))  # what merge_lora=True runs
-        bare = enc.model.to(device)
-        lora_model, merged_model = lora_model.to(device).eval(), merged_model.to(device).eval()
-        models = {
-            "bare_backbone": lambda b: pool(
-                bare(**b).last_hidden_state, b["attention_mask"], enc.pooling
-            ),
-            "release_lora": lambda b: lora_model(**b),
-            "release_merged": lambda b: merged_model(**b),
-        }
-        batches, _ = make_batches(enc, args.examples, args.batch_size, args.seq_len, sort=args.sort)
+    bare = enc.model.to(device=device, dtype=dtype).eval()
+    lora_model = lora_model.to(device=device, dtype=dtype).eval()
+    merged_model = merged_model.to(device=device, dtype=dtype).eval()
+    models = {
+        "bare_backbone": lambda b: pool(
+            bare(**b).last_hidden_state, b["attention_mask"], enc.pooling
+        ),
+        "release_lora": lambda b: lora_model(**b),
+        "release_merged": lambda b: merged_model(**b),
+    }
+    result = {
+        "backbone": args.backbone,
+        "device": hardware(device),
+        "threads": torch.get_num_threads(),
+        "dtype": str(dtype).replace("torch.", ""),
+        "batch_size": args.batch_size,
+        "rounds": args.rounds,
+        "orders": {},
+    }
+    for order in ("random", "sorted"):
+        batches, _ = make_batches(
+            enc, args.examples, args.batch_size, args.seq_len, sort=order == "sorted"
+        )
         batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
         real, padded = token_counts(batches)
         examples = len(batches) * args.batch_size
-        # Paired timing: every batch goes through all three models back to back, in an order
-        # that rotates from batch to batch, so load changes on a shared machine hit all alike.
-        names = list(models)
-        times: dict[str, list[float]] = {name: [] for name in models}
-        autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-        with torch.inference_mode(), autocast:
-            for round_ in range(args.rounds + 1):
-                spent = dict.fromkeys(names, 0.0)
-                for i, b in enumerate(batches):
-                    for k in range(len(names)):
-                        name = names[(i + k) % len(names)]
-                        if device.type == "cuda":
-                            torch.cuda.synchronize(device)
-                        started = time.perf_counter()
-                        models[name](b)
-                        if device.type == "cuda":
-                            torch.cuda.synchronize(device)
-                        spent[name] += time.perf_counter() - started
-                if round_ > 0:  # round 0 warms up
-                    for name in names:
-                        times[name].append(spent[name])
+        times = _time_paired(models, batches, args.rounds, device)
         median = {name: statistics.median(t) for name, t in times.items()}
         per_example = flops_per_example(enc, padded / examples, 8, 2, labels, False)["forward"]
-        result = {
-            "backbone": args.backbone,
-            "device": hardware(device),
-            "threads": torch.get_num_threads(),
-            "dtype": str(dtype).replace("torch.", ""),
-            "batch_size": args.batch_size,
-            "sorted_by_length": args.sort,
+        result["orders"][order] = {
             "examples": examples,
             "padding_share": 1 - real / padded,
-            "rounds": args.rounds,
             "variants": {
                 name: {
                     "examples_per_s": examples / median[name],
@@ -467,8 +490,8 @@ def cmd_infer(args: argparse.Namespace) -> dict:
             "merged_vs_bare": median["bare_backbone"] / median["release_merged"],
             "lora_vs_bare": median["bare_backbone"] / median["release_lora"],
             "forward_tflops_per_s_merged": per_example * examples / median["release_merged"] / 1e12,
-            "peak_memory_mb": round(peak_memory_mb(device), 1),
         }
+    result["peak_memory_mb"] = round(peak_memory_mb(device), 1)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -525,12 +548,25 @@ TRAIN_HEADER = [
 
 def _infer_rows(r: dict) -> list[str]:
     rows = []
-    for name, v in r["variants"].items():
-        rows.append(
-            f"| {name} | {'sorted' if r['sorted_by_length'] else 'random'} | {100 * r['padding_share']:.0f}% | "
-            f"{v['examples_per_s']:.0f} | {v['real_tokens_per_s']:.0f} | {v['padded_tokens_per_s']:.0f} |"
-        )
+    for order, o in r["orders"].items():
+        for name, v in o["variants"].items():
+            rows.append(
+                f"| {name} | {order} | {100 * o['padding_share']:.0f}% | {v['examples_per_s']:.0f} | "
+                f"{v['real_tokens_per_s']:.0f} | {v['padded_tokens_per_s']:.0f} |"
+            )
     return rows
+
+
+def _merge_summary(r: dict) -> str:
+    parts = [
+        f"{order}: merged {100 * o['merged_vs_bare']:.1f}%, unmerged LoRA {100 * o['lora_vs_bare']:.1f}%"
+        for order, o in r["orders"].items()
+    ]
+    return (
+        "Throughput relative to the bare backbone (target for merged >= 95%): "
+        + "; ".join(parts)
+        + "."
+    )
 
 
 INFER_HEADER = [
@@ -549,12 +585,8 @@ def cmd_cpu(args: argparse.Namespace) -> None:
         "1 process, 2 threads": _run(train, 1, 2),
         "2 processes (torchrun, gloo), 1 thread each": _run(train, 2, 1),
     }
-    infer = ["infer", "--backbone", MINILM, "--batch-size", "64", "--examples", "1024"]
-    infer += ["--rounds", str(args.rounds)]
-    inference = {
-        "random": _run(infer, 1, 2),
-        "sorted": _run([*infer, "--sort"], 1, 2),
-    }
+    infer = ["infer", "--backbone", MINILM, "--batch-size", "64", "--examples", str(args.examples)]
+    inference = _run([*infer, "--rounds", str(args.rounds)], 1, 1)
     load_after = os.getloadavg()
     command = "python scripts/bench_throughput.py " + " ".join(sys.argv[1:])
     device = runs["1 process, 1 thread"]["device"]
@@ -566,7 +598,8 @@ def cmd_cpu(args: argparse.Namespace) -> None:
         "train": runs,
         "inference": inference,
     }
-    one, two = runs["1 process, 2 threads"], runs["2 processes (torchrun, gloo), 1 thread each"]
+    one = runs["1 process, 1 thread"]
+    two = runs["2 processes (torchrun, gloo), 1 thread each"]
     lines = [
         "# Throughput: all-MiniLM-L6-v2 on CPU",
         "",
@@ -579,20 +612,17 @@ def cmd_cpu(args: argparse.Namespace) -> None:
         *TRAIN_HEADER,
         *[_train_row(k, v) for k, v in runs.items()],
         "",
-        f"Two processes against one process with two threads: {two['examples_per_s'] / one['examples_per_s']:.2f}x "
-        "examples/s (two processes take twice the examples per step: the global batch doubles).",
+        f"Two processes against one (one thread each): {two['examples_per_s'] / one['examples_per_s']:.2f}x "
+        "examples/s; each process takes its own batch, so the global batch doubles. One process "
+        "with two threads shows what OpenMP threads do on cores that other jobs keep busy (they "
+        "wait for each other); the data-parallel run and the tests use one thread per process.",
         "",
         "## Inference: bare backbone vs release (LoRA) vs release merged for serving (batch 64)",
         "",
         *INFER_HEADER,
-        *_infer_rows(inference["random"]),
-        *_infer_rows(inference["sorted"]),
+        *_infer_rows(inference),
         "",
-        "Merged release / bare backbone throughput: "
-        f"{100 * inference['random']['merged_vs_bare']:.1f}% (random batches), "
-        f"{100 * inference['sorted']['merged_vs_bare']:.1f}% (sorted); target >= 95%. "
-        "Unmerged LoRA / bare: "
-        f"{100 * inference['random']['lora_vs_bare']:.1f}% (random), {100 * inference['sorted']['lora_vs_bare']:.1f}% (sorted).",
+        _merge_summary(inference),
         "",
         "GPU figures (roberta-base size, bf16, MFU) come from `python scripts/bench_throughput.py gpu` "
         "and are written to bench_throughput_gpu.{json,md}; they were not measured on this machine.",
@@ -653,7 +683,7 @@ def cmd_gpu(args: argparse.Namespace) -> None:
         *INFER_HEADER,
         *_infer_rows(inference),
         "",
-        f"Merged / bare: {100 * inference['merged_vs_bare']:.1f}%; LoRA / bare: {100 * inference['lora_vs_bare']:.1f}%.",
+        _merge_summary(inference),
     ]
     default = RESULTS / ("bench_throughput_gpu_smoke" if args.tiny else "bench_throughput_gpu")
     _write(Path(args.out or default), result, lines)
@@ -684,7 +714,6 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--examples", type=int, default=1024)
     p.add_argument("--seq-len", type=int, default=None)
-    p.add_argument("--sort", action="store_true", help="batch utterances of similar length")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--labels", type=int, default=150)
     p.add_argument("--mixed-precision", choices=["no", "bf16"], default="no")
@@ -693,6 +722,7 @@ def main() -> None:
     p.set_defaults(func=cmd_infer)
     p = sub.add_parser("cpu", help="the CPU suite (MiniLM)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--examples", type=int, default=512, help="utterances per inference round")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--out")
