@@ -670,6 +670,18 @@ def _check_release_args(args: argparse.Namespace) -> None:
             check_release_name(value)
 
 
+def _end_distributed() -> None:
+    """Tear down the process group of a `torchrun` / `accelerate launch` run before exiting.
+
+    Left to interpreter shutdown, Gloo's worker threads now and then abort the process
+    (SIGABRT, "terminate called without an active exception") after the job has succeeded,
+    and the launcher then reports the run as failed.
+    """
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
@@ -683,6 +695,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("intent-ci: interrupted; the registry is unchanged\n")
         return 130
+    finally:
+        _end_distributed()
 
 
 if __name__ == "__main__":

@@ -334,6 +334,17 @@ class IntentModel(nn.Module):
         return self.head(self.pooled(input_ids, attention_mask, **inputs))
 
 
+def merge_lora(model: IntentModel) -> IntentModel:
+    """Fold the LoRA weights into the encoder, in place: ``W <- W + (alpha / r) B A``.
+
+    peft's ``merge_and_unload`` on every adapted projection; the encoder then has exactly the
+    bare backbone's modules and cost. Returns `model`, whose encoder is no longer a PeftModel.
+    """
+    if isinstance(model.encoder, PeftModel):
+        model.encoder = model.encoder.merge_and_unload()
+    return model
+
+
 def class_prototypes(features: torch.Tensor, labels: torch.Tensor, num_labels: int) -> torch.Tensor:
     """Unit-length mean of the unit-length features of each class: the cosine head's start rows.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ from typing import Any
 import datasets
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 
 from intent_ci.config import ReleaseConfig, apply_overrides
 from intent_ci.data import (
@@ -39,7 +41,7 @@ from intent_ci.modeling import (
     widen_head,
 )
 from intent_ci.registry import Registry
-from intent_ci.release import library_versions, load_release, save_model_files
+from intent_ci.release import full_state_dict, library_versions, load_release, save_model_files
 from intent_ci.replay import (
     REPLAY_FILE,
     draw_replay,
@@ -53,17 +55,70 @@ logger = logging.getLogger(__name__)
 DataSource = str | Path | datasets.Dataset | datasets.DatasetDict | IntentData
 
 
+def check_mixed_precision(mixed_precision: str) -> None:
+    """Refuse a mixed-precision mode this machine cannot run, before any work starts.
+
+    Without this, Accelerate would silently train fp16 in fp32 on a CPU.
+
+    Raises:
+        IntentCIError: for fp16 without a GPU, or bf16 on a GPU without bf16 support.
+    """
+    where = "config field `train.mixed_precision`"
+    if mixed_precision == "fp16" and not torch.accelerator.is_available():
+        raise IntentCIError(
+            f"{where}: fp16 needs a GPU (or another accelerator) and this machine has none; "
+            "use bf16 (CPU autocast) or no"
+        )
+    if (
+        mixed_precision == "bf16"
+        and torch.cuda.is_available()
+        and not torch.cuda.is_bf16_supported()
+    ):
+        raise IntentCIError(
+            f"{where}: bf16 is not supported by {torch.cuda.get_device_name()}; use fp16 or no"
+        )
+
+
 def make_accelerator(config: ReleaseConfig) -> Accelerator:
     """One Accelerator per job; mixed precision and accumulation come from the config.
 
     Accelerate only picks multi-process CPU training (gloo) when told to use the CPU, so on a
     machine without an accelerator we say so: `torchrun --nproc_per_node N` then runs N ranks.
+    `train.mixed_precision` is the one source of truth: a launcher's ``--mixed_precision`` (or
+    an accelerate config file's ``mixed_precision``) that disagrees is ignored with a warning.
+
+    Raises:
+        IntentCIError: if the machine cannot run `train.mixed_precision`.
     """
-    return Accelerator(
+    wanted = config.train.mixed_precision
+    check_mixed_precision(wanted)
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if launcher not in ("no", wanted):
+        logger.warning(
+            "the launcher asks for mixed precision %s; intent-ci uses train.mixed_precision=%s "
+            "from its config (set it there)",
+            launcher,
+            wanted,
+        )
+    # Accelerate keeps one process-wide state and refuses a second job in the same process (a
+    # notebook, the test suite) that asks for another precision; each job starts its own.
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision") != wanted:
+        AcceleratorState._reset_state()
+    accelerator = Accelerator(
         cpu=not torch.accelerator.is_available(),
-        mixed_precision=config.train.mixed_precision,
+        mixed_precision=wanted,
         gradient_accumulation_steps=config.train.gradient_accumulation_steps,
     )
+    # FSDP1 wraps the model in flat parameters that the evaluation pass and the release writer
+    # cannot use unwrapped; FSDP2 keeps the module and its parameters (as DTensor shards).
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    if accelerator.distributed_type == DistributedType.FSDP and plugin.fsdp_version != 2:
+        raise IntentCIError(
+            f"accelerate config: fsdp_version {plugin.fsdp_version} is not supported; "
+            "set fsdp_version: 2 (see scripts/accelerate/fsdp.yaml)"
+        )
+    return accelerator
 
 
 def _as_data(source: DataSource, config: ReleaseConfig) -> IntentData:
@@ -136,6 +191,9 @@ def _write_release(
     """Main process stages and commits the release; every rank gets its id back."""
     release: list[str | None] = [None]
     accelerator.wait_for_everyone()
+    # Under FSDP every rank holds a shard of each weight: all ranks gather them here, and the
+    # main process writes them (None for DDP and single-process runs, whose models are whole).
+    state = full_state_dict(model)
     if accelerator.is_main_process:
         manifest = {
             "parent": parent,
@@ -165,7 +223,7 @@ def _write_release(
             "versions": library_versions(),
         }
         with registry.stage() as staging:
-            save_model_files(model, labels, replay, staging)
+            save_model_files(model, labels, replay, staging, state)
             release[0] = registry.commit(staging, manifest)
         logger.info("wrote release %s to %s", release[0], registry.root)
     if accelerator.num_processes > 1:

@@ -27,6 +27,8 @@ import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.tensor import DTensor
 
 from intent_ci.config import NAME_PATTERN, ModelConfig, ReleaseConfig
 from intent_ci.errors import IntentCIError, ReleaseVerificationError
@@ -37,6 +39,7 @@ from intent_ci.modeling import (
     build_head,
     load_backbone,
     lora_config,
+    merge_lora,
 )
 from intent_ci.registry import MANIFEST, Registry, crash_point, describe_os_error
 from intent_ci.replay import REPLAY_FILE, read_memory, write_memory
@@ -105,18 +108,46 @@ def write_staged_json(path: Path, payload: Any, **dump: Any) -> None:
     )
 
 
+def full_state_dict(model: IntentModel) -> dict[str, torch.Tensor] | None:
+    """The unsharded weights of a model whose parameters FSDP2 sharded, or None if it is whole.
+
+    Under FSDP (``fully_shard``) every process holds a shard (a DTensor) of each parameter,
+    so the release cannot be written from one process's parameters. This all-gathers the full
+    state dict to the CPU of the main process (other processes get an empty dict); every
+    process must call it. DDP and single-process models are whole and return None.
+    """
+    if not any(isinstance(p, DTensor) for p in model.parameters()):
+        return None
+    return get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+
+
+def _submodule_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
 def save_model_files(
-    model: IntentModel, labels: list[str], replay: dict[str, list[str]], folder: Path
+    model: IntentModel,
+    labels: list[str],
+    replay: dict[str, list[str]],
+    folder: Path,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Write the adapter, head, labels and replay memory of `model` into `folder`.
+
+    Args:
+        state: the model's full state dict when its parameters are sharded (see
+            :func:`full_state_dict`); None to read the weights from `model` itself.
 
     Raises:
         IntentCIError: if a write fails (full disk, file size limit), or if peft produced an
             adapter config the strict schema of :func:`adapter_config_problems` would refuse.
     """
+    encoder_state = _submodule_state(state, "encoder.") if state is not None else None
     adapter_state = {
         k: v.detach().cpu().contiguous()
-        for k, v in get_peft_model_state_dict(model.encoder).items()
+        for k, v in get_peft_model_state_dict(model.encoder, state_dict=encoder_state).items()
     }
     path = folder / ADAPTER_WEIGHTS
     write_staged(path, lambda: save_file(adapter_state, str(path)))
@@ -130,7 +161,8 @@ def save_model_files(
             "to intent_ci/release.py (_ADAPTER_OFF or _ADAPTER_INFO) after checking what they do"
         )
     write_staged_json(folder / ADAPTER_CONFIG, adapter_cfg, indent=2, sort_keys=True)
-    head_state = {k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()}
+    head_source = _submodule_state(state, "head.") if state is not None else model.head.state_dict()
+    head_state = {k: v.detach().cpu().contiguous() for k, v in head_source.items()}
     path = folder / HEAD_WEIGHTS
     write_staged(path, lambda: save_file(head_state, str(path)))
     write_staged_json(folder / LABELS, {"intents": labels}, indent=1)
@@ -572,6 +604,23 @@ def load_release(
     return LoadedRelease(name, manifest, config, labels, replay, model, backbone)
 
 
+MERGED_FINGERPRINT = "merged-lora:"
+
+
+def merge_lora_for_serving(release: LoadedRelease) -> None:
+    """Fold the release's LoRA weights into its encoder, in place, for inference.
+
+    ``W <- W + (alpha / r) B A`` for every adapted projection (peft's ``merge_and_unload``), so
+    the encoder has exactly the bare backbone's shape and cost. The backbone's fingerprint is
+    prefixed so that loading another release with this (now changed) backbone is refused.
+    """
+    if release.backbone.fingerprint.startswith(MERGED_FINGERPRINT):
+        return
+    merge_lora(release.model)
+    release.backbone.encoder = release.model.encoder
+    release.backbone.fingerprint = MERGED_FINGERPRINT + release.backbone.fingerprint
+
+
 @dataclass(frozen=True)
 class Prediction:
     """One utterance's predicted intent and its softmax probability."""
@@ -589,9 +638,26 @@ class IntentClassifier:
         clf.predict(["where is my refund"])  # [Prediction(label='refund_status', confidence=0.97)]
     """
 
-    def __init__(self, release: LoadedRelease, device: str | torch.device | None = None) -> None:
+    def __init__(
+        self,
+        release: LoadedRelease,
+        device: str | torch.device | None = None,
+        *,
+        merge_lora: bool = False,
+    ) -> None:
+        """Wrap a loaded release for inference.
+
+        Args:
+            device: where to run; default the GPU if there is one.
+            merge_lora: fold the LoRA weights into the encoder's weights (peft's
+                ``merge_and_unload``) for serving: the encoder then runs at the bare backbone's
+                speed. This changes the loaded backbone's weights in place, so the release's
+                `Backbone` is marked as merged and cannot be reused to load another release.
+        """
         self.release = release
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if merge_lora:
+            merge_lora_for_serving(release)
         self.model = release.model.to(self.device).eval()
         self.tokenizer = release.backbone.tokenizer
 
@@ -601,14 +667,16 @@ class IntentClassifier:
         registry: str | Path | Registry = "adapters",
         release: str = "latest",
         device: str | None = None,
+        *,
+        merge_lora: bool = False,
     ) -> IntentClassifier:
-        """Load and verify a release from a registry folder.
+        """Load and verify a release from a registry folder (``merge_lora``: see ``__init__``).
 
         Raises:
             IntentCIError: for an unknown release or one that fails verification.
         """
         reg = registry if isinstance(registry, Registry) else Registry(registry)
-        return cls(load_release(reg, release), device=device)
+        return cls(load_release(reg, release), device=device, merge_lora=merge_lora)
 
     @property
     def name(self) -> str:
@@ -624,28 +692,24 @@ class IntentClassifier:
 
     @torch.inference_mode()
     def logits(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-        """Raw logits, shape ``(len(texts), len(intents))``, computed in batches."""
+        """Raw logits, shape ``(len(texts), len(intents))``, in the order of `texts`.
+
+        Utterances are batched by token count (longest first), so each batch is padded to
+        nearly its own length: with random batches of short, uneven utterances around 40% of
+        the computed tokens are padding (scripts/results/bench_throughput.md).
+        """
         if isinstance(texts, str):
             raise IntentCIError("predict() takes a list of utterances, not a single string")
-        max_length = self.release.config.model.max_length
-        texts = list(texts)
         if not texts:
             return torch.empty(0, len(self.intents))
-        # Batch utterances of similar length together so little compute goes to padding,
-        # then put the rows back in input order.
-        lengths = [
-            len(ids)
-            for ids in self.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-        ]
-        order = sorted(range(len(texts)), key=lengths.__getitem__)
+        max_length = self.release.config.model.max_length
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=max_length)
+        order = sorted(range(len(texts)), key=lambda i: -len(encoded["input_ids"][i]))
         out = torch.empty(len(texts), len(self.intents))
         for start in range(0, len(texts), batch_size):
             rows = order[start : start + batch_size]
-            batch = self.tokenizer(
-                [texts[i] for i in rows],
-                padding=True,
-                truncation=True,
-                max_length=max_length,
+            batch = self.tokenizer.pad(
+                {key: [encoded[key][i] for i in rows] for key in encoded},
                 return_tensors="pt",
             ).to(self.device)
             out[rows] = self.model(**batch).float().cpu()

@@ -68,11 +68,80 @@ def distillation_term(
     return F.kl_div(student, teacher, log_target=True, reduction="batchmean") * temperature**2
 
 
+def real_rows(rows: int, accelerator: Accelerator) -> torch.Tensor:
+    """Mask of this process's batch rows that are real examples, not Accelerate's repeats.
+
+    With several processes Accelerate evens out the last batch of an epoch by repeating
+    examples from the start of the epoch (``even_batches``), so that every rank runs the same
+    number of steps, which DDP needs. In gathered order (rank 0's rows, then rank 1's, ...) the
+    first ``gradient_state.remainder`` rows of that last global batch are real: the rule
+    `gather_for_metrics` applies. Training drops the repeats from the loss so every example
+    counts exactly once per epoch, as in a single-process run.
+    """
+    keep = torch.ones(rows, dtype=torch.bool)
+    state = accelerator.gradient_state
+    if accelerator.num_processes > 1 and state.end_of_dataloader and state.remainder > 0:
+        first = accelerator.process_index * rows
+        keep = torch.arange(first, first + rows) < state.remainder
+    return keep.to(accelerator.device)
+
+
+def global_batch_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    keep: torch.Tensor,
+    accelerator: Accelerator,
+    *,
+    class_weights: torch.Tensor | None = None,
+    teacher_logits: torch.Tensor | None = None,
+    distill: DistillConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """This process's share of the loss over the *global* batch (every rank's real rows).
+
+    Both terms are means: cross-entropy weighted by ``class_weights[label]``, distillation per
+    row (``batchmean``). Each is turned into a sum over this rank's real rows (mean x local
+    denominator) and divided by the denominator summed over all ranks (one all-reduce of two
+    numbers). DDP averages gradients over the N ranks, so the loss to backpropagate is N times
+    that share: the averaged gradient is then exactly the gradient of the loss of the global
+    batch, whatever the split, and a run on N processes with per-device batch B computes the
+    same steps as one process with batch N x B. On one process this equals
+    ``cross_entropy_term + distill.weight * distillation_term`` of the batch.
+
+    Returns:
+        ``(loss_to_backpropagate, ce_share, kd_share, real_rows_in_global_batch)``: summing the
+        shares over ranks gives the global batch's cross-entropy and distillation terms.
+    """
+    use_kd = teacher_logits is not None and distill is not None
+    row_weights = keep.float()
+    if class_weights is not None:
+        row_weights = row_weights * class_weights[labels]
+    zero = logits.sum() * 0.0  # keeps every rank's graph connected when it has no real rows
+    ce_sum, kd_sum = zero, zero
+    if keep.any():
+        ce_sum = cross_entropy_term(logits[keep], labels[keep], class_weights) * row_weights.sum()
+        if use_kd:
+            kd_sum = (
+                distillation_term(logits[keep], teacher_logits[keep], distill.temperature)
+                * keep.sum()
+            )
+    totals = torch.stack([row_weights.sum(), keep.sum().float()]).detach()
+    if accelerator.num_processes > 1:
+        totals = accelerator.reduce(totals, reduction="sum")
+    ce = ce_sum / totals[0].clamp(min=1e-12)
+    kd = kd_sum / totals[1].clamp(min=1e-12)
+    share = ce + distill.weight * kd if use_kd else ce
+    return share * accelerator.num_processes, ce, kd, int(totals[1].item())
+
+
 @dataclass
 class TrainStats:
     """What a training run did, for the manifest and the benchmarks."""
 
+    # batches, per process
     steps: int = 0
+    # updates: steps / gradient_accumulation_steps, rounded up per epoch
+    optimizer_steps: int = 0
+    # rows that entered the loss, over all processes, Accelerate's repeats excluded
     examples_trained: int = 0
     wall_time_s: float = 0.0
     loss_per_epoch: list[dict[str, float]] = field(default_factory=list)
@@ -133,9 +202,7 @@ def compute_features(
     """
     model.eval()
     feats, indices = [], []
-    for batch in tqdm(
-        loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False
-    ):
+    for batch in tqdm(loader, desc=desc, disable=not accelerator.is_main_process, leave=False):
         out = model.features(**_model_inputs(batch))
         out, idx = accelerator.gather_for_metrics((out.float(), batch["index"]))
         feats.append(out.cpu())
@@ -155,9 +222,7 @@ def predict_logits(
     """Logits for every example in dataset order; padding duplicates dropped by gather_for_metrics."""
     model.eval()
     logits, indices = [], []
-    for batch in tqdm(
-        loader, desc="eval", disable=not accelerator.is_local_main_process, leave=False
-    ):
+    for batch in tqdm(loader, desc="eval", disable=not accelerator.is_main_process, leave=False):
         out = model(**_model_inputs(batch))
         out, idx = accelerator.gather_for_metrics((out.float(), batch["index"]))
         logits.append(out.cpu())
@@ -215,14 +280,18 @@ def train(
         ],
         weight_decay=cfg.weight_decay,
     )
-    # As in accelerate's examples: steps counted on the un-sharded loader; the prepared
-    # scheduler then advances once per process per optimizer step.
-    total_steps = math.ceil(len(loader) * cfg.epochs / cfg.gradient_accumulation_steps)
+    # The schedule spans the optimizer steps this run really makes: with N processes each takes
+    # every N-th batch (Accelerate rounds up), so the global batch is N x batch_size and the
+    # peak learning rate is unchanged; N processes at batch B follow the schedule of one process
+    # at batch N x B. The prepared scheduler ticks N times per optimizer step, hence the factor.
+    ticks = accelerator.num_processes
+    steps_per_epoch = math.ceil(len(loader) / ticks)
+    total_steps = math.ceil(steps_per_epoch * cfg.epochs / cfg.gradient_accumulation_steps)
     scheduler = get_scheduler(
         "linear",
         optimizer,
-        num_warmup_steps=int(cfg.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
+        num_warmup_steps=int(cfg.warmup_ratio * total_steps) * ticks,
+        num_training_steps=total_steps * ticks,
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     if use_kd:
@@ -231,39 +300,52 @@ def train(
     stats = TrainStats()
     start = time.perf_counter()
     progress = tqdm(
-        total=len(loader) * cfg.epochs, desc="train", disable=not accelerator.is_local_main_process
+        total=len(loader) * cfg.epochs, desc="train", disable=not accelerator.is_main_process
     )
     for epoch in range(cfg.epochs):
         model.train()
-        sums = {"loss": 0.0, "ce": 0.0, "kd": 0.0}
+        sums = torch.zeros(2, dtype=torch.float64)  # this rank's shares of ce and kd
         batches = 0
         for batch in loader:
             with accelerator.accumulate(model):
                 inputs = _model_inputs(batch)
+                # Rows Accelerate repeated to even out the epoch's last batch count zero.
+                keep = real_rows(len(batch["labels"]), accelerator)
                 logits = model(**inputs)
-                ce = cross_entropy_term(logits, batch["labels"], class_weights)
-                loss = ce
-                kd = torch.zeros((), device=logits.device)
+                soft = None
                 if use_kd:
-                    kd = distillation_term(logits, soft_labels[batch["index"]], distill.temperature)
-                    loss = ce + distill.weight * kd
+                    soft = soft_labels[batch["index"]]
+                loss, ce, kd, seen = global_batch_loss(
+                    logits,
+                    batch["labels"],
+                    keep,
+                    accelerator,
+                    class_weights=class_weights,
+                    teacher_logits=soft,
+                    distill=distill if use_kd else None,
+                )
                 accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    stats.optimizer_steps += 1
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            sums["loss"] += loss.item()
-            sums["ce"] += ce.item()
-            sums["kd"] += kd.item()
+            sums += torch.tensor([ce.item(), kd.item()], dtype=torch.float64)
+            stats.examples_trained += seen
             batches += 1
             stats.steps += 1
             progress.update(1)
             progress.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-        epoch_means = {k: v / max(batches, 1) for k, v in sums.items()}
+        if accelerator.num_processes > 1:  # NCCL reduces device tensors only
+            sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
+        ce_mean, kd_mean = (sums / max(batches, 1)).tolist()
+        kd_weight = distill.weight if use_kd else 0.0
+        epoch_means = {"loss": ce_mean + kd_weight * kd_mean, "ce": ce_mean, "kd": kd_mean}
         stats.loss_per_epoch.append({"epoch": epoch + 1, **epoch_means})
-        logger.info("epoch %d: %s", epoch + 1, epoch_means)
+        if accelerator.is_main_process:
+            logger.info("epoch %d: %s", epoch + 1, epoch_means)
     progress.close()
-    stats.examples_trained = len(train_set) * cfg.epochs
     stats.wall_time_s = time.perf_counter() - start
     return accelerator.unwrap_model(model), stats

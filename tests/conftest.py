@@ -19,6 +19,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+
+# The tiny models gain nothing from threads, and on a shared machine OpenMP threads that wait
+# for busy cores slow every step tenfold. Subprocesses get OMP_NUM_THREADS=1 for the same reason.
+torch.set_num_threads(1)
 from tokenizers import Tokenizer, models, pre_tokenizers, processors  # noqa: E402
 from transformers import PreTrainedTokenizerFast, RobertaConfig, RobertaModel  # noqa: E402
 

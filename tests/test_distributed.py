@@ -1,59 +1,109 @@
-"""The release scripts under `torchrun --nproc_per_node 2` (Accelerate MULTI_CPU over gloo)."""
+"""Data parallelism: the release scripts under `torchrun --nproc_per_node 2` (Accelerate
+MULTI_CPU over gloo), checked against single-process runs, plus killed ranks.
+
+The two-process releases are trained once per module (`dp_registry`) and reused.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import random
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
+import torch
 import yaml
+from filelock import FileLock
+from safetensors.torch import load_file
 
+from intent_ci.config import ReleaseConfig, apply_overrides
+from intent_ci.data import INTENT, TEXT, read_examples
+from intent_ci.pipeline import add_intents, init_release
 from intent_ci.registry import Registry
 from intent_ci.release import IntentClassifier
-from tests.conftest import BASE_INTENTS, tiny_overrides
+from tests.conftest import BASE_INTENTS, snapshot, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
+EXIT_TIMEOUT_S = 120  # every rank must be gone within this after a failure: no hangs
+
+# Measured with scripts/bench_dp_agreement.py (scripts/results/dp_agreement.md): two processes
+# at batch B against one process at batch 2B (the same global batches and schedule) gave 100%
+# identical predictions and max |d prob| 1.6e-4 on the tiny model; the bound leaves room for
+# other thread counts and CPUs, and one near-tie flipping.
+SAME_PREDICTION_MIN = 0.97
+MAX_PROB_DIFF = 2e-3
 
 
-def _torchrun(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    cmd = [
+def _env() -> dict[str, str]:
+    return dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+
+
+def _torchrun_cmd(script: Path, *args: str) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--nproc_per_node",
         "2",
-        str(REPO / "scripts" / script),
+        str(script),
         *args,
     ]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_init_and_add_intent_under_torchrun(tmp_path, tiny_backbone, data_dir):
-    config = tmp_path / "tiny.yaml"
+def _torchrun(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        _torchrun_cmd(REPO / "scripts" / script, *args),
+        cwd=cwd,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _known_test_dir(data_dir: Path, root: Path, intents: list[str]) -> Path:
+    folder = root / f"test_{len(intents)}"
+    folder.mkdir(exist_ok=True)
+    for intent in intents:
+        shutil.copy(data_dir / "test" / f"{intent}.txt", folder / f"{intent}.txt")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dp_run(tmp_path_factory, tiny_backbone, data_dir):
+    """v1 and v2 trained by `torchrun --nproc_per_node 2`, each scored on held-out data whose
+    size is not a multiple of processes x eval batch (40 and 50 rows, 2 x 32)."""
+    root = tmp_path_factory.mktemp("dp")
+    config = root / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny_overrides(tiny_backbone)))
-    registry = tmp_path / "adapters"
-
+    registry = root / "adapters"
+    test_v1 = _known_test_dir(data_dir, root, BASE_INTENTS)
+    test_v2 = _known_test_dir(data_dir, root, [*BASE_INTENTS, "refund_status"])
     init = _torchrun(
         "init_release.py",
-        "--data",
-        str(data_dir / "base"),
-        "--config",
-        str(config),
-        "--registry",
-        str(registry),
-        cwd=tmp_path,
+        *("--data", str(data_dir / "base"), "--config", str(config)),
+        *("--registry", str(registry), "--eval-data", str(test_v1)),
+        cwd=root,
     )
-    assert init.returncode == 0, init.stderr[-3000:]
     add = _torchrun(
         "add_intent.py",
-        "--data",
-        str(data_dir / "new" / "refund_status.txt"),
-        "--registry",
-        str(registry),
-        cwd=tmp_path,
+        *("--data", str(data_dir / "new" / "refund_status.txt")),
+        *("--registry", str(registry), "--eval-data", str(test_v2)),
+        cwd=root,
     )
+    return {"init": init, "add": add, "registry": registry, "test_v1": test_v1, "test": test_v2}
+
+
+def test_init_and_add_intent_under_torchrun(dp_run):
+    init, add, registry = dp_run["init"], dp_run["add"], dp_run["registry"]
+    # torchrun exits 0 only if every rank did.
+    assert init.returncode == 0, init.stderr[-3000:]
     assert add.returncode == 0, add.stderr[-3000:]
 
     reg = Registry(registry)
@@ -64,10 +114,286 @@ def test_init_and_add_intent_under_torchrun(tmp_path, tiny_backbone, data_dir):
     manifest = reg.verify("v2")
     assert manifest["training"]["processes"] == 2
     assert manifest["intents"] == [*BASE_INTENTS, "refund_status"]
-    # Every example trained once per epoch in total, not once per rank.
+    # Every example trained once per epoch in total, not once per rank, and Accelerate's
+    # repeats that even out the last batch (200 = 6 x 32 + 8 rows) are not trained on.
+    epochs = manifest["config"]["train"]["epochs"]
     assert manifest["metrics"]["train_examples"] == 40 + 8 * len(BASE_INTENTS)
     assert manifest["metrics"]["replay_examples"] == 8 * len(BASE_INTENTS)
-    # Progress and the summary come from the main process only.
+    assert manifest["metrics"]["train"]["examples_trained"] == (40 + 8 * 4) * epochs
+    assert reg.manifest("v1")["metrics"]["train"]["examples_trained"] == 160 * epochs
+    # Evaluation through gather_for_metrics: 40 and 50 rows on 2 ranks x 32 count exactly once.
+    assert reg.manifest("v1")["metrics"]["eval"]["n"] == 40
+    assert manifest["metrics"]["eval"]["n"] == 50
+    # The summary and the progress bars come from the main process only.
     assert add.stdout.count("v2: 5 intents") == 1
+    assert init.stderr.count("train:   0%") == 1 and add.stderr.count("train:   0%") == 1
     clf = IntentClassifier.load(registry, "v2")
     assert len(clf.predict(["refund credited please", "card lost"])) == 2
+
+
+def _probs(registry: Path, release: str, test: Path) -> tuple[list[str], torch.Tensor]:
+    clf = IntentClassifier.load(registry, release, device="cpu")
+    data = read_examples(test)
+    keep = [i for i, y in enumerate(data.dataset[INTENT]) if y in clf.intents]
+    probs = clf.predict_proba([data.dataset[TEXT][i] for i in keep])
+    return [clf.intents[i] for i in probs.argmax(-1).tolist()], probs
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, path + "."))
+        else:
+            flat[path] = value
+    return flat
+
+
+# Manifest fields that legitimately differ between a 2-process and a 1-process run.
+DIFFERS = (
+    "training.processes",  # 2 vs 1
+    "created_at",
+    "metrics.wall_time_s",
+    "metrics.compute_s",
+    "metrics.train.wall_time_s",
+    "metrics.train.steps",  # batches per rank: half as many on two ranks
+    "metrics.train.loss_per_epoch",  # the same up to float summation order
+    "files.",  # weights equal up to float summation order, so hashes differ
+)
+
+
+def test_data_parallel_matches_one_process_with_the_same_global_batch(
+    dp_run, tmp_path, tiny_backbone, data_dir
+):
+    """2 processes x batch 16 take the same steps as 1 process x batch 32: same release
+    content, predictions equal up to float summation order."""
+    registry = tmp_path / "adapters"
+    config = apply_overrides(
+        ReleaseConfig(), tiny_overrides(tiny_backbone, train={"batch_size": 32}), source="test"
+    )
+    init_release(data_dir / "base", registry, config, eval_data=dp_run["test_v1"])
+    add_intents(data_dir / "new" / "refund_status.txt", registry, "v1", eval_data=dp_run["test"])
+    single, dp = Registry(registry), Registry(dp_run["registry"])
+    for release, test in (("v1", dp_run["test_v1"]), ("v2", dp_run["test"])):
+        a, b = _flatten(single.verify(release)), _flatten(dp.verify(release))
+        assert a.keys() == b.keys()
+        differing = {
+            k
+            for k in a
+            if a[k] != b[k]
+            and not k.startswith(DIFFERS)
+            and not k.startswith("metrics.eval.")  # compared with a tolerance below
+            and k != "config.train.batch_size"
+        }
+        assert not differing, {k: (a[k], b[k]) for k in differing}
+        assert a["config.train.batch_size"] == 2 * b["config.train.batch_size"]
+        assert a["training.processes"] == 1 and b["training.processes"] == 2
+        assert a["metrics.train.steps"] == b["metrics.train.steps"]
+        loss_a = [e["loss"] for e in a["metrics.train.loss_per_epoch"]]
+        loss_b = [e["loss"] for e in b["metrics.train.loss_per_epoch"]]
+        assert loss_a == pytest.approx(loss_b, rel=1e-3)
+        assert a["metrics.eval.n"] == b["metrics.eval.n"]
+        assert abs(a["metrics.eval.accuracy"] - b["metrics.eval.accuracy"]) <= (
+            1 - SAME_PREDICTION_MIN
+        )
+        heads = [load_file(str(r.path(release) / "head.safetensors")) for r in (single, dp)]
+        assert {k: v.shape for k, v in heads[0].items()} == {
+            k: v.shape for k, v in heads[1].items()
+        }
+        replay = [(r.path(release) / "replay.json").read_text() for r in (single, dp)]
+        assert replay[0] == replay[1], "the same exemplars, chosen from the same features"
+
+        preds_a, probs_a = _probs(registry, release, test)
+        preds_b, probs_b = _probs(dp_run["registry"], release, test)
+        same = sum(x == y for x, y in zip(preds_a, preds_b, strict=True)) / len(preds_a)
+        assert same >= SAME_PREDICTION_MIN, f"{release}: {same:.1%} identical predictions"
+        assert (probs_a - probs_b).abs().max().item() <= MAX_PROB_DIFF
+
+
+def test_data_parallel_release_has_the_content_of_a_one_process_release(dp_run, trained_registry):
+    """Same config file, 1 vs 2 processes: same intents, head size and manifest fields."""
+    single, dp = Registry(trained_registry), Registry(dp_run["registry"])
+    for release in ("v1", "v2"):
+        a, b = _flatten(single.verify(release)), _flatten(dp.verify(release))
+        assert a.keys() - {"metrics.eval"} == b.keys() - {
+            k for k in b if k.startswith("metrics.eval.")
+        }
+        for key in ("intents", "new_intents", "parent", "parent_intents", "replay.intents"):
+            assert a[key] == b[key], key
+        assert {k: v for k, v in a.items() if k.startswith("config.")} == {
+            k: v for k, v in b.items() if k.startswith("config.")
+        }
+        assert {k: v for k, v in a.items() if k.startswith("backbone.")} == {
+            k: v for k, v in b.items() if k.startswith("backbone.")
+        }
+        assert a["metrics.train.examples_trained"] == b["metrics.train.examples_trained"]
+        heads = [load_file(str(r.path(release) / "head.safetensors")) for r in (single, dp)]
+        assert {k: v.shape for k, v in heads[0].items()} == {
+            k: v.shape for k, v in heads[1].items()
+        }
+
+
+def test_sharding_of_training_batches_gradients_and_gathered_passes(tmp_path, tiny_backbone):
+    """tests/dist_worker.py on 2 ranks: each example trained once per epoch, the DDP gradient
+    equals the global batch's, gathered passes count every row once, in order, and a release
+    written from FSDP2-sharded weights equals one written from the whole model."""
+    done = subprocess.run(
+        _torchrun_cmd(REPO / "tests" / "dist_worker.py", str(tiny_backbone), str(tmp_path)),
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for epoch in range(2):
+        seen = [r["epochs"][epoch] for r in ranks]
+        assert seen[0]["steps"] == seen[1]["steps"] == 5  # 10 batches of 4 over 2 ranks
+        raw = seen[0]["all"] + seen[1]["all"]
+        kept = seen[0]["kept"] + seen[1]["kept"]
+        assert len(raw) > 37 and len(set(raw)) < len(raw), "Accelerate repeats rows to even out"
+        assert sorted(kept) == list(range(37)), "every example exactly once per epoch"
+    assert ranks[0]["epochs"][0]["kept"] != ranks[0]["epochs"][1]["kept"], "reshuffled per epoch"
+    for r in ranks:
+        assert r["global_rows"] == 5  # 37 = 4 x 8 + 5: the last global batch has 5 real rows
+        assert r["global_ce"] == pytest.approx(r["plain_ce"], rel=1e-5)
+        assert r["max_grad_diff"] <= 1e-5 * max(1.0, r["max_grad"])
+        assert r["eval_batches_per_rank"] == 3  # 5 batches of 8, evened out to 3 per rank
+        assert r["feature_rows"] == r["logit_rows"] == 37
+        assert r["feature_order"] == list(range(37))
+        assert r["max_logit_diff"] <= 1e-5
+        assert r["fsdp_sharded"] and r["whole_state_is_none"]
+        assert r["fsdp_max_logit_diff"] <= 1e-5
+    for name in ("adapter_model.safetensors", "head.safetensors", "adapter_config.json"):
+        assert (tmp_path / "sharded" / name).read_bytes() == (
+            tmp_path / "whole" / name
+        ).read_bytes()
+
+
+# ---- killed ranks ---------------------------------------------------------------------------------
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _rank_of(pid: int) -> int | None:
+    try:
+        env = (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for item in env:
+        if item.startswith(b"RANK="):
+            return int(item[5:])
+    return None
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def _launch_add_intent(registry: Path, data: Path, config: Path, log: Path) -> subprocess.Popen:
+    """torchrun add-intent in its own process group, stderr to `log`."""
+    return subprocess.Popen(
+        _torchrun_cmd(
+            REPO / "scripts" / "add_intent.py",
+            *("--data", str(data), "--registry", str(registry), "--config", str(config)),
+        ),
+        cwd=registry.parent,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("w"),
+        start_new_session=True,
+    )
+
+
+def _kill_rank_and_wait(run: subprocess.Popen, rank: int) -> tuple[int, list[int]]:
+    """SIGKILL one rank; return torchrun's exit status and the worker pids it had."""
+    workers = _children(run.pid)
+    target = [pid for pid in workers if _rank_of(pid) == rank]
+    assert len(target) == 1, f"expected one rank-{rank} worker among {workers}"
+    os.kill(target[0], signal.SIGKILL)
+    try:
+        status = run.wait(timeout=EXIT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(run.pid, signal.SIGKILL)  # our own process group only
+        raise AssertionError("a rank hung after another was killed") from None
+    return status, workers
+
+
+def _assert_all_gone(pids: list[int]) -> None:
+    def gone() -> bool:
+        return all(not (Path("/proc") / str(p)).exists() for p in pids)
+
+    _wait_for(gone, EXIT_TIMEOUT_S, f"workers {pids} to exit")
+
+
+@pytest.fixture
+def dp_registry_copy(dp_run, tmp_path):
+    registry = tmp_path / "adapters"
+    shutil.copytree(dp_run["registry"], registry)
+    return registry
+
+
+def test_killing_a_rank_mid_training_leaves_no_release(dp_registry_copy, data_dir, tmp_path):
+    registry = dp_registry_copy
+    before = snapshot(registry)
+    config = tmp_path / "long.yaml"  # long enough to be killed in the middle of training
+    config.write_text(yaml.safe_dump({"train": {"epochs": 400}}))
+    log = tmp_path / "stderr.txt"
+    run = _launch_add_intent(registry, data_dir / "new" / "report_damage.txt", config, log)
+    _wait_for(lambda: "train:" in log.read_text(errors="replace"), 300, "training to start")
+    time.sleep(random.Random(6).uniform(0.3, 1.5))  # seeded: somewhere inside training
+    status, workers = _kill_rank_and_wait(run, rank=1)
+    assert status != 0
+    _assert_all_gone(workers)
+    assert "train: 100%" not in log.read_text(errors="replace"), "killed after training ended"
+    reg = Registry(registry)
+    assert reg.releases() == ["v1", "v2"] and reg.latest() == "v2"
+    visible = {k: v for k, v in snapshot(registry).items() if not k.startswith(".")}
+    assert visible == {k: v for k, v in before.items() if not k.startswith(".")}
+
+
+def test_killing_a_rank_while_the_release_is_committed(dp_registry_copy, data_dir, tmp_path):
+    """Rank 0 stages the release and waits for the registry lock (held here); rank 1 dies.
+    No release appears, the staging leftover is never loaded, and the next run removes it."""
+    registry = dp_registry_copy
+    config = tmp_path / "short.yaml"
+    config.write_text(yaml.safe_dump({"train": {"epochs": 1}}))
+    log = tmp_path / "stderr.txt"
+    with FileLock(str(registry / ".lock")):
+        run = _launch_add_intent(registry, data_dir / "new" / "report_damage.txt", config, log)
+
+        def staged() -> bool:
+            return any(
+                p.name.startswith(".staging-") and (p / "replay.json").exists()
+                for p in registry.iterdir()
+            )
+
+        _wait_for(staged, 300, "rank 0 to stage the release")
+        status, workers = _kill_rank_and_wait(run, rank=1)
+        assert status != 0
+        _assert_all_gone(workers)
+    reg = Registry(registry)
+    assert reg.releases() == ["v1", "v2"] and reg.latest() == "v2"
+    leftovers = reg.stale_staging()
+    assert len(leftovers) == 1, "rank 0 was killed while its release was staged"
+
+    release = add_intents(
+        data_dir / "new" / "report_damage.txt", registry, overrides={"train": {"epochs": 1}}
+    )
+    assert release == "v3"
+    assert not [p for p in registry.iterdir() if p.name.startswith(".staging-")]

@@ -422,7 +422,10 @@ def test_hub_errors_are_one_line_and_write_nothing(
         (["push", "v2", "--repo-id", "acme/../etc"], r"invalid --repo-id"),
         (["push", "v2", "--repo-id", "no-namespace"], r"invalid --repo-id"),
         (["push", "../v2", "--repo-id", REPO], r"invalid release name '../v2'"),
-        (["pull", "--repo-id", REPO, "--release", "v2/../../x"], r"invalid release name 'v2/../../x'"),
+        (
+            ["pull", "--repo-id", REPO, "--release", "v2/../../x"],
+            r"invalid release name 'v2/../../x'",
+        ),
         (["pull", "--repo-id", REPO, "--token-env", "hf_abc-123"], r"--token-env 'hf_abc-123'"),
         (
             ["pull", "--repo-id", REPO, "--token-env", "UNSET_TOKEN_VAR"],
