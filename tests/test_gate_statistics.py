@@ -306,7 +306,10 @@ def test_gate_config_defaults_and_overrides(tmp_path):
             {"gate": {"min_new_accuracy": 80}},
             r"config field `gate.min_new_accuracy`: must be a fraction in \[0, 1\] \(0.8 = 80%\), got 80",
         ),
-        ({"gate": {"per_intent_correction": "bh"}}, r"config field `gate.per_intent_correction`: expected one of holm, none; got 'bh'"),
+        (
+            {"gate": {"per_intent_correction": "bh"}},
+            r"config field `gate.per_intent_correction`: expected one of holm, none; got 'bh'",
+        ),
         ({"gate": [1]}, r"section `gate` must be a mapping"),
     ],
 )
