@@ -911,11 +911,11 @@ def plot_report(report: dict[str, Any], path: Path, rows_per_panel: int = 50) ->
             if row is not None and row["fails"]:
                 ax.annotate(
                     f"−{row['drop_points']:.0f}",
-                    (100 * after, y),
-                    xytext=(-4, 0),
+                    (50 * (before + after), y),
+                    xytext=(0, 1.5),
                     textcoords="offset points",
-                    ha="right",
-                    va="center",
+                    ha="center",
+                    va="bottom",
                     fontsize=6.5,
                     color=red,
                 )
@@ -983,7 +983,7 @@ def plot_report(report: dict[str, Any], path: Path, rows_per_panel: int = 50) ->
         frameon=False,
         bbox_to_anchor=(0.5, 1 - 0.42 / height),
     )
-    fig.tight_layout(rect=(0, 0, 1, 1 - (0.55 + 0.2 * legend_rows) / height))
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.45 + 0.16 * legend_rows) / height))
     fig.savefig(path)
     return None
 
