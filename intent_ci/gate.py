@@ -64,12 +64,13 @@ class GateConfig:
         default=2.0,
         metadata={
             "help": "Largest acceptable drop of old-intent accuracy overall, in points; the rule "
-            "fails only when the drop is larger AND significant (McNemar at `alpha`). Adding intents "
-            "that compete with old ones costs a little even when nothing is forgotten: on CLINC150 "
-            "a linear probe retrained on all 150 intents scores 1.0 point lower on the first 100 "
-            "than one trained on those 100 alone, and the recommended recipe's v1 -> v2 drop is "
-            "1.2 points (scripts/results/bench_clinc.md). 2 points leaves room for that; naive "
-            "fine-tuning loses tens of points."
+            "fails only when the drop is larger AND significant (McNemar at `alpha`). More intents "
+            "compete even when nothing is forgotten: on CLINC150 a linear probe trained from scratch "
+            "scores 96.5% on the 100-intent test set and 95.5% on the 150-intent one, and the "
+            "recommended recipe's v1 -> v2 old-intent drop is 1.2 points "
+            "(scripts/results/bench_clinc.md). 2 points leaves room for that; naive fine-tuning "
+            "loses tens of points. With 30 test utterances for each of 14 old intents, 2 points are "
+            "about 8 net flips of 420."
         },
     )
     per_intent_max_drop: float = field(
@@ -439,8 +440,12 @@ def rule_new_intents(stats: dict[str, Any], new_intents: list[str], cfg: GateCon
     untested = [i for i in new_intents if i not in new["per_intent"]]
     note = f"; no test utterances for {', '.join(untested)}" if untested else ""
     if not new["n"]:
-        reason = "the candidate adds no intents" if not new_intents else "no test utterances"
-        return RuleResult("new_intents", "skipped", f"{reason}{note}", intents=untested)
+        summary = (
+            f"no test utterances for the new intents ({', '.join(untested)})"
+            if untested
+            else "the candidate adds no intents"
+        )
+        return RuleResult("new_intents", "skipped", summary, intents=untested)
     failed = new["accuracy"] < cfg.min_new_accuracy
     low = [i for i, row in new["per_intent"].items() if row["accuracy"] < cfg.min_new_accuracy]
     summary = (

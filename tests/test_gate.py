@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -357,3 +358,38 @@ def test_missing_required_flag_is_a_usage_error(capsys):
         main(["check", "--candidate", "v2"])
     assert exc.value.code == 2
     assert "--data" in capsys.readouterr().err
+
+
+def test_eval_against_reports_the_same_paired_numbers(gate_registry, gate_data, tmp_path):
+    """`intent-ci eval --against` and the gate use the same shipped intent_regression metric."""
+    out = tmp_path / "reports"
+    assert check(gate_registry, "v2", gate_data / "test", out) == 0
+    gate = read_report(out)["old_intents"]
+    result_file = tmp_path / "eval.json"
+    argv = ["eval", "--release", "v2", "--against", "v1", "--data", gate_data / "test"]
+    assert main([str(a) for a in [*argv, "--registry", gate_registry, "--json", result_file]]) == 0
+    paired = json.loads(result_file.read_text(encoding="utf-8"))["against"]["paired"]
+    assert (paired["broken"], paired["fixed"], paired["n"]) == (
+        gate["broken"],
+        gate["fixed"],
+        gate["n"],
+    )
+    assert paired["p_value"] == pytest.approx(gate["p_value"])
+    assert 100 * paired["drop"] == pytest.approx(gate["drop_points"])
+
+
+def test_without_matplotlib_the_png_is_skipped_with_a_clear_message(
+    gate_registry, gate_data, tmp_path, monkeypatch, caplog
+):
+    """matplotlib is a dev/bench/plot extra; without it the gate still writes JSON and Markdown."""
+    from intent_ci.gate import run_check
+
+    for name in ("matplotlib.figure", "matplotlib.backends.backend_agg", "matplotlib.lines"):
+        monkeypatch.setitem(sys.modules, name, None)  # `import` raises ImportError
+    out = tmp_path / "reports"
+    report = run_check(gate_registry, "v2", gate_data / "test", report_dir=out)
+    assert report["png"] is None and not (out / "report.png").exists()
+    assert report["png_skipped"] == "matplotlib is not installed (pip install 'intent-ci[plot]')"
+    assert "report.png not written: matplotlib is not installed" in (out / "report.md").read_text()
+    assert json.loads((out / "report.json").read_text())["verdict"] == "pass"
+    assert "report.png skipped: matplotlib is not installed" in caplog.text
