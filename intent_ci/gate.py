@@ -7,12 +7,13 @@ utterances, and their predictions are paired example by example. The baseline's 
 1. **old_accuracy**: old-intent accuracy overall. Fails when the drop is larger than
    ``max_drop`` points *and* an exact one-sided McNemar test (on the discordant pairs) finds the
    candidate worse at level ``alpha``. The size condition keeps small, real but acceptable costs
-   of adding intents green; the test keeps noise green: when nothing really changed, the gate
+   of adding intents green; the test keeps noise green: when nothing really changed, this rule
    fails with probability at most ``alpha``. The report gives the drop's ``1 - 2 alpha``
    Bonett-Price interval, whose lower end is the matching one-sided bound.
 2. **per_intent**: an old intent fails when its drop is larger than ``per_intent_max_drop``
    points *and* significant on its own utterances: exact McNemar, Holm-adjusted over all old
-   intents (``per_intent_correction``), at level ``alpha``.
+   intents (``per_intent_correction``), at level ``alpha``: when no intent really changed, the
+   chance that any of them fails is at most ``alpha``.
 3. **golden**: utterances that must stay right. Any golden utterance the baseline got right
    and the candidate gets wrong fails, named in the report.
 4. **new_intents**: the candidate's pooled accuracy on its new intents' utterances is at least
@@ -88,8 +89,9 @@ class GateConfig:
         metadata={
             "help": "One-sided significance level of the exact McNemar tests (rules old_accuracy and "
             "per_intent). Intervals are two-sided at 1 - 2 alpha (90% by default) so that their "
-            "lower end is the matching one-sided bound. When nothing really changed the gate goes "
-            "red by chance at most this often, less with the size conditions."
+            "lower end is the matching one-sided bound. When nothing really changed, each of the two "
+            "rules goes red by chance at most this often (both together at most 2 alpha), and less "
+            "with their size conditions."
         },
     )
     per_intent_correction: str = field(

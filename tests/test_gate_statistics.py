@@ -362,3 +362,36 @@ def test_golden_errors_name_file_and_line(tmp_path, text, message):
     path.write_text(text, encoding="utf-8")
     with pytest.raises(IntentCIError, match="^" + re.escape(str(path)) + message):
         read_golden(path)
+
+
+def _noisy_candidate(rng, refs, p_broken, p_fixed):
+    """A baseline right on 90% of `refs`, and a candidate that breaks / fixes at given rates."""
+    base, cand = [], []
+    for ref in refs:
+        b = ref if rng.random() < 0.9 else "other"
+        u = rng.random()
+        if b == ref:
+            c = "other" if u < p_broken / 0.9 else ref
+        else:
+            c = ref if u < p_fixed / 0.1 else b
+        base.append(b)
+        cand.append(c)
+    return base, cand
+
+
+def test_tests_hold_their_level_on_noise_and_catch_a_real_drop():
+    """Simulated releases: symmetric flips (no real change) are flagged at most alpha of the time,
+    overall and for any of 14 intents (Holm); a real 5-point drop is flagged almost always."""
+    rng = random.Random(1)
+    old, refs, _ = _world(intents=14, per_intent=30, new=0)
+    trials, overall, any_intent, caught = 400, 0, 0, 0
+    for _ in range(trials):
+        base, cand = _noisy_candidate(rng, refs, p_broken=0.03, p_fixed=0.03)
+        out = compare(cand, refs, base, old_intents=old)
+        overall += out["old"]["p_value"] <= 0.05
+        any_intent += min(r["p_adjusted"] for r in out["per_intent"].values()) <= 0.05
+        base, cand = _noisy_candidate(rng, refs, p_broken=0.06, p_fixed=0.01)
+        caught += compare(cand, refs, base, old_intents=old)["old"]["p_value"] <= 0.05
+    assert overall / trials <= 0.06  # exact McNemar is conservative: below 0.05 up to MC noise
+    assert any_intent / trials <= 0.06
+    assert caught / trials >= 0.9
