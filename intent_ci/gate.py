@@ -302,6 +302,9 @@ def _points(fraction: float | None) -> float | None:
 
 
 def _p(value: float) -> str:
+    """A p-value for people; exact tails below the smallest float come out as 0."""
+    if value == 0:
+        return "< 1e-300"
     return f"{value:.2g}" if value >= 1e-4 else f"{value:.1e}"
 
 

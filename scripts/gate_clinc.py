@@ -11,7 +11,7 @@ Trains (or reuses, with --registry) three releases on the packaged all-MiniLM-L6
 Then runs `intent-ci check` (defaults of GateConfig) for v2 and v3 against v1 on the CLINC150
 test split of all 150 intents (30 utterances per intent).
 
-    OMP_NUM_THREADS=1 python scripts/gate_clinc.py          # about 15 minutes on 2 busy cores
+    OMP_NUM_THREADS=1 python scripts/gate_clinc.py          # about 30 minutes on 2 busy cores
     python scripts/gate_clinc.py --registry /tmp/clinc-gate  # keeps the releases for a rerun
 
 Writes scripts/results/gate_clinc.{json,md} and the two report.png files as
@@ -22,6 +22,7 @@ gate_clinc_recommended.png and gate_clinc_naive.png. Reads CLINC150 (CC BY 3.0) 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -32,11 +33,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import datasets  # noqa: E402
+import torch  # noqa: E402
 
 from intent_ci.cli import _quiet_libraries  # noqa: E402
 from intent_ci.config import PACKAGED_MINILM, ReleaseConfig, apply_overrides  # noqa: E402
 from intent_ci.data import read_examples  # noqa: E402
-from intent_ci.gate import GateConfig, run_check  # noqa: E402
+from intent_ci.gate import GateConfig, _p, run_check  # noqa: E402
 from intent_ci.pipeline import add_intents, init_release  # noqa: E402
 from intent_ci.registry import Registry  # noqa: E402
 
@@ -115,9 +117,11 @@ def main() -> None:
     result = {
         "dataset": "CLINC150 data_full test split (in-scope, 150 intents x 30)",
         "backbone": args.backbone,
+        "base_intents": args.base_intents,
         "registry": str(registry),
-        "gate_config": GateConfig().__dict__,
+        "gate_config": dataclasses.asdict(GateConfig()),
         "train_wall_s": times,
+        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()},
         "releases": {},
     }
     for name, label in (("v2", "recommended"), ("v3", "naive")):
@@ -172,7 +176,8 @@ def markdown(r: dict, out: Path) -> str:
             f"| {x['release']} {label} | **{x['verdict'].upper()}** | {', '.join(x['failed_rules']) or '-'} "
             f"| {pct(x['old_baseline_accuracy'])} -> {pct(x['old_candidate_accuracy'])} "
             f"| {x['old_drop_points']:.2f} ({low:.2f} to {high:.2f}) | {x['broken']} / {x['fixed']} "
-            f"| {x['mcnemar_p']:.2g} | {len(x['failing_intents'])} of 100 | {pct(x['new_accuracy'])} |"
+            f"| {_p(x['mcnemar_p'])} | {len(x['failing_intents'])} of {r['base_intents']} "
+            f"| {pct(x['new_accuracy'])} |"
         )
     lines += [
         "",
@@ -188,7 +193,8 @@ def markdown(r: dict, out: Path) -> str:
         lines += [
             "Training wall time: "
             + ", ".join(f"{k[:-2]} {v} s" for k, v in r["train_wall_s"].items())
-            + ".",
+            + f" ({r['machine']['torch_threads']} torch thread(s), {r['machine']['cpu_count']} CPUs"
+            + (", shared with other jobs)." if r["machine"].get("shared") else ")."),
             "",
         ]
     for label in r["releases"]:
