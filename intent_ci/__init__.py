@@ -5,7 +5,8 @@ Data flows through one module per stage: :mod:`~intent_ci.data` (utterances in, 
 (exemplar memory) -> :mod:`~intent_ci.training` (one Accelerate loop, CE + distillation) ->
 :mod:`~intent_ci.evaluation` -> :mod:`~intent_ci.registry` (atomic, immutable releases) ->
 :mod:`~intent_ci.release` (files <-> model, `IntentClassifier`) -> :mod:`~intent_ci.pipeline`
-(the `init` and `add-intent` jobs) -> :mod:`~intent_ci.cli`.
+(the `init` and `add-intent` jobs) -> :mod:`~intent_ci.gate` (may a release ship? paired
+old-intent regression checks, `intent-ci check`) -> :mod:`~intent_ci.cli`.
 """
 
 __version__ = "0.1.0"
@@ -45,6 +46,10 @@ def __getattr__(name: str):
         from intent_ci import lifecycle
 
         return getattr(lifecycle, name)
+    if name in ("GateConfig", "run_check"):
+        from intent_ci import gate
+
+        return getattr(gate, name)
     if name == "Registry":
         from intent_ci.registry import Registry
 
@@ -55,6 +60,7 @@ def __getattr__(name: str):
 __all__ = [
     "DataConfig",
     "DistillConfig",
+    "GateConfig",
     "IntentCIError",
     "IntentClassifier",
     "ModelConfig",
@@ -70,6 +76,7 @@ __all__ = [
     "evaluate_release",
     "init_release",
     "read_examples",
+    "run_check",
     "load_config",
     "retire_intents",
     "rollback",

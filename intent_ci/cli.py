@@ -228,7 +228,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         a = result["against"]
         echo(
             f"  vs {a['release']} on its {len(a['per_intent_delta'])} intents: {_fmt(a['this_release_accuracy'])} "
-            f"vs {_fmt(a['accuracy'])} ({100 * a['delta']:+.1f} points)"
+            f"vs {_fmt(a['accuracy'])} ({100 * a['delta']:+.1f} points"
+            + (f", McNemar p = {a['paired']['p_value']:.2g})" if a.get("paired") else ")")
         )
         worst = sorted(a["per_intent_delta"].items(), key=lambda kv: kv[1])[:3]
         drops = [f"{k} {100 * v:+.1f}" for k, v in worst if v < 0]
@@ -240,6 +241,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         echo(f"wrote {args.json}")
     return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """The regression gate: 0 pass, 1 regression (see the report), 2 bad input."""
+    from intent_ci.gate import (
+        EXIT_PASS,
+        EXIT_REGRESSION,
+        load_gate_config,
+        run_check,
+        summary_lines,
+    )
+
+    report = run_check(
+        args.registry,
+        args.candidate,
+        args.data,
+        baseline=args.baseline,
+        golden=args.golden,
+        config=load_gate_config(args.config),
+        report_dir=args.report_dir,
+    )
+    for line in summary_lines(report):
+        echo(line)
+    echo(f"wrote {', '.join(report['files'])}")
+    return EXIT_PASS if report["verdict"] == "pass" else EXIT_REGRESSION
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -556,6 +582,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the full result to this JSON file")
     registry_arg(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "check",
+        help="regression gate: candidate vs baseline on the same utterances; exit 0 pass, 1 regression, 2 bad input",
+    )
+    p.add_argument("--candidate", required=True, help="release to check (name or latest)")
+    p.add_argument("--baseline", help="release to compare with (default: the candidate's parent)")
+    p.add_argument("--data", required=True, help="labelled test utterances")
+    p.add_argument("--golden", help="YAML of `utterance: intent` pairs that must stay right")
+    p.add_argument(
+        "--report-dir", default="reports", help="where report.json/.md/.png go (default: reports)"
+    )
+    p.add_argument("--config", help="YAML with a `gate:` section overriding GateConfig fields")
+    registry_arg(p)
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("predict", help="classify utterances with a release")
     p.add_argument("text", nargs="*", help="utterances to classify")

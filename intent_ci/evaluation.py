@@ -1,7 +1,8 @@
 """Scoring releases: overall, per intent, old versus new intents, and deltas against another release.
 
-The numbers come from the `intent_accuracy` evaluate module shipped in
-``intent_ci/metrics/``, loaded offline with ``evaluate.load(path)``.
+The numbers come from the `intent_accuracy` and (for the paired comparison against another
+release) `intent_regression` evaluate modules shipped in ``intent_ci/metrics/``, loaded offline
+with ``evaluate.load(path)``.
 """
 
 from __future__ import annotations
@@ -12,13 +13,18 @@ from typing import Any
 import evaluate
 
 from intent_ci.data import INTENT, TEXT, IntentData, check_known_intents
-from intent_ci.metrics import INTENT_ACCURACY
+from intent_ci.metrics import INTENT_ACCURACY, INTENT_REGRESSION
 from intent_ci.release import IntentClassifier
 
 
 @functools.lru_cache(maxsize=1)
 def intent_accuracy_metric() -> evaluate.Metric:
     return evaluate.load(INTENT_ACCURACY)
+
+
+@functools.lru_cache(maxsize=1)
+def intent_regression_metric() -> evaluate.Metric:
+    return evaluate.load(INTENT_REGRESSION)
 
 
 def score(
@@ -43,7 +49,9 @@ def evaluate_release(
         old_intents: intents counted as old; default: the parent release's intents (all
             intents for a base release).
         against: a second release; it is scored on the utterances of intents it knows, and
-            per-intent accuracy deltas (this release minus `against`) are reported.
+            per-intent accuracy deltas (this release minus `against`) are reported, with the
+            paired statistics of the drop (`against.paired`: exact McNemar p-value and 90%
+            interval, see `intent_regression`).
 
     Raises:
         IntentCIError: if `data` holds intents the release does not know.
@@ -61,14 +69,27 @@ def evaluate_release(
         keep = [i for i, ref in enumerate(refs) if ref in known]
         sub_texts = [texts[i] for i in keep]
         sub_refs = [refs[i] for i in keep]
-        theirs = score([p.label for p in against.predict(sub_texts)], sub_refs) if keep else None
-        ours = score([preds[i] for i in keep], sub_refs) if keep else None
+        their_preds = [p.label for p in against.predict(sub_texts)]
+        our_preds = [preds[i] for i in keep]
+        theirs = score(their_preds, sub_refs) if keep else None
+        ours = score(our_preds, sub_refs) if keep else None
+        paired = (
+            intent_regression_metric().compute(
+                predictions=our_preds,
+                baseline_predictions=their_preds,
+                references=sub_refs,
+                old_intents=against.intents,
+            )["old"]
+            if keep
+            else None
+        )
         result["against"] = {
             "release": against.name,
             "n": len(keep),
             "accuracy": theirs["accuracy"] if theirs else None,
             "this_release_accuracy": ours["accuracy"] if ours else None,
             "delta": (ours["accuracy"] - theirs["accuracy"]) if theirs else None,
+            "paired": paired,
             "per_intent_delta": {
                 intent: ours["per_intent"][intent]["accuracy"]
                 - theirs["per_intent"][intent]["accuracy"]

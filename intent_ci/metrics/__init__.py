@@ -3,3 +3,4 @@
 from pathlib import Path
 
 INTENT_ACCURACY = str(Path(__file__).parent / "intent_accuracy" / "intent_accuracy.py")
+INTENT_REGRESSION = str(Path(__file__).parent / "intent_regression" / "intent_regression.py")
