@@ -35,6 +35,7 @@ from intent_ci.modeling import (
     Backbone,
     IntentModel,
     attach_lora,
+    default_lora_targets,
     build_head,
     class_prototypes,
     load_backbone,
@@ -264,6 +265,13 @@ def init_release(
         registry.clean_stale_staging()
 
     backbone = load_backbone(config.model)
+    if config.model.lora_target_modules is None:
+        # Record the resolved targets, so the release says what it trained and later changes to
+        # the defaults cannot change what its manifest means.
+        targets = default_lora_targets(backbone.encoder.config.model_type)
+        config = dataclasses.replace(
+            config, model=dataclasses.replace(config.model, lora_target_modules=targets)
+        )
     encoder = attach_lora(backbone.encoder, config.model)
     head = build_head(
         config.model, backbone.encoder.config.hidden_size, len(labels), backbone.pooling
@@ -439,7 +447,10 @@ def add_intents(
 
     scale = config.train.add_intent_lr_scale
     train_cfg = dataclasses.replace(
-        config.train, lr=config.train.lr * scale, head_lr=config.train.head_lr * scale
+        config.train,
+        lr=config.train.lr * scale,
+        head_lr=config.train.head_lr * scale,
+        epochs=config.train.add_intent_epochs,
     )
     model, stats = train(
         model,

@@ -18,7 +18,9 @@ Add-intent methods, all started from the same base release of a protocol:
 Baselines: a full retrain (`init` with the same recipe on everything seen so far) at the final
 step of each protocol, and logistic regression on frozen mean-pooled embeddings at every step.
 
-    python scripts/bench_incremental.py                          # all of it (about 70 min, 2 cores)
+    python scripts/bench_incremental.py                          # everything (about 2 h, 2 cores)
+    python scripts/bench_incremental.py --no-reuse --methods-for P2=intent-ci,distill+replay,naive \
+        --methods-for P3=intent-ci,naive     # the committed run: all ablations on P1 (about 80 min)
     python scripts/bench_incremental.py --protocols P2 --methods intent-ci naive
     python scripts/bench_incremental.py --protocols P2 --split val --out runs/sweep \\
         --method lr2='{"train": {"add_intent_lr_scale": 1.0}}'   # choose defaults on val
@@ -732,6 +734,13 @@ def main() -> None:
         help="an extra add-intent override set",
     )
     parser.add_argument(
+        "--methods-for",
+        action="append",
+        default=[],
+        metavar="PROTOCOL=NAME,NAME",
+        help="run only these methods in one protocol (e.g. P3=intent-ci,naive)",
+    )
+    parser.add_argument(
         "--init-config", default="{}", help="JSON overrides for the base and full-retrain releases"
     )
     parser.add_argument(
@@ -799,10 +808,21 @@ def main() -> None:
     }
     if probe is not None:
         result["linear_probe_embed_s"] = round(probe.embed_s, 1)
+    only: dict[str, list[str]] = {}
+    for spec in args.methods_for:
+        pname, _, names = spec.partition("=")
+        only[pname] = [n for n in names.split(",") if n]
+        unknown = sorted(set(only[pname]) - set(methods)) + sorted({pname} - set(PROTOCOLS))
+        if unknown:
+            parser.error(f"--methods-for {spec}: unknown {', '.join(unknown)}")
+    result["methods_per_protocol"] = {p: only.get(p, list(methods)) for p in args.protocols}
     for pname in args.protocols:
+        chosen = {n: methods[n] for n in result["methods_per_protocol"][pname]}
         result["protocols"][pname] = run_protocol(
-            PROTOCOLS[pname], methods, raw, order, config, args, probe
+            PROTOCOLS[pname], chosen, raw, order, config, args, probe
         )
+        partial = Path(args.workdir) / "partial.json"  # survives a run that dies later
+        partial.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     result["summary"] = {split: summarise(result, split) for split in SPLITS}
     result["targets"] = targets(result)
     result["total_s"] = round(time.perf_counter() - started, 1)

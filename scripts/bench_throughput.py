@@ -137,7 +137,9 @@ def build_encoder(backbone: str) -> Encoder:
 
 
 def build_intent_model(encoder: Encoder, num_labels: int, lora_r: int = 8):
-    """Encoder + LoRA (intent-ci's defaults: query and value) + head, as a release has them."""
+    """Encoder + LoRA (intent-ci's default targets) + head, as a release has them; returns the
+    model and the names of the adapted projections in one layer (e.g. query, key, value and
+    attention.output.dense)."""
     from peft.tuners.lora import LoraLayer
 
     from intent_ci.config import ModelConfig
@@ -146,8 +148,12 @@ def build_intent_model(encoder: Encoder, num_labels: int, lora_r: int = 8):
     cfg = ModelConfig(backbone="bench", lora_r=lora_r, lora_alpha=2 * lora_r)
     lora = attach_lora(encoder.model, cfg)
     head = build_head(cfg, encoder.hidden, num_labels, encoder.pooling)
-    adapted = sum(isinstance(m, LoraLayer) for m in lora.modules())
-    return IntentModel(lora, head, encoder.pooling), adapted // encoder.layers
+    first = [
+        name.split(".0.", 1)[1]
+        for name, m in lora.named_modules()
+        if isinstance(m, LoraLayer) and ".0." in name
+    ]
+    return IntentModel(lora, head, encoder.pooling), sorted(first)
 
 
 def utterances(n: int, seed: int = 0) -> list[str]:
@@ -210,20 +216,27 @@ def token_counts(batches: list[dict[str, torch.Tensor]]) -> tuple[int, int]:
     return real, padded
 
 
+QKV = ("query", "key", "value", "q", "k", "v", "q_lin", "k_lin", "v_lin")
+
+
 def flops_per_example(
-    enc: Encoder, tokens: float, lora_r: int, lora_modules: int, labels: int, distill: bool
+    enc: Encoder, tokens: float, lora_r: int, adapted: list[str], labels: int, distill: bool
 ) -> dict[str, float]:
-    """Model FLOPs of one example of `tokens` tokens (see the module docstring)."""
+    """Model FLOPs of one example of `tokens` tokens (see the module docstring); `adapted` names
+    the projections of one layer that carry LoRA."""
     h, f, n = enc.hidden, enc.ffn, enc.layers
     frozen = n * tokens * 2 * (4 * h * h + 2 * h * f)
     attention = n * tokens * 4 * tokens * h
-    lora = n * tokens * 4 * h * lora_r * lora_modules
+    lora = n * tokens * 4 * h * lora_r * len(adapted)
     head = 2 * h * h + 2 * h * labels
     forward = frozen + attention + lora + head
-    # The first layer's Q, K, V projections and LoRA down-projections read the embeddings,
-    # which need no gradient, so their activation gradients are skipped; so is the gradient of
-    # its keys (no LoRA on K), one of attention's four backward matmuls.
-    first_layer = tokens * 2 * (3 * h * h + h * lora_r * lora_modules) + tokens * 2 * tokens * h
+    # The first layer's Q, K, V projections and their LoRA down-projections read the embeddings,
+    # which need no gradient, so their activation gradients are skipped. Without LoRA on K the
+    # first layer's keys need no gradient either: one of attention's four backward matmuls.
+    on_embeddings = sum(name.split(".")[-1] in QKV for name in adapted)
+    keys_frozen = not any(name.split(".")[-1] in ("key", "k", "k_lin") for name in adapted)
+    first_layer = tokens * 2 * (3 * h * h + h * lora_r * on_embeddings)
+    first_layer += tokens * 2 * tokens * h if keys_frozen else 0.0
     backward = frozen + 2 * attention + 2 * lora + 2 * head - first_layer
     train = forward + backward + (forward if distill else 0.0)
     return {"forward": forward, "train_step": train}
@@ -274,7 +287,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
     accelerator = make_accelerator(config)
     torch.manual_seed(0)
     enc = build_encoder(args.backbone)
-    model, lora_modules = build_intent_model(enc, args.labels)
+    model, adapted = build_intent_model(enc, args.labels)
     teacher = copy.deepcopy(model).eval().requires_grad_(False) if args.distill else None
     steps = args.warmup + args.steps
     n = steps * args.batch_size
@@ -339,7 +352,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
     wall = float(gathered[:, 0].max())
     examples, real_t, padded_t = (float(gathered[:, i].sum()) for i in (1, 2, 3))
     per_example = flops_per_example(
-        enc, padded_t / examples, 8, lora_modules, args.labels, args.distill
+        enc, padded_t / examples, 8, adapted, args.labels, args.distill
     )
     peak = gpu_peak_tflops(device, args.peak_tflops)
     achieved = per_example["train_step"] * examples / wall
@@ -474,7 +487,7 @@ def cmd_infer(args: argparse.Namespace) -> dict:
         examples = len(batches) * args.batch_size
         times = _time_paired(models, batches, args.rounds, device)
         median = {name: statistics.median(t) for name, t in times.items()}
-        per_example = flops_per_example(enc, padded / examples, 8, 2, labels, False)["forward"]
+        per_example = flops_per_example(enc, padded / examples, 8, [], labels, False)["forward"]
         result["orders"][order] = {
             "examples": examples,
             "padding_share": 1 - real / padded,

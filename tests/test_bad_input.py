@@ -821,7 +821,7 @@ def test_manifest_listing_a_file_outside_the_release(capsys, registry):
         (
             {"target_modules": ["query", "key"]},
             r"'target_modules' is \['query', 'key'\] but the manifest's model config resolves to "
-            r"\['query', 'value'\]$",
+            r"\['attention.output.dense', 'key', 'query', 'value'\]$",
         ),
         ({"r": 64}, r"'r' is 64 but the manifest requires 4 \(config.model.lora_r\)$"),
         ({"modules_to_save": ["classifier"]}, r"'modules_to_save' must be null, false or empty"),
@@ -941,7 +941,7 @@ def test_full_disk(capsys, trained_registry, data_dir, tmp_path, one_torch_threa
     disk = tmp_path / "disk"
     disk.mkdir()
     add = ["add-intent", "--data", data_dir / "new" / "report_damage.txt"]
-    add += ["--config", write_yaml(tmp_path, {"train": {"epochs": 1}})]
+    add += ["--config", write_yaml(tmp_path, {"train": {"add_intent_epochs": 1}})]
     files = r"(adapter_model\.safetensors|adapter_config\.json|head\.safetensors|labels\.json|replay\.json)"
     if not _mount_tmpfs(disk, "1m"):
         registry = Path(shutil.copytree(trained_registry, disk / "adapters"))

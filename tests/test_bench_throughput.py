@@ -30,8 +30,8 @@ def bench():
 def test_model_flops_formula_matches_torch_flop_counter(bench):
     torch.manual_seed(0)
     enc = bench.build_encoder("tiny-random")
-    model, lora_modules = bench.build_intent_model(enc, 150)
-    assert lora_modules == 2  # query and value
+    model, adapted = bench.build_intent_model(enc, 150)
+    assert [a.split(".")[-1] for a in adapted] == ["dense", "key", "query", "value"]
     model.train()  # attention runs as plain matmuls (with dropout), which the counter sees
     tokens, batch = 64, 4
     inputs = {
@@ -42,10 +42,10 @@ def test_model_flops_formula_matches_torch_flop_counter(bench):
         model(**inputs)
     with FlopCounterMode(display=False) as step:
         model(**inputs).float().sum().backward()
-    formula = bench.flops_per_example(enc, tokens, 8, lora_modules, 150, distill=False)
+    formula = bench.flops_per_example(enc, tokens, 8, adapted, 150, distill=False)
     assert formula["forward"] == pytest.approx(forward.get_total_flops() / batch, rel=0.01)
     assert formula["train_step"] == pytest.approx(step.get_total_flops() / batch, rel=0.01)
-    with_teacher = bench.flops_per_example(enc, tokens, 8, lora_modules, 150, distill=True)
+    with_teacher = bench.flops_per_example(enc, tokens, 8, adapted, 150, distill=True)
     assert with_teacher["train_step"] == pytest.approx(formula["train_step"] + formula["forward"])
 
 

@@ -81,7 +81,7 @@ def pending_add(tmp_path_factory, trained_registry, data_dir):
                 data_dir / "new" / "report_damage.txt",
                 registry,
                 "v3",
-                overrides={"train": {"epochs": 1}},
+                overrides={"train": {"add_intent_epochs": 1}},
             )
     torch.set_num_threads(threads)
     assert recorded["parent"] == "v3"
@@ -214,7 +214,7 @@ def test_sigkill_of_a_cli_add_intent_in_a_fresh_interpreter(tmp_path, trained_re
     """The hook through the real entry point: `python -m intent_ci.cli add-intent`, killed."""
     root = Path(shutil.copytree(trained_registry, tmp_path / "adapters"))
     config = tmp_path / "one-epoch.yaml"
-    config.write_text(yaml.safe_dump({"train": {"epochs": 1}}), encoding="utf-8")
+    config.write_text(yaml.safe_dump({"train": {"add_intent_epochs": 1}}), encoding="utf-8")
     registry = Registry(root)
     before = {name: IntentClassifier.load(root, name).logits(PROBE) for name in ("v1", "v2")}
     point = random.Random(SEED).randint(1, 20)  # staging, file writes, fsyncs, lock, rename
@@ -251,7 +251,7 @@ def test_four_writers_at_once_get_distinct_ids(tmp_path, trained_registry):
     """
     root = Path(shutil.copytree(trained_registry, tmp_path / "adapters"))
     config = tmp_path / "one-epoch.yaml"
-    config.write_text(yaml.safe_dump({"train": {"epochs": 1}}), encoding="utf-8")
+    config.write_text(yaml.safe_dump({"train": {"add_intent_epochs": 1}}), encoding="utf-8")
     intents = [f"damage_{i}" for i in range(4)]
     files = []
     for i, intent in enumerate(intents):

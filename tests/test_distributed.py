@@ -116,11 +116,11 @@ def test_init_and_add_intent_under_torchrun(dp_run):
     assert manifest["intents"] == [*BASE_INTENTS, "refund_status"]
     # Every example trained once per epoch in total, not once per rank, and Accelerate's
     # repeats that even out the last batch (200 = 6 x 32 + 8 rows) are not trained on.
-    epochs = manifest["config"]["train"]["epochs"]
+    epochs = manifest["config"]["train"]["add_intent_epochs"]
     assert manifest["metrics"]["train_examples"] == 40 + 8 * len(BASE_INTENTS)
     assert manifest["metrics"]["replay_examples"] == 8 * len(BASE_INTENTS)
     assert manifest["metrics"]["train"]["examples_trained"] == (40 + 8 * 4) * epochs
-    assert reg.manifest("v1")["metrics"]["train"]["examples_trained"] == 160 * epochs
+    assert reg.manifest("v1")["metrics"]["train"]["examples_trained"] == 160 * reg.manifest("v1")["config"]["train"]["epochs"]
     # Evaluation through gather_for_metrics: 40 and 50 rows on 2 ranks x 32 count exactly once.
     assert reg.manifest("v1")["metrics"]["eval"]["n"] == 40
     assert manifest["metrics"]["eval"]["n"] == 50
@@ -352,7 +352,7 @@ def test_killing_a_rank_mid_training_leaves_no_release(dp_registry_copy, data_di
     registry = dp_registry_copy
     before = snapshot(registry)
     config = tmp_path / "long.yaml"  # long enough to be killed in the middle of training
-    config.write_text(yaml.safe_dump({"train": {"epochs": 400}}))
+    config.write_text(yaml.safe_dump({"train": {"add_intent_epochs": 400}}))
     log = tmp_path / "stderr.txt"
     run = _launch_add_intent(registry, data_dir / "new" / "report_damage.txt", config, log)
     _wait_for(lambda: "train:" in log.read_text(errors="replace"), 300, "training to start")
@@ -372,7 +372,7 @@ def test_killing_a_rank_while_the_release_is_committed(dp_registry_copy, data_di
     No release appears, the staging leftover is never loaded, and the next run removes it."""
     registry = dp_registry_copy
     config = tmp_path / "short.yaml"
-    config.write_text(yaml.safe_dump({"train": {"epochs": 1}}))
+    config.write_text(yaml.safe_dump({"train": {"add_intent_epochs": 1}}))
     log = tmp_path / "stderr.txt"
     with FileLock(str(registry / ".lock")):
         run = _launch_add_intent(registry, data_dir / "new" / "report_damage.txt", config, log)
@@ -393,7 +393,7 @@ def test_killing_a_rank_while_the_release_is_committed(dp_registry_copy, data_di
     assert len(leftovers) == 1, "rank 0 was killed while its release was staged"
 
     release = add_intents(
-        data_dir / "new" / "report_damage.txt", registry, overrides={"train": {"epochs": 1}}
+        data_dir / "new" / "report_damage.txt", registry, overrides={"train": {"add_intent_epochs": 1}}
     )
     assert release == "v3"
     assert not [p for p in registry.iterdir() if p.name.startswith(".staging-")]

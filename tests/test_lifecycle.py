@@ -273,7 +273,7 @@ def test_diff_shows_intents_metrics_and_config(reg, data_dir, tmp_path, capsys):
         data_dir / "new" / "report_damage.txt",
         reg,
         "v2",
-        overrides={"train": {"epochs": 1}, "distill": {"weight": 1.0}},
+        overrides={"train": {"add_intent_epochs": 1}, "distill": {"weight": 1.0}},
         eval_data=evaluation,
     )
     assert v3 == "v3"
@@ -286,7 +286,7 @@ def test_diff_shows_intents_metrics_and_config(reg, data_dir, tmp_path, capsys):
     assert (result["intents_added"], result["intents_removed"]) == (["report_damage"], [])
     assert result["config_changes"] == [
         {"field": "distill.weight", "a": 3.0, "b": 1.0},
-        {"field": "train.epochs", "a": 10, "b": 1},
+        {"field": "train.add_intent_epochs", "a": 10, "b": 1},
     ]
     assert result["backbone_changes"] == []
     eval_a = scored
@@ -311,7 +311,7 @@ def test_diff_shows_intents_metrics_and_config(reg, data_dir, tmp_path, capsys):
     )
     assert re.search(r"^  card_lost\s+\d+\.\d% -> \d+\.\d% \([+-]\d+\.\d points\)$", out, re.M)
     assert re.search(r"^  distill\.weight\s+3\.0 -> 1\.0$", out, re.M), out
-    assert re.search(r"^  train\.epochs\s+10 -> 1$", out, re.M), out
+    assert re.search(r"^  train\.add_intent_epochs\s+10 -> 1$", out, re.M), out
 
     code, out, _ = run(capsys, "diff", "v3", "v1", "--registry", reg)
     assert code == 0 and "intents removed  refund_status, report_damage" in out

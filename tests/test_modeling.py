@@ -110,8 +110,11 @@ def test_unknown_architecture_needs_explicit_lora_targets():
 
     with pytest.raises(IntentCIError, match="model.lora_target_modules"):
         lora_config(ModelConfig(), "some-new-encoder")
-    assert set(lora_config(ModelConfig(), "roberta").target_modules) == {"query", "value"}
-    assert set(lora_config(ModelConfig(), "mpnet").target_modules) == {"q", "v"}
+    attention = {"query", "key", "value", "attention.output.dense"}
+    assert set(lora_config(ModelConfig(), "roberta").target_modules) == attention
+    assert set(lora_config(ModelConfig(), "bert").target_modules) == attention
+    assert set(lora_config(ModelConfig(), "mpnet").target_modules) == {"q", "k", "v", "o"}
+    assert set(lora_config(ModelConfig(), "t5").target_modules) == {"q", "v"}  # peft's default
 
 
 def test_missing_backbone_is_a_clear_error(tmp_path):

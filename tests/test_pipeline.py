@@ -168,6 +168,26 @@ def test_add_intent_from_an_older_release(trained_registry, data_dir, tmp_path):
     assert manifest["intents"] == [*BASE_INTENTS, "report_damage"]
 
 
+def test_release_records_the_lora_targets_it_trained(trained_registry):
+    """`lora_target_modules: null` resolves at init, and the manifest keeps the resolved list."""
+    attention = ["query", "key", "value", "attention.output.dense"]
+    for release in ("v1", "v2"):
+        manifest = Registry(trained_registry).manifest(release)
+        assert manifest["config"]["model"]["lora_target_modules"] == attention
+    loaded = load_release(Registry(trained_registry), "v2")
+    adapted = {
+        n.split(".lora_A")[0].split("layer.0.")[-1]
+        for n, _ in loaded.model.encoder.named_parameters()
+        if "lora_A" in n and "layer.0." in n
+    }
+    assert adapted == {
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+    }
+
+
 def test_backbone_weights_unchanged_by_training(trained_registry, tiny_backbone):
     fresh = load_backbone(ModelConfig(backbone=str(tiny_backbone)))
     loaded = load_release(Registry(trained_registry), "v2")
