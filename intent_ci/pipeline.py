@@ -35,9 +35,9 @@ from intent_ci.modeling import (
     Backbone,
     IntentModel,
     attach_lora,
-    default_lora_targets,
     build_head,
     class_prototypes,
+    default_lora_targets,
     load_backbone,
     widen_head,
 )

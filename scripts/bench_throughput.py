@@ -351,9 +351,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
     gathered = accelerator.gather(local.to(device)).cpu().view(accelerator.num_processes, -1)
     wall = float(gathered[:, 0].max())
     examples, real_t, padded_t = (float(gathered[:, i].sum()) for i in (1, 2, 3))
-    per_example = flops_per_example(
-        enc, padded_t / examples, 8, adapted, args.labels, args.distill
-    )
+    per_example = flops_per_example(enc, padded_t / examples, 8, adapted, args.labels, args.distill)
     peak = gpu_peak_tflops(device, args.peak_tflops)
     achieved = per_example["train_step"] * examples / wall
     result = {

@@ -120,7 +120,10 @@ def test_init_and_add_intent_under_torchrun(dp_run):
     assert manifest["metrics"]["train_examples"] == 40 + 8 * len(BASE_INTENTS)
     assert manifest["metrics"]["replay_examples"] == 8 * len(BASE_INTENTS)
     assert manifest["metrics"]["train"]["examples_trained"] == (40 + 8 * 4) * epochs
-    assert reg.manifest("v1")["metrics"]["train"]["examples_trained"] == 160 * reg.manifest("v1")["config"]["train"]["epochs"]
+    assert (
+        reg.manifest("v1")["metrics"]["train"]["examples_trained"]
+        == 160 * reg.manifest("v1")["config"]["train"]["epochs"]
+    )
     # Evaluation through gather_for_metrics: 40 and 50 rows on 2 ranks x 32 count exactly once.
     assert reg.manifest("v1")["metrics"]["eval"]["n"] == 40
     assert manifest["metrics"]["eval"]["n"] == 50
@@ -393,7 +396,9 @@ def test_killing_a_rank_while_the_release_is_committed(dp_registry_copy, data_di
     assert len(leftovers) == 1, "rank 0 was killed while its release was staged"
 
     release = add_intents(
-        data_dir / "new" / "report_damage.txt", registry, overrides={"train": {"add_intent_epochs": 1}}
+        data_dir / "new" / "report_damage.txt",
+        registry,
+        overrides={"train": {"add_intent_epochs": 1}},
     )
     assert release == "v3"
     assert not [p for p in registry.iterdir() if p.name.startswith(".staging-")]
