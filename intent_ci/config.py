@@ -198,7 +198,7 @@ class TrainConfig:
         metadata={
             "help": "add-intent trains at lr and head_lr times this. The student starts from a "
             "trained parent; smaller steps keep old intents where they were. Chosen on the CLINC150 "
-            "validation split (scripts/bench_clinc.py)."
+            "validation split (scripts/sweep_add_intent.py)."
         },
     )
     class_balanced: bool = field(
@@ -291,7 +291,7 @@ class DistillConfig:
         default=3.0,
         metadata={
             "help": "Weight of the distillation term beside cross-entropy (chosen on the CLINC150 "
-            "validation split with scripts/bench_clinc.py)."
+            "validation split with scripts/sweep_add_intent.py)."
         },
     )
 

@@ -186,3 +186,62 @@ def test_soft_labels_are_the_teachers_logits_in_row_order(tiny_backbone):
         one_by_one = torch.cat([model(**_batch(backbone, [t])) for t in texts])
     assert soft.shape == (4, 3)
     torch.testing.assert_close(soft, one_by_one, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("config_class", "kwargs", "expected"),
+    [
+        (
+            "RobertaConfig",
+            {},
+            {
+                "attention.self.query",
+                "attention.self.key",
+                "attention.self.value",
+                "attention.output.dense",
+            },
+        ),
+        (
+            "BertConfig",
+            {},
+            {
+                "attention.self.query",
+                "attention.self.key",
+                "attention.self.value",
+                "attention.output.dense",
+            },
+        ),
+        (
+            "MPNetConfig",
+            {},
+            {"attention.attn.q", "attention.attn.k", "attention.attn.v", "attention.attn.o"},
+        ),
+        (
+            "DistilBertConfig",
+            {"dim": 32, "n_heads": 2, "hidden_dim": 37, "n_layers": 1},
+            {"attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin"},
+        ),
+    ],
+)
+def test_default_lora_targets_hit_every_attention_projection(config_class, kwargs, expected):
+    """The default targets exist in each architecture and adapt q, k, v and the output, nothing else."""
+    import transformers
+
+    from intent_ci.modeling import attach_lora
+
+    if not kwargs:
+        kwargs = {
+            "hidden_size": 32,
+            "num_attention_heads": 2,
+            "intermediate_size": 37,
+            "num_hidden_layers": 1,
+        }
+    config = getattr(transformers, config_class)(vocab_size=100, **kwargs)
+    encoder = transformers.AutoModel.from_config(config)
+    adapted = attach_lora(encoder, ModelConfig(backbone="tiny"))
+    layer0 = {
+        n.split(".lora_A")[0].split(".0.", 1)[1]
+        for n, _ in adapted.named_parameters()
+        if "lora_A" in n and ".0." in n
+    }
+    assert layer0 == expected
