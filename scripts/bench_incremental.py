@@ -210,7 +210,10 @@ def cached_init(
     key = config_key(kind, config.to_dict(), list(data["intent"]), list(data["text"]))
     folder = workdir / "cache" / f"{kind}-{key}"
     registry = Registry(folder / "adapters")
-    if reuse and registry.releases() == ["v1"] and (folder / "cost.json").is_file():
+    # --no-reuse still shares a release between protocols of this run (P2 and P3 start from the
+    # same base; P1 and P2 end on the same full retrain): the cost was measured in this run.
+    made_now = folder in _MADE_THIS_RUN
+    if (reuse or made_now) and registry.releases() == ["v1"] and (folder / "cost.json").is_file():
         print(f"  reusing {folder}", flush=True)
         return registry, json.loads((folder / "cost.json").read_text())
     if folder.exists():
@@ -222,7 +225,11 @@ def cached_init(
     cost["wall_s"] = round(time.perf_counter() - started, 2)
     cost["peak_rss_mb"] = peak_rss_mb()
     (folder / "cost.json").write_text(json.dumps(cost, indent=1))
+    _MADE_THIS_RUN.add(folder)
     return registry, cost
+
+
+_MADE_THIS_RUN: set[Path] = set()
 
 
 # ---- the protocols ----------------------------------------------------------------------------
