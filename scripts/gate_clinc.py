@@ -53,6 +53,25 @@ NAIVE = {
 }
 
 
+def headline(report: dict) -> dict:
+    """The numbers of an `intent-ci check` report that the benchmark tables show."""
+    old = report["old_intents"]
+    per_intent = next(r for r in report["rules"] if r["name"] == "per_intent")
+    return {
+        "verdict": report["verdict"],
+        "failed_rules": report["failed_rules"],
+        "old_baseline_accuracy": old["baseline_accuracy"],
+        "old_candidate_accuracy": old["candidate_accuracy"],
+        "old_drop_points": old["drop_points"],
+        "old_drop_ci_points": old["ci_points"],
+        "broken": old["broken"],
+        "fixed": old["fixed"],
+        "mcnemar_p": old["p_value"],
+        "failing_intents": per_intent["intents"],
+        "new_accuracy": report["new_intents"]["accuracy"],
+    }
+
+
 def rows(raw: dict, split: str, keep: set[str]) -> datasets.Dataset:
     pairs = [(t, i) for t, i in raw[split] if i in keep]
     return datasets.Dataset.from_dict(
@@ -70,7 +89,7 @@ def build_releases(raw: dict, registry: Path, backbone: str, base_count: int, se
     times = {}
     have = Registry(registry).releases() if registry.exists() else []
     if have[:1] == ["v1"]:
-        if Registry(registry).manifest("v1")["intents"] != sorted(base):
+        if set(Registry(registry).manifest("v1")["intents"]) != base:
             raise SystemExit(f"{registry}/v1 does not hold the first {base_count} intents")
     else:
         started = time.perf_counter()
@@ -137,22 +156,10 @@ def main() -> None:
         started = time.perf_counter()
         report = run_check(registry, name, test_file, baseline="v1", report_dir=work / name)
         shutil.copyfile(work / name / "report.png", out.parent / f"{out.name}_{label}.png")
-        old = report["old_intents"]
-        per_intent = next(r for r in report["rules"] if r["name"] == "per_intent")
         result["releases"][label] = {
             "release": name,
             "config_overrides": NAIVE if label == "naive" else {},
-            "verdict": report["verdict"],
-            "failed_rules": report["failed_rules"],
-            "old_baseline_accuracy": old["baseline_accuracy"],
-            "old_candidate_accuracy": old["candidate_accuracy"],
-            "old_drop_points": old["drop_points"],
-            "old_drop_ci_points": old["ci_points"],
-            "broken": old["broken"],
-            "fixed": old["fixed"],
-            "mcnemar_p": old["p_value"],
-            "failing_intents": per_intent["intents"],
-            "new_accuracy": report["new_intents"]["accuracy"],
+            **headline(report),
             "top_confusions": report["confusions"][:5],
             "rules": {r["name"]: r["summary"] for r in report["rules"]},
             "check_wall_s": round(time.perf_counter() - started, 1),

@@ -24,11 +24,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gate_clinc import headline  # noqa: E402
 
 from intent_ci.cli import _quiet_libraries  # noqa: E402
 from intent_ci.gate import GateConfig, _p, run_check  # noqa: E402
@@ -60,23 +65,11 @@ def check(registry: Path, candidate: str, baseline: str, raw: dict, work: Path) 
         baseline=baseline,
         report_dir=None,
     )
-    old = report["old_intents"]
-    per_intent = next(r for r in report["rules"] if r["name"] == "per_intent")
     return {
         "candidate": candidate,
         "baseline": baseline,
-        "verdict": report["verdict"],
-        "failed_rules": report["failed_rules"],
         "old_intents": len(Registry(registry).manifest(baseline)["intents"]),
-        "old_baseline_accuracy": old["baseline_accuracy"],
-        "old_candidate_accuracy": old["candidate_accuracy"],
-        "old_drop_points": old["drop_points"],
-        "old_drop_ci_points": old["ci_points"],
-        "broken": old["broken"],
-        "fixed": old["fixed"],
-        "mcnemar_p": old["p_value"],
-        "failing_intents": per_intent["intents"],
-        "new_accuracy": report["new_intents"]["accuracy"],
+        **headline(report),
         "check_wall_s": round(time.perf_counter() - started, 1),
     }
 
