@@ -18,9 +18,9 @@ Add-intent methods, all started from the same base release of a protocol:
 Baselines: a full retrain (`init` with the same recipe on everything seen so far) at the final
 step of each protocol, and logistic regression on frozen mean-pooled embeddings at every step.
 
-    python scripts/bench_incremental.py                          # everything (about 2 h, 2 cores)
+    python scripts/bench_incremental.py                          # every method in every protocol
     python scripts/bench_incremental.py --no-reuse --methods-for P2=intent-ci,distill+replay,naive \
-        --methods-for P3=intent-ci,naive     # the committed run: all ablations on P1 (about 80 min)
+        --methods-for P3=intent-ci,naive     # the committed run, all ablations on P1: 71 min, 2 cores
     python scripts/bench_incremental.py --protocols P2 --methods intent-ci naive
     python scripts/bench_incremental.py --protocols P2 --split val --out runs/sweep \\
         --method lr2='{"train": {"add_intent_lr_scale": 1.0}}'   # choose defaults on val
@@ -203,6 +203,9 @@ def config_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
+_MADE_THIS_RUN: set[Path] = set()  # cache folders whose release this run trained
+
+
 def cached_init(
     workdir: Path, kind: str, data: datasets.Dataset, config: ReleaseConfig, reuse: bool
 ) -> tuple[Registry, dict]:
@@ -227,9 +230,6 @@ def cached_init(
     (folder / "cost.json").write_text(json.dumps(cost, indent=1))
     _MADE_THIS_RUN.add(folder)
     return registry, cost
-
-
-_MADE_THIS_RUN: set[Path] = set()
 
 
 # ---- the protocols ----------------------------------------------------------------------------
