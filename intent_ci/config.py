@@ -208,6 +208,13 @@ class TrainConfig:
             "the new intents' full data against the old intents' few replay exemplars."
         },
     )
+    freeze_old_rows: bool = field(
+        default=False,
+        metadata={
+            "help": "In add-intent, keep the old intents' head rows fixed (only new rows and LoRA "
+            "train), so old intents move only through the features."
+        },
+    )
     warmup_ratio: float = field(
         default=0.06, metadata={"help": "Share of steps with linear warm-up."}
     )
@@ -295,11 +302,27 @@ class DistillConfig:
         },
     )
 
+    feature_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the feature term: 1 - cos(student, parent) of the pooled "
+            "embeddings of every training row, times sqrt(old intents / new intents) so that "
+            "adding fewer intents holds the features harder (LUCIR's less-forget constraint, "
+            "Hou et al., 2019). 0 disables it."
+        },
+    )
+
     def __post_init__(self) -> None:
         _check(
             self.temperature > 0, "distill", "temperature", f"must be > 0, got {self.temperature}"
         )
         _check(self.weight >= 0, "distill", "weight", f"must be >= 0, got {self.weight}")
+        _check(
+            self.feature_weight >= 0,
+            "distill",
+            "feature_weight",
+            f"must be >= 0, got {self.feature_weight}",
+        )
 
 
 @dataclass
@@ -315,9 +338,20 @@ class ReplayConfig:
     train_per_intent: int = field(
         default=5,
         metadata={
-            "help": "Exemplars of each old intent replayed in one add-intent release: a fresh, "
-            "seeded draw from the memory for every release, so the cost of adding an intent "
-            "grows with the number of old intents times this, not with the memory size."
+            "help": "Fewest exemplars of each old intent replayed in one add-intent release (see "
+            "`new_ratio`): a fresh, seeded draw from the memory for every release, so the cost "
+            "of adding one intent grows with the number of old intents times this, not with the "
+            "memory size."
+        },
+    )
+    new_ratio: float = field(
+        default=1.0,
+        metadata={
+            "help": "Replay at least this many old exemplars per new example, spread evenly over "
+            "the old intents and capped by the memory (`per_intent`); `train_per_intent` is the "
+            "floor. Adding many intents at once then sees as much old data as new; adding one "
+            "intent replays the floor. 0 replays exactly `train_per_intent`. Chosen on the "
+            "CLINC150 validation split (scripts/bench_incremental.py --split val)."
         },
     )
     selection: str = field(
@@ -333,6 +367,7 @@ class ReplayConfig:
             "train_per_intent",
             f"must be >= 1, got {self.train_per_intent}",
         )
+        _check(self.new_ratio >= 0, "replay", "new_ratio", f"must be >= 0, got {self.new_ratio}")
         _check(
             self.selection in ("herding", "random"),
             "replay",

@@ -350,9 +350,16 @@ class IntentModel(nn.Module):
         return self.head.project(self.pooled(input_ids, attention_mask, **inputs))
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **inputs: torch.Tensor
-    ) -> torch.Tensor:
-        return self.head(self.pooled(input_ids, attention_mask, **inputs))
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        return_pooled: bool = False,
+        **inputs: torch.Tensor,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Intent logits; with `return_pooled`, ``(logits, pooled embeddings)``."""
+        pooled = self.pooled(input_ids, attention_mask, **inputs)
+        logits = self.head(pooled)
+        return (logits, pooled) if return_pooled else logits
 
 
 def merge_lora(model: IntentModel) -> IntentModel:

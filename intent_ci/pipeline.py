@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -47,9 +48,17 @@ from intent_ci.replay import (
     REPLAY_FILE,
     draw_replay,
     memory_bytes_per_intent,
+    replay_per_intent,
     select_exemplars,
 )
-from intent_ci.training import compute_features, make_loader, predict_logits, tokenize, train
+from intent_ci.training import (
+    compute_features,
+    make_loader,
+    predict_logits,
+    predict_logits_and_pooled,
+    tokenize,
+    train,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -416,7 +425,7 @@ def add_intents(
         draw_replay(
             parent_release.replay,
             old_labels,
-            config.replay.train_per_intent,
+            replay_per_intent(config.replay, len(new_texts), len(old_labels)),
             seed=f"{config.train.seed}-{parent_release.name}",
         )
         if config.replay.enabled
@@ -432,12 +441,17 @@ def add_intents(
     # and deterministic (eval mode), so this equals scoring each batch on the fly, epochs times
     # cheaper. Each rank scores its own shard; gather_for_metrics collects them in row order.
     use_kd = config.distill.enabled and config.distill.weight > 0
-    soft_labels = None
-    if use_kd:
+    feature_weight = (
+        config.distill.feature_weight * math.sqrt(len(old_labels) / len(new_labels))
+        if config.distill.enabled
+        else 0.0
+    )
+    soft_labels = teacher_pooled = None
+    if use_kd or feature_weight > 0:
         loader = accelerator.prepare(
             make_loader(tokenized, backbone.tokenizer, config.train.eval_batch_size, shuffle=False)
         )
-        soft_labels = predict_logits(model, loader, accelerator)
+        soft_labels, teacher_pooled = predict_logits_and_pooled(model, loader, accelerator)
 
     # The student: the parent's LoRA weights and its head, widened with the old rows copied
     # exactly. Surgery happens before the optimizer and `prepare` exist.
@@ -458,8 +472,11 @@ def add_intents(
         backbone.tokenizer,
         accelerator,
         train_cfg,
-        soft_labels=soft_labels,
+        soft_labels=soft_labels if use_kd else None,
         distill=config.distill,
+        teacher_pooled=teacher_pooled,
+        feature_weight=feature_weight,
+        frozen_rows=len(old_labels) if config.train.freeze_old_rows else 0,
     )
     new_memory = select_exemplars(
         new_texts,
@@ -478,7 +495,9 @@ def add_intents(
         "replay_examples": len(replay_texts),
         # Forward passes without a backward: the feature pass over the new utterances
         # (prototypes and exemplar choice) and the teacher's pass over the training set.
-        "forward_only_examples": len(new_texts) + (len(texts) if use_kd else 0),
+        "forward_only_examples": len(new_texts)
+        + (len(texts) if use_kd or feature_weight > 0 else 0),
+        "feature_weight": round(feature_weight, 4),
         # Feature pass, teacher pass, replay draw, training and exemplar choice: what adding
         # intents costs beyond loading the parent and writing the release.
         "compute_s": round(compute_s, 2),

@@ -8,13 +8,14 @@ A release's memory is its parent's memory plus exemplars of the intents it adds,
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from intent_ci.config import NAME_PATTERN
+from intent_ci.config import NAME_PATTERN, ReplayConfig
 from intent_ci.errors import IntentCIError
 
 REPLAY_FILE = "replay.json"
@@ -73,6 +74,18 @@ def select_exemplars(
             )
         memory[intent] = [texts[j] for j in picked]
     return memory
+
+
+def replay_per_intent(cfg: ReplayConfig, new_examples: int, old_intents: int) -> int:
+    """Exemplars of each old intent to replay in one add-intent release.
+
+    At least ``cfg.train_per_intent``; enough that old exemplars number ``cfg.new_ratio`` times
+    the new examples; never more than the memory keeps (``cfg.per_intent``).
+    """
+    if old_intents < 1:
+        return 0
+    wanted = math.ceil(cfg.new_ratio * new_examples / old_intents)
+    return min(cfg.per_intent, max(cfg.train_per_intent, wanted))
 
 
 def draw_replay(

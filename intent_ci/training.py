@@ -1,9 +1,11 @@
 """One training loop on Accelerate, with composable loss terms.
 
-``loss = cross_entropy(logits, labels) + distill.weight * distillation(logits[:, :n_old], teacher)``
+``loss = cross_entropy(logits, labels)
++ distill.weight * distillation(logits[:, :n_old], teacher_logits)
++ feature_weight * feature_distillation(pooled, teacher_pooled)``
 
-`init` uses the first term only; `add-intent` adds the second against the parent release's
-soft labels. The parent (the teacher) is frozen and deterministic in eval mode, so its logits
+`init` uses the first term only; `add-intent` adds the others against the parent release's
+soft labels and pooled embeddings. The parent (the teacher) is frozen and deterministic in eval mode, so its logits
 are computed once, before training, by :func:`predict_logits` over the training set: every
 process scores its own shard, ``gather_for_metrics`` collects them, and the teacher is never
 passed to ``accelerator.prepare``. One teacher pass instead of one per epoch, and the teacher
@@ -68,6 +70,20 @@ def distillation_term(
     return F.kl_div(student, teacher, log_target=True, reduction="batchmean") * temperature**2
 
 
+def feature_distillation_term(
+    student_pooled: torch.Tensor, teacher_pooled: torch.Tensor
+) -> torch.Tensor:
+    """Mean of ``1 - cos(student, teacher)`` over rows: how far the embeddings have turned.
+
+    LUCIR's less-forget constraint (Hou et al., 2019) on the pooled embeddings. Logit
+    distillation holds only the old intents' relative scores on the training rows; this holds
+    the embedding the old head rows are compared with, which is what LoRA moves.
+    """
+    return (
+        1.0 - F.cosine_similarity(student_pooled.float(), teacher_pooled.float(), dim=-1)
+    ).mean()
+
+
 def real_rows(rows: int, accelerator: Accelerator) -> torch.Tensor:
     """Mask of this process's batch rows that are real examples, not Accelerate's repeats.
 
@@ -95,7 +111,10 @@ def global_batch_loss(
     class_weights: torch.Tensor | None = None,
     teacher_logits: torch.Tensor | None = None,
     distill: DistillConfig | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    pooled: torch.Tensor | None = None,
+    teacher_pooled: torch.Tensor | None = None,
+    feature_weight: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """This process's share of the loss over the *global* batch (every rank's real rows).
 
     Both terms are means: cross-entropy weighted by ``class_weights[label]``, distillation per
@@ -105,18 +124,20 @@ def global_batch_loss(
     that share: the averaged gradient is then exactly the gradient of the loss of the global
     batch, whatever the split, and a run on N processes with per-device batch B computes the
     same steps as one process with batch N x B. On one process this equals
-    ``cross_entropy_term + distill.weight * distillation_term`` of the batch.
+    ``cross_entropy_term + distill.weight * distillation_term
+    + feature_weight * feature_distillation_term`` of the batch.
 
     Returns:
-        ``(loss_to_backpropagate, ce_share, kd_share, real_rows_in_global_batch)``: summing the
-        shares over ranks gives the global batch's cross-entropy and distillation terms.
+        ``(loss_to_backpropagate, ce_share, kd_share, feature_share, real_rows_in_global_batch)``:
+        summing the shares over ranks gives the global batch's terms.
     """
     use_kd = teacher_logits is not None and distill is not None
+    use_feat = feature_weight > 0 and pooled is not None and teacher_pooled is not None
     row_weights = keep.float()
     if class_weights is not None:
         row_weights = row_weights * class_weights[labels]
     zero = logits.sum() * 0.0  # keeps every rank's graph connected when it has no real rows
-    ce_sum, kd_sum = zero, zero
+    ce_sum, kd_sum, feat_sum = zero, zero, zero
     if keep.any():
         ce_sum = cross_entropy_term(logits[keep], labels[keep], class_weights) * row_weights.sum()
         if use_kd:
@@ -124,13 +145,20 @@ def global_batch_loss(
                 distillation_term(logits[keep], teacher_logits[keep], distill.temperature)
                 * keep.sum()
             )
+        if use_feat:
+            feat_sum = feature_distillation_term(pooled[keep], teacher_pooled[keep]) * keep.sum()
     totals = torch.stack([row_weights.sum(), keep.sum().float()]).detach()
     if accelerator.num_processes > 1:
         totals = accelerator.reduce(totals, reduction="sum")
     ce = ce_sum / totals[0].clamp(min=1e-12)
     kd = kd_sum / totals[1].clamp(min=1e-12)
-    share = ce + distill.weight * kd if use_kd else ce
-    return share * accelerator.num_processes, ce, kd, int(totals[1].item())
+    feat = feat_sum / totals[1].clamp(min=1e-12)
+    share = ce
+    if use_kd:
+        share = share + distill.weight * kd
+    if use_feat:
+        share = share + feature_weight * feat
+    return share * accelerator.num_processes, ce, kd, feat, int(totals[1].item())
 
 
 @dataclass
@@ -220,17 +248,63 @@ def predict_logits(
     model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator
 ) -> torch.Tensor:
     """Logits for every example in dataset order; padding duplicates dropped by gather_for_metrics."""
+    return _predict(model, loader, accelerator, with_pooled=False)[0]
+
+
+@torch.no_grad()
+def predict_logits_and_pooled(
+    model: IntentModel, loader: DataLoader, accelerator: Accelerator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and pooled embeddings of every example in dataset order (the teacher's pass)."""
+    logits, pooled = _predict(model, loader, accelerator, with_pooled=True)
+    return logits, pooled
+
+
+def _predict(
+    model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator, *, with_pooled: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     model.eval()
-    logits, indices = [], []
+    logits, pooled, indices = [], [], []
     for batch in tqdm(loader, desc="eval", disable=not accelerator.is_main_process, leave=False):
-        out = model(**_model_inputs(batch))
-        out, idx = accelerator.gather_for_metrics((out.float(), batch["index"]))
+        if with_pooled:
+            out, emb = model(**_model_inputs(batch), return_pooled=True)
+            out, emb, idx = accelerator.gather_for_metrics(
+                (out.float(), emb.float(), batch["index"])
+            )
+            pooled.append(emb.cpu())
+        else:
+            out = model(**_model_inputs(batch))
+            out, idx = accelerator.gather_for_metrics((out.float(), batch["index"]))
         logits.append(out.cpu())
         indices.append(idx.cpu())
+    order = torch.cat(indices)
     stacked = torch.cat(logits)
     result = torch.empty_like(stacked)
-    result[torch.cat(indices)] = stacked
-    return result
+    result[order] = stacked
+    if not with_pooled:
+        return result, None
+    emb_all = torch.cat(pooled)
+    emb_result = torch.empty_like(emb_all)
+    emb_result[order] = emb_all
+    return result, emb_result
+
+
+class _RowFreezer:
+    """Put the first `rows` output rows (and biases) of a head back after every optimizer step.
+
+    Restoring after the step, instead of zeroing gradients, also undoes AdamW's decoupled
+    weight decay, so the frozen rows stay bit-identical to the parent's.
+    """
+
+    def __init__(self, head: torch.nn.Module, rows: int) -> None:
+        self.rows = rows
+        self.tensors = [t for t in (head.out_proj.weight, head.out_proj.bias) if t is not None]
+        self.saved = [t.detach()[:rows].clone() for t in self.tensors]
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for tensor, saved in zip(self.tensors, self.saved, strict=True):
+            tensor[: self.rows].copy_(saved)
 
 
 def train(
@@ -242,6 +316,9 @@ def train(
     *,
     soft_labels: torch.Tensor | None = None,
     distill: DistillConfig | None = None,
+    teacher_pooled: torch.Tensor | None = None,
+    feature_weight: float = 0.0,
+    frozen_rows: int = 0,
 ) -> tuple[IntentModel, TrainStats]:
     """Train LoRA and head with cross-entropy, plus distillation when soft labels are given.
 
@@ -252,6 +329,10 @@ def train(
             (see :func:`predict_logits`); the distillation target of row ``i`` is
             ``soft_labels[i]``.
         distill: temperature and weight of the distillation term; required with soft labels.
+        teacher_pooled: the parent's pooled embeddings of every row, in row order; with
+            `feature_weight` > 0 they are the target of the feature term.
+        feature_weight: weight of :func:`feature_distillation_term` (already scaled).
+        frozen_rows: the first `frozen_rows` head rows (the old intents) get no updates.
 
     Returns:
         The trained, unwrapped model and statistics of the run.
@@ -263,6 +344,13 @@ def train(
         raise IntentCIError(
             f"soft labels cover {soft_labels.shape[0]} rows but the training set has {len(train_set)}"
         )
+    use_feat = feature_weight > 0 and teacher_pooled is not None
+    if use_feat and teacher_pooled.shape[0] != len(train_set):
+        raise IntentCIError(
+            f"teacher embeddings cover {teacher_pooled.shape[0]} rows but the training set has "
+            f"{len(train_set)}"
+        )
+    freezer = _RowFreezer(model.head, frozen_rows) if frozen_rows else None
     class_weights = None
     if cfg.class_balanced:
         num_labels = model.head.num_labels
@@ -296,6 +384,8 @@ def train(
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     if use_kd:
         soft_labels = soft_labels.to(accelerator.device)
+    if use_feat:
+        teacher_pooled = teacher_pooled.to(accelerator.device)
 
     stats = TrainStats()
     start = time.perf_counter()
@@ -304,18 +394,23 @@ def train(
     )
     for epoch in range(cfg.epochs):
         model.train()
-        sums = torch.zeros(2, dtype=torch.float64)  # this rank's shares of ce and kd
+        sums = torch.zeros(3, dtype=torch.float64)  # this rank's shares of ce, kd and feature
         batches = 0
         for batch in loader:
             with accelerator.accumulate(model):
                 inputs = _model_inputs(batch)
                 # Rows Accelerate repeated to even out the epoch's last batch count zero.
                 keep = real_rows(len(batch["labels"]), accelerator)
-                logits = model(**inputs)
+                pooled = teacher = None
+                if use_feat:
+                    logits, pooled = model(**inputs, return_pooled=True)
+                    teacher = teacher_pooled[batch["index"]]
+                else:
+                    logits = model(**inputs)
                 soft = None
                 if use_kd:
                     soft = soft_labels[batch["index"]]
-                loss, ce, kd, seen = global_batch_loss(
+                loss, ce, kd, feat, seen = global_batch_loss(
                     logits,
                     batch["labels"],
                     keep,
@@ -323,6 +418,9 @@ def train(
                     class_weights=class_weights,
                     teacher_logits=soft,
                     distill=distill if use_kd else None,
+                    pooled=pooled,
+                    teacher_pooled=teacher,
+                    feature_weight=feature_weight if use_feat else 0.0,
                 )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
@@ -330,9 +428,11 @@ def train(
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
+                if freezer is not None:
+                    freezer.restore()
                 scheduler.step()
                 optimizer.zero_grad()
-            sums += torch.tensor([ce.item(), kd.item()], dtype=torch.float64)
+            sums += torch.tensor([ce.item(), kd.item(), feat.item()], dtype=torch.float64)
             stats.examples_trained += seen
             batches += 1
             stats.steps += 1
@@ -340,9 +440,15 @@ def train(
             progress.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
         if accelerator.num_processes > 1:  # NCCL reduces device tensors only
             sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
-        ce_mean, kd_mean = (sums / max(batches, 1)).tolist()
+        ce_mean, kd_mean, feat_mean = (sums / max(batches, 1)).tolist()
         kd_weight = distill.weight if use_kd else 0.0
-        epoch_means = {"loss": ce_mean + kd_weight * kd_mean, "ce": ce_mean, "kd": kd_mean}
+        feat_weight = feature_weight if use_feat else 0.0
+        epoch_means = {
+            "loss": ce_mean + kd_weight * kd_mean + feat_weight * feat_mean,
+            "ce": ce_mean,
+            "kd": kd_mean,
+            "feature": feat_mean,
+        }
         stats.loss_per_epoch.append({"epoch": epoch + 1, **epoch_means})
         if accelerator.is_main_process:
             logger.info("epoch %d: %s", epoch + 1, epoch_means)

@@ -203,6 +203,23 @@ def config_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# Fields only add-intent reads: an init release does not depend on them.
+ADD_INTENT_ONLY = {
+    "train": ("add_intent_epochs", "add_intent_lr_scale", "freeze_old_rows"),
+    "distill": ("enabled", "temperature", "weight", "feature_weight"),
+    "replay": ("enabled", "train_per_intent", "new_ratio"),
+}
+
+
+def init_recipe(config: ReleaseConfig) -> dict:
+    """The part of `config` an init release depends on (the cache key of bases and retrains)."""
+    recipe = config.to_dict()
+    for section, keys in ADD_INTENT_ONLY.items():
+        for key in keys:
+            recipe[section].pop(key, None)
+    return recipe
+
+
 _MADE_THIS_RUN: set[Path] = set()  # cache folders whose release this run trained
 
 
@@ -210,7 +227,7 @@ def cached_init(
     workdir: Path, kind: str, data: datasets.Dataset, config: ReleaseConfig, reuse: bool
 ) -> tuple[Registry, dict]:
     """An `init` release on `data`, reused from an earlier run when recipe and data match."""
-    key = config_key(kind, config.to_dict(), list(data["intent"]), list(data["text"]))
+    key = config_key(kind, init_recipe(config), list(data["intent"]), list(data["text"]))
     folder = workdir / "cache" / f"{kind}-{key}"
     registry = Registry(folder / "adapters")
     # --no-reuse still shares a release between protocols of this run (P2 and P3 start from the
@@ -732,7 +749,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="CLINC150 data_full.json")
     parser.add_argument("--backbone", default=PACKAGED_MINILM)
     parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
     parser.add_argument(
         "--method",
         action="append",

@@ -87,7 +87,7 @@ def main() -> None:
     batch, keep = last
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "index")}
     model.zero_grad()
-    loss, ce_share, _, seen = global_batch_loss(
+    loss, ce_share, _, _, seen = global_batch_loss(
         model(**inputs), batch["labels"], keep, accelerator, class_weights=weights
     )
     accelerator.backward(loss)

@@ -6,9 +6,16 @@ import evaluate
 import pytest
 import torch
 
+from intent_ci.config import ReplayConfig
 from intent_ci.errors import IntentCIError
 from intent_ci.metrics import INTENT_ACCURACY
-from intent_ci.replay import draw_replay, herding, memory_bytes_per_intent, select_exemplars
+from intent_ci.replay import (
+    draw_replay,
+    herding,
+    memory_bytes_per_intent,
+    replay_per_intent,
+    select_exemplars,
+)
 from intent_ci.training import balanced_class_weights, cross_entropy_term
 
 
@@ -77,3 +84,13 @@ def test_draw_replay_is_bounded_seeded_and_varies_between_releases():
     assert draw_replay(memory, ["a", "b"], 5, seed="0-v1") == first
     assert draw_replay(memory, ["a", "b"], 5, seed="0-v2")["a"] != first["a"]
     assert draw_replay(memory, ["c"], 5, seed="0-v1") == {"c": []}
+
+
+def test_replay_per_intent_has_a_floor_matches_new_data_and_is_capped_by_memory():
+    cfg = ReplayConfig(per_intent=20, train_per_intent=5, new_ratio=1.0)
+    assert replay_per_intent(cfg, new_examples=100, old_intents=140) == 5  # floor
+    assert replay_per_intent(cfg, new_examples=1500, old_intents=100) == 15  # 1500 old for 1500 new
+    assert replay_per_intent(cfg, new_examples=5000, old_intents=100) == 20  # memory holds 20
+    assert replay_per_intent(ReplayConfig(new_ratio=0.0), 5000, 100) == 5
+    with pytest.raises(IntentCIError, match="replay.new_ratio"):
+        ReplayConfig(new_ratio=-1.0)

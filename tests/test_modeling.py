@@ -17,7 +17,7 @@ from intent_ci.modeling import (
     load_backbone,
     widen_head,
 )
-from intent_ci.training import distillation_term
+from intent_ci.training import distillation_term, feature_distillation_term
 
 
 def _batch(backbone, texts):
@@ -163,6 +163,34 @@ def test_distillation_gradients_reach_lora_weights(tiny_backbone):
         for n, p in model.named_parameters()
         if "lora_" not in n and not n.startswith("head.")
     )
+
+
+def test_feature_distillation_is_zero_for_same_direction_and_reaches_lora(tiny_backbone):
+    teacher = torch.randn(5, 8)
+    # Cosine ignores length: a rescaled embedding has not turned.
+    assert feature_distillation_term(3.0 * teacher, teacher).abs().item() < 1e-6
+    assert feature_distillation_term(-teacher, teacher).item() == pytest.approx(2.0)
+    cfg = ModelConfig(backbone=str(tiny_backbone), lora_r=4)
+    backbone = load_backbone(cfg)
+    model = IntentModel(
+        attach_lora(backbone.encoder, cfg), build_head(cfg, 32, 3, backbone.pooling), "cls"
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.1)
+    batch = _batch(backbone, ["card lost please", "open weekend hours"])
+    model.eval()  # no dropout: the two forwards must agree exactly
+    logits, pooled = model(**batch, return_pooled=True)
+    assert torch.equal(logits, model(**batch))
+    assert torch.equal(pooled, model.pooled(**batch))
+    loss = feature_distillation_term(pooled, torch.randn_like(pooled))
+    assert loss.item() > 0
+    loss.backward()
+    lora_grads = [p.grad for n, p in model.named_parameters() if "lora_" in n]
+    assert lora_grads and all(g is not None and g.abs().sum() > 0 for g in lora_grads)
+    # The term reads the pooled embedding, before the head: the head gets no gradient from it.
+    assert all(p.grad is None for n, p in model.named_parameters() if n.startswith("head."))
 
 
 def test_soft_labels_are_the_teachers_logits_in_row_order(tiny_backbone):

@@ -270,3 +270,30 @@ def test_python_api_mirrors_cli(trained_registry):
     assert [p.label for p in preds] == ["card_lost", "opening_hours"]
     assert all(0 < p.confidence <= 1 for p in preds)
     assert clf.intents == BASE_INTENTS
+
+
+def test_frozen_old_rows_and_feature_term_in_add_intent(trained_registry, data_dir, tmp_path):
+    """freeze_old_rows keeps every old head row bit-identical; the feature term is scaled by
+    sqrt(old / new intents), recorded, and its loss is reported per epoch."""
+    import shutil
+
+    from intent_ci.pipeline import add_intents
+
+    registry = tmp_path / "adapters"
+    shutil.copytree(trained_registry, registry)
+    overrides = {"train": {"freeze_old_rows": True}, "distill": {"feature_weight": 2.0}}
+    release = add_intents(
+        data_dir / "new" / "report_damage.txt", registry, "v1", overrides=overrides
+    )
+    parent = load_release(Registry(registry), "v1").model.head.out_proj.weight
+    child = load_release(Registry(registry), release).model.head.out_proj.weight
+    assert torch.equal(child[: len(BASE_INTENTS)], parent)
+    assert not torch.equal(child[len(BASE_INTENTS) :], torch.zeros_like(child[-1:]))
+    metrics = Registry(registry).manifest(release)["metrics"]
+    assert metrics["feature_weight"] == pytest.approx(2.0 * (len(BASE_INTENTS) / 1) ** 0.5)
+    epochs = metrics["train"]["loss_per_epoch"]
+    assert all(e["feature"] >= 0 for e in epochs) and any(e["feature"] > 0 for e in epochs)
+    # Without the freeze the same run moves the old rows.
+    release = add_intents(data_dir / "new" / "report_damage.txt", registry, "v1")
+    moved = load_release(Registry(registry), release).model.head.out_proj.weight
+    assert not torch.equal(moved[: len(BASE_INTENTS)], parent)
