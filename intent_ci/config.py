@@ -209,10 +209,12 @@ class TrainConfig:
         },
     )
     freeze_old_rows: bool = field(
-        default=False,
+        default=True,
         metadata={
-            "help": "In add-intent, keep the old intents' head rows fixed (only new rows and LoRA "
-            "train), so old intents move only through the features."
+            "help": "In add-intent, keep the old intents' head rows exactly the parent's (only the "
+            "new rows and LoRA train), as LUCIR fixes old class embeddings: old intents then move "
+            "only through the features, which distillation and replay hold. Chosen on the "
+            "CLINC150 validation split (P2: 96.21 -> 96.66 after five releases)."
         },
     )
     warmup_ratio: float = field(

@@ -9,18 +9,23 @@ Protocols, on the 150 in-scope intents in a seeded shuffle (the seed is recorded
 
 Add-intent methods, all started from the same base release of a protocol:
 
-    intent-ci       the shipped defaults: distillation + replay + class-balanced cross-entropy
-    distill+replay  both, with plain cross-entropy (no correction of the bias toward new intents)
-    distill-only    no replay
-    replay-only     no distillation
+    intent-ci       the shipped defaults: distillation + replay (at least as many old exemplars as
+                    new examples) + class-balanced cross-entropy + old head rows kept fixed
+    unfrozen-rows   intent-ci with the old head rows trained too
+    distill+replay  both, with plain cross-entropy and trained old rows (no correction of the
+                    bias toward new intents)
+    distill-only    intent-ci without replay
+    replay-only     intent-ci without distillation
     naive           no distillation, no replay: plain sequential fine-tuning
 
 Baselines: a full retrain (`init` with the same recipe on everything seen so far) at the final
 step of each protocol, and logistic regression on frozen mean-pooled embeddings at every step.
 
     python scripts/bench_incremental.py                          # every method in every protocol
-    python scripts/bench_incremental.py --no-reuse --methods-for P2=intent-ci,distill+replay,naive \
-        --methods-for P3=intent-ci,naive     # the committed run, all ablations on P1: 71 min, 2 cores
+    python scripts/bench_incremental.py --no-reuse \
+        --methods-for P1=intent-ci,distill+replay,distill-only,replay-only,naive \
+        --methods-for P2=intent-ci,unfrozen-rows,distill+replay,naive \
+        --methods-for P3=intent-ci,naive     # the committed run
     python scripts/bench_incremental.py --protocols P2 --methods intent-ci naive
     python scripts/bench_incremental.py --protocols P2 --split val --out runs/sweep \\
         --method lr2='{"train": {"add_intent_lr_scale": 1.0}}'   # choose defaults on val
@@ -90,7 +95,8 @@ PROTOCOLS = {
 
 METHODS: dict[str, dict] = {
     "intent-ci": {},
-    "distill+replay": {"train": {"class_balanced": False}},
+    "unfrozen-rows": {"train": {"freeze_old_rows": False}},
+    "distill+replay": {"train": {"class_balanced": False, "freeze_old_rows": False}},
     "distill-only": {"replay": {"enabled": False}},
     "replay-only": {"distill": {"enabled": False}},
     "naive": {"distill": {"enabled": False}, "replay": {"enabled": False}},
@@ -688,6 +694,7 @@ def plot(result: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(protocols), figsize=(6 * len(protocols), 4.6), squeeze=False)
     colours = {
         "intent-ci": "#1f77b4",
+        "unfrozen-rows": "#17becf",
         "distill+replay": "#2ca02c",
         "distill-only": "#9467bd",
         "replay-only": "#ff7f0e",

@@ -273,7 +273,7 @@ def test_python_api_mirrors_cli(trained_registry):
 
 
 def test_frozen_old_rows_and_feature_term_in_add_intent(trained_registry, data_dir, tmp_path):
-    """freeze_old_rows keeps every old head row bit-identical; the feature term is scaled by
+    """freeze_old_rows (the default) keeps every old head row bit-identical; the feature term is scaled by
     sqrt(old / new intents), recorded, and its loss is reported per epoch."""
     import shutil
 
@@ -294,6 +294,11 @@ def test_frozen_old_rows_and_feature_term_in_add_intent(trained_registry, data_d
     epochs = metrics["train"]["loss_per_epoch"]
     assert all(e["feature"] >= 0 for e in epochs) and any(e["feature"] > 0 for e in epochs)
     # Without the freeze the same run moves the old rows.
-    release = add_intents(data_dir / "new" / "report_damage.txt", registry, "v1")
+    release = add_intents(
+        data_dir / "new" / "report_damage.txt",
+        registry,
+        "v1",
+        overrides={"train": {"freeze_old_rows": False}},
+    )
     moved = load_release(Registry(registry), release).model.head.out_proj.weight
     assert not torch.equal(moved[: len(BASE_INTENTS)], parent)
