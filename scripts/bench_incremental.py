@@ -12,6 +12,8 @@ Add-intent methods, all started from the same base release of a protocol:
     intent-ci       the shipped defaults: distillation + replay (at least as many old exemplars as
                     new examples) + class-balanced cross-entropy + old head rows kept fixed
     unfrozen-rows   intent-ci with the old head rows trained too
+    replay-floor    intent-ci replaying only replay.train_per_intent exemplars per old intent
+                    (replay.new_ratio 0), the recipe before new_ratio
     distill+replay  both, with plain cross-entropy and trained old rows (no correction of the
                     bias toward new intents)
     distill-only    intent-ci without replay
@@ -23,8 +25,8 @@ step of each protocol, and logistic regression on frozen mean-pooled embeddings 
 
     python scripts/bench_incremental.py                          # every method in every protocol
     python scripts/bench_incremental.py --no-reuse \
-        --methods-for P1=intent-ci,distill+replay,distill-only,replay-only,naive \
-        --methods-for P2=intent-ci,unfrozen-rows,distill+replay,naive \
+        --methods-for P1=intent-ci,replay-floor,distill+replay,distill-only,replay-only,naive \
+        --methods-for P2=intent-ci,unfrozen-rows,naive \
         --methods-for P3=intent-ci,naive     # the committed run
     python scripts/bench_incremental.py --protocols P2 --methods intent-ci naive
     python scripts/bench_incremental.py --protocols P2 --split val --out runs/sweep \\
@@ -96,6 +98,7 @@ PROTOCOLS = {
 METHODS: dict[str, dict] = {
     "intent-ci": {},
     "unfrozen-rows": {"train": {"freeze_old_rows": False}},
+    "replay-floor": {"replay": {"new_ratio": 0.0}},
     "distill+replay": {"train": {"class_balanced": False, "freeze_old_rows": False}},
     "distill-only": {"replay": {"enabled": False}},
     "replay-only": {"distill": {"enabled": False}},
@@ -695,6 +698,7 @@ def plot(result: dict, path: Path) -> None:
     colours = {
         "intent-ci": "#1f77b4",
         "unfrozen-rows": "#17becf",
+        "replay-floor": "#8c564b",
         "distill+replay": "#2ca02c",
         "distill-only": "#9467bd",
         "replay-only": "#ff7f0e",
