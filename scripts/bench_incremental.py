@@ -18,7 +18,8 @@ Add-intent methods, all started from the same base release of a protocol:
                     bias toward new intents)
     distill-only    intent-ci without replay
     replay-only     intent-ci without distillation
-    naive           no distillation, no replay: plain sequential fine-tuning
+    naive           no distillation, no replay: sequential fine-tuning on the new intents only
+                    (old head rows stay fixed, as in intent-ci; only LoRA and new rows train)
 
 Baselines: a full retrain (`init` with the same recipe on everything seen so far) at the final
 step of each protocol, and logistic regression on frozen mean-pooled embeddings at every step.
@@ -27,7 +28,7 @@ step of each protocol, and logistic regression on frozen mean-pooled embeddings 
     python scripts/bench_incremental.py --no-reuse \
         --methods-for P1=intent-ci,replay-floor,distill+replay,distill-only,replay-only,naive \
         --methods-for P2=intent-ci,unfrozen-rows,naive \
-        --methods-for P3=intent-ci,naive     # the committed run
+        --methods-for P3=intent-ci,naive     # the committed run: 82 min, 2 cores
     python scripts/bench_incremental.py --protocols P2 --methods intent-ci naive
     python scripts/bench_incremental.py --protocols P2 --split val --out runs/sweep \\
         --method lr2='{"train": {"add_intent_lr_scale": 1.0}}'   # choose defaults on val
