@@ -5,8 +5,9 @@
 + feature_weight * feature_distillation(pooled, teacher_pooled)``
 
 `init` uses the first term only; `add-intent` adds the others against the parent release's
-soft labels and pooled embeddings. The parent (the teacher) is frozen and deterministic in eval mode, so its logits
-are computed once, before training, by :func:`predict_logits` over the training set: every
+soft labels and pooled embeddings. The parent (the teacher) is frozen and deterministic in eval
+mode, so its outputs are computed once, before training, by :func:`predict_logits_and_pooled`
+over the training set: every
 process scores its own shard, ``gather_for_metrics`` collects them, and the teacher is never
 passed to ``accelerator.prepare``. One teacher pass instead of one per epoch, and the teacher
 can be freed before the student trains.
@@ -235,12 +236,17 @@ def compute_features(
         out, idx = accelerator.gather_for_metrics((out.float(), batch["index"]))
         feats.append(out.cpu())
         indices.append(idx.cpu())
-    features = torch.cat(feats)
     order = torch.cat(indices)
-    # Put rows back in dataset order so callers can index by row number.
-    result = torch.empty_like(features)
-    result[order] = features
-    return result, torch.sort(order).values
+    # Rows back in dataset order so callers can index by row number.
+    return _in_row_order(feats, order), torch.sort(order).values
+
+
+def _in_row_order(chunks: list[torch.Tensor], order: torch.Tensor) -> torch.Tensor:
+    """Gathered batches put back in dataset order (`order` holds each gathered row's index)."""
+    stacked = torch.cat(chunks)
+    result = torch.empty_like(stacked)
+    result[order] = stacked
+    return result
 
 
 @torch.no_grad()
@@ -248,7 +254,14 @@ def predict_logits(
     model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator
 ) -> torch.Tensor:
     """Logits for every example in dataset order; padding duplicates dropped by gather_for_metrics."""
-    return _predict(model, loader, accelerator, with_pooled=False)[0]
+    model.eval()
+    logits, indices = [], []
+    for batch in tqdm(loader, desc="eval", disable=not accelerator.is_main_process, leave=False):
+        out = model(**_model_inputs(batch))
+        out, idx = accelerator.gather_for_metrics((out.float(), batch["index"]))
+        logits.append(out.cpu())
+        indices.append(idx.cpu())
+    return _in_row_order(logits, torch.cat(indices))
 
 
 @torch.no_grad()
@@ -256,37 +269,16 @@ def predict_logits_and_pooled(
     model: IntentModel, loader: DataLoader, accelerator: Accelerator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and pooled embeddings of every example in dataset order (the teacher's pass)."""
-    logits, pooled = _predict(model, loader, accelerator, with_pooled=True)
-    return logits, pooled
-
-
-def _predict(
-    model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator, *, with_pooled: bool
-) -> tuple[torch.Tensor, torch.Tensor | None]:
     model.eval()
     logits, pooled, indices = [], [], []
-    for batch in tqdm(loader, desc="eval", disable=not accelerator.is_main_process, leave=False):
-        if with_pooled:
-            out, emb = model(**_model_inputs(batch), return_pooled=True)
-            out, emb, idx = accelerator.gather_for_metrics(
-                (out.float(), emb.float(), batch["index"])
-            )
-            pooled.append(emb.cpu())
-        else:
-            out = model(**_model_inputs(batch))
-            out, idx = accelerator.gather_for_metrics((out.float(), batch["index"]))
+    for batch in tqdm(loader, desc="teacher", disable=not accelerator.is_main_process, leave=False):
+        out, emb = model(**_model_inputs(batch), return_pooled=True)
+        out, emb, idx = accelerator.gather_for_metrics((out.float(), emb.float(), batch["index"]))
         logits.append(out.cpu())
+        pooled.append(emb.cpu())
         indices.append(idx.cpu())
     order = torch.cat(indices)
-    stacked = torch.cat(logits)
-    result = torch.empty_like(stacked)
-    result[order] = stacked
-    if not with_pooled:
-        return result, None
-    emb_all = torch.cat(pooled)
-    emb_result = torch.empty_like(emb_all)
-    emb_result[order] = emb_all
-    return result, emb_result
+    return _in_row_order(logits, order), _in_row_order(pooled, order)
 
 
 class _RowFreezer:

@@ -140,17 +140,23 @@ def test_distillation_is_zero_for_identical_student_and_positive_otherwise():
     assert distillation_term(shifted, teacher, 2.0).item() > 1e-3
 
 
-def test_distillation_gradients_reach_lora_weights(tiny_backbone):
+def _model_with_live_lora(tiny_backbone) -> tuple[IntentModel, object]:
+    """Tiny RoBERTa + LoRA + head. LoRA starts with B = 0, which blocks gradients to A; B is
+    nudged so both factors get signal."""
     cfg = ModelConfig(backbone=str(tiny_backbone), lora_r=4)
     backbone = load_backbone(cfg)
     model = IntentModel(
         attach_lora(backbone.encoder, cfg), build_head(cfg, 32, 3, backbone.pooling), "cls"
     )
-    # LoRA starts with B = 0, which blocks gradients to A; nudge B so both factors get signal.
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(std=0.1)
+    return model, backbone
+
+
+def test_distillation_gradients_reach_lora_weights(tiny_backbone):
+    model, backbone = _model_with_live_lora(tiny_backbone)
     batch = _batch(backbone, ["card lost please", "open weekend hours"])
     teacher_logits = torch.randn(2, 2)
     loss = distillation_term(model(**batch), teacher_logits, 2.0)
@@ -170,15 +176,7 @@ def test_feature_distillation_is_zero_for_same_direction_and_reaches_lora(tiny_b
     # Cosine ignores length: a rescaled embedding has not turned.
     assert feature_distillation_term(3.0 * teacher, teacher).abs().item() < 1e-6
     assert feature_distillation_term(-teacher, teacher).item() == pytest.approx(2.0)
-    cfg = ModelConfig(backbone=str(tiny_backbone), lora_r=4)
-    backbone = load_backbone(cfg)
-    model = IntentModel(
-        attach_lora(backbone.encoder, cfg), build_head(cfg, 32, 3, backbone.pooling), "cls"
-    )
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.1)
+    model, backbone = _model_with_live_lora(tiny_backbone)
     batch = _batch(backbone, ["card lost please", "open weekend hours"])
     model.eval()  # no dropout: the two forwards must agree exactly
     logits, pooled = model(**batch, return_pooled=True)
