@@ -151,11 +151,20 @@ def train_rows(raw: dict, intents: list[str], shots: int | None, seed: int) -> d
 
 # ---- measuring --------------------------------------------------------------------------------
 def reset_peak_rss() -> None:
-    """Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM)."""
+    """Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM); and the GPU's."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass
+
+
+def peak_gpu_mb() -> float | None:
+    """Peak GPU memory torch allocated since the last reset; None without a GPU."""
+    if not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1)
 
 
 def peak_rss_mb() -> float | None:
@@ -254,6 +263,7 @@ def cached_init(
     cost = release_costs(registry, "v1")
     cost["wall_s"] = round(time.perf_counter() - started, 2)
     cost["peak_rss_mb"] = peak_rss_mb()
+    cost["peak_gpu_mb"] = peak_gpu_mb()
     (folder / "cost.json").write_text(json.dumps(cost, indent=1))
     _MADE_THIS_RUN.add(folder)
     return registry, cost
@@ -287,7 +297,7 @@ def run_method(
         release = add_intents(read_examples(data), registry, "latest", overrides=overrides)
         wall = time.perf_counter() - started
         cost = release_costs(registry, release)
-        cost.update(wall_s=round(wall, 2), peak_rss_mb=peak_rss_mb())
+        cost.update(wall_s=round(wall, 2), peak_rss_mb=peak_rss_mb(), peak_gpu_mb=peak_gpu_mb())
         known += added
         clf = IntentClassifier.load(registry, release)
         scores = score(clf, raw, known, old)
@@ -309,7 +319,8 @@ def run_method(
         history.append(entry)
         t = scores["test"]
         print(
-            f"  {protocol.name} {name} {release}: test acc {100 * t['accuracy']:.2f} "
+            f"  {protocol.name} {name} {release}: val acc {100 * scores['val']['accuracy']:.2f}; "
+            f"test acc {100 * t['accuracy']:.2f} "
             f"old {100 * t['old_intents_accuracy']:.2f} (drop {entry['old_intent_drop_points']['test']:+.2f}) "
             f"new {100 * t['new_intents_accuracy']:.2f}; {cost['compute_s']:.1f} s, "
             f"{cost['examples_processed']} examples",
@@ -335,6 +346,8 @@ def forgetting(history: list[dict], split: str) -> float:
 
 @torch.no_grad()
 def embed(backbone, texts: list[str], batch_size: int = 256) -> np.ndarray:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    encoder = backbone.encoder.to(device)
     out = []
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     for start in range(0, len(texts), batch_size):
@@ -346,8 +359,10 @@ def embed(backbone, texts: list[str], batch_size: int = 256) -> np.ndarray:
             max_length=64,
             return_tensors="pt",
         )
-        hidden = backbone.encoder(**batch).last_hidden_state
-        out.append(F.normalize(pool(hidden, batch["attention_mask"], "mean"), dim=-1))
+        batch = batch.to(device)
+        hidden = encoder(**batch).last_hidden_state
+        pooled = pool(hidden, batch["attention_mask"], "mean")
+        out.append(F.normalize(pooled, dim=-1).float().cpu())
     result = torch.empty(len(texts), out[0].shape[1])
     result[order] = torch.cat(out)
     return result.numpy()
@@ -497,6 +512,7 @@ def summarise(result: dict, split: str) -> dict:
                     r["cost"]["examples_processed"] for r in rel
                 ),
                 "max_peak_rss_mb": max((r["cost"]["peak_rss_mb"] or 0) for r in rel),
+                "max_peak_gpu_mb": max((r["cost"].get("peak_gpu_mb") or 0) for r in rel) or None,
                 "final_replay_bytes_per_intent": m["releases"][-1]["replay_bytes_per_intent"],
             }
             if retrain:
@@ -641,15 +657,13 @@ def markdown(result: dict, out: Path) -> str:
             + (" | linear probe |" if "linear_probe" in p else " |")
         )
         lines.append("|---" * (2 + len(names) + ("linear_probe" in p)) + "|")
-        n_steps = len(next(iter(p["methods"].values()))["releases"])
-        for k in range(n_steps):
-            first = next(iter(p["methods"].values()))["releases"][k]
+        for k, (release, intents) in enumerate(release_sizes(p)):
             cells = [
                 pct(p["methods"][n]["releases"][k]["scores"][split]["accuracy"]) for n in names
             ]
             if "linear_probe" in p:
                 cells.append(pct(p["linear_probe"][k][split]["accuracy"]))
-            lines.append(f"| {first['release']} | {first['intents']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {release} | {intents} | " + " | ".join(cells) + " |")
         lines.append("")
     if result["targets"]:
         lines += [
@@ -687,6 +701,14 @@ def markdown(result: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
+def release_sizes(p: dict) -> list[tuple[str, int]]:
+    """(release name, intents known) after the base and after every step of protocol result `p`."""
+    sizes = [len(p["base_intents"])]
+    for step in p["steps"]:
+        sizes.append(sizes[-1] + len(step))
+    return [(f"v{k + 1}", n) for k, n in enumerate(sizes)]
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -719,7 +741,7 @@ def plot(result: dict, path: Path) -> None:
                 lw=2 if name == "intent-ci" else 1.2,
             )
         if "linear_probe" in p:
-            xs = [r["intents"] for r in next(iter(p["methods"].values()))["releases"]]
+            xs = [n for _, n in release_sizes(p)]
             ax.plot(
                 xs,
                 [100 * r[split]["accuracy"] for r in p["linear_probe"]],
@@ -745,11 +767,14 @@ def plot(result: dict, path: Path) -> None:
             100 * r["scores"][split]["accuracy"]
             for m in p["methods"].values()
             for r in m["releases"]
-            if m is not None
         ]
-        ax.set_ylim(max(min(lows) - 2, 0), 100)
+        lows += [100 * r[split]["accuracy"] for r in p.get("linear_probe", [])]
+        if "full_retrain" in p:
+            lows.append(100 * p["full_retrain"]["scores"][split]["accuracy"])
+        ax.set_ylim(max(min(lows, default=90) - 2, 0), 100)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8, loc="lower left")
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -518,7 +518,7 @@ def _run(
     env = dict(
         os.environ,
         OMP_NUM_THREADS=str(threads),
-        PYTHONPATH=str(REPO),
+        PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
         HF_HUB_OFFLINE="1",
         **(extra_env or {}),
     )

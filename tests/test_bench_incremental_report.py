@@ -1,0 +1,62 @@
+"""scripts/bench_incremental.py's report (Markdown table and plot) on a committed result, with
+its methods and with none (a run that only trains the base, the full retrain and the probe)."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RESULT = REPO / "scripts" / "results" / "bench_incremental.json"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location(
+        "bench_incremental", REPO / "scripts" / "bench_incremental.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def result() -> dict:
+    return json.loads(RESULT.read_text(encoding="utf-8"))
+
+
+def test_release_sizes_follow_the_protocol(bench, result):
+    p1 = result["protocols"]["P1"]
+    assert bench.release_sizes(p1) == [(f"v{k + 1}", 75 + 15 * k) for k in range(6)]
+    p2 = result["protocols"]["P2"]
+    assert bench.release_sizes(p2)[-1] == ("v11", 150)
+
+
+def test_report_without_methods_lists_the_probe_per_release(bench, result, tmp_path):
+    bare = copy.deepcopy(result)
+    bare["protocols"] = {"P1": bare["protocols"]["P1"]}
+    bare["protocols"]["P1"]["methods"] = {}
+    bare["summary"] = {s: bench.summarise(bare, s) for s in bench.SPLITS}
+    bare["targets"] = bench.targets(bare)
+    text = bench.markdown(bare, tmp_path / "bare")
+    probe = bare["protocols"]["P1"]["linear_probe"]
+    rows = [line for line in text.splitlines() if line.startswith("| v")]
+    assert len(rows) == 6
+    assert rows[-1] == f"| v6 | 150 | {100 * probe[-1]['test']['accuracy']:.2f}% |"
+    bench.plot(bare, tmp_path / "bare.png")
+    assert (tmp_path / "bare.png").stat().st_size > 0
+
+
+def test_report_with_methods_has_one_column_per_method(bench, result, tmp_path):
+    one = copy.deepcopy(result)
+    one["protocols"] = {"P1": one["protocols"]["P1"]}
+    text = bench.markdown(one, tmp_path / "one")
+    header = next(line for line in text.splitlines() if line.startswith("| release |"))
+    assert header.count("|") == 2 + len(one["protocols"]["P1"]["methods"]) + 2
+    bench.plot(one, tmp_path / "one.png")
