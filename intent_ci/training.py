@@ -19,6 +19,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import datasets
 import torch
@@ -103,6 +104,16 @@ def real_rows(rows: int, accelerator: Accelerator) -> torch.Tensor:
     return keep.to(accelerator.device)
 
 
+class BatchLoss(NamedTuple):
+    """What :func:`global_batch_loss` returns; summing a share over ranks gives the global term."""
+
+    loss: torch.Tensor  # to backpropagate on this rank
+    ce: torch.Tensor  # this rank's share of the cross-entropy term
+    kd: torch.Tensor  # ... of the distillation term
+    feature: torch.Tensor  # ... of the feature-distillation term
+    rows: int  # real rows in the global batch
+
+
 def global_batch_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -115,7 +126,7 @@ def global_batch_loss(
     pooled: torch.Tensor | None = None,
     teacher_pooled: torch.Tensor | None = None,
     feature_weight: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+) -> BatchLoss:
     """This process's share of the loss over the *global* batch (every rank's real rows).
 
     Both terms are means: cross-entropy weighted by ``class_weights[label]``, distillation per
@@ -129,8 +140,8 @@ def global_batch_loss(
     + feature_weight * feature_distillation_term`` of the batch.
 
     Returns:
-        ``(loss_to_backpropagate, ce_share, kd_share, feature_share, real_rows_in_global_batch)``:
-        summing the shares over ranks gives the global batch's terms.
+        a :class:`BatchLoss`: the loss to backpropagate, this rank's shares of the three terms
+        (summing them over ranks gives the global batch's terms) and the global batch's real rows.
     """
     use_kd = teacher_logits is not None and distill is not None
     use_feat = feature_weight > 0 and pooled is not None and teacher_pooled is not None
@@ -159,7 +170,7 @@ def global_batch_loss(
         share = share + distill.weight * kd
     if use_feat:
         share = share + feature_weight * feat
-    return share * accelerator.num_processes, ce, kd, feat, int(totals[1].item())
+    return BatchLoss(share * accelerator.num_processes, ce, kd, feat, int(totals[1].item()))
 
 
 @dataclass
@@ -402,7 +413,7 @@ def train(
                 soft = None
                 if use_kd:
                     soft = soft_labels[batch["index"]]
-                loss, ce, kd, feat, seen = global_batch_loss(
+                terms = global_batch_loss(
                     logits,
                     batch["labels"],
                     keep,
@@ -414,7 +425,7 @@ def train(
                     teacher_pooled=teacher,
                     feature_weight=feature_weight if use_feat else 0.0,
                 )
-                accelerator.backward(loss)
+                accelerator.backward(terms.loss)
                 if accelerator.sync_gradients:
                     stats.optimizer_steps += 1
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
@@ -424,12 +435,14 @@ def train(
                     freezer.restore()
                 scheduler.step()
                 optimizer.zero_grad()
-            sums += torch.tensor([ce.item(), kd.item(), feat.item()], dtype=torch.float64)
-            stats.examples_trained += seen
+            sums += torch.tensor(
+                [terms.ce.item(), terms.kd.item(), terms.feature.item()], dtype=torch.float64
+            )
+            stats.examples_trained += terms.rows
             batches += 1
             stats.steps += 1
             progress.update(1)
-            progress.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+            progress.set_postfix(epoch=epoch + 1, loss=f"{terms.loss.item():.3f}")
         if accelerator.num_processes > 1:  # NCCL reduces device tensors only
             sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
         ce_mean, kd_mean, feat_mean = (sums / max(batches, 1)).tolist()

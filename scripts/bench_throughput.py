@@ -318,14 +318,14 @@ def cmd_train(args: argparse.Namespace) -> dict:
         if teacher is not None:
             with torch.no_grad(), accelerator.autocast():
                 soft = teacher(**batch)
-        loss, *_ = global_batch_loss(
+        loss = global_batch_loss(
             logits,
             y,
             keep,
             accelerator,
             teacher_logits=soft,
             distill=distill if soft is not None else None,
-        )
+        ).loss
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -87,10 +87,10 @@ def main() -> None:
     batch, keep = last
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "index")}
     model.zero_grad()
-    loss, ce_share, _, _, seen = global_batch_loss(
+    terms = global_batch_loss(
         model(**inputs), batch["labels"], keep, accelerator, class_weights=weights
     )
-    accelerator.backward(loss)
+    accelerator.backward(terms.loss)
     ddp_grads = {
         n: p.grad.detach().clone()
         for n, p in accelerator.unwrap_model(model).named_parameters()
@@ -108,8 +108,8 @@ def main() -> None:
     reference.zero_grad()
     plain = cross_entropy_term(reference(**ginputs), glabels, weights)
     plain.backward()
-    report["global_rows"] = seen
-    report["global_ce"] = float(accelerator.reduce(ce_share.detach(), reduction="sum"))
+    report["global_rows"] = terms.rows
+    report["global_ce"] = float(accelerator.reduce(terms.ce.detach(), reduction="sum"))
     report["plain_ce"] = float(plain)
     report["max_grad_diff"] = max(
         float((ddp_grads[n] - p.grad).abs().max())
