@@ -7,10 +7,12 @@ test takes exactly the path it takes with `FacebookAI/roberta-base`.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,16 @@ KEYWORDS = {
 }
 BASE_INTENTS = ["card_lost", "check_balance", "opening_hours", "transfer_money"]  # file-name order
 NEW_INTENTS = ["refund_status", "report_damage"]
+
+
+def load_script(name: str):
+    """Import ``scripts/<name>.py`` as a module (the benchmark scripts are not a package)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_utterances(intent: str, n: int, seed: int) -> list[str]:

@@ -4,12 +4,12 @@ its methods and with none (a run that only trains the base, the full retrain and
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT = REPO / "scripts" / "results" / "bench_incremental.json"
@@ -17,13 +17,7 @@ RESULT = REPO / "scripts" / "results" / "bench_incremental.json"
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location(
-        "bench_incremental", REPO / "scripts" / "bench_incremental.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_incremental")
 
 
 @pytest.fixture(scope="module")
