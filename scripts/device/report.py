@@ -11,12 +11,17 @@ from the JSON of the follow-up call that reused the same cached base release:
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import statistics
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+from bench_incremental import plot, release_sizes  # noqa: E402
+
 RAW = REPO / "scripts" / "results" / "h200"
 OUT = REPO / "scripts" / "results"
 LINE = re.compile(
@@ -41,7 +46,7 @@ def mpnet() -> None:
     p = full["protocols"]["P1"]
     retrain = p["full_retrain"]
     per = releases(RAW / "mpnet_p1.log")
-    sizes = [len(p["base_intents"]) + sum(len(s) for s in p["steps"][:k]) for k in range(6)]
+    sizes = [n for _, n in release_sizes(p)]
     base = {s: 100 * p["base"]["scores"][s]["accuracy"] for s in ("val", "test")}
     probe = [100 * r["test"]["accuracy"] for r in p["linear_probe"]]
     rt = {s: 100 * retrain["scores"][s]["accuracy"] for s in ("val", "test")}
@@ -109,28 +114,19 @@ def mpnet() -> None:
     lines += ["", "![accuracy per release](bench_incremental_mpnet_h200.png)", ""]
     (OUT / "bench_incremental_mpnet_h200.md").write_text("\n".join(lines))
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.4))
-    colours = {"intent-ci": "#1f77b4", "naive": "#d62728"}
-    for name, rows in per.items():
-        ax.plot(sizes, [base["test"]] + [r["test"] for r in rows], marker="o", ms=3,
-                label=name, color=colours.get(name), lw=2 if name == "intent-ci" else 1.2)  # fmt: skip
-    ax.plot(sizes, probe, ls="--", color="grey", label="linear probe")
-    ax.scatter(
-        [sizes[-1]], [rt["test"]], marker="*", s=160, color="black", zorder=5, label="full retrain"
-    )
-    ax.set_title("P1, all-mpnet-base-v2, H200", fontsize=9)
-    ax.set_xlabel("intents known")
-    ax.set_ylabel("test accuracy, all known intents (%)")
-    ax.set_ylim(55, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(OUT / "bench_incremental_mpnet_h200.png", dpi=110)
+    # bench_incremental's own plot, with the methods' releases read back from the log
+    shown = copy.deepcopy(full)
+    shown["report_split"] = "test"
+    shown["protocols"]["P1"]["methods"] = {
+        name: {
+            "releases": [
+                {"intents": n, "scores": {"test": {"accuracy": acc / 100}}}
+                for n, acc in zip(sizes, [base["test"]] + [r["test"] for r in rows], strict=True)
+            ]
+        }
+        for name, rows in per.items()
+    }
+    plot(shown, OUT / "bench_incremental_mpnet_h200.png")
 
 
 def sweep() -> None:
