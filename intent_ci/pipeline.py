@@ -47,6 +47,7 @@ from intent_ci.release import full_state_dict, library_versions, load_release, s
 from intent_ci.replay import (
     REPLAY_FILE,
     draw_replay,
+    find_neighbours,
     memory_bytes_per_intent,
     replay_per_intent,
     select_exemplars,
@@ -421,12 +422,24 @@ def add_intents(
         local = torch.tensor([t - len(old_labels) for t in new_targets])
         rows = class_prototypes(features, local, len(new_labels))
 
+    # Neighbours: the old intents the parent takes each new intent's utterances for. They are
+    # the old intents the release most risks confusing with the new ones, so they replay their
+    # whole memory (and, with `train.neighbour_rows`, their head rows train).
+    with torch.no_grad():
+        head_device = model.head.out_proj.weight.device
+        parent_says = model.head.classify(features.to(head_device)).argmax(-1).tolist()
+    neighbours = find_neighbours(
+        [old_labels[i] for i in parent_says], list(new_intents), config.replay.neighbour_share
+    )
+    neighbour_set = {old for per_new in neighbours.values() for old in per_new}
+
     replayed = (
         draw_replay(
             parent_release.replay,
             old_labels,
             replay_per_intent(config.replay, len(new_texts), len(old_labels)),
             seed=f"{config.train.seed}-{parent_release.name}",
+            whole=neighbour_set,
         )
         if config.replay.enabled
         else {}
@@ -476,7 +489,13 @@ def add_intents(
         distill=config.distill,
         teacher_pooled=teacher_pooled,
         feature_weight=feature_weight,
-        frozen_rows=len(old_labels) if config.train.freeze_old_rows else 0,
+        frozen_rows=[
+            i
+            for i, label in enumerate(old_labels)
+            if not (config.train.neighbour_rows and label in neighbour_set)
+        ]
+        if config.train.freeze_old_rows
+        else None,
     )
     new_memory = select_exemplars(
         new_texts,
@@ -498,6 +517,9 @@ def add_intents(
         "forward_only_examples": len(new_texts)
         + (len(texts) if use_kd or feature_weight > 0 else 0),
         "feature_weight": round(feature_weight, 4),
+        # Old intents the parent predicted for each new intent's utterances (share >=
+        # replay.neighbour_share): the likeliest confusions to check before deploying.
+        "neighbours": neighbours,
         # Feature pass, teacher pass, replay draw, training and exemplar choice: what adding
         # intents costs beyond loading the parent and writing the release.
         "compute_s": round(compute_s, 2),

@@ -88,19 +88,55 @@ def replay_per_intent(cfg: ReplayConfig, new_examples: int, old_intents: int) ->
     return min(cfg.per_intent, max(cfg.train_per_intent, wanted))
 
 
+def find_neighbours(
+    predicted: list[str], intents: list[str], share: float
+) -> dict[str, dict[str, float]]:
+    """Each new intent's neighbours: the old intents the parent predicts for its utterances.
+
+    Args:
+        predicted: the parent's prediction (an old intent) for each new utterance.
+        intents: the new intent of each utterance.
+        share: an old intent is a neighbour of a new one when at least this share of the new
+            intent's utterances are predicted as it; ``share <= 0`` finds none.
+
+    Returns:
+        ``{new intent: {old intent: share of its utterances}}``, most-predicted first, for every
+        new intent (an empty mapping when none reaches `share`).
+    """
+    if len(predicted) != len(intents):
+        raise IntentCIError("neighbour search got predictions and intents of different lengths")
+    counts: dict[str, dict[str, int]] = {}
+    for old, new in zip(predicted, intents, strict=True):
+        counts.setdefault(new, {}).setdefault(old, 0)
+        counts[new][old] += 1
+    result: dict[str, dict[str, float]] = {}
+    for new, per_old in counts.items():
+        total = sum(per_old.values())
+        ranked = sorted(per_old.items(), key=lambda item: (-item[1], item[0]))
+        result[new] = {
+            old: round(n / total, 4) for old, n in ranked if share > 0 and n / total >= share
+        }
+    return result
+
+
 def draw_replay(
-    memory: dict[str, list[str]], intents: list[str], k: int, seed: str
+    memory: dict[str, list[str]],
+    intents: list[str],
+    k: int,
+    seed: str,
+    whole: frozenset[str] | set[str] = frozenset(),
 ) -> dict[str, list[str]]:
     """Up to `k` exemplars of each intent in `intents`, drawn without replacement from `memory`.
 
-    The draw is seeded by `seed` (the parent release and the training seed), so a release is
+    Intents in `whole` (the new intents' neighbours) replay their whole memory instead. The
+    draw is seeded by `seed` (the parent release and the training seed), so a release is
     reproducible while successive releases replay different exemplars of the same memory.
     """
     rng = random.Random(seed)
     drawn = {}
     for intent in intents:
         pool = memory.get(intent, [])
-        drawn[intent] = rng.sample(pool, min(k, len(pool)))
+        drawn[intent] = rng.sample(pool, len(pool) if intent in whole else min(k, len(pool)))
     return drawn
 
 

@@ -293,21 +293,21 @@ def predict_logits_and_pooled(
 
 
 class _RowFreezer:
-    """Put the first `rows` output rows (and biases) of a head back after every optimizer step.
+    """Put the given output rows (and biases) of a head back after every optimizer step.
 
     Restoring after the step, instead of zeroing gradients, also undoes AdamW's decoupled
     weight decay, so the frozen rows stay bit-identical to the parent's.
     """
 
-    def __init__(self, head: torch.nn.Module, rows: int) -> None:
-        self.rows = rows
+    def __init__(self, head: torch.nn.Module, rows: list[int]) -> None:
         self.tensors = [t for t in (head.out_proj.weight, head.out_proj.bias) if t is not None]
-        self.saved = [t.detach()[:rows].clone() for t in self.tensors]
+        self.index = torch.tensor(sorted(set(rows)), dtype=torch.long)
+        self.saved = [t.detach()[self.index.to(t.device)].clone() for t in self.tensors]
 
     @torch.no_grad()
     def restore(self) -> None:
         for tensor, saved in zip(self.tensors, self.saved, strict=True):
-            tensor[: self.rows].copy_(saved)
+            tensor.index_copy_(0, self.index.to(tensor.device), saved.to(tensor.device))
 
 
 def train(
@@ -321,7 +321,7 @@ def train(
     distill: DistillConfig | None = None,
     teacher_pooled: torch.Tensor | None = None,
     feature_weight: float = 0.0,
-    frozen_rows: int = 0,
+    frozen_rows: list[int] | None = None,
 ) -> tuple[IntentModel, TrainStats]:
     """Train LoRA and head with cross-entropy, plus distillation when soft labels are given.
 
@@ -335,7 +335,7 @@ def train(
         teacher_pooled: the parent's pooled embeddings of every row, in row order; with
             `feature_weight` > 0 they are the target of the feature term.
         feature_weight: weight of :func:`feature_distillation_term` (already scaled).
-        frozen_rows: the first `frozen_rows` head rows (the old intents) get no updates.
+        frozen_rows: indices of head rows (old intents) that get no updates.
 
     Returns:
         The trained, unwrapped model and statistics of the run.

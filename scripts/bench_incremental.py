@@ -224,9 +224,9 @@ def config_key(*parts) -> str:
 
 # Fields only add-intent reads: an init release does not depend on them.
 ADD_INTENT_ONLY = {
-    "train": ("add_intent_epochs", "add_intent_lr_scale", "freeze_old_rows"),
+    "train": ("add_intent_epochs", "add_intent_lr_scale", "freeze_old_rows", "neighbour_rows"),
     "distill": ("enabled", "temperature", "weight", "feature_weight"),
-    "replay": ("enabled", "train_per_intent", "new_ratio"),
+    "replay": ("enabled", "train_per_intent", "new_ratio", "neighbour_share"),
 }
 
 

@@ -219,9 +219,16 @@ def test_data_parallel_release_has_the_content_of_a_one_process_release(dp_run, 
     single, dp = Registry(trained_registry), Registry(dp_run["registry"])
     for release in ("v1", "v2"):
         a, b = _flatten(single.verify(release)), _flatten(dp.verify(release))
-        assert a.keys() - {"metrics.eval"} == b.keys() - {
-            k for k in b if k.startswith("metrics.eval.")
+        # Eval scores and neighbours (old intents above a share of the parent's predictions)
+        # are data, keyed by intent: a float-level difference in the parent can move a share
+        # across the threshold.
+        data_keys = ("metrics.eval.", "metrics.neighbours.")
+        assert {k for k in a if not k.startswith(data_keys)} - {"metrics.eval"} == {
+            k for k in b if not k.startswith(data_keys)
         }
+        if release != "v1":
+            neighbours = [r.verify(release)["metrics"]["neighbours"] for r in (single, dp)]
+            assert neighbours[0].keys() == neighbours[1].keys() == set(a["new_intents"])
         for key in ("intents", "new_intents", "parent", "parent_intents", "replay.intents"):
             assert a[key] == b[key], key
         assert {k: v for k, v in a.items() if k.startswith("config.")} == {

@@ -11,6 +11,7 @@ from intent_ci.errors import IntentCIError
 from intent_ci.metrics import INTENT_ACCURACY
 from intent_ci.replay import (
     draw_replay,
+    find_neighbours,
     herding,
     memory_bytes_per_intent,
     replay_per_intent,
@@ -94,3 +95,26 @@ def test_replay_per_intent_has_a_floor_matches_new_data_and_is_capped_by_memory(
     assert replay_per_intent(ReplayConfig(new_ratio=0.0), 5000, 100) == 5
     with pytest.raises(IntentCIError, match="replay.new_ratio"):
         ReplayConfig(new_ratio=-1.0)
+
+
+def test_find_neighbours_keeps_old_intents_above_the_share_most_predicted_first():
+    intents = ["new_a"] * 10 + ["new_b"] * 4
+    predicted = ["x"] * 6 + ["y"] * 3 + ["z"] + ["y"] * 2 + ["x", "z"]
+    assert find_neighbours(predicted, intents, 0.25) == {
+        "new_a": {"x": 0.6, "y": 0.3},
+        "new_b": {"y": 0.5, "x": 0.25, "z": 0.25},
+    }
+    assert find_neighbours(predicted, intents, 0.5) == {"new_a": {"x": 0.6}, "new_b": {"y": 0.5}}
+    # A share of 0 (the switch is off) finds none; a new intent with none still appears.
+    assert find_neighbours(predicted, intents, 0.0) == {"new_a": {}, "new_b": {}}
+    with pytest.raises(IntentCIError, match="different lengths"):
+        find_neighbours(predicted[:-1], intents, 0.25)
+    with pytest.raises(IntentCIError, match="replay.neighbour_share"):
+        ReplayConfig(neighbour_share=1.5)
+
+
+def test_draw_replay_gives_neighbours_their_whole_memory():
+    memory = {"a": [f"a{i}" for i in range(20)], "b": [f"b{i}" for i in range(20)], "c": ["c0"]}
+    drawn = draw_replay(memory, ["a", "b", "c"], 5, seed="0-v1", whole={"b", "c"})
+    assert {k: len(v) for k, v in drawn.items()} == {"a": 5, "b": 20, "c": 1}
+    assert sorted(drawn["b"]) == sorted(memory["b"])

@@ -273,7 +273,7 @@ def test_python_api_mirrors_cli(trained_registry):
 
 
 def test_frozen_old_rows_and_feature_term_in_add_intent(trained_registry, data_dir, tmp_path):
-    """freeze_old_rows (the default) keeps every old head row bit-identical; the feature term is scaled by
+    """freeze_old_rows without neighbour_rows keeps every old head row bit-identical; the feature term is scaled by
     sqrt(old / new intents), recorded, and its loss is reported per epoch."""
     import shutil
 
@@ -281,7 +281,10 @@ def test_frozen_old_rows_and_feature_term_in_add_intent(trained_registry, data_d
 
     registry = tmp_path / "adapters"
     shutil.copytree(trained_registry, registry)
-    overrides = {"train": {"freeze_old_rows": True}, "distill": {"feature_weight": 2.0}}
+    overrides = {
+        "train": {"freeze_old_rows": True, "neighbour_rows": False},
+        "distill": {"feature_weight": 2.0},
+    }
     release = add_intents(
         data_dir / "new" / "report_damage.txt", registry, "v1", overrides=overrides
     )
@@ -302,3 +305,40 @@ def test_frozen_old_rows_and_feature_term_in_add_intent(trained_registry, data_d
     )
     moved = load_release(Registry(registry), release).model.head.out_proj.weight
     assert not torch.equal(moved[: len(BASE_INTENTS)], parent)
+
+
+def test_neighbours_replay_their_whole_memory_and_only_their_rows_train(
+    trained_registry, data_dir, tmp_path
+):
+    """With neighbour_share, the old intents the parent takes the new utterances for are recorded,
+    replay their whole memory and (neighbour_rows) train their head rows; every other old row
+    stays bit-identical."""
+    import shutil
+
+    from intent_ci.pipeline import add_intents
+
+    registry = tmp_path / "adapters"
+    shutil.copytree(trained_registry, registry)
+    # Four old intents: the most-predicted one always holds at least a quarter of the utterances.
+    overrides = {
+        "replay": {"neighbour_share": 0.25, "train_per_intent": 1, "new_ratio": 0.0},
+        "train": {"neighbour_rows": True},
+    }
+    release = add_intents(
+        data_dir / "new" / "report_damage.txt", registry, "v1", overrides=overrides
+    )
+    reg = Registry(registry)
+    metrics = reg.manifest(release)["metrics"]
+    neighbours = metrics["neighbours"]["report_damage"]
+    assert neighbours and set(neighbours) <= set(BASE_INTENTS)
+    assert all(share >= 0.25 for share in neighbours.values())
+    assert list(neighbours.values()) == sorted(neighbours.values(), reverse=True)
+    memory = load_release(reg, "v1").replay
+    expected = sum(len(memory[i]) if i in neighbours else 1 for i in BASE_INTENTS)
+    assert metrics["replay_examples"] == expected
+
+    parent = load_release(reg, "v1").model.head.out_proj.weight
+    child = load_release(reg, release).model.head.out_proj.weight
+    for row, intent in enumerate(BASE_INTENTS):
+        same = torch.equal(child[row], parent[row])
+        assert same == (intent not in neighbours), intent
