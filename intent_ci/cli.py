@@ -97,6 +97,15 @@ def cmd_add_intent(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _neighbour_lines(metrics: dict) -> list[str]:
+    """``new_intent looks like old (share), ...``: the parent's likeliest confusions, to review."""
+    return [
+        f"{new} looks like " + ", ".join(f"{old} ({share:.0%})" for old, share in olds.items())
+        for new, olds in (metrics.get("neighbours") or {}).items()
+        if olds
+    ]
+
+
 def _report_release(registry: str, release: str) -> None:
     if int(os.environ.get("RANK", "0")) != 0:
         return
@@ -108,6 +117,8 @@ def _report_release(registry: str, release: str) -> None:
         f"{release}: {len(manifest['intents'])} intents (+{len(manifest['new_intents'])}), parent {manifest['parent'] or '-'}"
     )
     echo(f"  trained on {metrics.get('train_examples')} examples in {metrics.get('wall_time_s')} s")
+    for line in _neighbour_lines(metrics):
+        echo(f"  parent took {line}")
     ev = metrics.get("eval")
     if ev:
         echo(
@@ -188,6 +199,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         echo(
             f"training  {m.get('train_examples')} examples, {m.get('wall_time_s')} s, {m.get('train', {}).get('steps')} steps"
         )
+    for line in _neighbour_lines(m):
+        echo(f"neighbour {line}")
     ev = m.get("eval")
     if ev:
         echo(

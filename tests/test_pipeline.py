@@ -87,7 +87,12 @@ def test_cli_init_add_intent_eval_predict(tmp_path, data_dir, config_file, capsy
     # model trained in seconds. Forgetting is measured on CLINC150 by scripts/bench_clinc.py.
     assert manifest["metrics"]["eval"]["new_intents_accuracy"] >= 0.7
     assert manifest["metrics"]["eval"]["old_intents_accuracy"] >= 0.5
-    capsys.readouterr()
+    # The report names the old intents the parent took the new utterances for (four old
+    # intents: the most-predicted one holds at least 25%, above the default share of 10%).
+    neighbours = manifest["metrics"]["neighbours"]["refund_status"]
+    assert neighbours and set(neighbours) <= set(BASE_INTENTS)
+    top, share = next(iter(neighbours.items()))
+    assert f"parent took refund_status looks like {top} ({share:.0%})" in capsys.readouterr().out
 
     out_json = tmp_path / "out.json"
     assert (
@@ -152,7 +157,9 @@ def test_cli_init_add_intent_eval_predict(tmp_path, data_dir, config_file, capsy
     listing = json.loads(capsys.readouterr().out)
     assert [r["release"] for r in listing] == ["v1", "v2"] and listing[1]["latest"]
     assert main(["show", "v2", "--registry", str(registry)]) == 0
-    assert "refund_status" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "refund_status" in shown
+    assert f"neighbour refund_status looks like {top} ({share:.0%})" in shown
 
 
 def test_add_intent_from_an_older_release(trained_registry, data_dir, tmp_path):
