@@ -332,6 +332,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     v1 = init_release(base, registry, config, eval_data=None)
     echo(f"[2/3] add intent {args.intent!r} from {new}")
     v2 = add_intents(new, registry, v1)
+    for line in _neighbour_lines(registry.manifest(v2).get("metrics", {})):
+        echo(f"      {v1} took {line}")
     echo(f"[3/3] evaluate on {test}")
     old_clf = IntentClassifier.load(registry, v1)
     new_clf = IntentClassifier.load(registry, v2)

@@ -54,3 +54,22 @@ def test_report_with_methods_has_one_column_per_method(bench, result, tmp_path):
     header = next(line for line in text.splitlines() if line.startswith("| release |"))
     assert header.count("|") == 2 + len(one["protocols"]["P1"]["methods"]) + 2
     bench.plot(one, tmp_path / "one.png")
+
+
+@pytest.mark.parametrize(("fewer", "met"), [(45, True), (46, False)])
+def test_a_gap_of_exactly_one_point_is_on_the_bar(bench, result, fewer, met):
+    """Accuracies are counts over the same 4,500 test utterances: 45 fewer right answers than the
+    retrain is -1.0 points and meets ">= -1.0" (in floats it is -1.0000000000000009); 46 is not."""
+    tie = copy.deepcopy(result)
+    tie["protocols"] = {"P1": tie["protocols"]["P1"]}
+    p1 = tie["protocols"]["P1"]
+    right = 4339
+    p1["full_retrain"]["scores"]["test"]["accuracy"] = right / 4500
+    p1["methods"]["intent-ci"]["releases"][-1]["scores"]["test"]["accuracy"] = (
+        right - fewer
+    ) / 4500
+    tie["summary"] = {s: bench.summarise(tie, s) for s in bench.SPLITS}
+    check = next(
+        c for c in bench.targets(tie) if c["target"] == "P1 final accuracy vs full retrain (points)"
+    )
+    assert check["value"] == pytest.approx(-fewer / 45) and check["met"] is met
