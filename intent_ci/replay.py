@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -105,17 +106,14 @@ def find_neighbours(
     """
     if len(predicted) != len(intents):
         raise IntentCIError("neighbour search got predictions and intents of different lengths")
-    counts: dict[str, dict[str, int]] = {}
+    counts: dict[str, Counter[str]] = {}
     for old, new in zip(predicted, intents, strict=True):
-        counts.setdefault(new, {}).setdefault(old, 0)
-        counts[new][old] += 1
+        counts.setdefault(new, Counter())[old] += 1
     result: dict[str, dict[str, float]] = {}
     for new, per_old in counts.items():
-        total = sum(per_old.values())
+        total = per_old.total()
         ranked = sorted(per_old.items(), key=lambda item: (-item[1], item[0]))
-        result[new] = {
-            old: round(n / total, 4) for old, n in ranked if share > 0 and n / total >= share
-        }
+        result[new] = {old: round(n / total, 4) for old, n in ranked if n / total >= share > 0}
     return result
 
 
