@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 from intent_ci.config import (  # noqa: E402
     DataConfig,
     DistillConfig,
+    GateConfig,
     ModelConfig,
     RegistryConfig,
     ReleaseConfig,
@@ -46,10 +47,10 @@ def __getattr__(name: str):
         from intent_ci import lifecycle
 
         return getattr(lifecycle, name)
-    if name in ("GateConfig", "run_check"):
-        from intent_ci import gate
+    if name == "run_check":
+        from intent_ci.check import run_check
 
-        return getattr(gate, name)
+        return run_check
     if name == "Registry":
         from intent_ci.registry import Registry
 

@@ -258,13 +258,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """The regression gate: 0 pass, 1 regression (see the report), 2 bad input."""
-    from intent_ci.gate import (
-        EXIT_PASS,
-        EXIT_REGRESSION,
-        load_gate_config,
-        run_check,
-        summary_lines,
-    )
+    from intent_ci.check import EXIT_PASS, EXIT_REGRESSION, run_check
+    from intent_ci.config import load_gate_config
+    from intent_ci.gate_report import summary_lines
 
     report = run_check(
         args.registry,

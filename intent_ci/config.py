@@ -10,6 +10,8 @@ A YAML file passed with ``--config`` only overrides fields::
       temperature: 2.0
 
 Unknown sections or keys are errors that name the key and suggest the closest valid one.
+The regression gate's thresholds (`GateConfig`) are read the same way from a ``gate:`` section
+(`load_gate_config`); `suggest`, `coerce` and `yaml_error` are the shared parsing helpers.
 """
 
 from __future__ import annotations
@@ -453,14 +455,19 @@ class RegistryConfig:
         )
 
 
-def _suggest(name: str, valid: list[str]) -> str:
+def suggest(name: str, valid: list[str]) -> str:
+    """`` Did you mean `x`? Valid keys: ...`` for an unknown key (empty hint when nothing is close)."""
     close = difflib.get_close_matches(name, valid, n=1)
     hint = f" Did you mean `{close[0]}`?" if close else ""
     return f"{hint} Valid keys: {', '.join(valid)}."
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check a YAML value against a field's type hint; ints are accepted where floats are."""
+def coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check a YAML value against a field's type hint; ints are accepted where floats are.
+
+    Raises:
+        IntentCIError: ``"{where}: expected ..., got ..."`` for a value of the wrong type.
+    """
     text = str(hint)
     if hint is bool or text == "bool":
         if not isinstance(value, bool):
@@ -487,9 +494,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise IntentCIError(f"{where}: expected a list of strings, got {value!r}")
         return list(value)
     if "bool" in text:
-        return _coerce(value, bool, where)
+        return coerce(value, bool, where)
     if "str" in text:
-        return _coerce(value, str, where)
+        return coerce(value, str, where)
     return value
 
 
@@ -511,7 +518,7 @@ def apply_overrides(
         if section_name not in sections:
             raise IntentCIError(
                 f"{source}: unknown section `{section_name}`."
-                + _suggest(str(section_name), list(sections))
+                + suggest(str(section_name), list(sections))
             )
         current = getattr(config, section_name)
         if section_values is None:
@@ -526,9 +533,9 @@ def apply_overrides(
         for key, value in section_values.items():
             if key not in valid:
                 raise IntentCIError(
-                    f"{source}: unknown key `{section_name}.{key}`." + _suggest(str(key), valid)
+                    f"{source}: unknown key `{section_name}.{key}`." + suggest(str(key), valid)
                 )
-            kwargs[key] = _coerce(value, hints[key], f"{source}: `{section_name}.{key}`")
+            kwargs[key] = coerce(value, hints[key], f"{source}: `{section_name}.{key}`")
         try:
             updated[section_name] = type(current)(**kwargs)
         except IntentCIError as err:
@@ -576,3 +583,176 @@ def load_config(path: str | Path | None, base: ReleaseConfig | None = None) -> R
     if values is None:
         return config
     return apply_overrides(config, values, source=str(path))
+
+
+# ---- the regression gate (intent-ci check) ---------------------------------------------------------
+CORRECTIONS = ("holm", "none")
+
+
+@dataclass
+class GateConfig:
+    """Thresholds of the regression gate. Drops are in percentage points, accuracies in [0, 1]."""
+
+    max_drop: float = field(
+        default=2.0,
+        metadata={
+            "help": "Largest acceptable drop of old-intent accuracy overall, in points; the rule "
+            "fails only when the drop is larger AND significant (McNemar at `alpha`). More intents "
+            "compete even when nothing is forgotten: on CLINC150 a linear probe trained from scratch "
+            "scores 96.5% on the 100-intent test set and 95.5% on the 150-intent one, and the "
+            "recommended recipe's v1 -> v2 old-intent drop is 1.2 points "
+            "(scripts/results/bench_clinc.md). 2 points leaves room for that; naive fine-tuning "
+            "loses tens of points. With 30 test utterances for each of 14 old intents, 2 points are "
+            "about 8 net flips of 420."
+        },
+    )
+    per_intent_max_drop: float = field(
+        default=10.0,
+        metadata={
+            "help": "Largest acceptable drop of one old intent's accuracy, in points; an intent fails "
+            "when its drop is larger AND significant after Holm's correction. With 30 test "
+            "utterances per intent one flip is 3.3 points, so one or two flips (6.7 points) never "
+            "fail; significance asks for more: with 14 intents, 9 one-way flips of 30 for the "
+            "worst intent (0.5^9 = 0.002 < 0.05/14), with 150 intents 12 (0.5^12 < 0.05/150)."
+        },
+    )
+    alpha: float = field(
+        default=0.05,
+        metadata={
+            "help": "One-sided significance level of the exact McNemar tests (rules old_accuracy and "
+            "per_intent). Intervals are two-sided at 1 - 2 alpha (90% by default) so that their "
+            "lower end is the matching one-sided bound. When nothing really changed, each of the two "
+            "rules goes red by chance at most this often (both together at most 2 alpha), and less "
+            "with their size conditions."
+        },
+    )
+    per_intent_correction: str = field(
+        default="holm",
+        metadata={
+            "help": "`holm`: Holm's step-down correction over the old intents' p-values, so that the "
+            "chance that any unchanged intent fails stays below `alpha` however many intents there "
+            "are (the price: an isolated intent needs more flips to be flagged, see "
+            "per_intent_max_drop); `none`: each intent tested at `alpha` on its own."
+        },
+    )
+    min_new_accuracy: float = field(
+        default=0.8,
+        metadata={
+            "help": "Smallest acceptable accuracy of the candidate on its new intents' test utterances "
+            "(pooled), a fraction. 0.8 is 24 of 30 utterances; the recommended recipe reaches 0.96 "
+            "on CLINC150's 50 added intents. Skipped when the test data has no new-intent utterances."
+        },
+    )
+    top_confusions: int = field(
+        default=10,
+        metadata={"help": "Newly confused (true -> predicted) pairs listed in the report."},
+    )
+    batch_size: int = field(
+        default=64, metadata={"help": "Utterances per forward pass when scoring both releases."}
+    )
+
+    def __post_init__(self) -> None:
+        _check(
+            0 <= self.max_drop <= 100,
+            "gate",
+            "max_drop",
+            f"must be in [0, 100] (percentage points), got {self.max_drop}",
+        )
+        _check(
+            0 <= self.per_intent_max_drop <= 100,
+            "gate",
+            "per_intent_max_drop",
+            f"must be in [0, 100] (percentage points), got {self.per_intent_max_drop}",
+        )
+        _check(0 < self.alpha < 0.5, "gate", "alpha", f"must be in (0, 0.5), got {self.alpha}")
+        _check(
+            self.per_intent_correction in CORRECTIONS,
+            "gate",
+            "per_intent_correction",
+            f"expected one of {', '.join(CORRECTIONS)}; got {self.per_intent_correction!r}",
+        )
+        _check(
+            0 <= self.min_new_accuracy <= 1,
+            "gate",
+            "min_new_accuracy",
+            f"must be a fraction in [0, 1] (0.8 = 80%), got {self.min_new_accuracy}",
+        )
+        _check(
+            self.top_confusions >= 0,
+            "gate",
+            "top_confusions",
+            f"must be >= 0, got {self.top_confusions}",
+        )
+        _check(self.batch_size >= 1, "gate", "batch_size", f"must be >= 1, got {self.batch_size}")
+
+
+def gate_config_from_dict(values: Any, *, source: str = "config") -> GateConfig:
+    """Build a `GateConfig` from ``{"gate": {key: value}}``, rejecting unknown sections and keys.
+
+    Raises:
+        IntentCIError: naming `source` and the key, with the closest valid key.
+    """
+    if not isinstance(values, dict):
+        raise IntentCIError(f"{source}: expected a mapping with a `gate:` section")
+    valid = [f.name for f in fields(GateConfig)]
+    for section in values:
+        if section != "gate":
+            hint = (
+                f" Put `{section}` under a `gate:` section."
+                if section in valid
+                else suggest(str(section), ["gate"])
+            )
+            raise IntentCIError(f"{source}: unknown section `{section}`.{hint}")
+    section_values = values.get("gate") or {}
+    if not isinstance(section_values, dict):
+        raise IntentCIError(f"{source}: section `gate` must be a mapping of key: value")
+    hints = get_type_hints(GateConfig)
+    kwargs: dict[str, Any] = {}
+    for key, value in section_values.items():
+        if key not in valid:
+            raise IntentCIError(f"{source}: unknown key `gate.{key}`." + suggest(str(key), valid))
+        kwargs[key] = coerce(value, hints[key], f"{source}: `gate.{key}`")
+    try:
+        return GateConfig(**kwargs)
+    except IntentCIError as err:
+        raise IntentCIError(f"{source}: {err}") from None
+
+
+def load_yaml(path: Path, what: str) -> Any:
+    """Parse a YAML file; errors read ``file:line: not valid YAML: problem (context at line N)``.
+
+    Raises:
+        IntentCIError: if the file is missing (``{path}: {what} not found``), not UTF-8 or not YAML.
+    """
+    if not path.is_file():
+        raise IntentCIError(f"{path}: {what} not found")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise IntentCIError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except yaml.YAMLError as err:
+        raise IntentCIError(yaml_error(path, err)) from None
+
+
+def yaml_error(path: Path, err: yaml.YAMLError) -> str:
+    """``file:line: not valid YAML: problem (context at line N)`` from a PyYAML error."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+    message = f"{where}: not valid YAML: {getattr(err, 'problem', None) or err}"
+    context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and context_mark is not None:
+        message += f" ({context} at line {context_mark.line + 1})"
+    return message
+
+
+def load_gate_config(path: str | Path | None) -> GateConfig:
+    """Read a gate YAML file (a ``gate:`` section of overrides); defaults when `path` is None.
+
+    Raises:
+        IntentCIError: if the file is missing, not YAML, or holds unknown or invalid keys.
+    """
+    if path is None:
+        return GateConfig()
+    path = Path(path)
+    values = load_yaml(path, "gate config file")
+    return GateConfig() if values is None else gate_config_from_dict(values, source=str(path))

@@ -6,6 +6,9 @@ Accepted sources:
 * a single ``<intent>.txt`` file, or a folder of them, one utterance per line;
 * a `datasets.Dataset` or `datasets.DatasetDict` with ``text`` and ``intent`` columns.
 
+Golden utterances for the regression gate (``utterance: intent`` YAML) are read by
+`read_golden`.
+
 Every source is checked before any training starts, and every problem is reported as an
 :class:`~intent_ci.errors.IntentCIError` that names the file and line.
 """
@@ -21,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import yaml
 
-from intent_ci.config import NAME_PATTERN, DataConfig
+from intent_ci.config import NAME_PATTERN, DataConfig, yaml_error
 from intent_ci.errors import IntentCIError
 
 TEXT, INTENT, SOURCE = "text", "intent", "source"
@@ -339,3 +343,72 @@ def read_texts(path: str | Path, max_chars: int) -> list[str]:
     if not texts:
         raise IntentCIError(f"{path}: no utterances found")
     return texts
+
+
+# ---- golden utterances (intent-ci check --golden) ---------------------------------------------
+@dataclass(frozen=True)
+class GoldenExample:
+    """One utterance that must stay right, and where it was written."""
+
+    text: str
+    intent: str
+    line: int
+
+
+def read_golden(path: str | Path) -> list[GoldenExample]:
+    """Read a golden-utterance YAML file: a mapping of ``utterance: intent``, one per line.
+
+    ::
+
+        "where is my refund": refund_status
+        "i lost my card": card_lost
+
+    Raises:
+        IntentCIError: naming the file and line of a YAML error, a non-string utterance or
+            intent, an invalid intent name, an utterance listed twice, or an empty file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise IntentCIError(f"{path}: golden file not found")
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except UnicodeDecodeError as err:
+        raise IntentCIError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except yaml.YAMLError as err:
+        raise IntentCIError(yaml_error(path, err)) from None
+    expected = 'expected a mapping of `"utterance": intent` lines'
+    if node is None:
+        raise IntentCIError(f"{path}: no golden utterances; {expected}")
+    if not isinstance(node, yaml.MappingNode):
+        raise IntentCIError(f"{path}:{node.start_mark.line + 1}: {expected}")
+    examples: list[GoldenExample] = []
+    seen: dict[str, int] = {}
+    for key, value in node.value:
+        line = key.start_mark.line + 1
+        where = f"{path}:{line}"
+        if not isinstance(key, yaml.ScalarNode) or key.tag != "tag:yaml.org,2002:str":
+            raise IntentCIError(f"{where}: the utterance must be a string; {expected}")
+        text = key.value.strip()
+        if not text:
+            raise IntentCIError(f"{where}: empty utterance; {expected}")
+        if not isinstance(value, yaml.ScalarNode) or value.tag != "tag:yaml.org,2002:str":
+            raise IntentCIError(
+                f"{where}: the intent of {text!r} must be a single intent name; {expected}"
+            )
+        intent = value.value.strip()
+        if not NAME_PATTERN.match(intent):
+            raise IntentCIError(
+                f"{where}: invalid intent name {intent!r}; expected lowercase letters, digits, '_' "
+                "or '-', starting with a letter or digit, at most 64 characters"
+            )
+        norm = normalise(text)
+        if norm in seen:
+            raise IntentCIError(
+                f"{where}: utterance {text!r} is already listed at line {seen[norm]}; "
+                "list each golden utterance once"
+            )
+        seen[norm] = line
+        examples.append(GoldenExample(text, intent, line))
+    if not examples:
+        raise IntentCIError(f"{path}: no golden utterances; {expected}")
+    return examples

@@ -36,10 +36,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import datasets  # noqa: E402
 import torch  # noqa: E402
 
+from intent_ci.check import run_check  # noqa: E402
 from intent_ci.cli import _quiet_libraries  # noqa: E402
-from intent_ci.config import PACKAGED_MINILM, ReleaseConfig, apply_overrides  # noqa: E402
+from intent_ci.config import (  # noqa: E402
+    PACKAGED_MINILM,
+    GateConfig,
+    ReleaseConfig,
+    apply_overrides,
+)
 from intent_ci.data import read_examples  # noqa: E402
-from intent_ci.gate import GateConfig, _p, run_check  # noqa: E402
+from intent_ci.gate import format_p  # noqa: E402
 from intent_ci.pipeline import add_intents, init_release  # noqa: E402
 from intent_ci.registry import Registry  # noqa: E402
 
@@ -192,7 +198,7 @@ def markdown(r: dict, out: Path) -> str:
             f"| {x['release']} {label} | **{x['verdict'].upper()}** | {', '.join(x['failed_rules']) or '-'} "
             f"| {pct(x['old_baseline_accuracy'])} -> {pct(x['old_candidate_accuracy'])} "
             f"| {x['old_drop_points']:.2f} ({low:.2f} to {high:.2f}) | {x['broken']} / {x['fixed']} "
-            f"| {_p(x['mcnemar_p'])} | {len(x['failing_intents'])} of {r['base_intents']} "
+            f"| {format_p(x['mcnemar_p'])} | {len(x['failing_intents'])} of {r['base_intents']} "
             f"| {pct(x['new_accuracy'])} |"
         )
     lines += [

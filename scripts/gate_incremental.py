@@ -35,8 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gate_clinc import headline  # noqa: E402
 
+from intent_ci.check import run_check  # noqa: E402
 from intent_ci.cli import _quiet_libraries  # noqa: E402
-from intent_ci.gate import GateConfig, _p, run_check  # noqa: E402
+from intent_ci.config import GateConfig  # noqa: E402
+from intent_ci.gate import format_p  # noqa: E402
 from intent_ci.registry import Registry  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,7 +156,7 @@ def markdown(r: dict) -> str:
             f"| **{x['verdict'].upper()}** | {', '.join(x['failed_rules']) or '-'} "
             f"| {pct(x['old_baseline_accuracy'])} -> {pct(x['old_candidate_accuracy'])} "
             f"| {x['old_drop_points']:.2f} ({low:.2f} to {high:.2f}) | {x['broken']} / {x['fixed']} "
-            f"| {_p(x['mcnemar_p'])} | {len(x['failing_intents'])} of {x['old_intents']} "
+            f"| {format_p(x['mcnemar_p'])} | {len(x['failing_intents'])} of {x['old_intents']} "
             f"| {pct(x['new_accuracy'])} |"
         )
     lines += [

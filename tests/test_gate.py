@@ -385,7 +385,7 @@ def test_without_matplotlib_the_png_is_skipped_with_a_clear_message(
     gate_registry, gate_data, tmp_path, monkeypatch, caplog
 ):
     """matplotlib is a dev/bench/plot extra; without it the gate still writes JSON and Markdown."""
-    from intent_ci.gate import run_check
+    from intent_ci.check import run_check
 
     for name in ("matplotlib.figure", "matplotlib.backends.backend_agg", "matplotlib.lines"):
         monkeypatch.setitem(sys.modules, name, None)  # `import` raises ImportError

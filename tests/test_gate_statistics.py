@@ -16,15 +16,10 @@ from fractions import Fraction
 import evaluate
 import pytest
 
+from intent_ci.config import GateConfig, gate_config_from_dict, load_gate_config
+from intent_ci.data import read_golden
 from intent_ci.errors import IntentCIError
-from intent_ci.gate import (
-    GateConfig,
-    gate_config_from_dict,
-    judge,
-    load_gate_config,
-    paired_statistics,
-    read_golden,
-)
+from intent_ci.gate import judge, paired_statistics
 from intent_ci.metrics import INTENT_REGRESSION
 from intent_ci.metrics.intent_regression.intent_regression import (
     binom_cdf,
