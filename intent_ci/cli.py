@@ -12,10 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from intent_ci.errors import IntentCIError
+from intent_ci.errors import IntentCIError, LatestMovedError
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
-"""0: done; 1: a release failed `verify`; 2: a user mistake (bad input, usage, unknown release)."""
+"""0: done; 1: a release failed `verify`, or a release was written but LATEST did not move to it
+(another run moved it first); 2: a user mistake (bad input, usage, unknown release)."""
 logger = logging.getLogger("intent_ci")
 
 
@@ -136,6 +137,7 @@ def cmd_releases(args: argparse.Namespace) -> int:
         raise IntentCIError(f"no registry at {args.registry}; create one with `intent-ci init`")
     names = registry.releases()
     latest = registry.latest()
+    aliases = registry.aliases()
     rows = []
     for name in names:
         m = registry.manifest(name)
@@ -152,6 +154,7 @@ def cmd_releases(args: argparse.Namespace) -> int:
                 "new_intents_accuracy": ev.get("new_intents_accuracy"),
                 "created_at": m.get("created_at"),
                 "latest": name == latest,
+                "aliases": [a for a, r in aliases.items() if r == name],
             }
         )
     if args.json:
@@ -166,9 +169,10 @@ def cmd_releases(args: argparse.Namespace) -> int:
         if r["retired_intents"]:
             added = "retired " + ", ".join(r["retired_intents"])
         mark = "*" if r["latest"] else " "
+        named = f"  [{', '.join(r['aliases'])}]" if r["aliases"] else ""
         echo(
             f"{r['release'] + mark:<9} {r['parent'] or '-':<7} {r['intents']:>7}  {_fmt(r['accuracy']):>6} "
-            f"{_fmt(r['old_intents_accuracy']):>6} {_fmt(r['new_intents_accuracy']):>6}  {added}"
+            f"{_fmt(r['old_intents_accuracy']):>6} {_fmt(r['new_intents_accuracy']):>6}  {added}{named}"
         )
     echo("* latest")
     return EXIT_OK
@@ -184,7 +188,11 @@ def cmd_show(args: argparse.Namespace) -> int:
         echo(json.dumps(manifest, indent=2))
         return EXIT_OK
     b = manifest["backbone"]
-    echo(f"release   {name}{'  (latest)' if registry.latest() == name else ''}")
+    named = [a for a, r in registry.aliases().items() if r == name]
+    echo(
+        f"release   {name}{'  (latest)' if registry.latest() == name else ''}"
+        + (f"  aliases: {', '.join(named)}" if named else "")
+    )
     echo(f"parent    {manifest.get('parent') or '-'}")
     echo(f"created   {manifest.get('created_at')}")
     echo(
@@ -384,6 +392,8 @@ def cmd_push(args: argparse.Namespace) -> int:
         )
     for release, commit in result.pushed.items():
         echo(f"{release}: pushed to {result.repo_id} (commit {commit[:12]}, tag {release})")
+    for alias, before in result.aliases.items():
+        echo(f"{alias}: tag on {result.repo_id} now names {result.release} (was {before or '-'})")
     for note in result.notes:
         echo(f"note: {note}")
     return EXIT_OK
@@ -512,6 +522,36 @@ def cmd_retire(args: argparse.Namespace) -> int:
         f"{', '.join(manifest['retired_intents'])}"
     )
     echo(f"  written to {Path(args.registry) / release}; {manifest['parent']} is unchanged")
+    return EXIT_OK
+
+
+def cmd_alias(args: argparse.Namespace) -> int:
+    from intent_ci.registry import Registry
+
+    if args.alias_command == "list":
+        registry = Registry(args.registry)
+        if not registry.exists():
+            raise IntentCIError(f"no registry at {args.registry}; create one with `intent-ci init`")
+        aliases = registry.aliases()
+        if args.json:
+            echo(json.dumps(aliases, indent=2))
+        elif not aliases:
+            echo(f"{args.registry}: no aliases (LATEST is {registry.latest() or '-'})")
+        else:
+            for alias, release in aliases.items():
+                echo(f"{alias:<24} {release}")
+        return EXIT_OK
+    registry = _writable_registry(args)
+    if args.alias_command == "set":
+        previous = registry.set_alias(args.name, args.release)
+        release = registry.aliases()[args.name]
+        if previous == release:
+            echo(f"{args.name} already points to {release}; nothing changed")
+        else:
+            echo(f"{args.name}: {previous or '-'} -> {release} (logged in HISTORY.jsonl)")
+    else:
+        previous = registry.delete_alias(args.name)
+        echo(f"{args.name}: deleted (pointed to {previous}; no release deleted)")
     return EXIT_OK
 
 
@@ -701,6 +741,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_retire)
 
     p = sub.add_parser(
+        "alias",
+        help="named pointers to releases (e.g. production): set, list, delete",
+        description="Aliases name releases (production -> v3). Only `alias set` and `alias delete` "
+        "move them; releases and `rollback` move LATEST. Every move is logged in HISTORY.jsonl.",
+    )
+    alias_sub = p.add_subparsers(dest="alias_command", required=True, metavar="ACTION")
+    q = alias_sub.add_parser("set", help="point an alias at a release (creates or moves it)")
+    q.add_argument("name", help="alias, e.g. production (not latest, not a release id like v3)")
+    q.add_argument("release", help="release id, latest or another alias; its release id is stored")
+    registry_arg(q, writes=True)
+    q = alias_sub.add_parser("list", help="print every alias and its release")
+    q.add_argument("--json", action="store_true", help="print JSON (alias -> release)")
+    registry_arg(q)
+    q = alias_sub.add_parser("delete", help="remove an alias (the release is kept)")
+    q.add_argument("name", help="the alias to remove")
+    registry_arg(q, writes=True)
+    p.set_defaults(func=cmd_alias)
+
+    p = sub.add_parser(
         "quickstart", help="offline demo: base release from data/, add an intent, print accuracies"
     )
     p.add_argument(
@@ -741,6 +800,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _check_release_args(args)
         return args.func(args)
+    except LatestMovedError as err:
+        sys.stderr.write(f"intent-ci: error: {err}\n")
+        return EXIT_FAILED
     except IntentCIError as err:
         sys.stderr.write(f"intent-ci: error: {err}\n")
         return EXIT_ERROR

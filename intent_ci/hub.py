@@ -11,6 +11,7 @@ One Hub model repo holds a whole release line::
     releases/v1/replay.json
     releases/v2/...
     tags  v1 -> the commit that added releases/v1/, v2 -> ...   (created once, never moved)
+          production -> the commit of the release the local alias names (moved by push)
 
 **A folder per release on `main`, plus a tag per release.** Each push adds one folder in one
 commit and tags that commit with the release id. The repo page then shows the whole line and one
@@ -30,6 +31,13 @@ training utterances) and uploads a manifest that records the omission under ``om
 with the omitted file's sha256. A ``--gate-report`` (the ``report.json`` of ``intent-ci check``)
 contributes only its ``verdict``, ``candidate`` and ``baseline`` fields to the card; a report
 whose verdict is ``fail`` stops the push, because the newest tag is what ``latest`` pulls.
+
+**Aliases** (``intent-ci alias set production v3``) travel as tags too: push of a release
+writes every local alias that names it as a tag on the release's commit, moving a tag of that
+name that named another release (delete, then create: Hub tags cannot be moved in place). Only
+aliases that name the pushed release are written, so a push never moves an alias the Hub
+holds for a release this push is not about. Pull ignores alias tags (``latest`` is the
+highest ``vN`` tag).
 
 **Pull** (`pull_release`) resolves ``latest`` to the highest ``vN`` tag (no pointer file to
 keep in step with the tags), walks the parents until it reaches a release the local registry
@@ -555,6 +563,8 @@ class PushResult:
     """release -> commit id of the commit that added it (and that its tag points to)."""
     present: dict[str, str] = field(default_factory=dict)
     """release -> commit id of the existing tag, for releases already on the Hub."""
+    aliases: dict[str, str | None] = field(default_factory=dict)
+    """alias -> the release its tag named before (None if new), for alias tags written."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -567,9 +577,12 @@ def push_release(
 ) -> PushResult:
     """Upload `release` (and any ancestors the Hub lacks) to ``config.repo_id``.
 
+    Every local alias that names the release is written as a tag on the release's commit
+    (moved if it named another commit), also when the release itself was already there.
+
     Args:
         registry: the local registry holding the release.
-        release: release id or ``latest``.
+        release: release id, alias or ``latest``.
         config: repo, endpoint, token variable, visibility, replay choice.
         gate_report: ``intent-ci check``'s report.json, shown on the card.
 
@@ -617,6 +630,7 @@ def push_release(
             child, current = manifest, manifest.get("parent")
 
         if not todo:
+            _write_alias_tags(hub, registry, name, result.present[name], result)
             return result
         card = None
         if head is not None:
@@ -639,7 +653,35 @@ def push_release(
                     gate if current == name else None,
                 )
             result.pushed[current] = head
+    _write_alias_tags(hub, registry, name, result.pushed[name], result)
     return result
+
+
+def _write_alias_tags(
+    hub: _Hub, registry: Registry, release: str, commit: str, result: PushResult
+) -> None:
+    """Tag `commit` with every local alias that names `release`; move tags that named another."""
+    aliases = [alias for alias, target in registry.aliases().items() if target == release]
+    if not aliases:
+        return
+    with hub.remote("list tags"):
+        refs = hub.api.list_repo_refs(hub.repo_id)
+    current = {t.name: t.target_commit for t in refs.tags}
+    by_commit = {c: t for t, c in current.items() if RELEASE_ID.match(t)}
+    for alias in aliases:
+        if current.get(alias) == commit:
+            continue
+        if alias in current:
+            with hub.remote(f"move tag {alias}"):
+                hub.api.delete_tag(hub.repo_id, tag=alias)
+        with hub.remote(f"tag {alias}"):
+            hub.api.create_tag(
+                hub.repo_id,
+                tag=alias,
+                revision=commit,
+                tag_message=f"intent-ci alias {alias} -> {release}",
+            )
+        result.aliases[alias] = by_commit.get(current[alias]) if alias in current else None
 
 
 def _check_remote(

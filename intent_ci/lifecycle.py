@@ -306,6 +306,7 @@ def retire_intents(
     Raises:
         IntentCIError: for invalid intent or release names (before any file is read), intents
             the parent does not have, retiring every intent, or a parent that fails its checks.
+        LatestMovedError: when another run moved ``LATEST`` meanwhile (the release is written).
     """
     if isinstance(intents, str) or not intents:
         raise IntentCIError("retire needs at least one intent name")
@@ -321,6 +322,8 @@ def retire_intents(
     if parent != "latest":
         check_release_name(parent)
     name = registry.resolve(parent)
+    # As in add-intent: LATEST moves only if no other run moved it since this one read it.
+    expect_latest = name if parent == "latest" else registry.latest_or_none()
     manifest = verify_release(registry, name)
     labels = manifest["intents"]
     unknown = [i for i in intents if i not in labels]
@@ -366,6 +369,6 @@ def retire_intents(
         write_staged(path, lambda: save_file(head, str(path)))
         write_staged_json(staging / LABELS, {"intents": keep}, indent=1)
         write_staged(staging / REPLAY_FILE, lambda: write_memory(replay, staging / REPLAY_FILE))
-        release = registry.commit(staging, new_manifest)
+        release = registry.commit(staging, new_manifest, expect_latest=expect_latest)
     logger.info("wrote release %s: %s without %s", release, name, ", ".join(intents))
     return release

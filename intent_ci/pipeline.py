@@ -30,7 +30,7 @@ from intent_ci.data import (
     check_new_intents,
     read_examples,
 )
-from intent_ci.errors import IntentCIError
+from intent_ci.errors import IntentCIError, LatestMovedError
 from intent_ci.evaluation import score
 from intent_ci.modeling import (
     Backbone,
@@ -198,9 +198,19 @@ def _write_release(
     config: ReleaseConfig,
     backbone: Backbone,
     metrics: dict[str, Any],
+    expect_latest: str | None,
 ) -> str:
-    """Main process stages and commits the release; every rank gets its id back."""
-    release: list[str | None] = [None]
+    """Main process stages and commits the release; every rank gets its id back.
+
+    Args:
+        expect_latest: ``LATEST`` when the job started; see `Registry.commit`.
+
+    Raises:
+        LatestMovedError: on every rank, when another run moved ``LATEST`` meanwhile (the
+            release is written, ``LATEST`` stays).
+    """
+    # [release id, LATEST (when it did not move), why it did not move]
+    release: list[str | None] = [None, None, None]
     accelerator.wait_for_everyone()
     # Under FSDP every rank holds a shard of each weight: all ranks gather them here, and the
     # main process writes them (None for DDP and single-process runs, whose models are whole).
@@ -233,14 +243,19 @@ def _write_release(
             },
             "versions": library_versions(),
         }
-        with registry.stage() as staging:
-            save_model_files(model, labels, replay, staging, state)
-            release[0] = registry.commit(staging, manifest)
-        logger.info("wrote release %s to %s", release[0], registry.root)
+        try:
+            with registry.stage() as staging:
+                save_model_files(model, labels, replay, staging, state)
+                release[0] = registry.commit(staging, manifest, expect_latest=expect_latest)
+            logger.info("wrote release %s to %s", release[0], registry.root)
+        except LatestMovedError as err:
+            release[:] = [err.release, err.latest, str(err)]
     if accelerator.num_processes > 1:
         broadcast_object_list(release, from_process=0)
     if release[0] is None:
         raise IntentCIError("the main process did not report a release id")
+    if release[2] is not None:
+        raise LatestMovedError(release[0], release[1], release[2])
     return release[0]
 
 
@@ -258,6 +273,7 @@ def init_release(
     """
     config = config or ReleaseConfig()
     registry = _registry(registry)
+    expect_latest = registry.latest_or_none()
     if registry.releases():
         raise IntentCIError(
             f"registry {registry.root} already has releases ({', '.join(registry.releases())}); "
@@ -333,6 +349,7 @@ def init_release(
         config=config,
         backbone=backbone,
         metrics=metrics,
+        expect_latest=expect_latest,
     )
 
 
@@ -373,11 +390,21 @@ def add_intents(
     the old rows copied exactly, and training mixes the new examples with the parent's replay
     memory under cross-entropy plus distillation from the frozen parent.
 
+    ``LATEST`` moves to the new release only if it still points where it did when the run
+    started; otherwise the release is written and `LatestMovedError` says which run moved it.
+
     Raises:
         IntentCIError: for bad data, an intent the parent already has, or a bad config,
             all before any training.
+        LatestMovedError: when another run moved ``LATEST`` while this one trained.
     """
     registry = _registry(registry)
+    # LATEST as this run found it: the commit moves LATEST only if no other run moved it since
+    # (no lost updates). `latest` is read once, so the parent and this check agree.
+    if parent == "latest":
+        parent = expect_latest = registry.resolve("latest")
+    else:
+        expect_latest = registry.latest_or_none()
     parent_release = load_release(registry, parent)
     config = resolve_add_config(parent_release.config, overrides, overrides_source)
     if config.replay.enabled and REPLAY_FILE not in parent_release.manifest["files"]:
@@ -538,4 +565,5 @@ def add_intents(
         config=config,
         backbone=backbone,
         metrics=metrics,
+        expect_latest=expect_latest,
     )

@@ -4,7 +4,8 @@ Layout::
 
     adapters/
       LATEST                  # text: the release `latest` points to
-      HISTORY.jsonl           # append-only log of every move of LATEST (release, rollback)
+      ALIASES.json            # named pointers set by hand: {"production": "v3", ...}
+      HISTORY.jsonl           # append-only log of every move of LATEST and of every alias
       .last-release           # high-water mark: the highest id ever handed out
       .lock                   # the file lock that serialises commits and LATEST moves
       v1/  manifest.json  labels.json  adapter_model.safetensors  adapter_config.json
@@ -25,6 +26,14 @@ Guarantees, and how they are kept:
   commit, so they commit one after the other, get distinct ids, and ``LATEST`` ends on the one
   that committed last. A run waits for the lock at most ``RegistryConfig.lock_timeout_s``
   seconds and then stops with an error; its staging folder is removed and nothing is committed.
+* **No lost updates.** A run remembers ``LATEST`` when it starts. If another run moved
+  ``LATEST`` before this one commits, its release is still written but ``LATEST`` stays where
+  the other run put it, and :class:`~intent_ci.errors.LatestMovedError` names that release: two
+  runs from one parent can never both succeed while ``LATEST`` lacks one's intents.
+* **Aliases.** ``ALIASES.json`` maps names such as ``production`` to release ids. Only
+  ``alias set`` / ``alias delete`` move them (atomic replace under the lock, logged); releases,
+  ``rollback`` and ``pull`` move ``LATEST`` only. `Registry.resolve` accepts an alias wherever
+  a release is taken.
 * **Verification.** :meth:`Registry.integrity_problems` re-hashes files against the manifest;
   :meth:`Registry.lineage_problems` checks parents, cycles, label-map growth and backbone
   consistency from the manifests alone. Names (CLI arguments, the manifest's ``parent``, the
@@ -53,12 +62,13 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from intent_ci.config import NAME_PATTERN, RegistryConfig
-from intent_ci.errors import IntentCIError, ReleaseVerificationError
+from intent_ci.errors import IntentCIError, LatestMovedError, ReleaseVerificationError
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 LATEST = "LATEST"
+ALIASES = "ALIASES.json"
 HISTORY = "HISTORY.jsonl"
 HIGH_WATER = ".last-release"
 LOCK = ".lock"
@@ -70,10 +80,15 @@ WINDOWS_DEVICES = {"con", "prn", "aux", "nul"} | {
 }
 RESERVED = {"latest", "staging", "lock", "history", "manifest"} | WINDOWS_DEVICES
 """Names that are never release names: pointers, registry files and Windows device names."""
+ALIAS_RESERVED = RESERVED | {"main", "aliases"}
+"""Never alias names either: ``main`` is the Hub branch that alias tags would clash with."""
 MANIFEST_FORMAT = 1
 LOCK_TIMEOUT_S = RegistryConfig().lock_timeout_s
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MAX_POINTER_BYTES = 256
+_MAX_ALIASES_BYTES = 1 << 20
+_ANY_LATEST = object()
+"""`Registry.commit`'s default ``expect_latest``: move ``LATEST`` whatever it points to."""
 
 CRASH_AFTER_ENV = "INTENT_CI_TEST_CRASH_AFTER"
 """Crash-injection test hook: with this variable set to N, a process SIGKILLs itself at the
@@ -156,6 +171,30 @@ def check_release_name(name: Any, where: str = "") -> str:
     return name
 
 
+def check_alias_name(name: Any, where: str = "") -> str:
+    """Alias names follow the release-name rule, and can never be taken for a release id.
+
+    Args:
+        name: the alias (from the command line or ``ALIASES.json``).
+        where: prefix naming where the name came from.
+
+    Raises:
+        IntentCIError: for a bad name, a reserved word (``latest``, ...) or a name of the form
+            ``vN``, which would shadow a release id.
+    """
+    if isinstance(name, str) and re.match(r"^v[0-9]+$", name):
+        raise IntentCIError(
+            f"{where}alias {name!r} looks like a release id (v1, v2, …) and would shadow one; "
+            "choose a name such as production or staging-eu"
+        )
+    if not isinstance(name, str) or not NAME_PATTERN.match(name) or name in ALIAS_RESERVED:
+        raise IntentCIError(
+            f"{where}invalid alias {name!r}; expected e.g. production (lowercase letters, digits, "
+            f"'_' or '-', at most 64 characters, not a reserved word: {', '.join(sorted(ALIAS_RESERVED - WINDOWS_DEVICES))})"
+        )
+    return name
+
+
 def _pid_alive(entry_name: str, prefix: str) -> bool:
     pid = entry_name[len(prefix) :].split("-", 1)[0]
     return pid.isdigit() and _alive(int(pid))
@@ -223,13 +262,51 @@ class Registry:
             )
         return name
 
-    def resolve(self, ref: str) -> str:
-        """Turn ``latest`` or a release name into an existing release name.
-
-        The name is checked before the registry folder is looked at.
+    def aliases(self) -> dict[str, str]:
+        """The aliases in ``ALIASES.json`` (alias -> release id), sorted by name; {} if none.
 
         Raises:
-            IntentCIError: for an invalid name, an empty registry or a missing release.
+            ReleaseVerificationError: if the file is a link, not a JSON object of valid alias
+                names to release ids, or too large.
+        """
+        path = self.root / ALIASES
+        if path.is_symlink():
+            raise ReleaseVerificationError(
+                f"{path}: is a symbolic link; {ALIASES} must be a regular file inside the registry"
+            )
+        if not path.is_file():
+            return {}
+        with path.open("rb") as handle:
+            raw = handle.read(_MAX_ALIASES_BYTES + 1)
+        try:
+            data = json.loads(raw.decode("utf-8")) if len(raw) <= _MAX_ALIASES_BYTES else None
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            data = None
+        if not isinstance(data, dict):
+            raise ReleaseVerificationError(
+                f"{path}: expected a JSON object of aliases to release ids, e.g. "
+                '{"production": "v3"}; repair it with `intent-ci alias set` / `alias delete`'
+            )
+        for alias, release in data.items():
+            try:
+                check_alias_name(alias, f"{path}: ")
+                if not isinstance(release, str) or not RELEASE_ID.match(release):
+                    raise IntentCIError(
+                        f"{path}: alias {alias!r} points to {release!r}; expected a release id such as v3"
+                    )
+            except IntentCIError as err:
+                raise ReleaseVerificationError(str(err)) from None
+        return dict(sorted(data.items()))
+
+    def resolve(self, ref: str) -> str:
+        """Turn ``latest``, an alias or a release name into an existing release name.
+
+        The name is checked before the registry folder is looked at. An alias is resolved
+        through ``ALIASES.json``; a name of the form ``vN`` is always a release id.
+
+        Raises:
+            IntentCIError: for an invalid name, an empty registry, a missing release or an
+                alias that points to a release that is not there.
         """
         if ref != "latest":
             check_release_name(ref)
@@ -244,11 +321,25 @@ class Registry:
                     f"registry {self.root} has no releases yet; run `intent-ci init` first"
                 )
             return latest
-        if ref not in self.releases():
-            raise IntentCIError(
-                f"unknown release {ref!r} in {self.root}; releases: {', '.join(self.releases()) or 'none'}"
-            )
-        return ref
+        releases = self.releases()
+        if RELEASE_ID.match(ref):
+            if ref not in releases:
+                raise IntentCIError(
+                    f"unknown release {ref!r} in {self.root}; releases: {', '.join(releases) or 'none'}"
+                )
+            return ref
+        aliases = self.aliases()
+        if ref in aliases:
+            if aliases[ref] not in releases:
+                raise ReleaseVerificationError(
+                    f"{self.root / ALIASES}: alias {ref!r} points to {aliases[ref]!r}, which is not a "
+                    f"complete release in {self.root}; move it with `intent-ci alias set {ref} RELEASE`"
+                )
+            return aliases[ref]
+        raise IntentCIError(
+            f"unknown release or alias {ref!r} in {self.root}; releases: {', '.join(releases) or 'none'}"
+            f"; aliases: {', '.join(aliases) or 'none'}"
+        )
 
     def path(self, release: str) -> Path:
         return self.root / check_release_name(release)
@@ -384,7 +475,7 @@ class Registry:
         return problems
 
     def registry_problems(self) -> list[str]:
-        """Problems of the registry as a whole: ``LATEST``, stray or linked ``vN`` entries."""
+        """Problems of the registry as a whole: ``LATEST``, aliases, stray or linked ``vN`` entries."""
         problems = []
         try:
             self.latest()
@@ -393,6 +484,15 @@ class Registry:
         if not self.root.is_dir():
             return problems
         complete = set(self.releases())
+        try:
+            for alias, release in self.aliases().items():
+                if release not in complete:
+                    problems.append(
+                        f"{self.root / ALIASES}: alias {alias!r} points to {release!r}, which is not "
+                        f"a complete release; move it with `intent-ci alias set {alias} RELEASE`"
+                    )
+        except IntentCIError as err:
+            problems.append(str(err))
         for entry in sorted(self.root.iterdir()):
             if not RELEASE_ID.match(entry.name) or entry.name in complete:
                 continue
@@ -498,13 +598,24 @@ class Registry:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
 
-    def commit(self, staging: Path, manifest: dict[str, Any]) -> str:
+    def commit(
+        self, staging: Path, manifest: dict[str, Any], *, expect_latest: Any = _ANY_LATEST
+    ) -> str:
         """Allocate the next id, write the manifest last, rename into place, move `latest`.
 
         Everything that needs disk space (high-water mark, manifest, the new ``LATEST``) is
         written and fsynced before the rename, so once the release is visible only renames remain.
 
+        Args:
+            staging: the staging folder holding the release's files.
+            manifest: the manifest without ``format``, ``release`` and ``files`` (added here).
+            expect_latest: what ``LATEST`` pointed to when the run started (a release id, or
+                None for an empty registry). If another run has moved ``LATEST`` since, the
+                release is still written but ``LATEST`` does not move, and `LatestMovedError`
+                is raised. Left out, ``LATEST`` moves whatever it points to.
+
         Raises:
+            LatestMovedError: when ``LATEST`` moved since `expect_latest` (the release exists).
             IntentCIError: if the lock cannot be taken in time or a write fails.
         """
         for file in sorted(staging.iterdir()):
@@ -522,6 +633,7 @@ class Registry:
             }
             release = f"v{max(max(taken, default=0), self._high_water()) + 1}"
             previous = self.latest_or_none()
+            move = expect_latest is _ANY_LATEST or previous == expect_latest
             self._write_small(self.root / HIGH_WATER, release + "\n")
             final = dict(manifest, format=MANIFEST_FORMAT, release=release, files=files)
             final.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -534,12 +646,13 @@ class Registry:
             crash_point("manifest fsynced")
             _fsync_dir(staging)
             crash_point("staging folder fsynced")
-            pointer_tmp = self._prepare_small(LATEST, release + "\n")
+            pointer_tmp = self._prepare_small(LATEST, release + "\n") if move else None
             os.rename(staging, self.root / release)
             crash_point("release renamed into place")
             # From here on the release exists: a failure must not claim that nothing was committed.
             try:
-                self._replace_small(pointer_tmp, self.root / LATEST)
+                if pointer_tmp is not None:
+                    self._replace_small(pointer_tmp, self.root / LATEST)
                 _fsync_dir(self.root)
                 crash_point("registry folder fsynced")
             except OSError as err:
@@ -550,15 +663,43 @@ class Registry:
                 ) from None
             self._log_history(
                 {
-                    "event": "release",
+                    "event": "release" if move else "release_not_latest",
                     "release": release,
                     "parent": final.get("parent"),
-                    "latest": release,
+                    "latest": release if move else previous,
                     "previous_latest": previous,
                 }
             )
         crash_point("lock released")
+        if not move:
+            raise LatestMovedError(
+                release, previous, self._moved_message(release, final, expect_latest, previous)
+            )
         return release
+
+    def _moved_message(
+        self, release: str, manifest: dict[str, Any], expected: str | None, latest: str | None
+    ) -> str:
+        """Why `release` did not become latest, and what to do (see `LatestMovedError`)."""
+        started = f"LATEST was {expected}" if expected else "the registry had no release"
+        now = latest or "nothing"
+        missing: list[str] = []
+        if latest is not None:
+            with contextlib.suppress(IntentCIError):
+                ours = set(manifest.get("intents") or [])
+                missing = [i for i in self.manifest(latest)["intents"] if i not in ours]
+        lacks = (
+            f" and lacks {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}"
+            if missing
+            else ""
+        )
+        return (
+            f"{release} was written (parent {manifest.get('parent') or '-'}), but LATEST did not move "
+            f"to it: {started} when this run started, and another run has since moved it to {now}"
+            f"{lacks}. LATEST stays at {now}, so no run's intents are lost. Add this run's intents on "
+            f"top of {now} (`intent-ci add-intent --from {now} ...`), or, to ship {release} as it "
+            f"is, `intent-ci rollback {release}`"
+        )
 
     def adopt(self, folder: Path, *, latest: bool = False) -> bool:
         """Move a complete release made elsewhere (e.g. pulled from the Hub) in under its own id.
@@ -649,6 +790,76 @@ class Registry:
             self._log_history({"event": event, "latest": release, "previous_latest": previous})
         crash_point("lock released")
         return previous
+
+    def set_alias(self, alias: str, ref: str) -> str | None:
+        """Point `alias` at a release (``ALIASES.json`` by atomic replace, under the lock; logged).
+
+        Args:
+            alias: the alias name, e.g. ``production``.
+            ref: a release id, ``latest`` or another alias; the release id it resolves to now
+                is stored, so the alias does not follow later moves of ``LATEST``.
+
+        Returns:
+            The release the alias pointed to before, or None if it is new.
+
+        Raises:
+            IntentCIError: for a bad alias name, an unknown release, a damaged ``ALIASES.json``
+                or a lock timeout.
+        """
+        check_alias_name(alias)
+        release = self.resolve(ref)
+        self.clean_stale_staging()
+        with self.locked():
+            aliases = self.aliases()
+            previous = aliases.get(alias)
+            if previous != release:
+                aliases[alias] = release
+                self._write_aliases(aliases)
+                self._log_history(
+                    {"event": "alias_set", "alias": alias, "release": release, "previous": previous}
+                )
+        crash_point("lock released")
+        return previous
+
+    def delete_alias(self, alias: str) -> str:
+        """Remove `alias` (atomic replace under the lock; logged). Releases are untouched.
+
+        Returns:
+            The release the alias pointed to.
+
+        Raises:
+            IntentCIError: for a bad or unknown alias, or a lock timeout.
+        """
+        check_alias_name(alias)
+        if not self.root.is_dir():
+            raise IntentCIError(f"no registry at {self.root}")
+        self.clean_stale_staging()
+        with self.locked():
+            aliases = self.aliases()
+            if alias not in aliases:
+                raise IntentCIError(
+                    f"unknown alias {alias!r} in {self.root}; aliases: {', '.join(aliases) or 'none'}"
+                )
+            previous = aliases.pop(alias)
+            self._write_aliases(aliases)
+            self._log_history(
+                {"event": "alias_delete", "alias": alias, "release": None, "previous": previous}
+            )
+        crash_point("lock released")
+        return previous
+
+    def _write_aliases(self, aliases: dict[str, str]) -> None:
+        """Replace ``ALIASES.json`` atomically (caller holds the lock)."""
+        try:
+            self._write_small(
+                self.root / ALIASES, json.dumps(aliases, indent=2, sort_keys=True) + "\n"
+            )
+            _fsync_dir(self.root)
+        except OSError as err:
+            raise IntentCIError(
+                f"{self.root / ALIASES}: could not write the aliases ({describe_os_error(err)}); "
+                "they are unchanged"
+            ) from None
 
     def latest_or_none(self) -> str | None:
         """Like `latest`, but None when ``LATEST`` is missing or damaged (rollback repairs it)."""

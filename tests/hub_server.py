@@ -11,6 +11,7 @@ pushes and pulls, with the request and response shapes that client expects (read
 ``POST /api/models/{repo}/preupload/{rev}``           ``create_commit`` (upload modes)
 ``POST /api/models/{repo}/commit/{rev}``              ``create_commit`` (NDJSON payload)
 ``POST /api/models/{repo}/tag/{rev}``                 ``HfApi.create_tag``
+``DELETE /api/models/{repo}/tag/{tag}``               ``HfApi.delete_tag``
 ``HEAD|GET /{repo}/resolve/{rev}/{path}``             ``hf_hub_download``
 ====================================================  =================================
 
@@ -47,6 +48,7 @@ ROUTES = [
     ("POST", re.compile(rf"^/api/models/{REPO}/preupload/(?P<rev>[^/]+)$"), "preupload"),
     ("POST", re.compile(rf"^/api/models/{REPO}/commit/(?P<rev>[^/]+)$"), "commit"),
     ("POST", re.compile(rf"^/api/models/{REPO}/tag/(?P<rev>[^/]+)$"), "tag"),
+    ("DELETE", re.compile(rf"^/api/models/{REPO}/tag/(?P<tag>[^/]+)$"), "delete_tag"),
     ("HEAD", re.compile(rf"^/{REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"), "resolve"),
     ("GET", re.compile(rf"^/{REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"), "resolve"),
 ]
@@ -318,6 +320,15 @@ class StandInHub:
         if tag in repo.tags or tag in repo.branches:
             raise HubError(409, f"Tag {tag} already exists")
         repo.tags[tag] = oid
+        return 200, {}, b"{}"
+
+    def _delete_tag(self, groups, auth, body, method):
+        self._can_write(auth)
+        repo = self._repo(groups["repo"], auth)
+        tag = unquote(groups["tag"])
+        if tag not in repo.tags:
+            raise HubError(404, f"Tag {tag} not found", code="RevisionNotFound")
+        del repo.tags[tag]
         return 200, {}, b"{}"
 
     def _resolve(self, groups, auth, body, method):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 import random
 import re
@@ -167,7 +166,8 @@ def test_sigkill_at_every_write_step_never_leaves_a_partial_release(pending_add,
     watch = Watch(root, capsys)
 
     def add():
-        pipeline._write_release(registry, **recorded)
+        # A replayed write starts from the LATEST the previous replays left (no lost update).
+        pipeline._write_release(registry, **{**recorded, "expect_latest": registry.latest()})
 
     def retire():
         retire_intents(["card_lost"], registry, "v2")
@@ -243,11 +243,14 @@ def test_sigkill_of_a_cli_add_intent_in_a_fresh_interpreter(tmp_path, trained_re
     assert registry.latest() == registry.releases()[-1]
 
 
-def test_four_writers_at_once_get_distinct_ids(tmp_path, trained_registry):
+def test_four_writers_at_once_get_distinct_ids_and_no_update_is_lost(tmp_path, trained_registry):
     """Policy: concurrent add-intent runs all train, then commit one at a time under the lock.
 
-    The test holds the registry lock until all four have trained and staged their files, so
-    the four commits really contend for it.
+    All four start from v2 while LATEST is v2. The first to commit moves LATEST; the other three
+    find LATEST moved: their releases are written, LATEST stays, and they exit 1 naming the
+    release that holds the other run's intents. So no run exits 0 while LATEST lacks its
+    intents. The test holds the registry lock until all four have trained and staged their
+    files, so the four commits really contend for it.
     """
     root = Path(shutil.copytree(trained_registry, tmp_path / "adapters"))
     config = tmp_path / "one-epoch.yaml"
@@ -259,8 +262,8 @@ def test_four_writers_at_once_get_distinct_ids(tmp_path, trained_registry):
         path.write_text("\n".join(make_utterances("report_damage", 12, seed=i)) + "\n", "utf-8")
         files.append(path)
 
-    def writer(path: Path):
-        argv = ["add-intent", "--data", str(path), "--from", "v2", "--config", str(config)]
+    def writer(path: Path, parent: str = "v2"):
+        argv = ["add-intent", "--data", str(path), "--from", parent, "--config", str(config)]
         return lambda: main([*argv, "--registry", str(root)])
 
     lock = FileLock(str(root / ".lock"))
@@ -280,15 +283,16 @@ def test_four_writers_at_once_get_distinct_ids(tmp_path, trained_registry):
     finally:
         lock.release()
     results = [procs.finish(pid, fd) for pid, fd in children]
-    for result in results:
-        assert result.exit_code == 0, result.output
 
     registry = Registry(root)
     assert registry.releases() == ["v1", "v2", "v3", "v4", "v5", "v6"]
-    reported = sorted(
-        re.search(r"^(v\d+): 6 intents \(\+1\)", r.output, re.M).group(1) for r in results
-    )
-    assert reported == ["v3", "v4", "v5", "v6"]
+    winners = [r for r in results if r.exit_code == 0]
+    refused = [r for r in results if r.exit_code == 1]
+    assert len(winners) == 1 and len(refused) == 3, [(r.exit_code, r.output) for r in results]
+    latest = registry.latest()
+    assert re.search(rf"^{latest}: 6 intents \(\+1\)", winners[0].output, re.M)
+    written = [re.search(r"error: (v\d+) was written \(parent v2\)", r.output) for r in refused]
+    assert sorted([latest] + [m.group(1) for m in written]) == ["v3", "v4", "v5", "v6"]
     added = set()
     for name in ("v3", "v4", "v5", "v6"):
         manifest = registry.manifest(name)
@@ -296,9 +300,25 @@ def test_four_writers_at_once_get_distinct_ids(tmp_path, trained_registry):
         assert manifest["intents"][:5] == [*BASE_INTENTS, "refund_status"]
         added.add(manifest["intents"][5])
     assert added == set(intents)
+    winner_intent = registry.manifest(latest)["intents"][5]
+    for result in refused:
+        assert (
+            f"another run has since moved it to {latest} and lacks {winner_intent}."
+            in result.output
+        )
+        assert f"LATEST stays at {latest}" in result.output
+        assert f"intent-ci add-intent --from {latest}" in result.output
+        assert "Traceback" not in result.output
     assert main(["verify", "--all", "--registry", str(root)]) == 0
     assert not [p for p in root.iterdir() if p.name.startswith((".staging-", ".tmp-"))]
-    events = [e for e in registry.history() if e["event"] == "release"][-4:]
-    assert sorted(e["release"] for e in events) == ["v3", "v4", "v5", "v6"]
-    assert registry.latest() == events[-1]["release"]
-    print(f"\nconcurrent writers: 4, ids {json.dumps(reported)}")
+    events = [e for e in registry.history() if e["event"].startswith("release")][-4:]
+    assert [e["event"] for e in events] == ["release"] + ["release_not_latest"] * 3
+    assert events[0]["release"] == latest and all(e["latest"] == latest for e in events)
+
+    # The refused run adds its intent on top of LATEST as its message says; then LATEST holds both.
+    loser = next(i for i in intents if i != winner_intent)
+    child = procs.run(writer(files[intents.index(loser)], parent="latest"))
+    assert child.exit_code == 0, child.output
+    assert registry.latest() == "v7"
+    assert {winner_intent, loser} <= set(registry.manifest("v7")["intents"])
+    print(f"\nconcurrent writers: 4, LATEST {latest}, refused {len(refused)}")

@@ -555,3 +555,38 @@ def test_cli_push_pull_through_env_and_the_token_never_shows(hub, trained_regist
         for path in dest.rglob("*"):
             if path.is_file():
                 assert token.encode() not in path.read_bytes()
+
+
+# ---- aliases as tags ------------------------------------------------------------------------------
+def test_push_writes_aliases_as_tags_and_moves_them(
+    hub, config, trained_registry, tmp_path, capsys
+):
+    local = Path(shutil.copytree(trained_registry, tmp_path / "adapters"))
+    registry = Registry(local)
+    registry.set_alias("production", "v1")
+    registry.set_alias("canary", "v1")
+
+    first = push_release(local, "production", config)  # an alias is accepted as the release
+    repo = hub.repos[REPO]
+    assert list(first.pushed) == ["v1"] and first.release == "v1"
+    assert first.aliases == {"canary": None, "production": None}
+    assert repo.tags["production"] == repo.tags["canary"] == repo.tags["v1"]
+
+    registry.set_alias("production", "v2")
+    capsys.readouterr()
+    assert main(["push", "v2", "--repo-id", REPO, "--registry", str(local)]) == 0
+    out = capsys.readouterr().out
+    assert "production: tag on acme/support-intents now names v2 (was v1)" in out, out
+    assert repo.tags["production"] == repo.tags["v2"] != repo.tags["v1"]
+    assert repo.tags["canary"] == repo.tags["v1"]  # an alias of another release is left alone
+
+    # A release already on the Hub: only its alias tags move, no commit is made.
+    commits = len(repo.commits)
+    registry.set_alias("canary", "v2")
+    again = push_release(local, "v2", config)
+    assert again.pushed == {} and again.aliases == {"canary": "v1"}
+    assert repo.tags["canary"] == repo.tags["v2"] and len(repo.commits) == commits
+    assert push_release(local, "v2", config).aliases == {}  # nothing left to move
+    # Pull ignores alias tags: latest is still the highest vN tag.
+    assert pull_release(config, "latest", tmp_path / "pulled").release == "v2"
+    assert hub_calls(hub) == []

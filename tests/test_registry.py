@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from intent_ci.cli import main
-from intent_ci.errors import IntentCIError, ReleaseVerificationError
+from intent_ci.errors import IntentCIError, LatestMovedError, ReleaseVerificationError
 from intent_ci.registry import Registry
 from intent_ci.release import load_release
 from tests.conftest import BASE_INTENTS, snapshot
@@ -366,3 +366,61 @@ def test_cli_releases_and_show_print_lineage(trained_registry, capsys):
     )
 
     assert snapshot(trained_registry) == before
+
+
+# ---- no lost updates -------------------------------------------------------------------------
+def test_commit_moves_latest_only_if_no_other_run_moved_it(registry):
+    assert commit_release(registry, b"a") == "v1"
+    started_at = registry.latest()  # two runs start from v1
+    with registry.stage() as staging:
+        (staging / "weights.bin").write_bytes(b"b")
+        first = registry.commit(
+            staging,
+            {"parent": "v1", "intents": ["card_lost", "refund"], "backbone": {}, "config": {}},
+            expect_latest=started_at,
+        )
+    assert (first, registry.latest()) == ("v2", "v2")
+    with pytest.raises(LatestMovedError) as caught, registry.stage() as staging:
+        (staging / "weights.bin").write_bytes(b"c")
+        registry.commit(
+            staging,
+            {"parent": "v1", "intents": ["card_lost", "damage"], "backbone": {}, "config": {}},
+            expect_latest=started_at,
+        )
+    err = caught.value
+    assert (err.release, err.latest) == ("v3", "v2")
+    assert str(err).startswith(
+        "v3 was written (parent v1), but LATEST did not move to it: LATEST was v1 when this run "
+        "started, and another run has since moved it to v2 and lacks refund. LATEST stays at v2"
+    )
+    assert registry.releases() == ["v1", "v2", "v3"] and registry.latest() == "v2"
+    assert registry.history()[-1] == {
+        **registry.history()[-1],
+        "event": "release_not_latest",
+        "release": "v3",
+        "latest": "v2",
+    }
+    # Without expect_latest (adopting, tests), LATEST moves as before.
+    assert commit_release(registry, b"d") == "v4" and registry.latest() == "v4"
+
+
+def test_cli_exit_1_when_latest_moved_during_add_intent(trained, data_dir, capsys, monkeypatch):
+    """A run that finds LATEST moved exits 1 (the release is written), not 2 and not 0."""
+    from intent_ci import pipeline
+
+    write = pipeline._write_release
+
+    def another_run_commits_first(registry, accelerator, **kwargs):
+        Registry(registry.root).move_latest("v1", "rollback")  # a real move by "another run"
+        return write(registry, accelerator, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_write_release", another_run_commits_first)
+    code = main(
+        ["add-intent", "--data", str(data_dir / "new" / "report_damage.txt"),
+         "--registry", str(trained)]
+    )  # fmt: skip
+    err = capsys.readouterr().err.splitlines()[-1]  # after the progress bars
+    assert code == 1, err
+    assert err.startswith("intent-ci: error: v3 was written (parent v2), but LATEST did not move")
+    assert "moved it to v1" in err
+    assert Registry(trained).latest() == "v1" and "v3" in Registry(trained).releases()
