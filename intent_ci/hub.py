@@ -299,6 +299,14 @@ class _Hub:
                 f"{where}: unexpected answer from {self.endpoint} ({type(err).__name__}: "
                 f"{self.scrub(err)}); check that HF_ENDPOINT points to a Hugging Face Hub"
             ) from None
+        except RuntimeError as err:
+            # huggingface_hub wraps a failed LFS upload (storage PUT or verify) in a RuntimeError
+            # ("Error while uploading ... to the Hub") whose cause is the real error.
+            cause = err.__cause__
+            if cause is None or isinstance(cause, RuntimeError):
+                raise
+            with self.remote(action):
+                raise cause from None
         except Exception as err:
             if type(err).__module__.split(".")[0] in ("httpx", "httpx2"):
                 raise IntentCIError(

@@ -42,8 +42,15 @@ from intent_ci.modeling import (
     load_backbone,
     widen_head,
 )
+from intent_ci.preflight import estimate_release_bytes, preflight
 from intent_ci.registry import Registry
-from intent_ci.release import full_state_dict, library_versions, load_release, save_model_files
+from intent_ci.release import (
+    adapter_config_of,
+    full_state_dict,
+    library_versions,
+    load_release,
+    save_model_files,
+)
 from intent_ci.replay import (
     REPLAY_FILE,
     draw_replay,
@@ -155,6 +162,37 @@ def _feature_pass(
     return features
 
 
+def _preflight(
+    registry: Registry,
+    accelerator: Accelerator,
+    model: IntentModel,
+    config: ReleaseConfig,
+    backbone: Backbone,
+    **estimate: Any,
+) -> None:
+    """`intent_ci.preflight.preflight` on the main process; its verdict reaches every rank.
+
+    Raises:
+        IntentCIError: on every rank, if a check fails (nothing trained or written).
+    """
+    problem: list[str | None] = [None]
+    if accelerator.is_main_process:
+        try:
+            preflight(
+                registry,
+                adapter_config=adapter_config_of(model.encoder),
+                model_config=config.model,
+                model_type=backbone.encoder.config.model_type,
+                release_bytes=estimate_release_bytes(model, **estimate),
+            )
+        except IntentCIError as err:
+            problem[0] = str(err)
+    if accelerator.num_processes > 1:
+        broadcast_object_list(problem, from_process=0)
+    if problem[0] is not None:
+        raise IntentCIError(problem[0])
+
+
 def _evaluate(
     model: IntentModel,
     labels: list[str],
@@ -245,7 +283,15 @@ def _write_release(
         }
         try:
             with registry.stage() as staging:
-                save_model_files(model, labels, replay, staging, state)
+                save_model_files(
+                    model,
+                    labels,
+                    replay,
+                    staging,
+                    state,
+                    model_config=config.model,
+                    model_type=backbone.encoder.config.model_type,
+                )
                 release[0] = registry.commit(staging, manifest, expect_latest=expect_latest)
             logger.info("wrote release %s to %s", release[0], registry.root)
         except LatestMovedError as err:
@@ -303,9 +349,19 @@ def init_release(
         config.model, backbone.encoder.config.hidden_size, len(labels), backbone.pooling
     )
     model = IntentModel(encoder, head, backbone.pooling)
+    texts, intents = train_data.dataset[TEXT], train_data.dataset[INTENT]
+    _preflight(
+        registry,
+        accelerator,
+        model,
+        config,
+        backbone,
+        rows_to_add=0,
+        replay_texts=texts,
+        labels=labels,
+    )
 
     index = {label: i for i, label in enumerate(labels)}
-    texts, intents = train_data.dataset[TEXT], train_data.dataset[INTENT]
     targets = [index[i] for i in intents]
     tokenized = tokenize(backbone.tokenizer, texts, targets, config.model.max_length, accelerator)
 
@@ -432,9 +488,19 @@ def add_intents(
     # The parent's model is the frozen teacher until its soft labels are computed, then the
     # student, trained in place.
     model = parent_release.model.eval()
+    new_texts, new_intents = new_data.dataset[TEXT], new_data.dataset[INTENT]
+    _preflight(
+        registry,
+        accelerator,
+        model,
+        config,
+        backbone,
+        rows_to_add=len(new_labels),
+        replay_texts=[t for ts in parent_release.replay.values() for t in ts] + list(new_texts),
+        labels=labels,
+    )
 
     index = {label: i for i, label in enumerate(labels)}
-    new_texts, new_intents = new_data.dataset[TEXT], new_data.dataset[INTENT]
     new_targets = [index[i] for i in new_intents]
     tokenized_new = tokenize(
         backbone.tokenizer, new_texts, new_targets, config.model.max_length, accelerator

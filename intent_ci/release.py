@@ -133,12 +133,18 @@ def save_model_files(
     replay: dict[str, list[str]],
     folder: Path,
     state: dict[str, torch.Tensor] | None = None,
+    *,
+    model_config: ModelConfig | None = None,
+    model_type: str | None = None,
 ) -> None:
     """Write the adapter, head, labels and replay memory of `model` into `folder`.
 
     Args:
         state: the model's full state dict when its parameters are sharded (see
             :func:`full_state_dict`); None to read the weights from `model` itself.
+        model_config: the release's resolved model config; given, the adapter config is
+            checked against the strict schema loading applies, before anything is written.
+        model_type: the backbone's ``model_type`` (with `model_config`).
 
     Raises:
         IntentCIError: if a write fails (full disk, file size limit), or if peft produced an
@@ -149,17 +155,11 @@ def save_model_files(
         k: v.detach().cpu().contiguous()
         for k, v in get_peft_model_state_dict(model.encoder, state_dict=encoder_state).items()
     }
+    adapter_cfg = adapter_config_of(model.encoder)
+    if model_config is not None:
+        check_adapter_schema(adapter_cfg, model_config, model_type)
     path = folder / ADAPTER_WEIGHTS
     write_staged(path, lambda: save_file(adapter_state, str(path)))
-    peft_config = model.encoder.peft_config["default"]
-    adapter_cfg = _jsonable(peft_config.to_dict())
-    unknown = sorted(k for k in adapter_cfg if k not in _ADAPTER_KEYS)
-    if unknown:
-        raise IntentCIError(
-            f"peft {adapter_cfg.get('peft_version')} writes adapter_config.json key(s) "
-            f"{', '.join(unknown)} that intent-ci's strict adapter schema does not know; add them "
-            "to intent_ci/release.py (_ADAPTER_OFF or _ADAPTER_INFO) after checking what they do"
-        )
     write_staged_json(folder / ADAPTER_CONFIG, adapter_cfg, indent=2, sort_keys=True)
     head_source = _submodule_state(state, "head.") if state is not None else model.head.state_dict()
     head_state = {k: v.detach().cpu().contiguous() for k, v in head_source.items()}
@@ -168,6 +168,22 @@ def save_model_files(
     write_staged_json(folder / LABELS, {"intents": labels}, indent=1)
     path = folder / REPLAY_FILE
     write_staged(path, lambda: write_memory(replay, path))
+
+
+def check_adapter_schema(cfg: dict[str, Any], model: ModelConfig, model_type: Any) -> None:
+    """Refuse an adapter config that loading would refuse (see `adapter_schema_problems`).
+
+    Raises:
+        IntentCIError: naming every problem, the peft version, and what to do.
+    """
+    problems = adapter_schema_problems(cfg, ADAPTER_CONFIG, model, model_type)
+    if problems:
+        raise IntentCIError(
+            f"peft {cfg.get('peft_version')} would write an {ADAPTER_CONFIG} that intent-ci's strict "
+            f"adapter schema refuses: {'; '.join(p.removeprefix(ADAPTER_CONFIG + ': ') for p in problems)}. "
+            "Install the peft version this intent-ci release supports, or extend the schema in "
+            "intent_ci/release.py (_ADAPTER_OFF or _ADAPTER_INFO) after checking what the keys do"
+        )
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -335,6 +351,27 @@ def adapter_config_problems(path: Path, model: ModelConfig, model_type: Any) -> 
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
         return [f"{path}: not valid JSON ({err})"]
+    return adapter_schema_problems(cfg, str(path), model, model_type)
+
+
+def adapter_config_of(encoder: Any) -> dict[str, Any]:
+    """The ``adapter_config.json`` content peft's config of `encoder` (a peft model) gives."""
+    return _jsonable(encoder.peft_config["default"].to_dict())
+
+
+def adapter_schema_problems(cfg: Any, where: str, model: ModelConfig, model_type: Any) -> list[str]:
+    """The checks of `adapter_config_problems` on an adapter config already parsed.
+
+    The one schema check: loading runs it on the file, writing runs it on the config about to
+    be written, and the preflight runs it on the same config before training starts.
+
+    Args:
+        cfg: the parsed adapter config.
+        where: the file (or description) named in every problem.
+        model: the release's resolved model config.
+        model_type: the backbone's ``model_type``.
+    """
+    path = where
     if not isinstance(cfg, dict):
         return [f"{path}: expected a JSON object"]
     problems = []

@@ -957,10 +957,22 @@ def test_full_disk(capsys, trained_registry, data_dir, tmp_path, one_torch_threa
         registry = Path(shutil.copytree(trained_registry, disk / "adapters"))
         stats = os.statvfs(disk)
         free = stats.f_bavail * stats.f_frsize
-        (disk / "filler").write_bytes(b"\0" * (free - 8192))  # 8 KiB left: fails part-way
+        (disk / "filler").write_bytes(b"\0" * (free - 8192))  # 8 KiB left
+        # The preflight sees that the release cannot fit, before training starts.
         refused(
             capsys,
             [*add, "--registry", registry],
+            registry,
+            r"checked before training, nothing was trained or written: "
+            rf"{esc(registry)}: 0.0 MB free on its filesystem, but the release needs about "
+            r"[0-9.]+ MB \([0-9.]+ MB estimated, x1.25 margin\); free some space or choose another "
+            r"--registry$",
+        )
+        # Space that runs out during the write itself (another process filling the disk after
+        # the check) still fails cleanly: retire has no training and writes at once.
+        refused(
+            capsys,
+            ["retire", "card_lost", "--registry", registry],
             registry,
             rf"{esc(registry)}: could not write {files} of the new release \(No space left on "
             r"device\); nothing was committed and the registry is unchanged$",

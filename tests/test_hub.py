@@ -61,6 +61,9 @@ def hub(monkeypatch):
         server.url + "/{repo_id}/resolve/{revision}/{filename}",
     )
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    # With hf_xet installed (a default dependency on x86-64 and arm64), huggingface_hub uploads
+    # through Xet storage, which the stand-in does not implement; the LFS path is tested here.
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     yield server
     server.stop()
@@ -99,6 +102,7 @@ def cli_env(server: StandInHub, token: str, home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
     env.update(
         HF_ENDPOINT=server.url,
+        HF_HUB_DISABLE_XET="1",  # see the `hub` fixture
         HF_TOKEN=token,
         HF_HOME=str(home),
         HF_DEBUG="1",  # huggingface_hub's own debug logging: the token must not show up there either
@@ -131,6 +135,14 @@ def test_push_v2_pushes_v1_first_and_pull_into_empty_registry_predicts_identical
     assert set(files) == {".gitattributes", "README.md"} | {
         p for p in files if p.startswith(("releases/v1/", "releases/v2/"))
     }
+    # The weights took the Hub's LFS path (batch, upload to storage, verify); JSON went regular.
+    weights = {
+        f"releases/{r}/{f}"
+        for r in ("v1", "v2")
+        for f in ("adapter_model.safetensors", "head.safetensors")
+    }
+    assert hub.lfs_files(REPO, "v2") == weights
+    assert hub.lfs_calls == {"batch": 2, "upload": 4, "verify": 4}
 
     dest = tmp_path / "serving" / "adapters"
     pulled = pull_release(config, "v2", dest)
@@ -140,6 +152,7 @@ def test_push_v2_pushes_v1_first_and_pull_into_empty_registry_predicts_identical
         assert release_files(dest, release) == release_files(trained_registry, release)
     assert torch.equal(logits(dest, "v2"), logits(trained_registry, "v2"))
     assert [p.name for p in dest.iterdir() if p.name.startswith(".staging")] == []
+    assert hub.lfs_calls["download"] == 4  # through the storage redirect
 
     # Every download was pinned to a tag's commit id, never to a branch or tag name.
     resolved = [path for method, path in hub.requests if "/resolve/" in path]
@@ -523,6 +536,8 @@ def test_cli_push_pull_through_env_and_the_token_never_shows(hub, trained_regist
     assert "v2: pushed to acme/support-intents" in pushed.stdout
     assert hub.repos[REPO].private
 
+    assert hub.lfs_calls["verify"] == 4 and len(hub.lfs_files(REPO)) == 4
+
     pulled = run_cli("pull", "--repo-id", REPO, "--registry", str(dest), env=env)
     outputs.append(pulled.stdout + pulled.stderr)
     assert pulled.returncode == 0, pulled.stderr
@@ -590,3 +605,18 @@ def test_push_writes_aliases_as_tags_and_moves_them(
     # Pull ignores alias tags: latest is still the highest vN tag.
     assert pull_release(config, "latest", tmp_path / "pulled").release == "v2"
     assert hub_calls(hub) == []
+
+
+def test_an_lfs_upload_that_fails_verification_commits_nothing(
+    hub, config, trained_registry, capsys
+):
+    """Bytes that reach storage damaged fail the LFS verify call: one line, no commit, no tag."""
+    hub.corrupt_uploads = True
+    before = dict(hub.repos[REPO].commits) if REPO in hub.repos else {}
+    with pytest.raises(IntentCIError, match=r"push v1 \(acme/support-intents on .*\): "):
+        push_release(trained_registry, "v1", config)
+    repo = hub.repos[REPO]
+    assert hub.lfs_calls["verify"] >= 1 and repo.tags == {}
+    assert len(repo.commits) == max(len(before), 1)  # only the repo's initial commit
+    hub.corrupt_uploads = False
+    assert list(push_release(trained_registry, "v1", config).pushed) == ["v1"]
