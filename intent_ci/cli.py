@@ -14,6 +14,9 @@ from typing import Any
 
 from intent_ci.errors import IntentCIError, LatestMovedError
 
+_STDOUT = "-"
+"""`eval --json` without a file: print the JSON."""
+RELEASE_HELP = "release id (v3), alias (production) or latest (default: latest)"
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 """0: done; 1: a release failed `verify`, or a release was written but LATEST did not move to it
 (another run moved it first); 2: a user mistake (bad input, usage, unknown release)."""
@@ -238,9 +241,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = read_examples(args.data, release.config.data)
     old = against.intents if against is not None else None
     result = evaluate_release(classifier, data, old_intents=old, against=against)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    # `--json FILE` is the older spelling of `--output FILE`; a bare `--json` prints JSON.
+    out_file = args.output or (args.json if args.json not in (None, _STDOUT) else None)
+    if out_file:
+        Path(out_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_file).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    if args.json == _STDOUT:
+        echo(json.dumps(result, indent=2))
+        return EXIT_OK
     echo(f"{result['release']} on {args.data} ({result['n']} utterances)")
     echo(f"  accuracy       {_fmt(result['accuracy'])}")
     echo(f"  old intents    {_fmt(result.get('old_intents_accuracy'))} (n={result.get('old_n')})")
@@ -259,8 +267,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     echo(f"{'intent':<28} {'acc':>6} {'n':>4}")
     for intent, row in result["per_intent"].items():
         echo(f"{intent:<28} {_fmt(row['accuracy']):>6} {row['n']:>4}")
-    if args.json:
-        echo(f"wrote {args.json}")
+    if out_file:
+        echo(f"wrote {out_file}")
     return EXIT_OK
 
 
@@ -561,8 +569,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="intent-ci",
         description="Add intents to a deployed intent classifier as cheap, reviewable, reversible releases.",
     )
+    from intent_ci import __version__
+
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {__version__}",
+        help="print the version of intent-ci and exit",
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="run `intent-ci COMMAND -h`"
+    )
     from intent_ci.config import RegistryConfig
 
     def registry_arg(p: argparse.ArgumentParser, writes: bool = False) -> None:
@@ -619,7 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_releases)
 
     p = sub.add_parser("show", help="show one release's manifest")
-    p.add_argument("release", help="release name or latest")
+    p.add_argument("release", help="release id, alias or latest")
     p.add_argument("--json", action="store_true", help="print the raw manifest")
     registry_arg(p)
     p.set_defaults(func=cmd_show)
@@ -627,10 +645,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "eval", help="per-intent accuracy, old vs new intents, deltas against another release"
     )
-    p.add_argument("--release", default="latest")
+    p.add_argument("--release", default="latest", help=RELEASE_HELP)
     p.add_argument("--data", required=True, help="labelled test utterances")
-    p.add_argument("--against", help="release to compare with (usually the parent)")
-    p.add_argument("--json", help="write the full result to this JSON file")
+    p.add_argument("--against", help="release or alias to compare with (usually the parent)")
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const=_STDOUT,
+        metavar="FILE",
+        help="print the full result as JSON instead of the table; `--json FILE`, the older "
+        "spelling of --output FILE, writes it to FILE and prints the table",
+    )
+    p.add_argument("--output", metavar="FILE", help="write the full result as JSON to FILE")
     registry_arg(p)
     p.set_defaults(func=cmd_eval)
 
@@ -651,9 +677,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="classify utterances with a release")
     p.add_argument("text", nargs="*", help="utterances to classify")
-    p.add_argument("--release", default="latest")
+    p.add_argument("--release", default="latest", help=RELEASE_HELP)
     p.add_argument("--input", help="file with one utterance per line (or JSONL with a text field)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="utterances per forward pass (default: %(default)s); memory, not results",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     registry_arg(p)
     p.set_defaults(func=cmd_predict)
@@ -674,7 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "push", help="upload a release (and parents missing there) to a Hugging Face Hub repo"
     )
-    p.add_argument("release", help="release name or latest")
+    p.add_argument("release", help="release id, alias or latest")
     hub_args(p)
     p.add_argument(
         "--private", action="store_true", help="create the repo private (if push creates it)"
@@ -705,7 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         help="re-hash files and check label maps, adapter configs and lineage (exit 1 on failure)",
     )
-    p.add_argument("release", nargs="?", help="release name or latest (default: latest)")
+    p.add_argument("release", nargs="?", help="release id, alias or latest (default: latest)")
     p.add_argument("--all", action="store_true", help="every release, and LATEST itself")
     p.add_argument(
         "--backbone",
@@ -724,8 +755,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "diff", help="intents added/removed, per-intent metric deltas, config changes"
     )
-    p.add_argument("a", help="release name or latest")
-    p.add_argument("b", help="release name or latest")
+    p.add_argument("a", help="release id, alias or latest")
+    p.add_argument("b", help="release id, alias or latest")
     p.add_argument("--json", action="store_true", help="print JSON")
     registry_arg(p)
     p.set_defaults(func=cmd_diff)
@@ -746,7 +777,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Aliases name releases (production -> v3). Only `alias set` and `alias delete` "
         "move them; releases and `rollback` move LATEST. Every move is logged in HISTORY.jsonl.",
     )
-    alias_sub = p.add_subparsers(dest="alias_command", required=True, metavar="ACTION")
+    alias_sub = p.add_subparsers(
+        dest="alias_command", required=True, metavar="ACTION", help="set, list or delete"
+    )
     q = alias_sub.add_parser("set", help="point an alias at a release (creates or moves it)")
     q.add_argument("name", help="alias, e.g. production (not latest, not a release id like v3)")
     q.add_argument("release", help="release id, latest or another alias; its release id is stored")

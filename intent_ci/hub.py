@@ -134,6 +134,32 @@ def check_release_id(release: str) -> str:
     return release
 
 
+def offline_reason() -> str:
+    """Which environment variable put huggingface_hub in offline mode, and what to do.
+
+    huggingface_hub reads ``HF_HUB_OFFLINE``, or ``TRANSFORMERS_OFFLINE`` when the first is
+    unset or empty, once, when it is imported (``huggingface_hub.constants.HF_HUB_OFFLINE``).
+    """
+    hub, transformers = os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE")
+    if hub:
+        set_vars = [f"HF_HUB_OFFLINE={hub}"]
+        if transformers and transformers.upper() in ("1", "ON", "YES", "TRUE"):
+            set_vars.append(f"TRANSFORMERS_OFFLINE={transformers}")
+    elif transformers:
+        set_vars = [f"TRANSFORMERS_OFFLINE={transformers}"]
+    else:
+        return (
+            "huggingface_hub is in offline mode (huggingface_hub.constants.HF_HUB_OFFLINE is "
+            "true in this process); reach the Hub from a process started without HF_HUB_OFFLINE "
+            "and TRANSFORMERS_OFFLINE"
+        )
+    names = " and ".join(v.split("=")[0] for v in set_vars)
+    return (
+        f"huggingface_hub is in offline mode because {' and '.join(set_vars)} is set; unset "
+        f"{names} to reach the Hub"
+    )
+
+
 @dataclass
 class HubConfig:
     """Where and how releases are pushed and pulled."""
@@ -247,9 +273,7 @@ class _Hub:
         except IntentCIError:
             raise
         except OfflineModeIsEnabled:
-            raise IntentCIError(
-                f"{where}: huggingface_hub is in offline mode; unset HF_HUB_OFFLINE to reach the Hub"
-            ) from None
+            raise IntentCIError(f"{where}: {offline_reason()}") from None
         except RepositoryNotFoundError:
             raise IntentCIError(
                 f"{where}: repo not found, or not visible with these credentials; check --repo-id, "

@@ -99,7 +99,12 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 def cli_env(server: StandInHub, token: str, home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    """The caller's environment without any Hub setting (offline switches included), then ours."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HF_", "HUGGINGFACE_")) and k != "TRANSFORMERS_OFFLINE"
+    }
     env.update(
         HF_ENDPOINT=server.url,
         HF_HUB_DISABLE_XET="1",  # see the `hub` fixture
@@ -620,3 +625,32 @@ def test_an_lfs_upload_that_fails_verification_commits_nothing(
     assert len(repo.commits) == max(len(before), 1)  # only the repo's initial commit
     hub.corrupt_uploads = False
     assert list(push_release(trained_registry, "v1", config).pushed) == ["v1"]
+
+
+@pytest.mark.parametrize(
+    ("offline", "named"),
+    [
+        (
+            {"TRANSFORMERS_OFFLINE": "1"},
+            "because TRANSFORMERS_OFFLINE=1 is set; unset TRANSFORMERS_OFFLINE",
+        ),
+        ({"HF_HUB_OFFLINE": "1"}, "because HF_HUB_OFFLINE=1 is set; unset HF_HUB_OFFLINE to"),
+        (
+            {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+            "HF_HUB_OFFLINE=1 and TRANSFORMERS_OFFLINE=1 is set; unset HF_HUB_OFFLINE and "
+            "TRANSFORMERS_OFFLINE",
+        ),
+    ],
+    ids=["transformers", "hub", "both"],
+)
+def test_offline_mode_names_the_variable_that_set_it(
+    hub, trained_registry, tmp_path, offline, named
+):
+    """huggingface_hub goes offline on either variable; the error names the one that is set."""
+    env = {**cli_env(hub, TOKEN, tmp_path / "hf-home"), **offline}
+    pushed = run_cli("push", "v1", "--repo-id", REPO, "--registry", str(trained_registry), env=env)
+    assert pushed.returncode == 2, pushed.stderr
+    last = pushed.stderr.strip().splitlines()[-1]
+    assert last.startswith("intent-ci: error: create or open the repo (acme/support-intents"), last
+    assert named in last and "Traceback" not in pushed.stderr
+    assert REPO not in hub.repos and hub.requests == []
