@@ -19,7 +19,7 @@ import datasets
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedType, broadcast_object_list, set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 
 from intent_ci.config import ReleaseConfig, apply_overrides
 from intent_ci.data import (
@@ -106,10 +106,22 @@ def make_accelerator(config: ReleaseConfig) -> Accelerator:
     an accelerate config file's ``mixed_precision``) that disagrees is ignored with a warning.
 
     Raises:
-        IntentCIError: if the machine cannot run `train.mixed_precision`.
+        IntentCIError: if the machine cannot run `train.mixed_precision`, or the launcher asks
+            for FSDP (not supported: see the message).
     """
     wanted = config.train.mixed_precision
     check_mixed_precision(wanted)
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        # Checked on the environment, not on Accelerate's state: on CPUs Accelerate ignores
+        # the flag and would run DDP without a word.
+        raise IntentCIError(
+            "FSDP is not supported (the launcher set ACCELERATE_USE_FSDP=true): the feature and "
+            "teacher passes run the whole model on every process before `prepare`, and the "
+            "frozen head rows are restored from unsharded copies, so FSDP would neither save "
+            "memory nor keep old rows exact. Launch with DDP instead "
+            "(scripts/accelerate/multi_gpu.yaml), which keeps one copy of the frozen backbone "
+            "per GPU"
+        )
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     if launcher not in ("no", wanted):
         logger.warning(
@@ -128,14 +140,6 @@ def make_accelerator(config: ReleaseConfig) -> Accelerator:
         mixed_precision=wanted,
         gradient_accumulation_steps=config.train.gradient_accumulation_steps,
     )
-    # FSDP1 wraps the model in flat parameters that the evaluation pass and the release writer
-    # cannot use unwrapped; FSDP2 keeps the module and its parameters (as DTensor shards).
-    plugin = getattr(accelerator.state, "fsdp_plugin", None)
-    if accelerator.distributed_type == DistributedType.FSDP and plugin.fsdp_version != 2:
-        raise IntentCIError(
-            f"accelerate config: fsdp_version {plugin.fsdp_version} is not supported; "
-            "set fsdp_version: 2 (see scripts/accelerate/fsdp.yaml)"
-        )
     return accelerator
 
 
@@ -250,8 +254,8 @@ def _write_release(
     # [release id, LATEST (when it did not move), why it did not move]
     release: list[str | None] = [None, None, None]
     accelerator.wait_for_everyone()
-    # Under FSDP every rank holds a shard of each weight: all ranks gather them here, and the
-    # main process writes them (None for DDP and single-process runs, whose models are whole).
+    # None for DDP and single-process runs (FSDP is refused): the model is whole on every rank.
+    # Were its weights sharded (DTensors), every rank would gather them here for the main process.
     state = full_state_dict(model)
     if accelerator.is_main_process:
         manifest = {

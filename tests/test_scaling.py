@@ -12,7 +12,7 @@ import torch
 import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
-from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from accelerate.utils import DistributedType
 from accelerate.utils.launch import prepare_multi_gpu_env
 
 from intent_ci.cli import main
@@ -95,7 +95,6 @@ EXPECTED = {
     "single_gpu.yaml": (DistributedType.NO, 1, 1),
     "multi_gpu.yaml": (DistributedType.MULTI_GPU, 8, 1),
     "multi_node.yaml": (DistributedType.MULTI_GPU, 16, 2),
-    "fsdp.yaml": (DistributedType.FSDP, 8, 1),
 }
 
 
@@ -104,7 +103,7 @@ def test_every_accelerate_config_file_is_covered():
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_accelerate_config_is_accepted_by_accelerate_launch(name, monkeypatch):
+def test_accelerate_config_is_accepted_by_accelerate_launch(name):
     """Each file goes through accelerate's own loader, `accelerate launch` argument handling
     and the environment it hands to torchrun; no GPU is needed for that."""
     path = ACCELERATE_CONFIGS / name
@@ -131,14 +130,45 @@ def test_accelerate_config_is_accepted_by_accelerate_launch(name, monkeypatch):
     if machines > 1:
         assert args.nnodes == str(machines) and args.node_rank == 1
         assert args.rdzv_endpoint == f"{loaded.main_process_ip}:{loaded.main_process_port}"
-    if kind == DistributedType.FSDP:
-        for key, value in env.items():
-            if key.startswith(("FSDP_", "ACCELERATE_USE_FSDP")):
-                monkeypatch.setenv(key, value)
-        plugin = FullyShardedDataParallelPlugin()  # validates the values the way training does
-        assert plugin.fsdp_version == 2
-        assert plugin.transformer_cls_names_to_wrap == ["RobertaLayer"]
-        assert plugin.state_dict_type.name == "FULL_STATE_DICT"
+    assert env.get("ACCELERATE_USE_FSDP", "false") == "false"
+
+
+def test_a_launch_with_fsdp_stops_with_a_clear_error(
+    tmp_path, monkeypatch, trained_registry, data_dir, capsys
+):
+    """FSDP is not supported; `accelerate launch` with an FSDP config must not run DDP quietly."""
+    config = tmp_path / "fsdp.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "compute_environment": "LOCAL_MACHINE",
+                "distributed_type": "FSDP",
+                "num_processes": 2,
+                "num_machines": 1,
+                "mixed_precision": "no",
+                "fsdp_config": {"fsdp_version": 2},
+            }
+        ),
+        encoding="utf-8",
+    )
+    args = launch_command_parser().parse_args(
+        ["--config_file", str(config), str(REPO / "scripts" / "add_intent.py")]
+    )
+    _validate_launch_command(args)
+    env = prepare_multi_gpu_env(args)
+    assert env["ACCELERATE_USE_FSDP"] == "true"
+    for key, value in env.items():
+        if key.startswith(("FSDP_", "ACCELERATE_USE_FSDP")):
+            monkeypatch.setenv(key, value)
+    before = {p.name for p in trained_registry.iterdir()}
+    argv = ["add-intent", "--data", str(data_dir / "new" / "report_damage.txt")]
+    assert main([*argv, "--registry", str(trained_registry)]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith(
+        "intent-ci: error: FSDP is not supported (the launcher set ACCELERATE_USE_FSDP=true): "
+    ), err
+    assert "scripts/accelerate/multi_gpu.yaml" in err
+    assert {p.name for p in trained_registry.iterdir()} == before
 
 
 # ---- LoRA merged for serving ----------------------------------------------------------------------
