@@ -2,7 +2,8 @@
 
 Data flows through one module per stage: :mod:`~intent_ci.data` (utterances in, validated) ->
 :mod:`~intent_ci.modeling` (frozen encoder + LoRA + widening head) -> :mod:`~intent_ci.replay`
-(exemplar memory) -> :mod:`~intent_ci.training` (one Accelerate loop, CE + distillation) ->
+(exemplar memory) -> :mod:`~intent_ci.preflight` (what the write needs, checked before
+training) -> :mod:`~intent_ci.training` (one Accelerate loop, CE + distillation) ->
 :mod:`~intent_ci.evaluation` -> :mod:`~intent_ci.registry` (atomic, immutable releases) ->
 :mod:`~intent_ci.release` (files <-> model, `IntentClassifier`) -> :mod:`~intent_ci.pipeline`
 (the `init` and `add-intent` jobs) -> :mod:`~intent_ci.gate` (may a release ship? paired
@@ -22,7 +23,11 @@ from intent_ci.config import (  # noqa: E402
     TrainConfig,
     load_config,
 )
-from intent_ci.errors import IntentCIError, ReleaseVerificationError  # noqa: E402
+from intent_ci.errors import (  # noqa: E402
+    IntentCIError,
+    LatestMovedError,
+    ReleaseVerificationError,
+)
 
 
 def __getattr__(name: str):
@@ -64,6 +69,7 @@ __all__ = [
     "GateConfig",
     "IntentCIError",
     "IntentClassifier",
+    "LatestMovedError",
     "ModelConfig",
     "Prediction",
     "Registry",
