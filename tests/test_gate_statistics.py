@@ -465,3 +465,58 @@ def test_tests_hold_their_level_on_noise_and_catch_a_real_drop():
     assert overall / trials <= 0.06  # exact McNemar is conservative: below 0.05 up to MC noise
     assert any_intent / trials <= 0.06
     assert caught / trials >= 0.9
+
+
+# ---- the recorded P1 chain under the default rules ------------------------------------------------
+def _paired_from_counts(intents: int, baseline_accuracy: float, broken: int, fixed: int):
+    """Predictions with these paired counts, 30 utterances per old intent, flips spread evenly."""
+    old = [f"i{k:03d}" for k in range(intents)]
+    refs = [i for i in old for _ in range(30)]
+    n = len(refs)
+    base_right = round(baseline_accuracy * n)
+    # Interleave intents so that consecutive positions belong to different intents.
+    order = sorted(range(n), key=lambda i: (i % 30, i // 30))
+    base, cand = list(refs), list(refs)
+    wrong_in_base = order[base_right:]
+    right_in_base = order[:base_right]
+    for i in wrong_in_base:
+        base[i] = cand[i] = "x"
+    for i in right_in_base[:broken]:
+        cand[i] = "x"
+    for i in wrong_in_base[:fixed]:
+        cand[i] = refs[i]
+    return cand, base, refs, old
+
+
+def test_default_rules_fail_the_recorded_p1_chain_only_through_drift():
+    """scripts/results/gate_incremental.json: every P1 intent-ci release passes against its
+    parent, and v6 has lost 2.13 points on v1's intents. Under the default GateConfig (what the
+    shipped workflow runs without a gate.yaml) each parent check passes and the drift rule,
+    against the line's base v1, fails v6."""
+    import json
+    from pathlib import Path
+
+    from intent_ci.gate import rule_drift, rule_old_accuracy
+
+    results = Path(__file__).resolve().parents[1] / "scripts" / "results" / "gate_incremental.json"
+    rows = [
+        c
+        for c in json.loads(results.read_text(encoding="utf-8"))["checks"]
+        if c["protocol"] == "P1" and c["method"] == "intent-ci"
+    ]
+    cfg = GateConfig()
+    for row in rows:
+        cand, base, refs, old = _paired_from_counts(
+            row["old_intents"], row["old_baseline_accuracy"], row["broken"], row["fixed"]
+        )
+        stats = paired_statistics(cand, base, refs, old, cfg)
+        assert (stats["old"]["broken"], stats["old"]["fixed"]) == (row["broken"], row["fixed"])
+        assert 100 * stats["old"]["drop"] == pytest.approx(row["old_drop_points"])
+        if row["against"] == "parent":
+            assert rule_old_accuracy(stats, cfg).status == "pass", row
+        else:
+            assert (row["candidate"], row["baseline"]) == ("v6", "v1")
+            drift = rule_drift(stats, cfg, "v1")
+            assert drift.status == "fail" and "larger than 2 points" in drift.summary
+            assert rule_drift(stats, GateConfig(decision="non_inferiority"), "v1").status == "fail"
+    assert sum(r["against"] == "parent" for r in rows) == 5
