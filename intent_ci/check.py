@@ -15,7 +15,16 @@ from typing import Any
 from intent_ci.config import GateConfig, ReleaseConfig
 from intent_ci.data import INTENT, TEXT, check_known_intents, read_examples, read_golden
 from intent_ci.errors import IntentCIError
-from intent_ci.gate import golden_rows, judge, paired_statistics
+from intent_ci.gate import (
+    golden_rows,
+    judge,
+    moved_rows,
+    new_intent_rows,
+    paired_statistics,
+    rule_also_against,
+    rule_drift,
+    rule_retired,
+)
 from intent_ci.gate_report import REPORT_FILES, write_report
 from intent_ci.registry import Registry
 from intent_ci.release import IntentClassifier, load_release
@@ -40,36 +49,87 @@ def _known(intents: list[str]) -> str:
     return f"{len(intents)} intents: {', '.join(intents[:8])}{', …' if len(intents) > 8 else ''}"
 
 
-def resolve_pair(registry: Registry, candidate: str, baseline: str | None) -> tuple[str, str]:
-    """The candidate's and the baseline's release names; the baseline defaults to the parent.
+PRODUCTION_ALIAS = "production"
+
+
+def lineage(registry: Registry, release: str) -> list[str]:
+    """`release`, its parent, the parent's parent, ... up to the line's base release (no parent)."""
+    chain = [release]
+    while parent := registry.manifest(chain[-1]).get("parent"):
+        if parent in chain:  # a registry never holds a cycle; stop rather than loop
+            break
+        chain.append(parent)
+    return chain
+
+
+def retired_in_line(registry: Registry, release: str) -> list[str]:
+    """Intents retired anywhere in `release`'s lineage that `release` does not predict."""
+    known = set(registry.manifest(release)["intents"])
+    retired: dict[str, None] = {}
+    for name in lineage(registry, release):
+        for intent in registry.manifest(name).get("retired_intents") or []:
+            if intent not in known:
+                retired[intent] = None
+    return list(retired)
+
+
+def comparable_intents(
+    registry: Registry, candidate: str, baseline: str, retired: list[str], role: str = "baseline"
+) -> list[str]:
+    """`baseline`'s intents that the candidate is judged on: all of them, less retired ones.
+
+    Raises:
+        IntentCIError: when the candidate lacks an intent of `baseline` that its line never
+            retired (the two are not releases of one line).
+    """
+    cand_intents = set(registry.manifest(candidate)["intents"])
+    intents = registry.manifest(baseline)["intents"]
+    missing = [i for i in intents if i not in cand_intents and i not in retired]
+    if missing:
+        raise IntentCIError(
+            f"candidate {candidate} does not predict {len(missing)} intent(s) of {role} {baseline} "
+            f"({', '.join(missing[:5])}{', …' if len(missing) > 5 else ''}); the {role} must be an "
+            "earlier release of the same lineage"
+        )
+    return [i for i in intents if i in cand_intents]
+
+
+def resolve_pair(registry: Registry, candidate: str, baseline: str | None) -> tuple[str, str, str]:
+    """The candidate's and the baseline's release names, and where the baseline came from.
+
+    The baseline defaults to the registry's ``production`` alias when it is set (and is not
+    the candidate itself), otherwise to the candidate's parent.
+
+    Returns:
+        ``(candidate, baseline, source)``, source one of ``--baseline``, ``production alias``,
+        ``parent``.
 
     Raises:
         IntentCIError: for an unknown release, a base release without a baseline, the same
-            release twice, or a baseline with intents the candidate does not predict.
+            release twice, or a baseline with intents the candidate does not predict (retired
+            intents aside).
     """
     cand = registry.resolve(candidate)
+    source = "--baseline"
     if baseline is None:
+        production = registry.aliases().get(PRODUCTION_ALIAS)
         parent = registry.manifest(cand).get("parent")
-        if not parent:
+        if production is not None and production != cand:
+            baseline, source = production, "production alias"
+        elif parent:
+            baseline, source = parent, "parent"
+        else:
             raise IntentCIError(
                 f"release {cand} is a base release (no parent); pass --baseline to compare it "
                 "with another release"
             )
-        baseline = parent
     base = registry.resolve(baseline)
     if base == cand:
         raise IntentCIError(
             f"candidate and baseline are both {cand}; compare two different releases"
         )
-    cand_intents = set(registry.manifest(cand)["intents"])
-    missing = [i for i in registry.manifest(base)["intents"] if i not in cand_intents]
-    if missing:
-        raise IntentCIError(
-            f"candidate {cand} does not predict {len(missing)} intent(s) of baseline {base} "
-            f"({', '.join(missing[:5])}{', …' if len(missing) > 5 else ''}); the baseline must be an "
-            "earlier release of the same lineage"
-        )
-    return cand, base
+    comparable_intents(registry, cand, base, retired_in_line(registry, cand))
+    return cand, base, source
 
 
 def run_check(
@@ -78,20 +138,26 @@ def run_check(
     data: str | Path,
     *,
     baseline: str | None = None,
+    also_against: list[str] | tuple[str, ...] = (),
+    drift_against: str | None = None,
     golden: str | Path | None = None,
     config: GateConfig | None = None,
     report_dir: str | Path | None = "reports",
 ) -> dict[str, Any]:
-    """Score candidate and baseline on the same utterances, apply the rules, write the reports.
+    """Score candidate and baselines on the same utterances, apply the rules, write the reports.
 
     Every input is checked before a model is loaded. Stale ``report.*`` files in `report_dir`
     are removed first, so a report on disk always belongs to the last run.
 
     Args:
         registry: the registry folder.
-        candidate: release name or ``latest``.
+        candidate: release name, alias or ``latest``.
         data: labelled test utterances (any format `intent-ci` reads).
-        baseline: release to compare with; default: the candidate's parent.
+        baseline: release to compare with; default: the ``production`` alias when it is set,
+            otherwise the candidate's parent.
+        also_against: more releases to compare with (rules old_accuracy and per_intent).
+        drift_against: the release the drift rule compares with; default: the line's base
+            release (the root of the candidate's lineage).
         golden: YAML of ``utterance: intent`` pairs that must stay right.
         config: thresholds; default `GateConfig()`.
         report_dir: where report.json, report.md and report.png go; None writes nothing.
@@ -101,23 +167,41 @@ def run_check(
 
     Raises:
         IntentCIError: for an unknown release, a base release without a baseline, a baseline
-            with intents the candidate lacks, test data with unknown intents or without
-            old-intent utterances, and bad golden files.
+            with intents the candidate lacks (other than retired ones), test data with unknown
+            intents or without old-intent utterances, and bad golden files.
     """
     cfg = config or GateConfig()
     reg = Registry(registry)
-    cand_name, base_name = resolve_pair(reg, candidate, baseline)
+    cand_name, base_name, base_source = resolve_pair(reg, candidate, baseline)
     cand_manifest = reg.manifest(cand_name)
     cand_intents = list(cand_manifest["intents"])
-    base_intents = list(reg.manifest(base_name)["intents"])
+    retired = retired_in_line(reg, cand_name)
+    base_all = list(reg.manifest(base_name)["intents"])
+    base_intents = comparable_intents(reg, cand_name, base_name, retired)
     old_set = set(base_intents)
     new_intents = [i for i in cand_intents if i not in old_set]
+
+    extra: list[str] = []
+    for ref in also_against:
+        name = reg.resolve(ref)
+        if name in (cand_name, base_name):
+            raise IntentCIError(
+                f"--also-against {ref}: {name} is the "
+                f"{'candidate' if name == cand_name else 'baseline'} already; name another release"
+            )
+        comparable_intents(reg, cand_name, name, retired, role="--also-against release")
+        if name not in extra:
+            extra.append(name)
+    line = lineage(reg, cand_name)
+    drift_name = reg.resolve(drift_against) if drift_against is not None else line[-1]
+    if drift_name != cand_name:
+        comparable_intents(reg, cand_name, drift_name, retired, role="drift release")
 
     data_cfg = ReleaseConfig.from_dict(
         cand_manifest["config"], source=f"release {cand_name} manifest field `config`"
     ).data
     test = read_examples(data, data_cfg)
-    check_known_intents(test, cand_intents, cand_name)
+    check_known_intents(test, cand_intents + retired, cand_name)
     texts, refs = list(test.dataset[TEXT]), list(test.dataset[INTENT])
     if not any(r in old_set for r in refs):
         raise IntentCIError(
@@ -137,31 +221,68 @@ def run_check(
         _prepare_report_dir(out_dir)
 
     inputs = texts + [g.text for g in golden_examples]
+    releases = list(dict.fromkeys([cand_name, base_name, *extra, drift_name]))
     logger.info(
-        "scoring %s and %s on %d test and %d golden utterances",
-        cand_name,
-        base_name,
+        "scoring %s on %d test and %d golden utterances",
+        ", ".join(releases),
         len(texts),
         len(golden_examples),
     )
     predicted: dict[str, list[str]] = {}
-    for name in (cand_name, base_name):
+    for name in releases:
         classifier = IntentClassifier(load_release(reg, name))
         predicted[name] = [p.label for p in classifier.predict(inputs, batch_size=cfg.batch_size)]
         del classifier  # one model in memory at a time
-    cand_pred, base_pred = predicted[cand_name], predicted[base_name]
     n = len(texts)
-    stats = paired_statistics(cand_pred[:n], base_pred[:n], refs, base_intents, cfg)
+    # Utterances of retired intents are judged by nobody: the candidate cannot predict them.
+    keep = [i for i, ref in enumerate(refs) if ref not in retired]
+    kept_refs = [refs[i] for i in keep]
+
+    def paired(name: str, old: list[str]) -> dict[str, Any]:
+        cand, other = predicted[cand_name], predicted[name]
+        return paired_statistics(
+            [cand[i] for i in keep], [other[i] for i in keep], kept_refs, old, cfg
+        )
+
+    cand_pred, base_pred = predicted[cand_name], predicted[base_name]
+    stats = paired(base_name, base_intents)
     golden_results = (
         golden_rows(golden_examples, cand_pred[n:], base_pred[n:], old_set)
         if golden is not None
         else None
     )
-    verdict, rules, rows = judge(stats, cfg, new_intents=new_intents, golden=golden_results)
+    if drift_name == cand_name:
+        drift = rule_drift(
+            None, cfg, drift_name, skipped=f"the candidate {cand_name} is its line's base release"
+        )
+    else:
+        drift_intents = comparable_intents(reg, cand_name, drift_name, retired)
+        drift = rule_drift(paired(drift_name, drift_intents), cfg, drift_name)
+    drift.details["line"] = line
+    also = [
+        rule_also_against(
+            paired(name, comparable_intents(reg, cand_name, name, retired)), cfg, name
+        )
+        for name in extra
+    ]
+    gone = [i for i in retired if i in base_all or i in refs]
+    moved = moved_rows(refs[:n], cand_pred[:n], base_pred[:n], gone)
+    verdict, rules, rows = judge(
+        stats,
+        cfg,
+        new_intents=new_intents,
+        golden=golden_results,
+        baseline=base_name,
+        drift=drift,
+        also_against=also,
+        retired=rule_retired(gone, moved) if gone else None,
+    )
+    first = rules[0].details
     report = {
         "verdict": verdict,
         "candidate": cand_name,
         "baseline": base_name,
+        "baseline_source": base_source,
         "registry": str(registry),
         "data": str(data),
         "golden": str(golden) if golden is not None else None,
@@ -170,7 +291,7 @@ def run_check(
         "old_intents": {
             "intents": base_intents,
             "without_test_data": [i for i in base_intents if i not in set(refs)],
-            **{k: v for k, v in rules[0].details.items() if k not in ("max_drop", "alpha")},
+            **{k: v for k, v in first.items() if k not in ("max_drop", "alpha", "decision")},
         },
         "per_intent": rows,
         "new_intents": {
@@ -179,18 +300,28 @@ def run_check(
             "accuracy": stats["new"]["accuracy"],
             "ci": [stats["new"]["ci_low"], stats["new"]["ci_high"]],
             "per_intent": stats["new"]["per_intent"],
+            "rows": new_intent_rows(stats, new_intents, cfg),
         },
+        "drift": {"against": drift_name, "line": line, **drift.details},
+        "also_against": [{"baseline": r.against, **r.details} for r in also],
+        "retired": {"intents": gone, "moved": moved},
         "golden_results": golden_results,
         "golden_failures": [r for r in golden_results or [] if r["status"] == "broken"],
         "confusions": stats["confusions"],
         "statistics": {
             "test": "exact one-sided McNemar (binomial on the discordant pairs, p = 1/2)",
             "interval": "Bonett-Price adjusted Wald interval for the paired drop, two-sided "
-            f"{100 * stats['confidence']:.0f}% (its lower end is the one-sided "
-            f"{100 * (1 - cfg.alpha):.0f}% bound)",
+            f"{100 * stats['confidence']:.0f}% (its ends are the one-sided "
+            f"{100 * (1 - cfg.alpha):.0f}% bounds)",
             "per_intent_correction": cfg.per_intent_correction,
-            "rule": "old_accuracy fails when drop > max_drop and p <= alpha; per_intent fails "
-            "when drop > per_intent_max_drop and the corrected p <= alpha",
+            "rule": (
+                "old_accuracy, drift and also_against fail when the drop exceeds their budget "
+                "(max_drop, max_drift) and p <= alpha"
+                if cfg.decision == "significant"
+                else "old_accuracy, drift and also_against pass only when the upper one-sided "
+                "bound of the drop is below their budget (max_drop, max_drift)"
+            )
+            + "; per_intent fails when drop > per_intent_max_drop and the corrected p <= alpha",
         },
         "config": dataclasses.asdict(cfg),
     }

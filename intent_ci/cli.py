@@ -283,6 +283,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         args.candidate,
         args.data,
         baseline=args.baseline,
+        also_against=args.also_against,
+        drift_against=args.drift_against,
         golden=args.golden,
         config=load_gate_config(args.config),
         report_dir=args.report_dir,
@@ -665,7 +667,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="regression gate: candidate vs baseline on the same utterances; exit 0 pass, 1 regression, 2 bad input",
     )
     p.add_argument("--candidate", required=True, help="release to check (name or latest)")
-    p.add_argument("--baseline", help="release to compare with (default: the candidate's parent)")
+    p.add_argument(
+        "--baseline",
+        help="release to compare with (default: the `production` alias when set, else the "
+        "candidate's parent)",
+    )
+    p.add_argument(
+        "--also-against",
+        action="append",
+        default=[],
+        metavar="RELEASE",
+        help="also compare with this release (old-intent and per-intent rules); repeatable",
+    )
+    p.add_argument(
+        "--drift-against",
+        metavar="RELEASE",
+        help="release the drift rule (budget gate.max_drift) compares with (default: the base "
+        "release of the candidate's line)",
+    )
     p.add_argument("--data", required=True, help="labelled test utterances")
     p.add_argument("--golden", help="YAML of `utterance: intent` pairs that must stay right")
     p.add_argument(

@@ -587,6 +587,7 @@ def load_config(path: str | Path | None, base: ReleaseConfig | None = None) -> R
 
 # ---- the regression gate (intent-ci check) ---------------------------------------------------------
 CORRECTIONS = ("holm", "none")
+DECISIONS = ("significant", "non_inferiority")
 
 
 @dataclass
@@ -643,6 +644,53 @@ class GateConfig:
             "on CLINC150's 50 added intents. Skipped when the test data has no new-intent utterances."
         },
     )
+    min_new_intent_accuracy: float = field(
+        default=0.5,
+        metadata={
+            "help": "Smallest acceptable accuracy of each new intent on its own test utterances, a "
+            "fraction; judged only for intents with at least `min_new_intent_utterances` of them "
+            "(the others are named in the report as not judged). A pooled figure can hide one "
+            "broken intent among good ones; this floor catches an intent that is mostly wrong "
+            "without failing good ones by chance: an intent that is truly 80% right falls below "
+            "50% on 10 utterances with probability 0.64%, on 30 with 0.005%; one that is truly "
+            "30% right does on 30 with probability 98% (binomial, scripts/results/gate_oc.md)."
+        },
+    )
+    min_new_intent_utterances: int = field(
+        default=10,
+        metadata={
+            "help": "Test utterances a new intent needs before `min_new_intent_accuracy` is applied "
+            "to it. With fewer, one utterance moves its accuracy by more than 10 points, too "
+            "noisy to fail a release on; the report then says the intent was not judged."
+        },
+    )
+    max_drift: float = field(
+        default=2.0,
+        metadata={
+            "help": "Largest acceptable drop, in points, of the accuracy on the intents of the "
+            "line's base release (the root of the candidate's lineage, or `--drift-against`), "
+            "decided like `max_drop` (see `decision`). Each release can lose a little against its "
+            "parent and pass while the line as a whole drifts: on CLINC150 P1 every release "
+            "passes against its parent, yet v6 has lost 2.13 points on v1's intents "
+            "(scripts/results/gate_incremental.md). 2 points: the line as a whole may cost the "
+            "base intents what one release may cost the old intents (`max_drop`)."
+        },
+    )
+    decision: str = field(
+        default="significant",
+        metadata={
+            "help": "How old_accuracy and drift decide. `significant`: fail when the drop is "
+            "larger than the budget AND an exact one-sided McNemar test finds it at level "
+            "`alpha`; a release that changed nothing fails with probability at most `alpha` at "
+            "any test-set size. `non_inferiority`: pass only when the one-sided 1 - alpha upper "
+            "bound of the drop is below the budget, so a release whose true drop equals the "
+            "budget passes about `alpha` of the time (4.6 to 5.8% in scripts/results/gate_oc.md), "
+            "but on a small test set it fails good releases too: on 225 old-intent utterances "
+            "(data/test) 13 to 60% of releases that changed nothing, against at most 2.2% for "
+            "`significant`. Default `significant`: a gate that is red for no reason gets "
+            "switched off."
+        },
+    )
     top_confusions: int = field(
         default=10,
         metadata={"help": "Newly confused (true -> predicted) pairs listed in the report."},
@@ -676,6 +724,30 @@ class GateConfig:
             "gate",
             "min_new_accuracy",
             f"must be a fraction in [0, 1] (0.8 = 80%), got {self.min_new_accuracy}",
+        )
+        _check(
+            0 <= self.min_new_intent_accuracy <= 1,
+            "gate",
+            "min_new_intent_accuracy",
+            f"must be a fraction in [0, 1] (0.5 = 50%), got {self.min_new_intent_accuracy}",
+        )
+        _check(
+            self.min_new_intent_utterances >= 1,
+            "gate",
+            "min_new_intent_utterances",
+            f"must be >= 1, got {self.min_new_intent_utterances}",
+        )
+        _check(
+            0 <= self.max_drift <= 100,
+            "gate",
+            "max_drift",
+            f"must be in [0, 100] (percentage points), got {self.max_drift}",
+        )
+        _check(
+            self.decision in DECISIONS,
+            "gate",
+            "decision",
+            f"expected one of {', '.join(DECISIONS)}; got {self.decision!r}",
         )
         _check(
             self.top_confusions >= 0,

@@ -1,25 +1,32 @@
 """The regression gate: may a candidate release ship? (`intent-ci check`)
 
-The candidate and a baseline release (default: the candidate's parent) classify the same test
-utterances, and their predictions are paired example by example. The baseline's intents are the
-*old* intents; the candidate's other intents are *new*. Five rules, all set in `GateConfig`:
+The candidate and a baseline release classify the same test utterances, and their predictions
+are paired example by example. The baseline (default: the registry's ``production`` alias,
+otherwise the candidate's parent) has the *old* intents; the candidate's other intents are
+*new*. The rules, all set in `GateConfig`:
 
-1. **old_accuracy**: old-intent accuracy overall. Fails when the drop is larger than
-   ``max_drop`` points *and* an exact one-sided McNemar test (on the discordant pairs) finds the
-   candidate worse at level ``alpha``. The size condition keeps small, real but acceptable costs
-   of adding intents green; the test keeps noise green: when nothing really changed, this rule
-   fails with probability at most ``alpha``. The report gives the drop's ``1 - 2 alpha``
-   Bonett-Price interval, whose lower end is the matching one-sided bound.
+1. **old_accuracy**: old-intent accuracy overall may drop by ``max_drop`` points. Under the
+   default ``decision: significant`` the rule fails when the drop is larger than ``max_drop``
+   *and* an exact one-sided McNemar test (on the discordant pairs) finds the candidate worse at
+   level ``alpha``: when nothing really changed it fails with probability at most ``alpha``.
+   Under ``decision: non_inferiority`` it passes only when the one-sided ``1 - alpha`` upper
+   bound of the drop (the upper end of the ``1 - 2 alpha`` Bonett-Price interval) is below
+   ``max_drop``. scripts/gate_oc.py gives both rules' pass probability against the true drop.
 2. **per_intent**: an old intent fails when its drop is larger than ``per_intent_max_drop``
    points *and* significant on its own utterances: exact McNemar, Holm-adjusted over all old
-   intents (``per_intent_correction``), at level ``alpha``: when no intent really changed, the
-   chance that any of them fails is at most ``alpha``.
+   intents (``per_intent_correction``), at level ``alpha``.
 3. **golden**: utterances that must stay right. Any golden utterance the baseline got right
    and the candidate gets wrong fails, named in the report.
-4. **new_intents**: the candidate's pooled accuracy on its new intents' utterances is at least
-   ``min_new_accuracy``.
-5. **confusions**: where newly broken old-intent utterances went (old intent -> new intent is
-   the usual cause of a regression). Reported, never failing.
+4. **new_intents**: every new intent with at least ``min_new_intent_utterances`` test
+   utterances must reach ``min_new_intent_accuracy`` on its own, and the pooled accuracy over
+   all new intents ``min_new_accuracy``. An intent with fewer utterances is named as not judged.
+5. **confusions**: where newly broken old-intent utterances went. Reported, never failing.
+6. **drift**: what the whole release line has cost: the same decision as old_accuracy, with
+   its own budget ``max_drift``, against the line's base release (or another given release),
+   on that release's intents. Each release can pass against its parent while the line drifts.
+7. **also_against**: old_accuracy and per_intent against each extra baseline asked for.
+8. **retired**: for a release made by ``retire``, the retired intents are not old intents; the
+   test utterances labelled with them are reported with where the candidate sends them now.
 
 The statistics come from the `intent_regression` evaluate module shipped in
 ``intent_ci/metrics/``. This module holds the rules only, as pure functions of paired
@@ -30,6 +37,7 @@ releases and scores them is `intent_ci.check.run_check`, and the report files (`
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +55,7 @@ class RuleResult:
     summary: str
     intents: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    against: str | None = None  # the release this rule compares the candidate with
 
 
 def _points(fraction: float | None) -> float | None:
@@ -69,44 +78,141 @@ def format_points(points: float) -> str:
     return f"{points + 0.0:.1f}" if round(points, 1) != 0 else "0.0"
 
 
-def rule_old_accuracy(stats: dict[str, Any], cfg: GateConfig) -> RuleResult:
-    """Old-intent accuracy overall: fail when drop > max_drop and McNemar p <= alpha."""
-    old = stats["old"]
+def drop_decision(
+    drop_points: float, ci_high_points: float, p_value: float, budget: float, cfg: GateConfig
+) -> tuple[bool, str]:
+    """Whether a paired drop fails its budget under ``cfg.decision``, and the reason in words.
+
+    ``significant``: fail when ``drop > budget`` and McNemar ``p <= alpha``.
+    ``non_inferiority``: pass only when the one-sided ``1 - alpha`` upper bound of the drop
+    (``ci_high_points``) is below ``budget``.
+    """
+    if cfg.decision == "non_inferiority":
+        bound = (
+            f"its one-sided {100 * (1 - cfg.alpha):g}% upper bound {format_points(ci_high_points)}"
+        )
+        if ci_high_points < budget:
+            return False, f"{bound} is below {budget:g} points"
+        return True, f"{bound} is not below {budget:g} points (non-inferiority not shown)"
+    large, significant = drop_points > budget, p_value <= cfg.alpha
+    if large and significant:
+        return True, f"larger than {budget:g} points and significant at {cfg.alpha:g}"
+    if large:
+        return False, f"larger than {budget:g} points but not significant at {cfg.alpha:g}"
+    return False, ""
+
+
+def _drop_rule(
+    name: str,
+    old: dict[str, Any],
+    confidence: float,
+    budget: float,
+    budget_field: str,
+    cfg: GateConfig,
+    *,
+    against: str | None,
+    what: str = "old intents",
+) -> RuleResult:
     drop = 100.0 * old["drop"]
     low, high = 100.0 * old["ci_low"], 100.0 * old["ci_high"]
-    large = drop > cfg.max_drop
-    significant = old["p_value"] <= cfg.alpha
-    failed = large and significant
+    failed, why = drop_decision(drop, high, old["p_value"], budget, cfg)
     summary = (
-        f"old intents {100 * old['baseline_accuracy']:.1f}% -> {100 * old['candidate_accuracy']:.1f}% "
+        f"{what} {100 * old['baseline_accuracy']:.1f}% -> {100 * old['candidate_accuracy']:.1f}% "
         f"on {old['n']} utterances: drop {format_points(drop)} points "
-        f"({100 * stats['confidence']:.0f}% CI {format_points(low)} to {format_points(high)}), "
+        f"({100 * confidence:.0f}% CI {format_points(low)} to {format_points(high)}), "
         f"{old['broken']} broken / {old['fixed']} fixed, McNemar p = {format_p(old['p_value'])}"
     )
-    if failed:
-        summary += f"; larger than {cfg.max_drop:g} points and significant at {cfg.alpha:g}"
-    elif large:
-        summary += f"; larger than {cfg.max_drop:g} points but not significant at {cfg.alpha:g}"
+    if why:
+        summary += f"; {why}"
     return RuleResult(
-        "old_accuracy",
+        name,
         "fail" if failed else "pass",
         summary,
+        against=against,
         details={
             "n": old["n"],
             "baseline_accuracy": old["baseline_accuracy"],
             "candidate_accuracy": old["candidate_accuracy"],
             "drop_points": drop,
             "ci_points": [low, high],
-            "confidence": stats["confidence"],
+            "confidence": confidence,
             "broken": old["broken"],
             "fixed": old["fixed"],
             "p_value": old["p_value"],
-            "max_drop": cfg.max_drop,
+            budget_field: budget,
             "alpha": cfg.alpha,
-            "drop_larger_than_max": large,
-            "significant": significant,
+            "decision": cfg.decision,
+            "drop_larger_than_max": drop > budget,
+            "significant": old["p_value"] <= cfg.alpha,
         },
     )
+
+
+def rule_old_accuracy(
+    stats: dict[str, Any], cfg: GateConfig, against: str | None = None
+) -> RuleResult:
+    """Old-intent accuracy overall against the baseline, within ``max_drop`` (see `drop_decision`)."""
+    return _drop_rule(
+        "old_accuracy",
+        stats["old"],
+        stats["confidence"],
+        cfg.max_drop,
+        "max_drop",
+        cfg,
+        against=against,
+    )
+
+
+def rule_drift(
+    stats: dict[str, Any] | None, cfg: GateConfig, against: str, skipped: str | None = None
+) -> RuleResult:
+    """Accuracy on `against`'s intents (the line's base by default), within ``max_drift``.
+
+    Args:
+        stats: paired statistics of the candidate against `against`, with `against`'s intents
+            (less retired ones) as the old intents; None when the rule cannot run.
+        skipped: why the rule did not run (when `stats` is None).
+    """
+    if stats is None or not stats["old"]["n"]:
+        return RuleResult(
+            "drift",
+            "skipped",
+            skipped or f"no test utterances of {against}'s intents",
+            against=against,
+        )
+    return _drop_rule(
+        "drift",
+        stats["old"],
+        stats["confidence"],
+        cfg.max_drift,
+        "max_drift",
+        cfg,
+        against=against,
+        what=f"{against}'s intents",
+    )
+
+
+def rule_also_against(stats: dict[str, Any], cfg: GateConfig, against: str) -> RuleResult:
+    """old_accuracy and per_intent against one extra baseline (``--also-against``)."""
+    overall = _drop_rule(
+        "also_against",
+        stats["old"],
+        stats["confidence"],
+        cfg.max_drop,
+        "max_drop",
+        cfg,
+        against=against,
+    )
+    rows = per_intent_rows(stats, cfg)
+    failing = [r["intent"] for r in rows if r["fails"]]
+    if failing:
+        overall.status = "fail"
+        overall.summary += (
+            f"; {len(failing)} old intents dropped significantly: {', '.join(failing)}"
+        )
+    overall.intents = failing
+    overall.details["failing_intents"] = failing
+    return overall
 
 
 def per_intent_rows(stats: dict[str, Any], cfg: GateConfig) -> list[dict[str, Any]]:
@@ -191,11 +297,45 @@ def rule_golden(rows: list[dict[str, Any]] | None) -> RuleResult:
     )
 
 
+def new_intent_rows(
+    stats: dict[str, Any], new_intents: list[str], cfg: GateConfig
+) -> list[dict[str, Any]]:
+    """One row per new intent, worst first: ``pass``, ``fail`` (below its floor), ``too_few``
+    (fewer than ``min_new_intent_utterances`` test utterances: not judged) or ``untested``."""
+    per_intent = stats["new"]["per_intent"]
+    rows = []
+    for intent in dict.fromkeys([*new_intents, *per_intent]):
+        row = per_intent.get(intent)
+        if row is None:
+            rows.append({"intent": intent, "n": 0, "accuracy": None, "status": "untested"})
+            continue
+        if row["n"] < cfg.min_new_intent_utterances:
+            status = "too_few"
+        else:
+            status = "fail" if row["accuracy"] < cfg.min_new_intent_accuracy else "pass"
+        rows.append(
+            {"intent": intent, "n": row["n"], "accuracy": row["accuracy"], "status": status}
+        )
+    order = {"fail": 0, "too_few": 1, "pass": 2, "untested": 3}
+    return sorted(rows, key=lambda r: (order[r["status"]], r["accuracy"] or 0.0, r["intent"]))
+
+
 def rule_new_intents(stats: dict[str, Any], new_intents: list[str], cfg: GateConfig) -> RuleResult:
-    """The candidate's pooled accuracy on its new intents must be at least min_new_accuracy."""
+    """Each new intent reaches ``min_new_intent_accuracy`` on its own (when it has at least
+    ``min_new_intent_utterances`` test utterances) and all of them ``min_new_accuracy`` pooled."""
     new = stats["new"]
-    untested = [i for i in new_intents if i not in new["per_intent"]]
-    note = f"; no test utterances for {', '.join(untested)}" if untested else ""
+    rows = new_intent_rows(stats, new_intents, cfg)
+    untested = [r["intent"] for r in rows if r["status"] == "untested"]
+    too_few = [r for r in rows if r["status"] == "too_few"]
+    below_floor = [r["intent"] for r in rows if r["status"] == "fail"]
+    notes = []
+    if too_few:
+        notes.append(
+            f"not judged on their own, fewer than {cfg.min_new_intent_utterances} test utterances: "
+            + ", ".join(f"{r['intent']} ({r['n']})" for r in too_few)
+        )
+    if untested:
+        notes.append(f"no test utterances for {', '.join(untested)}")
     if not new["n"]:
         summary = (
             f"no test utterances for the new intents ({', '.join(untested)})"
@@ -203,25 +343,45 @@ def rule_new_intents(stats: dict[str, Any], new_intents: list[str], cfg: GateCon
             else "the candidate adds no intents"
         )
         return RuleResult("new_intents", "skipped", summary, intents=untested)
-    failed = new["accuracy"] < cfg.min_new_accuracy
+    pooled_failed = new["accuracy"] < cfg.min_new_accuracy
     low = [i for i, row in new["per_intent"].items() if row["accuracy"] < cfg.min_new_accuracy]
+    failed = pooled_failed or bool(below_floor)
     summary = (
-        f"new intents {100 * new['accuracy']:.1f}% on {new['n']} utterances "
+        f"new intents {100 * new['accuracy']:.1f}% pooled on {new['n']} utterances "
         f"({100 * stats['confidence']:.0f}% CI {100 * new['ci_low']:.1f}% to {100 * new['ci_high']:.1f}%), "
-        f"{'below' if failed else 'at least'} {100 * cfg.min_new_accuracy:g}%"
+        f"{'below' if pooled_failed else 'at least'} {100 * cfg.min_new_accuracy:g}%"
     )
-    if low:
+    if below_floor:
+        summary += (
+            f"; below the per-intent floor of {100 * cfg.min_new_intent_accuracy:g}%: "
+            + ", ".join(
+                f"{r['intent']} ({format_pct(r['accuracy'])} of {r['n']})"
+                for r in rows
+                if r["status"] == "fail"
+            )
+        )
+    elif low:
         summary += f"; below {100 * cfg.min_new_accuracy:g}% on their own: {', '.join(low)}"
+    judged = sum(r["status"] in ("pass", "fail") for r in rows)
+    if not below_floor and judged:
+        summary += (
+            f"; all {judged} judged intents at least {100 * cfg.min_new_intent_accuracy:g}% each"
+        )
+    failing = sorted(set(below_floor) | (set(low) if pooled_failed else set()))
     return RuleResult(
         "new_intents",
         "fail" if failed else "pass",
-        summary + note,
-        intents=low if failed else [],
+        "; ".join([summary, *notes]),
+        intents=failing,
         details={
             "n": new["n"],
             "accuracy": new["accuracy"],
             "ci": [new["ci_low"], new["ci_high"]],
             "min_new_accuracy": cfg.min_new_accuracy,
+            "min_new_intent_accuracy": cfg.min_new_intent_accuracy,
+            "min_new_intent_utterances": cfg.min_new_intent_utterances,
+            "below_floor": below_floor,
+            "too_few": [r["intent"] for r in too_few],
             "untested": untested,
         },
     )
@@ -275,14 +435,79 @@ def golden_rows(
     return rows
 
 
+def moved_rows(
+    references: list[str],
+    candidate: list[str],
+    baseline: list[str],
+    retired: list[str],
+) -> list[dict[str, Any]]:
+    """Where the test utterances of retired intents go now: per retired intent, how many there
+    are, how many the baseline still got right, and the candidate's predictions by count."""
+    rows = []
+    for intent in retired:
+        idx = [i for i, ref in enumerate(references) if ref == intent]
+        if not idx:
+            continue
+        moved = Counter(candidate[i] for i in idx)
+        rows.append(
+            {
+                "intent": intent,
+                "n": len(idx),
+                "baseline_correct": sum(baseline[i] == intent for i in idx),
+                "to": dict(moved.most_common()),
+            }
+        )
+    return rows
+
+
+def rule_retired(retired: list[str], moved: list[dict[str, Any]]) -> RuleResult:
+    """Informational: retired intents are left out; their test utterances are reported."""
+    if not retired:
+        return RuleResult("retired", "skipped", "the candidate retires no intent")
+    if not moved:
+        return RuleResult(
+            "retired",
+            "info",
+            f"retired {', '.join(retired)}: not old intents; no test utterances labelled with them",
+            intents=list(retired),
+        )
+    parts = [
+        f"{m['intent']} ({m['n']}) -> "
+        + ", ".join(f"{to} x{k}" for to, k in list(m["to"].items())[:3])
+        for m in moved
+    ]
+    return RuleResult(
+        "retired",
+        "info",
+        f"retired {', '.join(retired)}: not old intents; their "
+        f"{sum(m['n'] for m in moved)} test utterances left out of the rules and now go to: "
+        + "; ".join(parts),
+        intents=list(retired),
+        details={"moved": moved},
+    )
+
+
 def judge(
     stats: dict[str, Any],
     cfg: GateConfig,
     *,
     new_intents: list[str] | None = None,
     golden: list[dict[str, Any]] | None = None,
+    baseline: str | None = None,
+    drift: RuleResult | None = None,
+    also_against: list[RuleResult] | None = None,
+    retired: RuleResult | None = None,
 ) -> tuple[str, list[RuleResult], list[dict[str, Any]]]:
-    """Apply the five rules to the paired statistics of the `intent_regression` metric.
+    """Apply the rules to the paired statistics of the `intent_regression` metric.
+
+    Args:
+        stats: the candidate against the baseline (`paired_statistics`).
+        new_intents: the candidate's intents that the baseline lacks; default: the reference
+            intents outside the old intents.
+        golden: `golden_rows`, or None when no golden file was given.
+        baseline: the baseline's name, recorded on the rules that compare with it.
+        drift, also_against, retired: rules already computed against other releases
+            (`rule_drift`, `rule_also_against`, `rule_retired`), added to the verdict.
 
     Returns:
         ``(verdict, rules, per_intent_rows)``; verdict is ``"fail"`` when any rule fails.
@@ -291,12 +516,14 @@ def judge(
     if new_intents is None:
         new_intents = sorted(stats["new"]["per_intent"])
     rules = [
-        rule_old_accuracy(stats, cfg),
+        rule_old_accuracy(stats, cfg, baseline),
         rule_per_intent(rows, cfg),
         rule_golden(golden),
         rule_new_intents(stats, new_intents, cfg),
         rule_confusions(stats),
     ]
+    rules[1].against = rules[2].against = rules[4].against = baseline
+    rules += [r for r in (drift, *(also_against or []), retired) if r is not None]
     verdict = "fail" if any(r.status == "fail" for r in rules) else "pass"
     return verdict, rules, rows
 

@@ -46,8 +46,43 @@ _TITLES = {
     "golden": "Golden utterances",
     "new_intents": "New-intent accuracy",
     "confusions": "New confusions",
+    "drift": "Drift from the line's base",
+    "also_against": "Old intents vs another release",
+    "retired": "Retired intents",
 }
 _MARKS = {"pass": "✅ pass", "fail": "❌ fail", "info": "ℹ️ info", "skipped": "➖ skipped"}
+
+
+def _title(rule: dict[str, Any]) -> str:
+    title = _TITLES[rule["name"]]
+    if rule["name"] in ("drift", "also_against") and rule.get("against"):
+        title += f" (`{rule['against']}`)"
+    return title
+
+
+def _rule_text(cfg: dict[str, Any], report: dict[str, Any]) -> str:
+    """The decision rules in one paragraph, with the thresholds of this run."""
+    if cfg["decision"] == "non_inferiority":
+        drop = (
+            f"old-intent accuracy passes only when the one-sided {100 * (1 - cfg['alpha']):g}% upper "
+            f"bound of its drop is below {cfg['max_drop']:g} points ({cfg['max_drift']:g} for the "
+            "drift from the line's base)"
+        )
+    else:
+        drop = (
+            f"old-intent accuracy fails when the drop exceeds {cfg['max_drop']:g} points "
+            f"({cfg['max_drift']:g} for the drift from the line's base) and an exact one-sided "
+            f"McNemar test is significant at {cfg['alpha']:g}"
+        )
+    return (
+        f"Rules: {drop}; an intent fails when its drop exceeds {cfg['per_intent_max_drop']:g} "
+        "points and its "
+        + ("Holm-adjusted " if cfg["per_intent_correction"] == "holm" else "")
+        + f"p-value is at most {cfg['alpha']:g}; each new intent with at least "
+        f"{cfg['min_new_intent_utterances']} test utterances needs "
+        f"{100 * cfg['min_new_intent_accuracy']:g}% accuracy, all new intents pooled "
+        f"{100 * cfg['min_new_accuracy']:g}%. Intervals: {report['statistics']['interval']}."
+    )
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -65,21 +100,18 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     if failed:
         lines += ["**Failing rules**", ""]
-        lines += [f"- **{_TITLES[r['name']]}**: {_md(r['summary'])}" for r in failed]
+        lines += [f"- **{_title(r)}**: {_md(r['summary'])}" for r in failed]
         lines.append("")
     lines += ["| rule | result | details |", "|---|---|---|"]
     lines += [
-        f"| {_TITLES[r['name']]} | {_MARKS[r['status']]} | {_md(r['summary'])} |"
-        for r in report["rules"]
+        f"| {_title(r)} | {_MARKS[r['status']]} | {_md(r['summary'])} |" for r in report["rules"]
     ]
     lines += [
         "",
-        f"Rules: old-intent accuracy fails when the drop exceeds {cfg['max_drop']:g} points and an "
-        f"exact one-sided McNemar test is significant at {cfg['alpha']:g}; an intent fails when its "
-        f"drop exceeds {cfg['per_intent_max_drop']:g} points and its "
-        + ("Holm-adjusted " if cfg["per_intent_correction"] == "holm" else "")
-        + f"p-value is at most {cfg['alpha']:g}; new intents need {100 * cfg['min_new_accuracy']:g}% "
-        f"accuracy. Intervals: {report['statistics']['interval']}.",
+        f"Baseline `{report['baseline']}` ({report['baseline_source']}); drift measured "
+        f"against `{report['drift']['against']}` (line: {' → '.join(report['drift']['line'][::-1])}).",
+        "",
+        _rule_text(cfg, report),
         "",
     ]
 
@@ -136,16 +168,53 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", f"Old intents without test utterances (not checked): {', '.join(without)}."]
     new = report["new_intents"]
     if new["per_intent"]:
+        marks = {"pass": "", "fail": "❌ below floor", "too_few": "⚠️ too few to judge"}
         lines += [
             "",
-            f"### New intents ({len(new['per_intent'])}): {format_pct(new['accuracy'])} pooled",
+            f"### New intents ({len(new['rows'])}): {format_pct(new['accuracy'])} pooled",
             "",
-            "| intent | n | candidate |",
-            "|---|---|---|",
+            "| intent | n | candidate | |",
+            "|---|---|---|---|",
         ]
         lines += [
-            f"| {i} | {row['n']} | {format_pct(row['accuracy'])} |"
-            for i, row in sorted(new["per_intent"].items(), key=lambda kv: kv[1]["accuracy"])
+            f"| {r['intent']} | {r['n']} | {format_pct(r['accuracy'])} | {marks[r['status']]} |"
+            for r in new["rows"]
+            if r["status"] != "untested"
+        ]
+        untested = [r["intent"] for r in new["rows"] if r["status"] == "untested"]
+        if untested:
+            lines += ["", f"New intents without test utterances: {', '.join(untested)}."]
+    if report["also_against"]:
+        lines += [
+            "",
+            "### Old intents against other releases",
+            "",
+            "| release | n | release acc. | candidate | drop (points) | broken / fixed | p | failing intents |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {a['baseline']} | {a['n']} | {format_pct(a['baseline_accuracy'])} "
+            f"| {format_pct(a['candidate_accuracy'])} | {format_points(a['drop_points'])} "
+            f"| {a['broken']} / {a['fixed']} | {format_p(a['p_value'])} "
+            f"| {', '.join(a['failing_intents']) or '-'} |"
+            for a in report["also_against"]
+        ]
+    moved = report["retired"]["moved"]
+    if moved:
+        lines += [
+            "",
+            f"### Retired intents ({', '.join(report['retired']['intents'])})",
+            "",
+            "Test utterances labelled with a retired intent are left out of every rule; this is "
+            "where the candidate sends them now.",
+            "",
+            "| retired intent | n | baseline right | candidate predicts |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {m['intent']} | {m['n']} | {m['baseline_correct']} "
+            f"| {', '.join(f'{to} ×{k}' for to, k in m['to'].items())} |"
+            for m in moved
         ]
     if report.get("png_skipped"):
         lines += ["", f"_report.png not written: {report['png_skipped']}._"]

@@ -10,6 +10,11 @@ with the default GateConfig on them, the way CI would:
 * every protocol's final release against the protocol's base release v1 (what a release line
   has cost the base intents in total).
 
+Every check runs with the shipped workflow's defaults, so each one also applies the drift rule
+(GateConfig.max_drift) against the line's base release v1: the column "drift vs v1" shows
+whether the default workflow catches a line that drifts while every release passes against
+its parent.
+
 Test data is the CLINC150 test split, restricted to the intents the candidate knows (30
 utterances per intent), written as JSONL, the way a user's test file would be.
 
@@ -67,11 +72,15 @@ def check(registry: Path, candidate: str, baseline: str, raw: dict, work: Path) 
         baseline=baseline,
         report_dir=None,
     )
+    drift = next(r for r in report["rules"] if r["name"] == "drift")
     return {
         "candidate": candidate,
         "baseline": baseline,
         "old_intents": len(Registry(registry).manifest(baseline)["intents"]),
         **headline(report),
+        "drift_against": drift["against"],
+        "drift_status": drift["status"],
+        "drift_drop_points": drift["details"].get("drop_points"),
         "check_wall_s": round(time.perf_counter() - started, 1),
     }
 
@@ -132,6 +141,12 @@ def main() -> None:
     print(markdown(result))
 
 
+def drift(x: dict) -> str:
+    if x["drift_status"] == "skipped":
+        return "-"
+    return f"{x['drift_status']}: {x['drift_drop_points']:.2f} vs {x['drift_against']}"
+
+
 def markdown(r: dict) -> str:
     pct = lambda x: f"{100 * x:.2f}%"  # noqa: E731
     b = r["bar"]
@@ -146,8 +161,8 @@ def markdown(r: dict) -> str:
         f"intent-ci releases passed: **{b['intent_ci_passed']} of {b['intent_ci_checks']}**; "
         f"naive fine-tuning releases failed: **{b['naive_failed']} of {b['naive_checks']}**.",
         "",
-        "| protocol | method | candidate vs baseline | verdict | failed rules | old intents: baseline -> candidate | drop (90% CI), points | broken / fixed | McNemar p | failing intents | new intents |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| protocol | method | candidate vs baseline | verdict | failed rules | old intents: baseline -> candidate | drop (90% CI), points | broken / fixed | McNemar p | failing intents | new intents | drift vs line's base |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for x in r["checks"]:
         low, high = x["old_drop_ci_points"]
@@ -157,7 +172,7 @@ def markdown(r: dict) -> str:
             f"| {pct(x['old_baseline_accuracy'])} -> {pct(x['old_candidate_accuracy'])} "
             f"| {x['old_drop_points']:.2f} ({low:.2f} to {high:.2f}) | {x['broken']} / {x['fixed']} "
             f"| {format_p(x['mcnemar_p'])} | {len(x['failing_intents'])} of {x['old_intents']} "
-            f"| {pct(x['new_accuracy'])} |"
+            f"| {pct(x['new_accuracy'])} | {drift(x)} |"
         )
     lines += [
         "",

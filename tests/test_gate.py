@@ -2,14 +2,17 @@
 
 v1 has the four base intents; v2 adds refund_status with the recipe; v3 adds it to v1 again
 with distillation and replay switched off and a high learning rate, through the normal config
-overrides. The gate must pass v2, fail v3 naming the forgotten intents, fail on a flipped golden
-utterance, and refuse bad input with exit 2.
+overrides. The gate must pass v2, fail v3 naming the forgotten intents, fail a release that
+keeps what its parent v3 had for the drift of its line from v1, fail on a flipped golden
+utterance, follow the `production` alias, gate a `retire` release, and refuse bad input with
+exit 2.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -83,6 +86,12 @@ def gate_registry(tmp_path_factory, tiny_backbone, gate_data) -> Path:
     return registry
 
 
+@pytest.fixture()
+def registry_copy(gate_registry, tmp_path) -> Path:
+    """A copy of the module's registry for tests that add releases or aliases to it."""
+    return Path(shutil.copytree(gate_registry, tmp_path / "adapters"))
+
+
 def check(registry: Path, candidate: str, data: Path, out: Path, *extra) -> int:
     argv = ["check", "--candidate", candidate, "--data", data, "--registry", registry]
     return main([str(a) for a in [*argv, "--report-dir", out, *extra]])
@@ -106,6 +115,7 @@ def test_good_release_passes(gate_registry, gate_data, tmp_path, capsys):
         "golden",
         "new_intents",
         "confusions",
+        "drift",
     ]
     assert sorted(r["intent"] for r in report["per_intent"]) == BASE_INTENTS
     assert report["new_intents"]["intents"] == [NEW]
@@ -213,6 +223,115 @@ def test_gate_config_file_changes_the_thresholds(gate_registry, gate_data, tmp_p
     assert code == 1 and report["failed_rules"] == ["new_intents"]
 
 
+def _rule(report: dict, name: str) -> dict:
+    return next(r for r in report["rules"] if r["name"] == name)
+
+
+@pytest.fixture()
+def drifted(registry_copy) -> tuple[Path, str]:
+    """v3 (damaged) without card_lost: `retire` copies v3's other head rows exactly, so the new
+    release holds everything its parent had, while v3 has forgotten v1's intents."""
+    from intent_ci.lifecycle import retire_intents
+
+    return registry_copy, retire_intents(["card_lost"], registry_copy, parent="v3")
+
+
+def test_drift_fails_a_release_that_passes_against_its_parent(drifted, gate_data, tmp_path, capsys):
+    """The default drift rule, against the line's base v1, fails the release although it passes
+    against its parent; a looser max_drift and --drift-against say otherwise."""
+    registry, release = drifted
+    out, data = tmp_path / "reports", gate_data / "test"
+    assert check(registry, release, data, out) == 1
+    report = read_report(out)
+    assert (report["baseline"], report["baseline_source"]) == ("v3", "parent")
+    assert report["failed_rules"] == ["drift"], [r["summary"] for r in report["rules"]]
+    assert report["old_intents"]["broken"] == 0
+    drift = _rule(report, "drift")
+    assert drift["against"] == "v1" and report["drift"]["line"] == [release, "v3", "v1"]
+    # v1's intents less the retired card_lost: 3 x 30 utterances.
+    assert drift["details"]["n"] == 3 * N_TEST and drift["details"]["drop_points"] > 50
+    assert "v1's intents" in drift["summary"] and "larger than 2 points" in drift["summary"]
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert "**Drift from the line's base (`v1`)**" in markdown.split("| rule |")[0]
+    assert f"line: v1 → v3 → {release}" in markdown
+    capsys.readouterr()
+
+    # Its own budget: a drift within max_drift passes.
+    config = tmp_path / "gate.yaml"
+    config.write_text(yaml.safe_dump({"gate": {"max_drift": 100.0}}), encoding="utf-8")
+    assert check(registry, release, data, out, "--config", config) == 0
+    assert _rule(read_report(out), "drift")["status"] == "pass"
+    # Against a given release: the parent, from which nothing drifted.
+    assert check(registry, release, data, out, "--drift-against", "v3") == 0
+    assert _rule(read_report(out), "drift")["against"] == "v3"
+    # non_inferiority decides the same here: the bound of a 0-broken drop is below 2 points.
+    config.write_text(yaml.safe_dump({"gate": {"decision": "non_inferiority"}}), encoding="utf-8")
+    assert check(registry, release, data, out, "--config", config) == 1
+    assert read_report(out)["failed_rules"] == ["drift"]
+
+
+def test_also_against_adds_baselines(drifted, gate_data, tmp_path):
+    registry, release = drifted
+    out = tmp_path / "reports"
+    config = tmp_path / "gate.yaml"
+    config.write_text(yaml.safe_dump({"gate": {"max_drift": 100.0}}), encoding="utf-8")
+    code = check(
+        registry,
+        release,
+        gate_data / "test",
+        out,
+        "--config",
+        config,
+        "--also-against",
+        "v1",
+        "--also-against",
+        "v2",
+    )
+    report = read_report(out)
+    assert code == 1 and report["failed_rules"] == ["also_against", "also_against"]
+    also = {a["baseline"]: a for a in report["also_against"]}
+    # card_lost is retired in the candidate's line: left out against both.
+    assert also["v1"]["n"] == 3 * N_TEST and also["v2"]["n"] == 4 * N_TEST
+    assert sorted(also["v1"]["failing_intents"]) == sorted(set(BASE_INTENTS) - {"card_lost"})
+    assert "### Old intents against other releases" in (out / "report.md").read_text()
+
+
+def test_production_alias_is_the_default_baseline(registry_copy, gate_data, tmp_path):
+    out = tmp_path / "reports"
+    assert main(["alias", "set", "production", "v2", "--registry", str(registry_copy)]) == 0
+    assert check(registry_copy, "v3", gate_data / "test", out) == 1
+    report = read_report(out)
+    assert (report["baseline"], report["baseline_source"]) == ("v2", "production alias")
+    assert "old_accuracy" in report["failed_rules"]
+    # --baseline still wins; a candidate that is production itself is checked against its parent.
+    assert check(registry_copy, "v2", gate_data / "test", out) == 0
+    assert (read_report(out)["baseline"], read_report(out)["baseline_source"]) == ("v1", "parent")
+    assert check(registry_copy, "v3", gate_data / "test", out, "--baseline", "v1") == 1
+    assert read_report(out)["baseline_source"] == "--baseline"
+
+
+def test_a_retire_release_is_gateable(registry_copy, gate_data, tmp_path):
+    """v2 without refund_status: retired intents are not old intents; their utterances are
+    reported with where the candidate sends them now."""
+    from intent_ci.lifecycle import retire_intents
+
+    retired = retire_intents([NEW], registry_copy, parent="v2")
+    out = tmp_path / "reports"
+    assert check(registry_copy, retired, gate_data / "test", out) == 0
+    report = read_report(out)
+    assert report["baseline"] == "v2" and report["verdict"] == "pass"
+    assert sorted(report["old_intents"]["intents"]) == BASE_INTENTS
+    assert report["old_intents"]["n"] == 4 * N_TEST
+    # The head rows of the other intents are copied exactly: nothing else moves.
+    assert report["old_intents"]["broken"] == 0
+    [moved] = report["retired"]["moved"]
+    assert moved["intent"] == NEW and moved["n"] == N_TEST
+    assert sum(moved["to"].values()) == N_TEST and set(moved["to"]) <= set(BASE_INTENTS)
+    assert _rule(report, "retired")["status"] == "info"
+    assert _rule(report, "drift")["against"] == "v1"
+    assert "### Retired intents (refund_status)" in (out / "report.md").read_text()
+
+
 # ---- bad input: exit 2, one line, no report ------------------------------------------------------
 def refused(capsys, argv: list, out: Path, pattern: str) -> str:
     code = main([str(a) for a in argv])
@@ -249,6 +368,34 @@ def test_unknown_candidate_and_baseline(capsys, gate_registry, gate_data, tmp_pa
         args(gate_registry, data, out, "v2", "--baseline", "v7"),
         out,
         r"unknown release 'v7'",
+    )
+
+
+def test_bad_also_against(capsys, gate_registry, gate_data, tmp_path):
+    out, data = tmp_path / "reports", gate_data / "test"
+    refused(
+        capsys,
+        args(gate_registry, data, out, "v2", "--also-against", "v1"),
+        out,
+        r"--also-against v1: v1 is the baseline already; name another release$",
+    )
+    refused(
+        capsys,
+        args(gate_registry, data, out, "v2", "--also-against", "v8"),
+        out,
+        r"unknown release 'v8'",
+    )
+    refused(
+        capsys,
+        args(gate_registry, data, out, "v1", "--baseline", "v3", "--also-against", "v2"),
+        out,
+        r"candidate v1 does not predict 1 intent\(s\) of baseline v3 \(refund_status\)",
+    )
+    refused(
+        capsys,
+        args(gate_registry, data, out, "v2", "--drift-against", "v9"),
+        out,
+        r"unknown release 'v9'",
     )
 
 

@@ -271,6 +271,69 @@ def test_new_intent_rule():
     assert _verdict(cand, base, refs, old)[1][3].status == "pass"
 
 
+def test_one_new_intent_at_zero_fails_although_the_pooled_figure_passes():
+    """Ten new intents, one of them entirely wrong: 90% pooled passes min_new_accuracy, the
+    per-intent floor fails it, and the pooled figure stays in the rule's details."""
+    old, refs, base = _world(intents=2, new=10)
+    cand = _flip(base, refs, "n3", 30, "i00")
+    verdict, rules, _ = _verdict(cand, base, refs, old)
+    new_rule = rules[3]
+    assert verdict == "fail" and new_rule.status == "fail" and new_rule.intents == ["n3"]
+    assert new_rule.details["accuracy"] == pytest.approx(0.9)
+    assert new_rule.details["below_floor"] == ["n3"]
+    assert "n3 (0.0% of 30)" in new_rule.summary and "90.0% pooled" in new_rule.summary
+    # The floor is a config field: at 0 the same release passes.
+    assert _verdict(cand, base, refs, old, GateConfig(min_new_intent_accuracy=0.0))[0] == "pass"
+
+
+def test_a_new_intent_with_too_few_utterances_is_named_not_judged():
+    old, refs, base = _world(intents=2, new=2)
+    refs = [r for i, r in enumerate(refs) if r != "n1" or i % 10 == 0]  # n1: 3 utterances left
+    base = list(refs)
+    cand = [("i00" if r == "n1" else r) for r in refs]  # n1 entirely wrong, but only 3 of them
+    verdict, rules, _ = _verdict(cand, base, refs, old)
+    new_rule = rules[3]
+    assert verdict == "pass" and new_rule.status == "pass"
+    assert new_rule.details["too_few"] == ["n1"] and new_rule.details["below_floor"] == []
+    assert "not judged on their own, fewer than 10 test utterances: n1 (3)" in new_rule.summary
+    # With a lower minimum it is judged, and fails.
+    cfg = GateConfig(min_new_intent_utterances=3)
+    verdict, rules, _ = _verdict(cand, base, refs, old, cfg)
+    assert verdict == "fail" and rules[3].intents == ["n1"]
+
+
+def test_non_inferiority_needs_the_upper_bound_below_max_drop():
+    """A 1-point drop on 300 utterances: the default rule passes it (within max_drop);
+    non_inferiority cannot show it is below 2 points on so few. On 30,000 it can."""
+    small_old, small_refs, small_base = _world(intents=10, per_intent=30, new=0)
+    cand = _flip(small_base, small_refs, "i00", 3)
+    strict = GateConfig(decision="non_inferiority")
+    verdict, rules, _ = _verdict(cand, small_base, small_refs, small_old)
+    assert verdict == "pass" and rules[0].details["decision"] == "significant"
+    verdict, rules, _ = _verdict(cand, small_base, small_refs, small_old, strict)
+    low, high = rules[0].details["ci_points"]
+    assert high > 2 and verdict == "fail" and rules[0].status == "fail"
+    assert "upper bound" in rules[0].summary and "not below 2 points" in rules[0].summary
+    old, refs, base = _world(intents=10, per_intent=3000, new=0)
+    cand = base
+    for intent in old:
+        cand = _flip(cand, refs, intent, 30)  # 1 point
+    verdict, rules, _ = _verdict(cand, base, refs, old, strict)
+    assert rules[0].details["ci_points"][1] < 2 and verdict == "pass"
+
+
+def test_drop_decision_is_the_same_function_for_both_rules():
+    from intent_ci.gate import drop_decision
+
+    cfg = GateConfig()
+    assert drop_decision(2.5, 3.0, 0.01, 2.0, cfg)[0] is True
+    assert drop_decision(2.5, 3.0, 0.2, 2.0, cfg)[0] is False  # large, not significant
+    assert drop_decision(1.5, 2.5, 1e-9, 2.0, cfg)[0] is False  # significant, within budget
+    ni = GateConfig(decision="non_inferiority")
+    assert drop_decision(0.0, 2.0, 1.0, 2.0, ni)[0] is True  # bound must be strictly below
+    assert drop_decision(1.9, 1.99, 0.0, 2.0, ni)[0] is False
+
+
 def test_confusions_list_where_broken_utterances_went():
     old, refs, base = _world(intents=3)
     cand = _flip(_flip(base, refs, "i00", 4, "n1"), refs, "i02", 2, "i01")
@@ -304,6 +367,18 @@ def test_gate_config_defaults_and_overrides(tmp_path):
         (
             {"gate": {"per_intent_correction": "bh"}},
             r"config field `gate.per_intent_correction`: expected one of holm, none; got 'bh'",
+        ),
+        (
+            {"gate": {"decision": "strict"}},
+            r"config field `gate.decision`: expected one of significant, non_inferiority; got 'strict'",
+        ),
+        (
+            {"gate": {"max_drift": -1}},
+            r"config field `gate.max_drift`: must be in \[0, 100\] \(percentage points\), got -1",
+        ),
+        (
+            {"gate": {"min_new_intent_utterances": 0}},
+            r"config field `gate.min_new_intent_utterances`: must be >= 1, got 0",
         ),
         ({"gate": [1]}, r"section `gate` must be a mapping"),
     ],
@@ -390,3 +465,58 @@ def test_tests_hold_their_level_on_noise_and_catch_a_real_drop():
     assert overall / trials <= 0.06  # exact McNemar is conservative: below 0.05 up to MC noise
     assert any_intent / trials <= 0.06
     assert caught / trials >= 0.9
+
+
+# ---- the recorded P1 chain under the default rules ------------------------------------------------
+def _paired_from_counts(intents: int, baseline_accuracy: float, broken: int, fixed: int):
+    """Predictions with these paired counts, 30 utterances per old intent, flips spread evenly."""
+    old = [f"i{k:03d}" for k in range(intents)]
+    refs = [i for i in old for _ in range(30)]
+    n = len(refs)
+    base_right = round(baseline_accuracy * n)
+    # Interleave intents so that consecutive positions belong to different intents.
+    order = sorted(range(n), key=lambda i: (i % 30, i // 30))
+    base, cand = list(refs), list(refs)
+    wrong_in_base = order[base_right:]
+    right_in_base = order[:base_right]
+    for i in wrong_in_base:
+        base[i] = cand[i] = "x"
+    for i in right_in_base[:broken]:
+        cand[i] = "x"
+    for i in wrong_in_base[:fixed]:
+        cand[i] = refs[i]
+    return cand, base, refs, old
+
+
+def test_default_rules_fail_the_recorded_p1_chain_only_through_drift():
+    """scripts/results/gate_incremental.json: every P1 intent-ci release passes against its
+    parent, and v6 has lost 2.13 points on v1's intents. Under the default GateConfig (what the
+    shipped workflow runs without a gate.yaml) each parent check passes and the drift rule,
+    against the line's base v1, fails v6."""
+    import json
+    from pathlib import Path
+
+    from intent_ci.gate import rule_drift, rule_old_accuracy
+
+    results = Path(__file__).resolve().parents[1] / "scripts" / "results" / "gate_incremental.json"
+    rows = [
+        c
+        for c in json.loads(results.read_text(encoding="utf-8"))["checks"]
+        if c["protocol"] == "P1" and c["method"] == "intent-ci"
+    ]
+    cfg = GateConfig()
+    for row in rows:
+        cand, base, refs, old = _paired_from_counts(
+            row["old_intents"], row["old_baseline_accuracy"], row["broken"], row["fixed"]
+        )
+        stats = paired_statistics(cand, base, refs, old, cfg)
+        assert (stats["old"]["broken"], stats["old"]["fixed"]) == (row["broken"], row["fixed"])
+        assert 100 * stats["old"]["drop"] == pytest.approx(row["old_drop_points"])
+        if row["against"] == "parent":
+            assert rule_old_accuracy(stats, cfg).status == "pass", row
+        else:
+            assert (row["candidate"], row["baseline"]) == ("v6", "v1")
+            drift = rule_drift(stats, cfg, "v1")
+            assert drift.status == "fail" and "larger than 2 points" in drift.summary
+            assert rule_drift(stats, GateConfig(decision="non_inferiority"), "v1").status == "fail"
+    assert sum(r["against"] == "parent" for r in rows) == 5

@@ -71,6 +71,8 @@ def test_check_step_passes_every_flag_the_cli_knows(steps):
         "--registry",
         "--report-dir",
         "--baseline",
+        "--also-against",
+        "--drift-against",
         "--golden",
         "--config",
     }
