@@ -4,6 +4,7 @@ Data flows through one module per stage: :mod:`~intent_ci.data` (utterances in, 
 :mod:`~intent_ci.modeling` (frozen encoder + LoRA + widening head) -> :mod:`~intent_ci.replay`
 (exemplar memory) -> :mod:`~intent_ci.preflight` (what the write needs, checked before
 training) -> :mod:`~intent_ci.training` (one Accelerate loop, CE + distillation) ->
+:mod:`~intent_ci.calibration` (the out-of-scope threshold of each release) ->
 :mod:`~intent_ci.evaluation` -> :mod:`~intent_ci.registry` (atomic, immutable releases) ->
 :mod:`~intent_ci.release` (files <-> model, `IntentClassifier`) -> :mod:`~intent_ci.pipeline`
 (the `init` and `add-intent` jobs) -> :mod:`~intent_ci.gate` (may a release ship? paired
@@ -17,6 +18,7 @@ from intent_ci.config import (  # noqa: E402
     DistillConfig,
     GateConfig,
     ModelConfig,
+    OOSConfig,
     RegistryConfig,
     ReleaseConfig,
     ReplayConfig,
@@ -71,6 +73,7 @@ __all__ = [
     "IntentClassifier",
     "LatestMovedError",
     "ModelConfig",
+    "OOSConfig",
     "Prediction",
     "Registry",
     "RegistryConfig",

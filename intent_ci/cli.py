@@ -123,6 +123,7 @@ def _report_release(registry: str, release: str) -> None:
     echo(f"  trained on {metrics.get('train_examples')} examples in {metrics.get('wall_time_s')} s")
     for line in _neighbour_lines(metrics):
         echo(f"  parent took {line}")
+    echo(f"  out of scope: {_oos_line(manifest)}")
     ev = metrics.get("eval")
     if ev:
         echo(
@@ -130,6 +131,45 @@ def _report_release(registry: str, release: str) -> None:
             f", new intents {_fmt(ev.get('new_intents_accuracy'))}"
         )
     echo(f"  written to {Path(registry) / release}")
+
+
+def _oos_line(manifest: dict) -> str:
+    """The release's out-of-scope rule in one line, for `show`, `releases` and reports."""
+    oos = manifest.get("oos")
+    if oos is None:
+        return "not calibrated (release made before out-of-scope detection): every utterance is in scope"
+    cal = oos.get("calibration") or {}
+    if oos.get("threshold") is None:
+        return f"no threshold: {oos.get('note', 'nothing to calibrate on')}"
+    line = (
+        f"{oos['score']} >= {oos['threshold']:.4f} ({oos.get('method')}, target in-scope recall "
+        f"{_fmt(oos.get('target_recall'))}); calibrated on {cal.get('in_scope')} held-out "
+        f"utterances of {cal.get('intents')} intents ({cal.get('file')}): in-scope recall "
+        f"{_fmt(oos.get('in_scope_recall'))}"
+    )
+    if cal.get("oos"):
+        line += f"; {cal['oos']} oos utterances, oos recall {_fmt(oos.get('oos_recall'))}"
+    if oos.get("note"):
+        line += f" ({oos['note']})"
+    return line
+
+
+def _oos_summary(oos: dict | None) -> dict | None:
+    """The manifest's out-of-scope record without its free text: what `releases --json` lists."""
+    if oos is None:
+        return None
+    cal = oos.get("calibration") or {}
+    return {
+        "method": oos.get("method"),
+        "score": oos.get("score"),
+        "threshold": oos.get("threshold"),
+        "target_recall": oos.get("target_recall"),
+        "calibration_file": cal.get("file"),
+        "calibration_size": cal.get("in_scope"),
+        "calibration_oos": cal.get("oos"),
+        "in_scope_recall": oos.get("in_scope_recall"),
+        "oos_recall": oos.get("oos_recall"),
+    }
 
 
 def cmd_releases(args: argparse.Namespace) -> int:
@@ -155,6 +195,7 @@ def cmd_releases(args: argparse.Namespace) -> int:
                 "accuracy": ev.get("accuracy"),
                 "old_intents_accuracy": ev.get("old_intents_accuracy"),
                 "new_intents_accuracy": ev.get("new_intents_accuracy"),
+                "oos": _oos_summary(m.get("oos")),
                 "created_at": m.get("created_at"),
                 "latest": name == latest,
                 "aliases": [a for a, r in aliases.items() if r == name],
@@ -166,16 +207,29 @@ def cmd_releases(args: argparse.Namespace) -> int:
     if not rows:
         echo(f"{args.registry}: no releases")
         return EXIT_OK
-    echo(f"{'release':<9} {'parent':<7} {'intents':>7}  {'acc':>6} {'old':>6} {'new':>6}  added")
+    echo(
+        f"{'release':<9} {'parent':<7} {'intents':>7}  {'acc':>6} {'old':>6} {'new':>6}  "
+        f"{'oos rule (score >= threshold, n, in-scope recall)':<44}  added"
+    )
     for r in rows:
         added = ", ".join(r["new_intents"][:4]) + (" …" if len(r["new_intents"]) > 4 else "")
         if r["retired_intents"]:
             added = "retired " + ", ".join(r["retired_intents"])
         mark = "*" if r["latest"] else " "
         named = f"  [{', '.join(r['aliases'])}]" if r["aliases"] else ""
+        o = r["oos"]
+        if o is None:
+            rule = "none (accepts all)"
+        elif o["threshold"] is None:
+            rule = "no threshold (accepts all)"
+        else:
+            rule = (
+                f"{o['score']} >= {o['threshold']:.3f}, n={o['calibration_size']}, "
+                f"{_fmt(o['in_scope_recall'])}"
+            )
         echo(
             f"{r['release'] + mark:<9} {r['parent'] or '-':<7} {r['intents']:>7}  {_fmt(r['accuracy']):>6} "
-            f"{_fmt(r['old_intents_accuracy']):>6} {_fmt(r['new_intents_accuracy']):>6}  {added}{named}"
+            f"{_fmt(r['old_intents_accuracy']):>6} {_fmt(r['new_intents_accuracy']):>6}  {rule:<44}  {added}{named}"
         )
     echo("* latest")
     return EXIT_OK
@@ -218,6 +272,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             f"eval      {ev['data']}: accuracy {_fmt(ev['accuracy'])}, old {_fmt(ev.get('old_intents_accuracy'))}, "
             f"new {_fmt(ev.get('new_intents_accuracy'))}"
         )
+    echo(f"oos       {_oos_line(manifest)}")
     r = manifest.get("replay", {})
     echo(
         f"replay    {r.get('exemplars')} exemplars for {r.get('intents')} intents, {r.get('bytes_per_intent')} B/intent"
@@ -253,6 +308,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     echo(f"  accuracy       {_fmt(result['accuracy'])}")
     echo(f"  old intents    {_fmt(result.get('old_intents_accuracy'))} (n={result.get('old_n')})")
     echo(f"  new intents    {_fmt(result.get('new_intents_accuracy'))} (n={result.get('new_n')})")
+    rule = (
+        "no threshold (accepts all)"
+        if result.get("oos_threshold") is None
+        else f"{result['oos_score']} >= {result['oos_threshold']:.3f}"
+    )
+    echo(
+        f"  out of scope   {rule}: in-scope accuracy {_fmt(result['in_scope_accuracy'])}, "
+        f"in-scope recall {_fmt(result['in_scope_recall'])} (n={result['in_scope_n']})"
+    )
+    if result.get("oos_n"):
+        auroc = "" if result.get("auroc") is None else f"; AUROC {result['auroc']:.4f}"
+        echo(
+            f"                 oos recall {_fmt(result['oos_recall'])}, precision "
+            f"{_fmt(result['oos_precision'])}, F1 {_fmt(result['oos_f1'])} "
+            f"(n={result['oos_n']}){auroc}"
+        )
+        if result.get("fpr_at_95") is not None:
+            echo(f"                 FPR@95 {_fmt(result['fpr_at_95'])}")
     if "against" in result:
         a = result["against"]
         echo(
@@ -260,6 +333,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"vs {_fmt(a['accuracy'])} ({100 * a['delta']:+.1f} points"
             + (f", McNemar p = {a['paired']['p_value']:.2g})" if a.get("paired") else ")")
         )
+        o = a.get("oos") or {}
+        if o.get("oos_recall", {}).get("delta") is not None:
+            echo(
+                f"  vs {a['release']} out of scope: oos recall {100 * o['oos_recall']['delta']:+.1f} "
+                f"points, in-scope recall {100 * o['in_scope_recall']['delta']:+.1f}, AUROC "
+                f"{o['auroc']['delta']:+.4f}"
+            )
         worst = sorted(a["per_intent_delta"].items(), key=lambda kv: kv[1])[:3]
         drops = [f"{k} {100 * v:+.1f}" for k, v in worst if v < 0]
         if drops:
@@ -295,10 +375,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_PASS if report["verdict"] == "pass" else EXIT_REGRESSION
 
 
+FALLBACK = "(out of scope)"
+"""What `predict` prints for an utterance the release rejects as out of scope."""
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from intent_ci.data import read_texts
     from intent_ci.release import IntentClassifier
 
+    for number, text in enumerate(args.text, 1):
+        if not text.strip():
+            raise IntentCIError(
+                f"utterance {number} on the command line is empty; expected an utterance to classify"
+            )
     classifier = IntentClassifier.load(args.registry, args.release)
     texts = list(args.text)
     if args.input:
@@ -306,14 +395,34 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not texts:
         raise IntentCIError("nothing to classify: give utterances as arguments or --input FILE")
     predictions = classifier.predict(texts, batch_size=args.batch_size)
+    if classifier.oos is None:
+        logger.warning(
+            "release %s has no out-of-scope calibration (made before out-of-scope detection): "
+            "every utterance is in scope",
+            classifier.name,
+        )
     if args.json:
         for text, p in zip(texts, predictions, strict=True):
             echo(
-                json.dumps({"text": text, "intent": p.label, "confidence": round(p.confidence, 4)})
+                json.dumps(
+                    {
+                        "text": text,
+                        "intent": p.intent,
+                        "confidence": round(p.confidence, 4),
+                        "in_scope": p.in_scope,
+                        "score": None if p.score is None else round(p.score, 4),
+                    }
+                )
             )
         return EXIT_OK
     for text, p in zip(texts, predictions, strict=True):
-        echo(f"{p.label:<24} {p.confidence:.3f}  {text}")
+        if p.in_scope:
+            echo(f"{p.intent:<24} {p.confidence:.3f}  {text}")
+        else:
+            echo(
+                f"{FALLBACK:<24} score {p.score:.3f} < {classifier.threshold:.3f} "
+                f"(best {p.intent} {p.confidence:.3f})  {text}"
+            )
     return EXIT_OK
 
 
@@ -565,6 +674,23 @@ def cmd_alias(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from intent_ci.lifecycle import calibrate_release
+    from intent_ci.registry import Registry
+
+    release = calibrate_release(
+        args.data, _writable_registry(args), args.release, target_recall=args.target_recall
+    )
+    manifest = Registry(args.registry).manifest(release)
+    echo(
+        f"{release}: {len(manifest['intents'])} intents, parent {manifest['parent']}, "
+        "recalibrated (nothing trained)"
+    )
+    echo(f"  out of scope: {_oos_line(manifest)}")
+    echo(f"  written to {Path(args.registry) / release}; {manifest['parent']} is unchanged")
+    return EXIT_OK
+
+
 # ---- parser --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -810,6 +936,26 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("name", help="the alias to remove")
     registry_arg(q, writes=True)
     p.set_defaults(func=cmd_alias)
+
+    p = sub.add_parser(
+        "calibrate",
+        help="new release of an existing one with its out-of-scope threshold set on your data "
+        "(trains nothing)",
+    )
+    p.add_argument("--release", default="latest", help="release to recalibrate (default: latest)")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="utterances of the release's intents it never trained on (rows labelled oos: "
+        "out-of-scope examples, to measure oos recall)",
+    )
+    p.add_argument(
+        "--target-recall",
+        type=float,
+        help="share of in-scope utterances to accept (default: the release's oos.target_recall)",
+    )
+    registry_arg(p, writes=True)
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser(
         "quickstart", help="offline demo: base release from data/, add an intent, print accuracies"

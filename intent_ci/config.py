@@ -407,6 +407,95 @@ class ReplayConfig:
         )
 
 
+OOS_SCORES = ("max_logit", "msp", "energy")
+"""Out-of-scope scores computed from a release's logits; higher means more in scope."""
+
+
+@dataclass
+class OOSConfig:
+    """Out-of-scope ("none of these") rejection, calibrated for every release when it is made.
+
+    `init` and `add-intent` hold out a seeded share of each new intent's utterances, never train
+    on them, and store them in the release (``calibration.json``). The release's threshold is the
+    ``1 - target_recall`` quantile of its scores on every calibration utterance of its lineage,
+    so that share of in-scope utterances is accepted.
+    """
+
+    enabled: bool = field(
+        default=True,
+        metadata={
+            "help": "Hold out calibration utterances and calibrate a rejection threshold. Off: "
+            "every utterance is in scope (no threshold), and every utterance trains."
+        },
+    )
+    target_recall: float = field(
+        default=0.95,
+        metadata={
+            "help": "Share of in-scope utterances the threshold accepts on the calibration set "
+            "(in-scope recall). Chosen on the CLINC150 validation split (scripts/bench_oos.py)."
+        },
+    )
+    score: str = field(
+        default="max_logit",
+        metadata={
+            "help": "What is thresholded: `max_logit` (the largest logit; with the cosine head, "
+            "the scaled cosine to the nearest intent row), `msp` (largest softmax probability) "
+            "or `energy` (logsumexp of the logits). Chosen on the CLINC150 validation split "
+            "(scripts/bench_oos.py)."
+        },
+    )
+    holdout_share: float = field(
+        default=0.1,
+        metadata={
+            "help": "Share of each new intent's utterances held out of training as calibration "
+            "utterances (rounded down, at most `holdout_max_per_intent`)."
+        },
+    )
+    holdout_max_per_intent: int = field(
+        default=20,
+        metadata={"help": "Most calibration utterances held out per intent."},
+    )
+    holdout_min_train: int = field(
+        default=3,
+        metadata={
+            "help": "An intent keeps at least this many training utterances; an intent with "
+            "fewer than this + 1 gives no calibration utterances."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        _check(
+            0.5 <= self.target_recall < 1,
+            "oos",
+            "target_recall",
+            f"must be in [0.5, 1), got {self.target_recall}",
+        )
+        _check(
+            self.score in OOS_SCORES,
+            "oos",
+            "score",
+            f"expected one of {', '.join(OOS_SCORES)}; got {self.score!r}",
+        )
+        _check(
+            0 <= self.holdout_share < 1,
+            "oos",
+            "holdout_share",
+            f"must be in [0, 1), got {self.holdout_share}",
+        )
+        _check(
+            self.holdout_max_per_intent >= 0,
+            "oos",
+            "holdout_max_per_intent",
+            f"must be >= 0, got {self.holdout_max_per_intent}",
+        )
+        _check(
+            self.holdout_min_train >= 1,
+            "oos",
+            "holdout_min_train",
+            f"must be >= 1, got {self.holdout_min_train}",
+        )
+
+
 @dataclass
 class ReleaseConfig:
     """Everything that defines how a release is trained; stored, resolved, in its manifest."""
@@ -416,6 +505,7 @@ class ReleaseConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
+    oos: OOSConfig = field(default_factory=OOSConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -510,7 +600,7 @@ def apply_overrides(
     """
     if not isinstance(values, dict):
         raise IntentCIError(
-            f"{source}: expected a mapping of sections (data, model, train, distill, replay)"
+            f"{source}: expected a mapping of sections (data, model, train, distill, replay, oos)"
         )
     sections = {f.name: f for f in fields(ReleaseConfig)}
     updated: dict[str, Any] = {}

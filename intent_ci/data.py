@@ -30,6 +30,8 @@ from intent_ci.config import NAME_PATTERN, DataConfig, yaml_error
 from intent_ci.errors import IntentCIError
 
 TEXT, INTENT, SOURCE = "text", "intent", "source"
+OOS_LABEL = "oos"
+"""Rows labelled ``oos`` (CLINC150's convention) are out-of-scope examples, never an intent."""
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZIP_MAGIC = b"PK\x03\x04"
 
@@ -46,8 +48,28 @@ class IntentData:
 
     @property
     def intents(self) -> list[str]:
-        """Intents in order of first appearance."""
-        return list(dict.fromkeys(self.dataset[INTENT]))
+        """Intents in order of first appearance; ``oos`` (out of scope) is not an intent."""
+        return [i for i in dict.fromkeys(self.dataset[INTENT]) if i != OOS_LABEL]
+
+    @property
+    def oos_count(self) -> int:
+        """Rows labelled ``oos``: out-of-scope examples."""
+        return sum(1 for i in self.dataset[INTENT] if i == OOS_LABEL)
+
+    def in_scope(self) -> IntentData:
+        """The rows of real intents, without the ``oos`` rows."""
+        if not self.oos_count:
+            return self
+        keep = [i for i, intent in enumerate(self.dataset[INTENT]) if intent != OOS_LABEL]
+        return IntentData(self.dataset.select(keep), self.origin)
+
+    def oos_texts(self) -> list[str]:
+        """The utterances labelled ``oos``."""
+        return [
+            t
+            for t, i in zip(self.dataset[TEXT], self.dataset[INTENT], strict=True)
+            if i == OOS_LABEL
+        ]
 
     def counts(self) -> dict[str, int]:
         return dict(Counter(self.dataset[INTENT]))
@@ -271,7 +293,7 @@ def _validate(dataset: datasets.Dataset, cfg: DataConfig) -> None:
         seen.setdefault(key, (intent, where))
     counts = Counter(dataset[INTENT])
     for intent, n in counts.items():
-        if n < cfg.min_examples_per_intent:
+        if intent != OOS_LABEL and n < cfg.min_examples_per_intent:
             first = dataset[SOURCE][dataset[INTENT].index(intent)].rsplit(":", 1)[0]
             raise IntentCIError(
                 f"{first}: intent {intent!r} has {n} utterance(s); at least {cfg.min_examples_per_intent} "
@@ -280,11 +302,18 @@ def _validate(dataset: datasets.Dataset, cfg: DataConfig) -> None:
 
 
 def check_new_intents(data: IntentData, existing: list[str], release: str) -> None:
-    """Refuse to 'add' an intent the parent release already predicts.
+    """Refuse to 'add' an intent the parent release already predicts, or only ``oos`` rows.
 
     Raises:
-        IntentCIError: naming the first file and line of the clashing intent.
+        IntentCIError: naming the first file and line of the clashing intent, or the data when
+            every row is labelled ``oos``.
     """
+    if not data.intents:
+        raise IntentCIError(
+            f"{data.origin}: every row is labelled {OOS_LABEL!r}; `{OOS_LABEL}` is reserved for "
+            "out-of-scope examples, not an intent to add; give the new intents' utterances (rows "
+            f"labelled {OOS_LABEL!r} may come with them, for calibration)"
+        )
     known = set(existing)
     for intent, where in zip(data.dataset[INTENT], data.dataset[SOURCE], strict=True):
         if intent in known:
@@ -313,16 +342,21 @@ def check_known_intents(data: IntentData, known: list[str], release: str) -> Non
 def read_texts(path: str | Path, max_chars: int) -> list[str]:
     """Read utterances to classify: one per line of a text file, or the `text` field of JSONL/CSV.
 
+    Utterances longer than `max_chars` are kept: the classifier truncates them to the model's
+    token limit and warns with a count (see `IntentClassifier.logits`).
+
     Raises:
-        IntentCIError: for missing, empty, non-UTF-8 or over-long input.
+        IntentCIError: for a missing, empty or non-UTF-8 file, or an empty or whitespace-only
+            utterance (naming the file and line).
     """
     path = Path(path)
     if not path.is_file():
         raise IntentCIError(f"{path}: no such file; expected one utterance per line")
     text = _read_utf8(path, max_chars)
-    if path.suffix.lower() in (".jsonl", ".json"):
-        out = []
-        for number, line in enumerate(text.splitlines(), 1):
+    lines = text.rstrip().splitlines()  # blank lines at the very end are not utterances
+    texts = []
+    for number, line in enumerate(lines, 1):
+        if path.suffix.lower() in (".jsonl", ".json"):
             if not line.strip():
                 continue
             try:
@@ -331,15 +365,15 @@ def read_texts(path: str | Path, max_chars: int) -> list[str]:
                 raise IntentCIError(f"{path}:{number}: not valid JSON ({err.msg})") from None
             if not isinstance(record, dict) or not isinstance(record.get(TEXT), str):
                 raise IntentCIError(f"{path}:{number}: expected an object with a `text` string")
-            out.append(record[TEXT])
-        texts = out
-    else:
-        texts = [line.strip() for line in text.splitlines() if line.strip()]
-    for number, line in enumerate(texts, 1):
-        if len(line) > max_chars:
+            value = record[TEXT]
+        else:
+            value = line
+        if not value.strip():
             raise IntentCIError(
-                f"{path}: utterance {number} is {len(line)} characters; at most {max_chars} allowed"
+                f"{path}:{number}: empty utterance; expected one utterance per line "
+                "(remove blank lines)"
             )
+        texts.append(value.strip())
     if not texts:
         raise IntentCIError(f"{path}: no utterances found")
     return texts

@@ -1,8 +1,11 @@
-"""Scoring releases: overall, per intent, old versus new intents, and deltas against another release.
+"""Scoring releases: overall, per intent, old versus new intents, out-of-scope rejection, and
+deltas against another release.
 
-The numbers come from the `intent_accuracy` and (for the paired comparison against another
-release) `intent_regression` evaluate modules shipped in ``intent_ci/metrics/``, loaded offline
-with ``evaluate.load(path)``.
+The numbers come from the `intent_accuracy`, `oos_detection` and (for the paired comparison
+against another release) `intent_regression` evaluate modules shipped in ``intent_ci/metrics/``,
+loaded offline with ``evaluate.load(path)``. Rows labelled ``oos`` are out of scope: accuracy
+and the per-intent figures are over the in-scope rows (the best intent, no rejection); the
+out-of-scope figures use the release's calibrated threshold.
 """
 
 from __future__ import annotations
@@ -12,11 +15,22 @@ from typing import TYPE_CHECKING, Any
 
 import evaluate
 
-from intent_ci.data import INTENT, TEXT, IntentData, check_known_intents
-from intent_ci.metrics import INTENT_ACCURACY, INTENT_REGRESSION
+from intent_ci.data import INTENT, OOS_LABEL, TEXT, IntentData, check_known_intents
+from intent_ci.metrics import INTENT_ACCURACY, INTENT_REGRESSION, OOS_DETECTION
 
 if TYPE_CHECKING:  # the rules in intent_ci.gate use the metrics without loading model code
-    from intent_ci.release import IntentClassifier
+    from intent_ci.release import IntentClassifier, Prediction
+
+OOS_METRICS = (
+    "in_scope_accuracy",
+    "in_scope_recall",
+    "oos_recall",
+    "oos_precision",
+    "oos_f1",
+    "auroc",
+    "fpr_at_95",
+)
+"""The out-of-scope figures `eval` reports (see intent_ci/metrics/oos_detection)."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -27,6 +41,48 @@ def intent_accuracy_metric() -> evaluate.Metric:
 @functools.lru_cache(maxsize=1)
 def intent_regression_metric() -> evaluate.Metric:
     return evaluate.load(INTENT_REGRESSION)
+
+
+@functools.lru_cache(maxsize=1)
+def oos_detection_metric() -> evaluate.Metric:
+    return evaluate.load(OOS_DETECTION)
+
+
+def oos_scores(predictions: list[Prediction], references: list[str]) -> dict[str, Any]:
+    """The out-of-scope figures of `predictions` (made with ``reject=True``) on `references`."""
+    return oos_detection_metric().compute(
+        predictions=[p.intent if p.in_scope else OOS_LABEL for p in predictions],
+        references=references,
+        scores=[p.score for p in predictions],
+        oos_label=OOS_LABEL,
+    )
+
+
+def _paired_oos(
+    ours: list[Prediction], theirs: list[Prediction], references: list[str]
+) -> dict[str, int]:
+    """Rows on which the two releases' accept/reject decisions differ, by kind."""
+    counts = {
+        "oos_accepted_by_this_only": 0,
+        "oos_accepted_by_against_only": 0,
+        "in_scope_rejected_by_this_only": 0,
+        "in_scope_rejected_by_against_only": 0,
+    }
+    for a, b, ref in zip(ours, theirs, references, strict=True):
+        if a.in_scope == b.in_scope:
+            continue
+        if ref == OOS_LABEL:
+            counts[
+                "oos_accepted_by_this_only" if a.in_scope else "oos_accepted_by_against_only"
+            ] += 1
+        else:
+            key = (
+                "in_scope_rejected_by_against_only"
+                if a.in_scope
+                else "in_scope_rejected_by_this_only"
+            )
+            counts[key] += 1
+    return counts
 
 
 def score(
@@ -55,23 +111,56 @@ def evaluate_release(
             paired statistics of the drop (`against.paired`: exact McNemar p-value and 90%
             interval, see `intent_regression`).
 
+    Returns:
+        ``accuracy``, ``per_intent``, old/new intent figures and ``confusions`` over the in-scope
+        rows (best intent, no rejection); the out-of-scope figures of `OOS_METRICS` (with the
+        release's calibrated threshold; the oos ones None without ``oos`` rows) and
+        ``oos_threshold``, ``oos_score``; with `against`, ``against`` (accuracy deltas, paired
+        statistics) and ``against.oos`` (each out-of-scope figure for both releases and the
+        delta, this minus `against`, on the rows both can be scored on, and the counts of rows
+        whose accept/reject decisions differ).
+
     Raises:
         IntentCIError: if `data` holds intents the release does not know.
     """
     check_known_intents(data, classifier.intents, classifier.name)
-    texts, refs = data.dataset[TEXT], data.dataset[INTENT]
+    all_texts, all_refs = data.dataset[TEXT], data.dataset[INTENT]
+    predictions = classifier.predict(all_texts)
+    in_rows = [i for i, ref in enumerate(all_refs) if ref != OOS_LABEL]
+    refs = [all_refs[i] for i in in_rows]
     if old_intents is None:
         old_intents = list(classifier.manifest.get("parent_intents") or classifier.intents)
-    preds = [p.label for p in classifier.predict(texts)]
+    preds = [predictions[i].intent for i in in_rows]
     result = {"release": classifier.name, **score(preds, refs, old_intents)}
     result["old_intents"] = sorted(set(old_intents) & set(refs))
     result["new_intents"] = sorted(set(refs) - set(old_intents))
+    result.update(oos_scores(predictions, all_refs))
+    result["oos_threshold"] = classifier.threshold
+    result["oos_score"] = classifier.score_method
     if against is not None:
         known = set(against.intents)
         keep = [i for i, ref in enumerate(refs) if ref in known]
-        sub_texts = [texts[i] for i in keep]
         sub_refs = [refs[i] for i in keep]
-        their_preds = [p.label for p in against.predict(sub_texts)]
+        # Out of scope, paired: every `oos` row, and the in-scope rows of intents both know.
+        rows = [i for i, ref in enumerate(all_refs) if ref == OOS_LABEL or ref in known]
+        their_all = against.predict([all_texts[i] for i in rows])
+        our_all = [predictions[i] for i in rows]
+        paired_refs = [all_refs[i] for i in rows]
+        theirs_oos, ours_oos = oos_scores(their_all, paired_refs), oos_scores(our_all, paired_refs)
+        oos_against = {
+            key: {
+                "this": ours_oos[key],
+                "against": theirs_oos[key],
+                "delta": None
+                if ours_oos[key] is None or theirs_oos[key] is None
+                else ours_oos[key] - theirs_oos[key],
+            }
+            for key in OOS_METRICS
+        }
+        oos_against["n"] = len(rows)
+        oos_against["paired"] = _paired_oos(our_all, their_all, paired_refs)
+        their_by_row = dict(zip(rows, their_all, strict=True))
+        their_preds = [their_by_row[in_rows[i]].intent for i in keep]
         our_preds = [preds[i] for i in keep]
         theirs = score(their_preds, sub_refs) if keep else None
         ours = score(our_preds, sub_refs) if keep else None
@@ -99,5 +188,6 @@ def evaluate_release(
             }
             if theirs
             else {},
+            "oos": oos_against,
         }
     return result

@@ -26,9 +26,10 @@ moved: the same release pushed again is a no-op that says so (the manifest about
 is compared, by sha256, with the one at the tag); a different release under an existing tag is an
 error. A release whose parent is not on the Hub gets its missing ancestors pushed first, oldest
 first, one commit and tag each; an ancestor that is neither on the Hub nor in the local registry
-is an error that says where to find it. ``--no-replay`` leaves out ``replay.json`` (it holds
-training utterances) and uploads a manifest that records the omission under ``omitted_files``,
-with the omitted file's sha256. A ``--gate-report`` (the ``report.json`` of ``intent-ci check``)
+is an error that says where to find it. ``--no-replay`` leaves out ``replay.json`` and
+``calibration.json`` (both hold training utterances) and uploads a manifest that records the
+omission under ``omitted_files``, with each omitted file's sha256. Such a release still rejects
+out-of-scope utterances: its threshold is in the manifest. A ``--gate-report`` (the ``report.json`` of ``intent-ci check``)
 contributes only its ``verdict``, ``candidate`` and ``baseline`` fields to the card; a report
 whose verdict is ``fail`` stops the push, because the newest tag is what ``latest`` pulls.
 
@@ -87,6 +88,10 @@ logger = logging.getLogger(__name__)
 REPLAY_FILE = "replay.json"
 """`intent_ci.replay.REPLAY_FILE` (a test holds them equal); not imported, so push and pull
 need no torch."""
+CALIBRATION_FILE = "calibration.json"
+"""`intent_ci.calibration.CALIBRATION_FILE` (a test holds them equal)."""
+PRIVATE_FILES = (REPLAY_FILE, CALIBRATION_FILE)
+"""Files holding training utterances, left out by ``--no-replay``."""
 RELEASES_DIR = "releases"
 CARD = "README.md"
 DEFAULT_TOKEN_ENV = "HF_TOKEN"
@@ -384,19 +389,22 @@ def _dump(manifest: dict[str, Any]) -> bytes:
 
 
 def without_replay(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The manifest as pushed with ``--no-replay``: replay.json moved to ``omitted_files``."""
+    """The manifest as pushed with ``--no-replay``: replay.json and calibration.json (training
+    utterances both) moved to ``omitted_files``."""
     files = dict(manifest["files"])
-    meta = files.pop(REPLAY_FILE, None)
-    if meta is None:
-        return manifest
     omitted = dict(manifest.get("omitted_files") or {})
-    omitted[REPLAY_FILE] = {**meta, "reason": NO_REPLAY_REASON}
+    for name in PRIVATE_FILES:
+        meta = files.pop(name, None)
+        if meta is not None:
+            omitted[name] = {**meta, "reason": NO_REPLAY_REASON}
+    if files == manifest["files"]:
+        return manifest
     return {**manifest, "files": files, "omitted_files": omitted}
 
 
 def _upload_manifest(local: bytes, include_replay: bool) -> bytes:
     manifest = json.loads(local)
-    if include_replay or REPLAY_FILE not in manifest["files"]:
+    if include_replay or not any(name in manifest["files"] for name in PRIVATE_FILES):
         return local
     return _dump(without_replay(manifest))
 
@@ -475,6 +483,25 @@ def _pct(value: Any) -> str:
     return f"{100 * value:.1f}%" if isinstance(value, (int, float)) else "n/a"
 
 
+def _oos_card_line(manifest: dict[str, Any]) -> str:
+    oos = manifest.get("oos")
+    if oos is None:
+        return "not calibrated (every utterance is accepted)"
+    if oos.get("threshold") is None:
+        return "no threshold (every utterance is accepted)"
+    cal = oos.get("calibration") or {}
+    where = (
+        f"`{CALIBRATION_FILE}` included"
+        if CALIBRATION_FILE in manifest["files"]
+        else f"`{CALIBRATION_FILE}` not uploaded (pushed with `--no-replay`)"
+    )
+    return (
+        f"{oos.get('score')} >= {oos['threshold']:.4f}, calibrated for in-scope recall "
+        f"{_pct(oos.get('target_recall'))} on {cal.get('in_scope')} held-out utterances "
+        f"(achieved {_pct(oos.get('in_scope_recall'))}); {where}"
+    )
+
+
 def render_section(manifest: dict[str, Any], manifest_sha: str, gate: dict[str, Any] | None) -> str:
     """The card's section for one release, between markers so later pushes keep it."""
     name = manifest["release"]
@@ -515,6 +542,7 @@ def render_section(manifest: dict[str, Any], manifest_sha: str, gate: dict[str, 
         f"- metrics: {metrics}",
         f"- gate: {gate_line}",
         f"- replay memory: {replay}",
+        f"- out of scope: {_oos_card_line(manifest)}",
         f"- files: `{RELEASES_DIR}/{name}/` (manifest sha256 `{manifest_sha}`)",
         f"<!-- /intent-ci:release {name} -->",
         "",

@@ -10,11 +10,14 @@
 * :func:`retire_intents` makes a new release in which some intents are no longer predicted:
   the parent's adapter byte for byte, its head without those rows, its labels and replay memory
   without those intents. Every other intent's logit is bit-identical to the parent's, so only
-  utterances the parent gave to a retired intent change their prediction. No training.
+  utterances the parent gave to a retired intent change their prediction. No training. Its
+  calibration set loses the retired intents' utterances and its out-of-scope threshold is set
+  again on the rest.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -24,7 +27,24 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
-from intent_ci.config import NAME_PATTERN, ModelConfig
+from intent_ci.calibration import (
+    CALIBRATION_FILE,
+    calibrate,
+    calibration_rows,
+    read_calibration,
+    score_logits,
+    write_calibration,
+)
+from intent_ci.config import NAME_PATTERN, ModelConfig, OOSConfig, ReleaseConfig
+from intent_ci.data import (
+    INTENT,
+    OOS_LABEL,
+    SOURCE,
+    TEXT,
+    check_known_intents,
+    normalise,
+    read_examples,
+)
 from intent_ci.errors import IntentCIError, ReleaseVerificationError
 from intent_ci.registry import Registry, check_release_name
 from intent_ci.release import (
@@ -32,7 +52,9 @@ from intent_ci.release import (
     ADAPTER_WEIGHTS,
     HEAD_WEIGHTS,
     LABELS,
+    IntentClassifier,
     library_versions,
+    load_release,
     release_problems,
     verify_release,
     write_staged,
@@ -291,6 +313,48 @@ def diff_releases(registry: str | Path | Registry, a: str, b: str) -> dict[str, 
     return result
 
 
+# ---- out-of-scope threshold of a release that trains nothing -----------------------------------
+def recalibrate(
+    registry: Registry,
+    parent: str,
+    keep: list[str],
+    in_scope: dict[str, list[str]],
+    oos: list[str],
+    cfg: OOSConfig,
+) -> dict[str, Any]:
+    """The ``oos`` record of a release made from `parent` without training (retire, calibrate).
+
+    Scores the calibration utterances with the parent's model; for the intents in `keep`
+    (a subset of the parent's, in order) only their logits count, which are bit-identical to
+    the new release's because its head rows are the parent's rows, copied exactly.
+
+    Raises:
+        IntentCIError: if the parent fails to load (verification, backbone).
+    """
+    classifier = IntentClassifier(load_release(registry, parent), device="cpu")
+    columns = [classifier.intents.index(i) for i in keep]
+    rows = calibration_rows(in_scope, keep)
+    logits = classifier.logits([t for t, _ in rows] + list(oos))[:, columns]
+    scores = score_logits(logits, cfg.score)
+    return calibrate(
+        scores[: len(rows)],
+        scores[len(rows) :],
+        cfg,
+        intents=sum(1 for i in keep if in_scope.get(i)),
+    )
+
+
+def _recorded_oos_config(manifest: dict[str, Any]) -> OOSConfig:
+    """The release's out-of-scope settings: its config's, with the score and target it used."""
+    cfg = OOSConfig(**(manifest["config"].get("oos") or {}))
+    record = manifest.get("oos") or {}
+    return dataclasses.replace(
+        cfg,
+        score=record.get("score", cfg.score),
+        target_recall=record.get("target_recall", cfg.target_recall),
+    )
+
+
 # ---- retire ------------------------------------------------------------------------------------
 def retire_intents(
     intents: list[str], registry: str | Path | Registry = "adapters", parent: str = "latest"
@@ -346,6 +410,16 @@ def retire_intents(
         head["out_proj.bias"] = head["out_proj.bias"][rows].contiguous()
     memory = read_memory(folder / REPLAY_FILE) if (folder / REPLAY_FILE).is_file() else {}
     replay = {k: v for k, v in memory.items() if k in keep}
+    calibration = None
+    oos_record = None
+    if CALIBRATION_FILE in manifest["files"]:
+        # The retired intents' utterances leave the calibration set: the release no longer
+        # predicts them, so they are neither in scope nor known out-of-scope examples.
+        in_scope, oos = read_calibration(folder / CALIBRATION_FILE)
+        calibration = ({i: in_scope[i] for i in keep if i in in_scope}, oos)
+        oos_record = recalibrate(
+            registry, name, keep, calibration[0], oos, _recorded_oos_config(manifest)
+        )
     new_manifest = {
         "parent": name,
         "intents": keep,
@@ -362,6 +436,8 @@ def retire_intents(
         },
         "versions": library_versions(),
     }
+    if oos_record is not None:
+        new_manifest["oos"] = oos_record
     with registry.stage() as staging:
         for file in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
             write_staged(staging / file, lambda f=file: shutil.copyfile(folder / f, staging / f))
@@ -369,6 +445,110 @@ def retire_intents(
         write_staged(path, lambda: save_file(head, str(path)))
         write_staged_json(staging / LABELS, {"intents": keep}, indent=1)
         write_staged(staging / REPLAY_FILE, lambda: write_memory(replay, staging / REPLAY_FILE))
+        if calibration is not None:
+            path = staging / CALIBRATION_FILE
+            write_staged(path, lambda: write_calibration(calibration[0], calibration[1], path))
         release = registry.commit(staging, new_manifest, expect_latest=expect_latest)
     logger.info("wrote release %s: %s without %s", release, name, ", ".join(intents))
+    return release
+
+
+# ---- calibrate ---------------------------------------------------------------------------------
+def calibrate_release(
+    data: Any,
+    registry: str | Path | Registry = "adapters",
+    parent: str = "latest",
+    *,
+    target_recall: float | None = None,
+) -> str:
+    """Make a release of `parent` whose out-of-scope threshold is set on `data`; return its id.
+
+    Releases are immutable, so recalibrating makes a new release, which trains nothing: the
+    parent's adapter, head, labels and replay memory byte for byte, a ``calibration.json`` of
+    `data` (its in-scope rows, and its ``oos`` rows to measure out-of-scope recall), and a
+    manifest whose ``calibrated_from`` names the parent.
+
+    Args:
+        data: labelled utterances of the parent's intents (any source `read_examples` takes);
+            rows labelled ``oos`` are out-of-scope examples.
+        registry: the registry.
+        parent: the release to recalibrate.
+        target_recall: in-scope recall to calibrate for; default the parent's.
+
+    Raises:
+        IntentCIError: for an unknown release, data with intents the release does not predict,
+            no in-scope rows, utterances the release trained on (its replay memory), or a
+            target outside [0.5, 1).
+    """
+    registry = _registry(registry)
+    if parent != "latest":
+        check_release_name(parent)
+    name = registry.resolve(parent)
+    # As in add-intent: LATEST moves only if no other run moved it since this one read it.
+    expect_latest = name if parent == "latest" else registry.latest_or_none()
+    manifest = verify_release(registry, name)
+    cfg = _recorded_oos_config(manifest)
+    if target_recall is not None:
+        if isinstance(target_recall, bool) or not isinstance(target_recall, (int, float)):
+            raise IntentCIError(f"--target-recall: expected a number, got {target_recall!r}")
+        if not 0.5 <= target_recall < 1:
+            raise IntentCIError(
+                f"--target-recall: must be in [0.5, 1) (a share of in-scope utterances to "
+                f"accept), got {target_recall}"
+            )
+        cfg = dataclasses.replace(cfg, target_recall=float(target_recall))
+    config = manifest["config"]
+    data_cfg = ReleaseConfig.from_dict(config, source=f"{registry.path(name) / 'manifest.json'}")
+    examples = read_examples(data, data_cfg.data)
+    labels = manifest["intents"]
+    check_known_intents(examples, labels, name)
+    folder = registry.path(name)
+    memory = read_memory(folder / REPLAY_FILE) if REPLAY_FILE in manifest["files"] else {}
+    trained = {normalise(t) for texts in memory.values() for t in texts}
+    in_scope: dict[str, list[str]] = {}
+    oos: list[str] = []
+    rows = examples.dataset
+    for text, intent, where in zip(rows[TEXT], rows[INTENT], rows[SOURCE], strict=True):
+        if intent == OOS_LABEL:
+            oos.append(text)
+            continue
+        if normalise(text) in trained:
+            raise IntentCIError(
+                f"{where}: release {name} trained on this utterance (it is in its replay "
+                "memory); calibrate on utterances the release never trained on"
+            )
+        in_scope.setdefault(intent, []).append(text)
+    if not in_scope:
+        raise IntentCIError(
+            f"{examples.origin}: no in-scope utterances (only rows labelled 'oos'); the "
+            "threshold is set on utterances of the release's intents"
+        )
+    ordered = {i: in_scope[i] for i in labels if i in in_scope}
+    record = recalibrate(registry, name, labels, ordered, oos, cfg)
+    record["note"] = f"recalibrated on {examples.origin}"
+    new_config = json.loads(json.dumps(config))
+    new_config["oos"] = dataclasses.asdict(cfg)
+    new_manifest = {
+        "parent": name,
+        "intents": labels,
+        "new_intents": [],
+        "parent_intents": labels,
+        "calibrated_from": name,
+        "backbone": manifest["backbone"],
+        "config": new_config,
+        "metrics": {},
+        "replay": manifest.get("replay", {}),
+        "oos": record,
+        "versions": library_versions(),
+    }
+    copied = [ADAPTER_WEIGHTS, ADAPTER_CONFIG, HEAD_WEIGHTS, LABELS]
+    if REPLAY_FILE in manifest["files"]:
+        copied.append(REPLAY_FILE)
+    with registry.stage() as staging:
+        for file in copied:
+            write_staged(staging / file, lambda f=file: shutil.copyfile(folder / f, staging / f))
+        path = staging / CALIBRATION_FILE
+        write_staged(path, lambda: write_calibration(ordered, oos, path))
+        release = registry.commit(staging, new_manifest, expect_latest=expect_latest)
+    logger.info("wrote release %s: %s recalibrated on %s", release, name, examples.origin)
     return release

@@ -21,6 +21,12 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list, set_seed
 
+from intent_ci.calibration import (
+    calibrate,
+    calibration_rows,
+    holdout_split,
+    score_logits,
+)
 from intent_ci.config import ReleaseConfig, apply_overrides
 from intent_ci.data import (
     INTENT,
@@ -208,6 +214,7 @@ def _evaluate(
 ) -> dict[str, Any] | None:
     if eval_data is None:
         return None
+    eval_data = eval_data.in_scope()  # accuracy is over the intents; `oos` rows have none
     index = {label: i for i, label in enumerate(labels)}
     refs = eval_data.dataset[INTENT]
     tokenized = tokenize(
@@ -227,6 +234,40 @@ def _evaluate(
     return result
 
 
+def _calibrate(
+    model: IntentModel,
+    labels: list[str],
+    calibration: dict[str, list[str]],
+    oos: list[str],
+    backbone: Backbone,
+    accelerator: Accelerator,
+    config: ReleaseConfig,
+) -> dict[str, Any] | None:
+    """Score the calibration utterances with the trained `model`; the manifest's ``oos`` record."""
+    if not config.oos.enabled:
+        return None
+    rows = calibration_rows(calibration, labels)
+    texts = [t for t, _ in rows] + list(oos)
+    scores = torch.empty(0)
+    if texts:
+        index = {label: i for i, label in enumerate(labels)}
+        targets = [index[i] for _, i in rows] + [0] * len(oos)
+        tokenized = tokenize(
+            backbone.tokenizer, texts, targets, config.model.max_length, accelerator
+        )
+        loader = accelerator.prepare(
+            make_loader(tokenized, backbone.tokenizer, config.train.eval_batch_size, shuffle=False)
+        )
+        logits = predict_logits(model, loader, accelerator, desc="calibration", leave=True)
+        scores = score_logits(logits, config.oos.score)
+    return calibrate(
+        scores[: len(rows)],
+        scores[len(rows) :],
+        config.oos,
+        intents=sum(1 for i in labels if calibration.get(i)),
+    )
+
+
 def _write_release(
     registry: Registry,
     accelerator: Accelerator,
@@ -241,6 +282,8 @@ def _write_release(
     backbone: Backbone,
     metrics: dict[str, Any],
     expect_latest: str | None,
+    calibration: tuple[dict[str, list[str]], list[str]] | None = None,
+    oos: dict[str, Any] | None = None,
 ) -> str:
     """Main process stages and commits the release; every rank gets its id back.
 
@@ -285,6 +328,8 @@ def _write_release(
             },
             "versions": library_versions(),
         }
+        if oos is not None:
+            manifest["oos"] = oos
         try:
             with registry.stage() as staging:
                 save_model_files(
@@ -295,6 +340,7 @@ def _write_release(
                     state,
                     model_config=config.model,
                     model_type=backbone.encoder.config.model_type,
+                    calibration=calibration,
                 )
                 release[0] = registry.commit(staging, manifest, expect_latest=expect_latest)
             logger.info("wrote release %s to %s", release[0], registry.root)
@@ -329,9 +375,16 @@ def init_release(
             f"registry {registry.root} already has releases ({', '.join(registry.releases())}); "
             "use `intent-ci add-intent` to extend it, or --registry for a new one"
         )
-    train_data = _as_data(data, config)
+    all_data = _as_data(data, config)
+    oos_texts = all_data.oos_texts()
+    train_data = all_data.in_scope()
     evaluation = _as_data(eval_data, config) if eval_data is not None else None
     labels = train_data.intents
+    if not labels:
+        raise IntentCIError(
+            f"{all_data.origin}: every row is labelled 'oos' (out of scope); a release needs "
+            "at least one intent"
+        )
     if evaluation is not None:
         check_known_intents(evaluation, labels, "being trained")
     started = time.perf_counter()
@@ -353,7 +406,17 @@ def init_release(
         config.model, backbone.encoder.config.hidden_size, len(labels), backbone.pooling
     )
     model = IntentModel(encoder, head, backbone.pooling)
-    texts, intents = train_data.dataset[TEXT], train_data.dataset[INTENT]
+    # Calibration utterances are held out of training (and of the replay memory, which is
+    # trained on by every later release); the threshold is set on them after training.
+    all_texts, all_intents = train_data.dataset[TEXT], train_data.dataset[INTENT]
+    train_rows, held_rows = holdout_split(
+        all_texts, all_intents, config.oos, seed=str(config.train.seed)
+    )
+    texts = [all_texts[r] for r in train_rows]
+    intents = [all_intents[r] for r in train_rows]
+    calibration: dict[str, list[str]] = {}
+    for r in held_rows:
+        calibration.setdefault(all_intents[r], []).append(all_texts[r])
     _preflight(
         registry,
         accelerator,
@@ -361,7 +424,8 @@ def init_release(
         config,
         backbone,
         rows_to_add=0,
-        replay_texts=texts,
+        # Replay memory and calibration set together hold at most every utterance given.
+        replay_texts=list(all_texts) + oos_texts,
         labels=labels,
     )
 
@@ -388,10 +452,12 @@ def init_release(
     )
 
     model, stats = train(model, tokenized, backbone.tokenizer, accelerator, config.train)
+    oos = _calibrate(model, labels, calibration, oos_texts, backbone, accelerator, config)
     metrics: dict[str, Any] = {
         "train": dataclasses.asdict(stats),
-        "train_examples": len(train_data),
-        "forward_only_examples": len(train_data),
+        "train_examples": len(texts),
+        "calibration_examples": len(held_rows),
+        "forward_only_examples": len(texts),
         # Feature pass, exemplar choice and training (loading and writing excluded).
         "compute_s": round(time.perf_counter() - compute_started, 2),
         "eval": _evaluate(model, labels, evaluation, labels, backbone, accelerator, config),
@@ -410,6 +476,8 @@ def init_release(
         backbone=backbone,
         metrics=metrics,
         expect_latest=expect_latest,
+        calibration=(calibration, oos_texts) if oos is not None else None,
+        oos=oos,
     )
 
 
@@ -474,8 +542,9 @@ def add_intents(
             "false` in --config to rely on distillation alone, or add intents from a release that "
             "has its replay.json"
         )
-    new_data = _as_data(data, config)
-    check_new_intents(new_data, parent_release.labels, parent_release.name)
+    all_new = _as_data(data, config)
+    check_new_intents(all_new, parent_release.labels, parent_release.name)
+    new_data = all_new.in_scope()
     old_labels = list(parent_release.labels)
     new_labels = new_data.intents
     labels = old_labels + new_labels
@@ -492,7 +561,29 @@ def add_intents(
     # The parent's model is the frozen teacher until its soft labels are computed, then the
     # student, trained in place.
     model = parent_release.model.eval()
-    new_texts, new_intents = new_data.dataset[TEXT], new_data.dataset[INTENT]
+    all_texts, all_intents = new_data.dataset[TEXT], new_data.dataset[INTENT]
+    train_rows, held_rows = holdout_split(
+        all_texts, all_intents, config.oos, seed=f"{config.train.seed}-{parent_release.name}"
+    )
+    new_texts = [all_texts[r] for r in train_rows]
+    new_intents = [all_intents[r] for r in train_rows]
+    # The parent's calibration utterances were never trained on by the parent, and the child
+    # trains only on its new rows and the parent's replay memory (drawn from training rows), so
+    # they stay valid: the child's calibration set extends the parent's.
+    parent_calibration, parent_oos = parent_release.calibration or ({}, [])
+    calibration = {
+        i: list(parent_calibration.get(i, [])) for i in old_labels if i in parent_calibration
+    }
+    for r in held_rows:
+        calibration.setdefault(all_intents[r], []).append(all_texts[r])
+    oos_texts = list(dict.fromkeys([*parent_oos, *all_new.oos_texts()]))
+    if config.oos.enabled and parent_release.calibration is None:
+        logger.warning(
+            "release %s has no calibration utterances (made before out-of-scope detection, or "
+            "pulled with --no-replay); %s is calibrated on the new intents' utterances only",
+            parent_release.name,
+            "the new release",
+        )
     _preflight(
         registry,
         accelerator,
@@ -500,7 +591,11 @@ def add_intents(
         config,
         backbone,
         rows_to_add=len(new_labels),
-        replay_texts=[t for ts in parent_release.replay.values() for t in ts] + list(new_texts),
+        # Replay memory and calibration set together hold at most all of these.
+        replay_texts=[t for ts in parent_release.replay.values() for t in ts]
+        + list(all_texts)
+        + [t for ts in calibration.values() for t in ts]
+        + oos_texts,
         labels=labels,
     )
 
@@ -603,11 +698,18 @@ def add_intents(
         config.train.seed,
     )
     replay = {**parent_release.replay, **new_memory}
+    oos = _calibrate(model, labels, calibration, oos_texts, backbone, accelerator, config)
+    if oos is not None and parent_release.calibration is None:
+        oos["note"] = (
+            f"parent {parent_release.name} has no calibration utterances; calibrated on the new "
+            "intents' held-out utterances only"
+        )
     compute_s = time.perf_counter() - compute_started
     metrics: dict[str, Any] = {
         "train": dataclasses.asdict(stats),
         "train_examples": len(texts),
         "new_examples": len(new_texts),
+        "calibration_examples": len(held_rows),
         "replay_examples": len(replay_texts),
         # Forward passes without a backward: the feature pass over the new utterances
         # (prototypes and exemplar choice) and the teacher's pass over the training set.
@@ -636,4 +738,6 @@ def add_intents(
         backbone=backbone,
         metrics=metrics,
         expect_latest=expect_latest,
+        calibration=(calibration, oos_texts) if oos is not None else None,
+        oos=oos,
     )

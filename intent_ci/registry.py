@@ -1013,6 +1013,40 @@ def _backbone_identity(manifest: dict[str, Any]) -> dict[str, Any]:
     return {k: backbone.get(k) for k in ("fingerprint", "model_type", "hidden_size", "pooling")}
 
 
+RECALIBRATED_FILES = {"calibration.json"}
+"""The only files a release made by `calibrate` may hold that differ from its parent's."""
+
+
+def _calibrated_edge_problems(
+    path: Path, child: dict[str, Any], parent: dict[str, Any]
+) -> list[str]:
+    """A release made by `calibrate` trains nothing: its parent's intents and files, byte for
+    byte, except its calibration set."""
+    pname = parent["release"]
+    if child["calibrated_from"] != pname:
+        return [
+            f"{path}: field `calibrated_from` is {child['calibrated_from']!r} but the parent is {pname}"
+        ]
+    problems = []
+    if child["intents"] != parent["intents"] or child.get("new_intents"):
+        problems.append(
+            f"{path}: a release made by calibrate must predict exactly parent {pname}'s intents"
+        )
+    # Files pushed to the Hub with --no-replay keep their sha256 under `omitted_files`.
+    mine = {**(child.get("omitted_files") or {}), **(child.get("files") or {})}
+    theirs = {**(parent.get("omitted_files") or {}), **(parent.get("files") or {})}
+    for name in sorted(set(mine) | set(theirs)):
+        if name in RECALIBRATED_FILES:
+            continue
+        a, b = mine.get(name) or {}, theirs.get(name) or {}
+        if a.get("sha256") != b.get("sha256"):
+            problems.append(
+                f"{path}: a release made by calibrate trains nothing, but its {name} differs "
+                f"from parent {pname}'s"
+            )
+    return problems
+
+
 def edge_problems(path: Path, child: dict[str, Any], parent: dict[str, Any]) -> list[str]:
     """Problems of one parent -> child edge of the lineage (see `Registry.lineage_problems`)."""
     problems = []
@@ -1051,6 +1085,8 @@ def edge_problems(path: Path, child: dict[str, Any], parent: dict[str, Any]) -> 
         )
     if "parent_intents" in child and child["parent_intents"] != old:
         problems.append(f"{path}: field `parent_intents` differs from parent {pname}'s intents")
+    if "calibrated_from" in child:
+        problems.extend(_calibrated_edge_problems(path, child, parent))
     mine, theirs = _backbone_identity(child), _backbone_identity(parent)
     for key in mine:
         if mine[key] != theirs[key]:

@@ -5,7 +5,9 @@ Files of a release (all hashed in ``manifest.json``):
 * ``adapter_model.safetensors`` + ``adapter_config.json``: the LoRA adapter, in peft's format;
 * ``head.safetensors``: the classification head (``out_proj`` and, if used, ``dense``);
 * ``labels.json``: intents in head-row order;
-* ``replay.json``: the replay memory (exemplar utterances per intent).
+* ``replay.json``: the replay memory (exemplar utterances per intent);
+* ``calibration.json``: held-out utterances the out-of-scope threshold was calibrated on
+  (releases made before out-of-scope detection have none, and accept every utterance).
 
 Loading rebuilds the head at the recorded size, re-hashes every file, and refuses a backbone
 whose weights differ from the one the release was trained on. Only safetensors and JSON are read.
@@ -30,6 +32,12 @@ from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor
 
+from intent_ci.calibration import (
+    CALIBRATION_FILE,
+    read_calibration,
+    score_logits,
+    write_calibration,
+)
 from intent_ci.config import NAME_PATTERN, ModelConfig, ReleaseConfig
 from intent_ci.errors import IntentCIError, ReleaseVerificationError
 from intent_ci.modeling import (
@@ -52,6 +60,10 @@ HEAD_WEIGHTS = "head.safetensors"
 LABELS = "labels.json"
 RELEASE_FILES = (ADAPTER_WEIGHTS, ADAPTER_CONFIG, HEAD_WEIGHTS, LABELS, REPLAY_FILE)
 """The files every intent-ci release holds besides its manifest."""
+OPTIONAL_FILES = (CALIBRATION_FILE,)
+"""Files a release holds when its manifest says so (``oos.calibration.file``)."""
+PRIVATE_FILES = (REPLAY_FILE, CALIBRATION_FILE)
+"""Files that hold training utterances: left out by ``push --no-replay``."""
 
 
 def library_versions() -> dict[str, str]:
@@ -136,8 +148,9 @@ def save_model_files(
     *,
     model_config: ModelConfig | None = None,
     model_type: str | None = None,
+    calibration: tuple[dict[str, list[str]], list[str]] | None = None,
 ) -> None:
-    """Write the adapter, head, labels and replay memory of `model` into `folder`.
+    """Write the adapter, head, labels, replay memory and calibration set of `model` into `folder`.
 
     Args:
         state: the model's full state dict when its parameters are sharded (see
@@ -145,6 +158,7 @@ def save_model_files(
         model_config: the release's resolved model config; given, the adapter config is
             checked against the strict schema loading applies, before anything is written.
         model_type: the backbone's ``model_type`` (with `model_config`).
+        calibration: ``(in_scope, oos)`` calibration utterances; None writes no calibration file.
 
     Raises:
         IntentCIError: if a write fails (full disk, file size limit), or if peft produced an
@@ -168,6 +182,9 @@ def save_model_files(
     write_staged_json(folder / LABELS, {"intents": labels}, indent=1)
     path = folder / REPLAY_FILE
     write_staged(path, lambda: write_memory(replay, path))
+    if calibration is not None:
+        cal = folder / CALIBRATION_FILE
+        write_staged(cal, lambda: write_calibration(calibration[0], calibration[1], cal))
 
 
 def check_adapter_schema(cfg: dict[str, Any], model: ModelConfig, model_type: Any) -> None:
@@ -518,6 +535,54 @@ def content_problems(folder: Path, manifest: dict[str, Any]) -> list[str]:
                 f"{folder / REPLAY_FILE}: exemplars for {', '.join(map(repr, strays))}, which the "
                 "release does not predict"
             )
+    problems.extend(_oos_problems(folder, manifest))
+    return problems
+
+
+def _oos_problems(folder: Path, manifest: dict[str, Any]) -> list[str]:
+    """The manifest's ``oos`` record against the release's calibration file."""
+    oos = manifest.get("oos")
+    listed = CALIBRATION_FILE in manifest["files"]
+    omitted = CALIBRATION_FILE in (manifest.get("omitted_files") or {})
+    where = f"{folder / MANIFEST}: field `oos`"
+    if oos is None:
+        if listed:
+            return [f"{where} is missing but the release holds {CALIBRATION_FILE}"]
+        return []
+    if not isinstance(oos, dict):
+        return [f"{where}: expected an object"]
+    problems = []
+    threshold = oos.get("threshold")
+    if threshold is not None and (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float))
+        or not math.isfinite(threshold)
+    ):
+        problems.append(f"{where}.threshold: expected a finite number or null, got {threshold!r}")
+    try:
+        score_logits(torch.zeros(1, 1), str(oos.get("score")))
+    except IntentCIError:
+        problems.append(f"{where}.score: unknown score {oos.get('score')!r}")
+    if not listed and not omitted:
+        problems.append(f"{where} is set but the manifest lists no {CALIBRATION_FILE}")
+    if listed:
+        try:
+            in_scope, oos_texts = read_calibration(folder / CALIBRATION_FILE)
+        except IntentCIError as err:
+            problems.append(str(err))
+        else:
+            strays = [i for i in in_scope if i not in manifest["intents"]]
+            if strays:
+                problems.append(
+                    f"{folder / CALIBRATION_FILE}: utterances for {', '.join(map(repr, strays))}, "
+                    "which the release does not predict"
+                )
+            size = (oos.get("calibration") or {}).get("in_scope")
+            if size != sum(len(v) for v in in_scope.values()):
+                problems.append(
+                    f"{where}.calibration.in_scope is {size!r} but {CALIBRATION_FILE} holds "
+                    f"{sum(len(v) for v in in_scope.values())} in-scope utterances"
+                )
     return problems
 
 
@@ -561,6 +626,8 @@ class LoadedRelease:
     replay: dict[str, list[str]]
     model: IntentModel
     backbone: Backbone
+    calibration: tuple[dict[str, list[str]], list[str]] | None = None
+    """``(in_scope, oos)`` calibration utterances; None for a release without them."""
 
 
 def load_release(
@@ -638,7 +705,12 @@ def load_release(
     # A release pulled from a repo pushed with --no-replay has no replay memory; it still loads
     # and predicts, and add-intent from it needs replay.enabled: false.
     replay = read_memory(folder / REPLAY_FILE) if REPLAY_FILE in manifest["files"] else {}
-    return LoadedRelease(name, manifest, config, labels, replay, model, backbone)
+    calibration = (
+        read_calibration(folder / CALIBRATION_FILE)
+        if CALIBRATION_FILE in manifest["files"]
+        else None
+    )
+    return LoadedRelease(name, manifest, config, labels, replay, model, backbone, calibration)
 
 
 MERGED_FINGERPRINT = "merged-lora:"
@@ -660,10 +732,29 @@ def merge_lora_for_serving(release: LoadedRelease) -> None:
 
 @dataclass(frozen=True)
 class Prediction:
-    """One utterance's predicted intent and its softmax probability."""
+    """One utterance's best in-scope intent, its probability, and the out-of-scope decision.
 
-    label: str
+    Attributes:
+        intent: the most likely of the release's intents (even when rejected), or ``""`` for an
+            empty or whitespace-only utterance.
+        confidence: its softmax probability (0.0 for an empty utterance).
+        in_scope: False when the release rejects the utterance as out of scope (its `score` is
+            below the release's calibrated threshold), and always False for an empty or
+            whitespace-only utterance; True for every other utterance when the release has no
+            calibration or `reject=False` was asked.
+        score: the release's out-of-scope score (``oos.score`` of its manifest; higher is more
+            in scope), or None for an empty utterance (nothing was scored).
+    """
+
+    intent: str
     confidence: float
+    in_scope: bool = True
+    score: float | None = None
+
+    @property
+    def label(self) -> str:
+        """The predicted intent: an alias of `intent`, kept for existing code."""
+        return self.intent
 
 
 class IntentClassifier:
@@ -672,7 +763,8 @@ class IntentClassifier:
     Example::
 
         clf = IntentClassifier.load("adapters", "latest")
-        clf.predict(["where is my refund"])  # [Prediction(label='refund_status', confidence=0.97)]
+        clf.predict(["where is my refund"])
+        # [Prediction(intent='refund_status', confidence=0.97, in_scope=True, score=24.1)]
     """
 
     def __init__(
@@ -727,41 +819,114 @@ class IntentClassifier:
     def manifest(self) -> dict[str, Any]:
         return self.release.manifest
 
-    @torch.inference_mode()
-    def logits(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-        """Raw logits, shape ``(len(texts), len(intents))``, in the order of `texts`.
+    @property
+    def oos(self) -> dict[str, Any] | None:
+        """The manifest's out-of-scope record (score, threshold, calibration), or None for a
+        release made before out-of-scope detection."""
+        return self.release.manifest.get("oos")
 
-        Utterances are batched by token count (longest first), so each batch is padded to
-        nearly its own length: with random batches of short, uneven utterances around 40% of
-        the computed tokens are padding (scripts/results/bench_throughput.md).
-        """
+    @property
+    def threshold(self) -> float | None:
+        """The calibrated out-of-scope threshold; None when the release accepts everything."""
+        return (self.oos or {}).get("threshold")
+
+    @property
+    def score_method(self) -> str:
+        """The out-of-scope score this release is calibrated for (``max_logit`` if none)."""
+        return (self.oos or {}).get("score") or self.release.config.oos.score
+
+    def _encode(self, texts: list[str]) -> dict[str, list[list[int]]]:
         if isinstance(texts, str):
             raise IntentCIError("predict() takes a list of utterances, not a single string")
-        if not texts:
-            return torch.empty(0, len(self.intents))
         max_length = self.release.config.model.max_length
-        encoded = self.tokenizer(list(texts), truncation=True, max_length=max_length)
+        encoded = self.tokenizer(list(texts), truncation=False)
+        cut = sum(1 for ids in encoded["input_ids"] if len(ids) > max_length)
+        if cut:
+            logger.warning(
+                "%d of %d utterances are longer than %d tokens (model.max_length) and were "
+                "truncated to it",
+                cut,
+                len(texts),
+                max_length,
+            )
+        return self.tokenizer(list(texts), truncation=True, max_length=max_length)
+
+    @torch.inference_mode()
+    def _forward(self, texts: list[str], batch_size: int, pooled: bool) -> torch.Tensor:
+        if isinstance(texts, str):
+            raise IntentCIError("predict() takes a list of utterances, not a single string")
+        width = self.release.backbone.encoder.config.hidden_size if pooled else len(self.intents)
+        out = torch.empty(len(texts), width)
+        if not texts:
+            return out
+        encoded = self._encode(texts)
         order = sorted(range(len(texts)), key=lambda i: -len(encoded["input_ids"][i]))
-        out = torch.empty(len(texts), len(self.intents))
         for start in range(0, len(texts), batch_size):
             rows = order[start : start + batch_size]
             batch = self.tokenizer.pad(
                 {key: [encoded[key][i] for i in rows] for key in encoded},
                 return_tensors="pt",
             ).to(self.device)
-            out[rows] = self.model(**batch).float().cpu()
+            result = self.model.pooled(**batch) if pooled else self.model(**batch)
+            out[rows] = result.float().cpu()
         return out
+
+    def logits(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+        """Raw logits, shape ``(len(texts), len(intents))``, in the order of `texts`.
+
+        Utterances are batched by token count (longest first), so each batch is padded to
+        nearly its own length: with random batches of short, uneven utterances around 40% of
+        the computed tokens are padding (scripts/results/bench_throughput.md). Utterances
+        longer than ``model.max_length`` tokens are truncated, with a warning that counts them.
+        """
+        return self._forward(texts, batch_size, pooled=False)
+
+    def features(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+        """Pooled encoder features (LoRA applied, before the head), ``(len(texts), hidden)``."""
+        return self._forward(texts, batch_size, pooled=True)
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """The release's out-of-scope score of each row of `logits` (higher: more in scope)."""
+        return score_logits(logits, self.score_method)
 
     def predict_proba(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
         return self.logits(texts, batch_size).softmax(-1)
 
-    def predict(self, texts: list[str], batch_size: int = 64) -> list[Prediction]:
-        """Most likely intent and its probability for every utterance."""
-        probs = self.predict_proba(texts, batch_size)
-        conf, idx = (
-            probs.max(-1) if len(probs) else (torch.empty(0), torch.empty(0, dtype=torch.long))
-        )
-        return [
-            Prediction(self.intents[i], float(c))
-            for c, i in zip(conf.tolist(), idx.tolist(), strict=True)
-        ]
+    def predict(
+        self, texts: list[str], batch_size: int = 64, *, reject: bool = True
+    ) -> list[Prediction]:
+        """Best in-scope intent, its probability, and the out-of-scope decision per utterance.
+
+        Args:
+            texts: utterances. An empty or whitespace-only one is not classified: it gets
+                ``Prediction(intent="", confidence=0.0, in_scope=False, score=None)``.
+            batch_size: utterances per forward pass.
+            reject: apply the release's calibrated threshold (``in_scope`` False below it).
+                False: no threshold, ``in_scope`` True for every non-empty utterance; the
+                score is still given. A release without calibration accepts everything.
+
+        Raises:
+            IntentCIError: if `texts` is a single string or holds something else than strings.
+        """
+        if isinstance(texts, str):
+            raise IntentCIError("predict() takes a list of utterances, not a single string")
+        texts = list(texts)
+        for number, text in enumerate(texts, 1):
+            if not isinstance(text, str):
+                raise IntentCIError(
+                    f"utterance {number}: expected a string, got {type(text).__name__}"
+                )
+        filled = [i for i, t in enumerate(texts) if t.strip()]
+        logits = self.logits([texts[i] for i in filled], batch_size)
+        probs = logits.softmax(-1)
+        scores = self.scores(logits)
+        threshold = self.threshold if reject else None
+        out = [Prediction("", 0.0, False, None) for _ in texts]
+        if len(filled):
+            conf, idx = probs.max(-1)
+            for row, c, i, s in zip(
+                filled, conf.tolist(), idx.tolist(), scores.tolist(), strict=True
+            ):
+                accepted = threshold is None or s >= threshold
+                out[row] = Prediction(self.intents[i], float(c), bool(accepted), float(s))
+        return out

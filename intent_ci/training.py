@@ -262,12 +262,22 @@ def _in_row_order(chunks: list[torch.Tensor], order: torch.Tensor) -> torch.Tens
 
 @torch.no_grad()
 def predict_logits(
-    model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator
+    model: torch.nn.Module,
+    loader: DataLoader,
+    accelerator: Accelerator,
+    *,
+    desc: str = "eval",
+    leave: bool = False,
 ) -> torch.Tensor:
-    """Logits for every example in dataset order; padding duplicates dropped by gather_for_metrics."""
+    """Logits for every example in dataset order; padding duplicates dropped by gather_for_metrics.
+
+    Args:
+        desc: the progress bar's label.
+        leave: keep the finished progress bar on its own line (the last pass of a job).
+    """
     model.eval()
     logits, indices = [], []
-    for batch in tqdm(loader, desc="eval", disable=not accelerator.is_main_process, leave=False):
+    for batch in tqdm(loader, desc=desc, disable=not accelerator.is_main_process, leave=leave):
         out = model(**_model_inputs(batch))
         out, idx = accelerator.gather_for_metrics((out.float(), batch["index"]))
         logits.append(out.cpu())

@@ -117,12 +117,14 @@ def test_init_and_add_intent_under_torchrun(dp_run):
     # Every example trained once per epoch in total, not once per rank, and Accelerate's
     # repeats that even out the last batch (200 = 6 x 32 + 8 rows) are not trained on.
     epochs = manifest["config"]["train"]["add_intent_epochs"]
-    assert manifest["metrics"]["train_examples"] == 40 + 8 * len(BASE_INTENTS)
+    # 40 new utterances, 4 of them held out for out-of-scope calibration, + 8 replayed per intent
+    assert manifest["metrics"]["calibration_examples"] == 4
+    assert manifest["metrics"]["train_examples"] == 36 + 8 * len(BASE_INTENTS)
     assert manifest["metrics"]["replay_examples"] == 8 * len(BASE_INTENTS)
-    assert manifest["metrics"]["train"]["examples_trained"] == (40 + 8 * 4) * epochs
+    assert manifest["metrics"]["train"]["examples_trained"] == (36 + 8 * 4) * epochs
     assert (
         reg.manifest("v1")["metrics"]["train"]["examples_trained"]
-        == 160 * reg.manifest("v1")["config"]["train"]["epochs"]
+        == 144 * reg.manifest("v1")["config"]["train"]["epochs"]  # 160 less 16 held out
     )
     # Evaluation through gather_for_metrics: 40 and 50 rows on 2 ranks x 32 count exactly once.
     assert reg.manifest("v1")["metrics"]["eval"]["n"] == 40

@@ -359,20 +359,28 @@ def test_no_replay_release_loads_predicts_and_add_intent_explains(
     push_release(trained_registry, "v2", config)
     files = hub.files(REPO)
     assert not any(p.endswith("replay.json") for p in files)
+    # The calibration utterances are training utterances too: left out with the replay memory.
+    assert not any(p.endswith("calibration.json") for p in files)
     manifest = json.loads(files["releases/v2/manifest.json"])
     local = Registry(trained_registry).manifest("v2")
     assert "replay.json" not in manifest["files"]
-    assert (
-        manifest["omitted_files"]["replay.json"]["sha256"]
-        == local["files"]["replay.json"]["sha256"]
-    )
+    for name in ("replay.json", "calibration.json"):
+        assert manifest["omitted_files"][name]["sha256"] == local["files"][name]["sha256"]
+    assert manifest["oos"] == local["oos"]
     assert "`replay.json` not uploaded" in files["README.md"].decode()
+    assert "`calibration.json` not uploaded" in files["README.md"].decode()
 
     dest = tmp_path / "adapters"
     pull_release(HubConfig(repo_id=REPO), "v2", dest)
     assert not (dest / "v2" / "replay.json").exists()
+    assert not (dest / "v2" / "calibration.json").exists()
     Registry(dest).verify("v2")
     assert torch.equal(logits(dest, "v2"), logits(trained_registry, "v2"))
+    # It still rejects out-of-scope utterances: the threshold is in the manifest.
+    texts = ["card lost now", "hello thanks", "refund", "weekend hours open"]
+    pulled = IntentClassifier.load(dest, "v2").predict(texts)
+    assert pulled == IntentClassifier.load(trained_registry, "v2").predict(texts)
+    assert IntentClassifier.load(dest, "v2").threshold == local["oos"]["threshold"]
     with pytest.raises(IntentCIError, match=r"v2 has no replay memory .* `replay.enabled: false`"):
         add_intents(data_dir / "new" / "report_damage.txt", dest, "v2")
     assert Registry(dest).releases() == ["v1", "v2"]
@@ -462,6 +470,9 @@ def test_hub_module_stays_light_and_agrees_with_replay():
     from intent_ci import hub, replay
 
     assert hub.REPLAY_FILE == replay.REPLAY_FILE
+    from intent_ci import calibration
+
+    assert hub.CALIBRATION_FILE == calibration.CALIBRATION_FILE
     code = "import sys, intent_ci.hub; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 

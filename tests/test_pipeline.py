@@ -251,6 +251,7 @@ def test_release_records_everything_needed_to_rebuild_it(trained_registry):
         "versions",
         "created_at",
         "replay",
+        "oos",
     ):
         assert key in manifest, key
     assert set(manifest["files"]) == {
@@ -259,6 +260,7 @@ def test_release_records_everything_needed_to_rebuild_it(trained_registry):
         "head.safetensors",
         "labels.json",
         "replay.json",
+        "calibration.json",
     }
     assert manifest["backbone"]["fingerprint"].startswith("sha256:")
     assert manifest["config"]["model"]["lora_r"] == 4
