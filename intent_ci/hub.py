@@ -9,6 +9,7 @@ One Hub model repo holds a whole release line::
     releases/v1/head.safetensors            the manifest that hashes all of them
     releases/v1/labels.json
     releases/v1/replay.json
+    releases/v1/calibration.json            held-out utterances of the out-of-scope threshold
     releases/v2/...
     tags  v1 -> the commit that added releases/v1/, v2 -> ...   (created once, never moved)
           production -> the commit of the release the local alias names (moved by push)

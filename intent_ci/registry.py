@@ -9,7 +9,7 @@ Layout::
       .last-release           # high-water mark: the highest id ever handed out
       .lock                   # the file lock that serialises commits and LATEST moves
       v1/  manifest.json  labels.json  adapter_model.safetensors  adapter_config.json
-           head.safetensors  replay.json
+           head.safetensors  replay.json  calibration.json
       v2/  ...
 
 Guarantees, and how they are kept:

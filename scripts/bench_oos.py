@@ -494,7 +494,51 @@ def pct(v: float | None, digits: int = 1) -> str:
     return "n/a" if v is None else f"{100 * v:.{digits}f}%"
 
 
+def partial_markdown(result: dict) -> str:
+    """The report when a stage has not finished: what was measured, and what is missing."""
+    lines = [
+        "# Out-of-scope detection on CLINC150 (incomplete)",
+        "",
+        f"Made by `{result['command']}` ({result['date']}, {result['machine']}).",
+        "",
+        "Each stage is `python scripts/bench_oos.py --stage NAME` (main: the 150-intent release "
+        "and the score methods; probe; line: the P2 line); this report reads their caches. "
+        f"**Missing stages: {', '.join(result['missing'])}.** Their figures were not measured; "
+        "every floor that needs them is a miss until `python scripts/bench_oos.py` finishes "
+        "(it resumes from its caches).",
+        "",
+        "| method | AUROC | FPR@95 | in-scope acc. | in-scope recall | oos recall |",
+        "|---|---|---|---|---|---|",
+    ]
+    if result["probe"]:
+        p, pv = result["probe"]["test"], result["probe"]["val"]
+        lines.append(
+            f"| frozen probe (energy, 95% on val, C={result['probe']['C']}), test (val) "
+            f"| {p['auroc']:.4f} ({pv['auroc']:.4f}) | {pct(p['fpr_at_95'])} ({pct(pv['fpr_at_95'])}) "
+            f"| {pct(p['in_scope_accuracy'])} ({pct(pv['in_scope_accuracy'])}) "
+            f"| {pct(p['in_scope_recall'])} ({pct(pv['in_scope_recall'])}) "
+            f"| {pct(p['oos_recall'])} ({pct(pv['oos_recall'])}) |"
+        )
+    lines += [
+        f"| frozen probe as quoted in the issue | {ISSUE_PROBE['auroc']} | {pct(ISSUE_PROBE['fpr_at_95'])} "
+        f"| {pct(ISSUE_PROBE['in_scope_accuracy'])} | | {pct(ISSUE_PROBE['oos_recall'])} |",
+        f"| Larson et al. 2019, BERT + threshold (quoted) | | | {pct(LARSON['in_scope_accuracy'])} "
+        f"| | {pct(LARSON['oos_recall'])} |",
+        "",
+        "## Floors (test)",
+        "",
+        "| what | value | bar | met |",
+        "|---|---|---|---|",
+    ]
+    for f in result["floors"]:
+        value = "-" if f["value"] is None else f"{f['value']:.4f}"
+        lines.append(f"| {f['what']} | {value} | {f['bar']} | {'yes' if f['ok'] else '**MISS**'} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(result: dict) -> str:
+    if result.get("missing") and ("main" in result["missing"] or "probe" in result["missing"]):
+        return partial_markdown(result)
     main, probe, chosen = result["main"], result["probe"], result["chosen"]
     t = str(chosen["target_recall"])
     lines = [
@@ -579,6 +623,8 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if result["main"] is None or result["probe"] is None:
+        return  # nothing to compare yet; the Markdown says what is missing
     fig, axes = plt.subplots(1, 2 if result.get("line") else 1, figsize=(12, 4.5), squeeze=False)
     ax = axes[0][0]
     t = str(result["chosen"]["target_recall"])
@@ -655,14 +701,18 @@ def main() -> None:
     if args.stage in ("main", "probe", "line"):
         print(f"stage {args.stage} done in {time.perf_counter() - started:.0f} s")
         return
-    main_result = json.loads((workdir / "main.json").read_text())
-    probe = json.loads((workdir / "probe.json").read_text())
-    line_path = workdir / "line.json"
+    main_path, probe_path, line_path = (workdir / f"{n}.json" for n in ("main", "probe", "line"))
+    main_result = json.loads(main_path.read_text()) if main_path.is_file() else None
+    probe = json.loads(probe_path.read_text()) if probe_path.is_file() else None
     line = json.loads(line_path.read_text()) if line_path.is_file() else None
-    chosen = choose(main_result)
-    if line is not None and (
-        line_target(line) != chosen["target_recall"]
-        or line["releases"][0]["score"] != chosen["score"]
+    chosen = choose(main_result) if main_result is not None else None
+    if (
+        chosen is not None
+        and line is not None
+        and (
+            line_target(line) != chosen["target_recall"]
+            or line["releases"][0]["score"] != chosen["score"]
+        )
     ):
         line = line_at(line, chosen["score"], chosen["target_recall"])
     result = {
@@ -675,8 +725,23 @@ def main() -> None:
         "line": line,
         "larson_2019": LARSON,
         "issue_probe": ISSUE_PROBE,
+        # A stage that has not finished is reported as missing, never filled in.
+        "missing": [
+            n for n, v in (("main", main_result), ("probe", probe), ("line", line)) if v is None
+        ],
     }
-    result["floors"] = floors(main_result, probe, chosen, line)
+    result["floors"] = (
+        floors(main_result, probe, chosen, line)
+        if main_result is not None and probe is not None
+        else [
+            {
+                "what": "every floor",
+                "value": None,
+                "bar": "needs the main and probe stages",
+                "ok": False,
+            }
+        ]
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")

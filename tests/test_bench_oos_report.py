@@ -1,0 +1,62 @@
+"""scripts/bench_oos.py's choices and report, on hand-made results (no model is trained)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import load_script
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_script("bench_oos")
+
+
+def method(auroc: float, grid: dict[str, tuple[float, float]]) -> dict:
+    at = {
+        t: {"threshold": 1.0, "in_scope_accuracy": acc, "in_scope_recall": 0.95, "oos_recall": rec}
+        for t, (acc, rec) in grid.items()
+    }
+    split = {"auroc": auroc, "fpr_at_95": 0.05, "at_target": at}
+    return {"val": split, "test": split}
+
+
+def test_choose_takes_the_best_val_auroc_among_logit_scores_and_the_safest_target(bench):
+    grid = {"0.9": (0.90, 0.99), "0.95": (0.95, 0.90), "0.97": (0.97, 0.86)}
+    main = {
+        "methods": {
+            "max_logit": method(0.97, grid),
+            "energy": method(0.98, grid),
+            "msp": method(0.96, grid),
+            "mahalanobis": method(0.999, grid),  # not a score a release ships: never chosen
+        }
+    }
+    chosen = bench.choose(main)
+    assert chosen["score"] == "energy"
+    # margins: 0.9 -> -0.04, 0.95 -> min(0.01, 0.05) = 0.01, 0.97 -> min(0.03, 0.01) = 0.01
+    assert chosen["target_recall"] == 0.95 and chosen["val_margin"] == pytest.approx(0.01)
+
+
+def test_metrics_match_their_definitions(bench):
+    ins, oos = np.array([3.0, 0.5, 4.0, 2.5]), np.array([1.0, 2.0])
+    assert bench.auroc(ins, oos) == pytest.approx(6 / 8)
+    # 95% of 4 in-scope rows is all 4: the threshold is 0.5 and both oos rows are accepted.
+    assert bench.fpr_at(ins, oos) == 1.0
+    row = bench.at_threshold(2.0, ins, np.array([True, True, False, True]), oos)
+    assert row == {"in_scope_accuracy": 0.5, "in_scope_recall": 0.75, "oos_recall": 0.5}
+
+
+def test_a_missing_stage_is_reported_as_a_miss(bench):
+    result = {
+        "command": "python scripts/bench_oos.py --stage report",
+        "date": "d",
+        "machine": "m",
+        "main": None,
+        "probe": None,
+        "line": None,
+        "missing": ["main", "probe", "line"],
+        "floors": [{"what": "every floor", "value": None, "bar": "b", "ok": False}],
+    }
+    text = bench.markdown(result)
+    assert "**Missing stages: main, probe, line.**" in text and "**MISS**" in text
