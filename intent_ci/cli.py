@@ -530,7 +530,10 @@ def cmd_pull(args: argparse.Namespace) -> int:
         echo(f"{release}: pulled from {result.repo_id} into {Path(args.registry) / release}")
     if not result.pulled:
         echo(f"{result.release}: nothing to pull")
+    if result.alias:
+        echo(f"{result.alias}: {result.release} (alias set in {args.registry} from the Hub tag)")
     echo(f"{result.release} is at commit {result.commit[:12]}; LATEST is {result.latest or '-'}")
+    return EXIT_OK
 
 
 def _writable_registry(args: argparse.Namespace) -> Any:
@@ -872,7 +875,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hub_args(p)
     p.add_argument(
-        "--release", default="latest", help="release id, or latest (the highest tag; default)"
+        "--release",
+        default="latest",
+        help="release id, alias tag (sets the alias locally too), or latest (the highest vN "
+        "tag; default)",
     )
     registry_arg(p)
     p.set_defaults(func=cmd_pull)

@@ -38,8 +38,8 @@ whose verdict is ``fail`` stops the push, because the newest tag is what ``lates
 writes every local alias that names it as a tag on the release's commit, moving a tag of that
 name that named another release (delete, then create: Hub tags cannot be moved in place). Only
 aliases that name the pushed release are written, so a push never moves an alias the Hub
-holds for a release this push is not about. Pull ignores alias tags (``latest`` is the
-highest ``vN`` tag).
+holds for a release this push is not about. ``pull --release production`` pulls the release
+that tag names and sets the alias locally too (``latest`` stays the highest ``vN`` tag).
 
 **Pull** (`pull_release`) resolves ``latest`` to the highest ``vN`` tag (no pointer file to
 keep in step with the tags), walks the parents until it reaches a release the local registry
@@ -82,7 +82,7 @@ from pathlib import Path
 from typing import Any
 
 from intent_ci.errors import IntentCIError, ReleaseVerificationError
-from intent_ci.registry import MANIFEST, RELEASE_ID, Registry, sha256_file
+from intent_ci.registry import MANIFEST, RELEASE_ID, Registry, check_alias_name, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -347,9 +347,14 @@ class _Hub:
 
     def tags(self) -> tuple[dict[str, str], str | None]:
         """Release tags (``vN`` -> commit id) and the head commit of ``main``."""
+        tags, head = self.all_tags()
+        return {t: c for t, c in tags.items() if RELEASE_ID.match(t)}, head
+
+    def all_tags(self) -> tuple[dict[str, str], str | None]:
+        """Every tag (release ids and aliases -> commit id) and the head commit of ``main``."""
         with self.remote("list tags"):
             refs = self.api.list_repo_refs(self.repo_id)
-        tags = {t.name: t.target_commit for t in refs.tags if RELEASE_ID.match(t.name)}
+        tags = {t.name: t.target_commit for t in refs.tags}
         head = next((b.target_commit for b in refs.branches if b.name == "main"), None)
         return tags, head
 
@@ -898,6 +903,8 @@ class PullResult:
     """Releases of the lineage the registry already held (identical)."""
     latest: str | None = None
     """The registry's LATEST after the pull."""
+    alias: str | None = None
+    """The alias pulled by name (its tag), now set in the local registry too."""
 
 
 def pull_release(
@@ -905,7 +912,9 @@ def pull_release(
     release: str = "latest",
     registry: str | Path | Registry = "adapters",
 ) -> PullResult:
-    """Download `release` (``vN`` or ``latest`` = the highest ``vN`` tag) and its missing ancestors.
+    """Download `release` (``vN``, an alias tag, or ``latest`` = the highest ``vN`` tag) and its
+    missing ancestors. An alias (``production``) pulls the release its tag names and sets the
+    same alias in the local registry.
 
     Args:
         config: repo, endpoint and token variable.
@@ -917,15 +926,26 @@ def pull_release(
             differs, every Hub error; ReleaseVerificationError for a file whose size or sha256
             does not match its manifest. The registry is unchanged in every case.
     """
-    if release != "latest":
-        check_release_id(release)
+    alias = None
+    if release != "latest" and not RELEASE_ID.match(release):
+        alias = check_alias_name(release)
     registry = registry if isinstance(registry, Registry) else Registry(registry)
     hub = _Hub(config)
-    tags, _ = hub.tags()
+    every_tag, _ = hub.all_tags()
+    tags = {t: c for t, c in every_tag.items() if RELEASE_ID.match(t)}
     if not tags:
         raise IntentCIError(
             f"{config.repo_id} has no release tags (v1, v2, …); push a release first"
         )
+    if alias is not None:
+        named = [t for t, c in tags.items() if c == every_tag.get(alias)]
+        if len(named) != 1:
+            aliases = sorted(t for t in every_tag if not RELEASE_ID.match(t))
+            raise IntentCIError(
+                f"{config.repo_id} has no alias tag {alias!r} on a release"
+                f"; alias tags there: {', '.join(aliases) or 'none'}"
+            )
+        release = named[0]
     target = max(tags, key=lambda t: int(t[1:])) if release == "latest" else release
     if target not in tags:
         raise IntentCIError(
@@ -948,6 +968,9 @@ def pull_release(
         if not existed:
             _remove_if_empty(registry.root)
         raise
+    if alias is not None:
+        registry.set_alias(alias, target)
+        result.alias = alias
     result.latest = registry.latest()
     return result
 

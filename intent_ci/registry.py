@@ -285,7 +285,8 @@ class Registry:
         if not isinstance(data, dict):
             raise ReleaseVerificationError(
                 f"{path}: expected a JSON object of aliases to release ids, e.g. "
-                '{"production": "v3"}; repair it with `intent-ci alias set` / `alias delete`'
+                '{"production": "v3"}; repair or remove it by hand (HISTORY.jsonl records every '
+                "alias move), then check with `intent-ci verify --all`"
             )
         for alias, release in data.items():
             try:

@@ -172,6 +172,10 @@ def test_a_damaged_aliases_file_is_reported_not_trusted(reg, capsys, content):
     with pytest.raises(IntentCIError, match="ALIASES.json"):
         Registry(reg).resolve("production")
     assert Registry(reg).resolve("v1") == "v1"  # release ids never read the file
+    # Never overwritten blindly: the other aliases in it would be lost.
+    code, _, err = run(capsys, "alias", "set", "production", "v1", "--registry", reg)
+    assert code == 2 and f"{reg / 'ALIASES.json'}: " in err and err.count("\n") == 1, err
+    assert (reg / "ALIASES.json").read_bytes() == content
 
 
 def test_alias_set_waits_for_the_registry_lock(reg, capsys):

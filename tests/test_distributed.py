@@ -413,3 +413,37 @@ def test_killing_a_rank_while_the_release_is_committed(dp_registry_copy, data_di
     )
     assert release == "v3"
     assert not [p for p in registry.iterdir() if p.name.startswith(".staging-")]
+
+
+def test_latest_moved_while_a_torchrun_add_intent_trained(dp_registry_copy, data_dir, tmp_path):
+    """The no-lost-update rule under torchrun: the main process writes the release, finds that
+    LATEST moved, and every rank stops with the same error (torchrun exits 1, nothing hangs)."""
+    registry = dp_registry_copy
+    config = tmp_path / "short.yaml"
+    config.write_text(yaml.safe_dump({"train": {"add_intent_epochs": 1}}))
+    log = tmp_path / "stderr.txt"
+    with FileLock(str(registry / ".lock")):
+        run = _launch_add_intent(registry, data_dir / "new" / "report_damage.txt", config, log)
+        _wait_for(
+            lambda: any(
+                p.name.startswith(".staging-") and (p / "replay.json").exists()
+                for p in registry.iterdir()
+            ),
+            300,
+            "rank 0 to stage the release",
+        )
+        # What another run's commit does under the lock: LATEST moves by atomic replace.
+        (registry / ".tmp-other-LATEST").write_text("v1\n", encoding="utf-8")
+        os.replace(registry / ".tmp-other-LATEST", registry / "LATEST")
+    try:
+        status = run.wait(timeout=EXIT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(run.pid, signal.SIGKILL)  # our own process group only
+        raise AssertionError("a rank hung after the commit was refused") from None
+    err = log.read_text(errors="replace")
+    assert status == 1, err[-3000:]
+    refusals = [line for line in err.splitlines() if "but LATEST did not move to it" in line]
+    assert len(refusals) == 2, err[-3000:]  # one per rank
+    assert all("v3 was written (parent v2)" in line for line in refusals)
+    reg = Registry(registry)
+    assert reg.releases() == ["v1", "v2", "v3"] and reg.latest() == "v1"

@@ -618,8 +618,26 @@ def test_push_writes_aliases_as_tags_and_moves_them(
     assert again.pushed == {} and again.aliases == {"canary": "v1"}
     assert repo.tags["canary"] == repo.tags["v2"] and len(repo.commits) == commits
     assert push_release(local, "v2", config).aliases == {}  # nothing left to move
-    # Pull ignores alias tags: latest is still the highest vN tag.
-    assert pull_release(config, "latest", tmp_path / "pulled").release == "v2"
+    # latest is still the highest vN tag; an alias tag pulls its release and sets the alias.
+    pulled = pull_release(config, "latest", tmp_path / "pulled")
+    assert (pulled.release, Registry(tmp_path / "pulled").aliases()) == ("v2", {})
+    registry.set_alias("production", "v1")
+    assert push_release(local, "v1", config).aliases == {"production": "v2"}
+    serving = tmp_path / "serving"
+    capsys.readouterr()
+    argv = ["pull", "--repo-id", REPO, "--release", "production", "--registry", str(serving)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "production: v1 (alias set in" in out and "LATEST is v1" in out, out
+    assert Registry(serving).releases() == ["v1"]
+    assert Registry(serving).aliases() == {"production": "v1"}
+    assert Registry(serving).history()[-1]["event"] == "alias_set"
+    with pytest.raises(
+        IntentCIError,
+        match=r"no alias tag 'beta' on a release; alias tags there: canary, production",
+    ):
+        pull_release(config, "beta", tmp_path / "none")
+    assert not (tmp_path / "none").exists()
     assert hub_calls(hub) == []
 
 
