@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from intent_ci.config import GateConfig, ReleaseConfig
-from intent_ci.data import INTENT, TEXT, check_known_intents, read_examples, read_golden
+from intent_ci.data import (
+    INTENT,
+    OOS_LABEL,
+    TEXT,
+    check_known_intents,
+    read_examples,
+    read_golden,
+)
 from intent_ci.errors import IntentCIError
 from intent_ci.gate import (
     golden_rows,
@@ -23,6 +30,7 @@ from intent_ci.gate import (
     paired_statistics,
     rule_also_against,
     rule_drift,
+    rule_out_of_scope,
     rule_retired,
 )
 from intent_ci.gate_report import REPORT_FILES, write_report
@@ -229,13 +237,18 @@ def run_check(
         len(golden_examples),
     )
     predicted: dict[str, list[str]] = {}
+    accepted: dict[str, list[bool]] = {}
     for name in releases:
         classifier = IntentClassifier(load_release(reg, name))
-        predicted[name] = [p.label for p in classifier.predict(inputs, batch_size=cfg.batch_size)]
+        out = classifier.predict(inputs, batch_size=cfg.batch_size, reject=cfg.reject)
+        # What a user gets: a rejected utterance is answered with the fallback, never an intent.
+        predicted[name] = [p.intent if p.in_scope else OOS_LABEL for p in out]
+        accepted[name] = [p.in_scope for p in out]
         del classifier  # one model in memory at a time
     n = len(texts)
     # Utterances of retired intents are judged by nobody: the candidate cannot predict them.
-    keep = [i for i, ref in enumerate(refs) if ref not in retired]
+    # Out-of-scope rows have a rule of their own.
+    keep = [i for i, ref in enumerate(refs) if ref not in retired and ref != OOS_LABEL]
     kept_refs = [refs[i] for i in keep]
 
     def paired(name: str, old: list[str]) -> dict[str, Any]:
@@ -265,6 +278,26 @@ def run_check(
         )
         for name in extra
     ]
+    oos_rows = [i for i, ref in enumerate(refs) if ref == OOS_LABEL]
+    out_of_scope = (
+        rule_out_of_scope(
+            [accepted[cand_name][i] for i in oos_rows],
+            [accepted[base_name][i] for i in oos_rows],
+            cfg,
+            base_name,
+        )
+        if oos_rows
+        else None
+    )
+    rejection = {
+        name: {
+            "in_scope_n": len(keep),
+            "in_scope_rejected": sum(not accepted[name][i] for i in keep),
+            "oos_n": len(oos_rows),
+            "oos_accepted": sum(accepted[name][i] for i in oos_rows),
+        }
+        for name in (cand_name, base_name)
+    }
     gone = [i for i in retired if i in base_all or i in refs]
     moved = moved_rows(refs[:n], cand_pred[:n], base_pred[:n], gone)
     verdict, rules, rows = judge(
@@ -276,6 +309,7 @@ def run_check(
         drift=drift,
         also_against=also,
         retired=rule_retired(gone, moved) if gone else None,
+        out_of_scope=out_of_scope,
     )
     first = rules[0].details
     report = {
@@ -305,6 +339,7 @@ def run_check(
         "drift": {"against": drift_name, "line": line, **drift.details},
         "also_against": [{"baseline": r.against, **r.details} for r in also],
         "retired": {"intents": gone, "moved": moved},
+        "rejection": rejection,
         "golden_results": golden_results,
         "golden_failures": [r for r in golden_results or [] if r["status"] == "broken"],
         "confusions": stats["confusions"],

@@ -782,6 +782,26 @@ class GateConfig:
             "switched off."
         },
     )
+    reject: bool = field(
+        default=True,
+        metadata={
+            "help": "Score both releases with their calibrated out-of-scope rejection, as users "
+            "get them: an in-scope utterance a release rejects counts as an error in the "
+            "old-intent, per-intent, drift and new-intent rules. A release without calibration "
+            "accepts everything. false: the best intent only, no rejection."
+        },
+    )
+    max_oos_accept_increase: float = field(
+        default=2.0,
+        metadata={
+            "help": "Rule out_of_scope, when the test data holds rows labelled `oos`: the largest "
+            "acceptable increase, in points, of the share of them the candidate accepts (answers "
+            "with an intent) over the baseline's, decided like `max_drop` (see `decision`: "
+            "larger AND significant by default). 2 points: the out-of-scope recall a release "
+            "line may lose from its base to its last release in issue 14's targets, and the "
+            "same budget as one release's old-intent drop."
+        },
+    )
     top_confusions: int = field(
         default=10,
         metadata={"help": "Newly confused (true -> predicted) pairs listed in the report."},
@@ -833,6 +853,12 @@ class GateConfig:
             "gate",
             "max_drift",
             f"must be in [0, 100] (percentage points), got {self.max_drift}",
+        )
+        _check(
+            0 <= self.max_oos_accept_increase <= 100,
+            "gate",
+            "max_oos_accept_increase",
+            f"must be in [0, 100] (percentage points), got {self.max_oos_accept_increase}",
         )
         _check(
             self.decision in DECISIONS,

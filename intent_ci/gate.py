@@ -27,6 +27,11 @@ otherwise the candidate's parent) has the *old* intents; the candidate's other i
 7. **also_against**: old_accuracy and per_intent against each extra baseline asked for.
 8. **retired**: for a release made by ``retire``, the retired intents are not old intents; the
    test utterances labelled with them are reported with where the candidate sends them now.
+9. **out_of_scope**: when the test data holds rows labelled ``oos``, the share of them the
+   candidate accepts (answers with an intent) may exceed the baseline's by
+   ``max_oos_accept_increase`` points, decided like old_accuracy on the paired accept/reject
+   decisions. With ``reject`` (the default) an in-scope utterance a release rejects is an error
+   in every accuracy rule.
 
 The statistics come from the `intent_regression` evaluate module shipped in
 ``intent_ci/metrics/``. This module holds the rules only, as pure functions of paired
@@ -44,6 +49,10 @@ from typing import Any
 from intent_ci.config import GateConfig
 from intent_ci.data import GoldenExample
 from intent_ci.evaluation import intent_regression_metric
+from intent_ci.metrics.intent_regression.intent_regression import (
+    mcnemar_one_sided,
+    paired_drop_interval,
+)
 
 
 @dataclass
@@ -487,6 +496,63 @@ def rule_retired(retired: list[str], moved: list[dict[str, Any]]) -> RuleResult:
     )
 
 
+def rule_out_of_scope(
+    candidate_accepts: list[bool],
+    baseline_accepts: list[bool],
+    cfg: GateConfig,
+    against: str | None = None,
+) -> RuleResult:
+    """Out-of-scope test rows: the candidate may accept at most ``max_oos_accept_increase``
+    points more of them than the baseline (see `drop_decision`), paired row by row.
+
+    Args:
+        candidate_accepts, baseline_accepts: per ``oos`` row, whether the release answered it
+            with an intent (``in_scope``) rather than rejecting it.
+    """
+    n = len(candidate_accepts)
+    newly_accepted = sum(
+        c and not b for c, b in zip(candidate_accepts, baseline_accepts, strict=True)
+    )
+    newly_rejected = sum(
+        b and not c for c, b in zip(candidate_accepts, baseline_accepts, strict=True)
+    )
+    base_rate, cand_rate = sum(baseline_accepts) / n, sum(candidate_accepts) / n
+    increase = 100.0 * (newly_accepted - newly_rejected) / n
+    confidence = 1 - 2 * cfg.alpha
+    low, high = (
+        100.0 * x for x in paired_drop_interval(newly_accepted, newly_rejected, n, confidence)
+    )
+    p_value = mcnemar_one_sided(newly_accepted, newly_rejected)
+    failed, why = drop_decision(increase, high, p_value, cfg.max_oos_accept_increase, cfg)
+    summary = (
+        f"out-of-scope rows accepted {100 * base_rate:.1f}% -> {100 * cand_rate:.1f}% of {n}: "
+        f"{'+' if increase > 0 else ''}{format_points(increase)} points "
+        f"({100 * confidence:.0f}% CI {format_points(low)} to {format_points(high)}), "
+        f"{newly_accepted} newly accepted / {newly_rejected} newly rejected, "
+        f"McNemar p = {format_p(p_value)}"
+    )
+    if why:
+        summary += f"; {why}"
+    return RuleResult(
+        "out_of_scope",
+        "fail" if failed else "pass",
+        summary,
+        against=against,
+        details={
+            "n": n,
+            "baseline_accept_rate": base_rate,
+            "candidate_accept_rate": cand_rate,
+            "increase_points": increase,
+            "ci_points": [low, high],
+            "newly_accepted": newly_accepted,
+            "newly_rejected": newly_rejected,
+            "p_value": p_value,
+            "max_oos_accept_increase": cfg.max_oos_accept_increase,
+            "decision": cfg.decision,
+        },
+    )
+
+
 def judge(
     stats: dict[str, Any],
     cfg: GateConfig,
@@ -497,6 +563,7 @@ def judge(
     drift: RuleResult | None = None,
     also_against: list[RuleResult] | None = None,
     retired: RuleResult | None = None,
+    out_of_scope: RuleResult | None = None,
 ) -> tuple[str, list[RuleResult], list[dict[str, Any]]]:
     """Apply the rules to the paired statistics of the `intent_regression` metric.
 
@@ -506,8 +573,9 @@ def judge(
             intents outside the old intents.
         golden: `golden_rows`, or None when no golden file was given.
         baseline: the baseline's name, recorded on the rules that compare with it.
-        drift, also_against, retired: rules already computed against other releases
-            (`rule_drift`, `rule_also_against`, `rule_retired`), added to the verdict.
+        drift, also_against, retired, out_of_scope: rules computed outside the paired
+            statistics (`rule_drift`, `rule_also_against`, `rule_retired`,
+            `rule_out_of_scope`), added to the verdict.
 
     Returns:
         ``(verdict, rules, per_intent_rows)``; verdict is ``"fail"`` when any rule fails.
@@ -523,7 +591,7 @@ def judge(
         rule_confusions(stats),
     ]
     rules[1].against = rules[2].against = rules[4].against = baseline
-    rules += [r for r in (drift, *(also_against or []), retired) if r is not None]
+    rules += [r for r in (drift, *(also_against or []), retired, out_of_scope) if r is not None]
     verdict = "fail" if any(r.status == "fail" for r in rules) else "pass"
     return verdict, rules, rows
 

@@ -49,6 +49,7 @@ _TITLES = {
     "drift": "Drift from the line's base",
     "also_against": "Old intents vs another release",
     "retired": "Retired intents",
+    "out_of_scope": "Out-of-scope acceptance",
 }
 _MARKS = {"pass": "✅ pass", "fail": "❌ fail", "info": "ℹ️ info", "skipped": "➖ skipped"}
 
@@ -81,7 +82,15 @@ def _rule_text(cfg: dict[str, Any], report: dict[str, Any]) -> str:
         + f"p-value is at most {cfg['alpha']:g}; each new intent with at least "
         f"{cfg['min_new_intent_utterances']} test utterances needs "
         f"{100 * cfg['min_new_intent_accuracy']:g}% accuracy, all new intents pooled "
-        f"{100 * cfg['min_new_accuracy']:g}%. Intervals: {report['statistics']['interval']}."
+        f"{100 * cfg['min_new_accuracy']:g}%; the candidate may accept at most "
+        f"{cfg['max_oos_accept_increase']:g} points more of the out-of-scope rows, decided "
+        "the same way. "
+        + (
+            "A rejected in-scope utterance counts as an error. "
+            if cfg["reject"]
+            else "Out-of-scope rejection is off (gate.reject: false). "
+        )
+        + f"Intervals: {report['statistics']['interval']}."
     )
 
 
@@ -112,6 +121,18 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"against `{report['drift']['against']}` (line: {' → '.join(report['drift']['line'][::-1])}).",
         "",
         _rule_text(cfg, report),
+        "",
+        "Rejected as out of scope: "
+        + "; ".join(
+            f"`{name}` {r['in_scope_rejected']} of {r['in_scope_n']} in-scope rows"
+            + (
+                f", accepted {r['oos_accepted']} of {r['oos_n']} out-of-scope rows"
+                if r["oos_n"]
+                else ""
+            )
+            for name, r in report["rejection"].items()
+        )
+        + ".",
         "",
     ]
 

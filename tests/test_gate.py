@@ -335,6 +335,71 @@ def test_a_retire_release_is_gateable(registry_copy, gate_data, tmp_path):
     assert "### Retired intents (refund_status)" in (out / "report.md").read_text()
 
 
+@pytest.fixture()
+def calibrated(registry_copy, gate_data, tmp_path) -> tuple[Path, str, str, Path]:
+    """Two recalibrations of v2 (trains nothing): `loose` accepts 99% of in-scope calibration
+    utterances, `strict` 60%; and test data with 40 out-of-scope rows (report_damage
+    utterances, an intent no release knows), labelled `oos`."""
+    from intent_ci.lifecycle import calibrate_release
+
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    for intent in [*BASE_INTENTS, NEW]:
+        seen = set(make_utterances(intent, N_TRAIN, seed=0)) | set(
+            (gate_data / "test" / f"{intent}.txt").read_text(encoding="utf-8").split("\n")
+        )
+        held = [u for u in make_utterances(intent, 400, seed=2) if u not in seen][:N_TEST]
+        (calibration / f"{intent}.txt").write_text("\n".join(held) + "\n", encoding="utf-8")
+    loose = calibrate_release(calibration, registry_copy, "v2", target_recall=0.99)
+    strict = calibrate_release(calibration, registry_copy, "v2", target_recall=0.6)
+    data = tmp_path / "test"
+    shutil.copytree(gate_data / "test", data)
+    oos = make_utterances("report_damage", 40, seed=3)
+    (data / "oos.txt").write_text("\n".join(oos) + "\n", encoding="utf-8")
+    return registry_copy, loose, strict, data
+
+
+def test_out_of_scope_rule_and_false_rejections(calibrated, tmp_path):
+    registry, loose, strict, data = calibrated
+    out = tmp_path / "reports"
+    # The loose release answers out-of-scope rows the strict one rejects: the out-of-scope
+    # rule fails it, while its in-scope answers are better than the strict one's.
+    assert check(registry, loose, data, out, "--baseline", strict) == 1
+    report = read_report(out)
+    assert "out_of_scope" in report["failed_rules"], [r["summary"] for r in report["rules"]]
+    oos = _rule(report, "out_of_scope")
+    assert oos["details"]["n"] == 40 and oos["details"]["newly_accepted"] > 2
+    assert oos["details"]["candidate_accept_rate"] > oos["details"]["baseline_accept_rate"]
+    assert _rule(report, "old_accuracy")["status"] == "pass"
+    assert report["old_intents"]["n"] == 5 * N_TEST  # the oos rows are in no accuracy rule
+    rejected = report["rejection"]
+    assert rejected[strict]["in_scope_rejected"] > rejected[loose]["in_scope_rejected"]
+    assert "Out-of-scope acceptance" in (out / "report.md").read_text(encoding="utf-8")
+
+    # The other way round: rejected in-scope utterances are errors in the old-intent rule.
+    assert check(registry, strict, data, out, "--baseline", loose) == 1
+    report = read_report(out)
+    assert _rule(report, "out_of_scope")["status"] == "pass"
+    assert "old_accuracy" in report["failed_rules"]
+    # Same model, a higher threshold: it only adds rejections, so it fixes nothing, and every
+    # broken utterance is one it rejects and the loose one answers right.
+    old = report["old_intents"]
+    assert old["fixed"] == 0 and old["drop_points"] > 2
+    rejected = report["rejection"]
+    assert (
+        0
+        < old["broken"]
+        <= (rejected[strict]["in_scope_rejected"] - rejected[loose]["in_scope_rejected"])
+    )
+    # gate.reject: false scores the best intent only: the two are then the same model.
+    config = tmp_path / "gate.yaml"
+    config.write_text(yaml.safe_dump({"gate": {"reject": False}}), encoding="utf-8")
+    assert check(registry, strict, data, out, "--baseline", loose, "--config", config) == 0
+    report = read_report(out)
+    assert report["old_intents"]["broken"] == report["old_intents"]["fixed"] == 0
+    assert _rule(report, "out_of_scope")["details"]["newly_accepted"] == 0
+
+
 # ---- bad input: exit 2, one line, no report ------------------------------------------------------
 def refused(capsys, argv: list, out: Path, pattern: str) -> str:
     code = main([str(a) for a in argv])

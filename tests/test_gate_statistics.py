@@ -520,3 +520,31 @@ def test_default_rules_fail_the_recorded_p1_chain_only_through_drift():
             assert drift.status == "fail" and "larger than 2 points" in drift.summary
             assert rule_drift(stats, GateConfig(decision="non_inferiority"), "v1").status == "fail"
     assert sum(r["against"] == "parent" for r in rows) == 5
+
+
+# ---- out-of-scope rows ------------------------------------------------------------------------
+def test_out_of_scope_rule_pairs_accept_decisions():
+    from intent_ci.gate import rule_out_of_scope
+
+    cfg = GateConfig()
+    base = [False] * 100
+    # 10 of 100 newly accepted: +10 points, p = 0.5^10: fails.
+    cand = [True] * 10 + [False] * 90
+    rule = rule_out_of_scope(cand, base, cfg, "v1")
+    assert rule.status == "fail" and rule.against == "v1"
+    assert (rule.details["newly_accepted"], rule.details["newly_rejected"]) == (10, 0)
+    assert rule.details["increase_points"] == pytest.approx(10.0)
+    assert rule.details["p_value"] == pytest.approx(0.5**10)
+    assert "0.0% -> 10.0% of 100" in rule.summary and "larger than 2 points" in rule.summary
+    # Paired: 10 newly accepted and 10 newly rejected is no increase.
+    base = [False] * 10 + [True] * 10 + [False] * 80
+    cand = [True] * 10 + [False] * 10 + [False] * 80
+    assert rule_out_of_scope(cand, base, cfg).status == "pass"
+    # 3 of 100: more than the margin, not significant (p = 0.125): passes by default, and fails
+    # under non_inferiority (its upper bound is above 2 points); a wider margin passes both.
+    cand = [True] * 3 + [False] * 97
+    assert rule_out_of_scope(cand, [False] * 100, cfg).status == "pass"
+    strict = GateConfig(decision="non_inferiority")
+    assert rule_out_of_scope(cand, [False] * 100, strict).status == "fail"
+    wide = GateConfig(decision="non_inferiority", max_oos_accept_increase=20)
+    assert rule_out_of_scope(cand, [False] * 100, wide).status == "pass"
