@@ -718,7 +718,7 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
         if hints[f.name] is bool:
             p.add_argument(flag, action="store_true", default=None, help=help_text)
             continue
-        kind = {int: int, float: float}.get(hints[f.name], str)
+        kind = {int: int, float: float, int | None: int}.get(hints[f.name], str)
         default = "" if f.default is None else f" (default: {f.default})"
         p.add_argument(
             flag,

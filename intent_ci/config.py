@@ -600,6 +600,13 @@ class ServeConfig:
             "Unused for a pinned release."
         },
     )
+    threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "torch threads for inference (torch.set_num_threads); unset: torch's default "
+            "(one per core). Set 1 when several replicas or other jobs share the cores."
+        },
+    )
     traffic_log: str | None = field(
         default=None,
         metadata={
@@ -645,6 +652,17 @@ class ServeConfig:
                 name,
                 f"must be an integer >= 1, got {value!r}",
             )
+        _check(
+            self.threads is None
+            or (
+                isinstance(self.threads, int)
+                and not isinstance(self.threads, bool)
+                and self.threads >= 1
+            ),
+            "serve",
+            "threads",
+            f"must be an integer >= 1 or unset, got {self.threads!r}",
+        )
         _check(
             0 <= self.max_wait_ms <= 1000,
             "serve",

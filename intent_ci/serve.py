@@ -498,6 +498,10 @@ def serve(registry: str | Path | Registry, config: ServeConfig) -> None:
 
     registry = registry if isinstance(registry, Registry) else Registry(registry)
     registry.resolve(config.release)  # an unknown release or registry is a usage error
+    if config.threads is not None:
+        import torch
+
+        torch.set_num_threads(config.threads)
     server: uvicorn.Server | None = None
 
     def stop(reason: str) -> None:
