@@ -383,3 +383,13 @@ def test_cli_serves_until_sigterm_and_shuts_down_cleanly(registry, tmp_path):
     assert "Traceback" not in output
     assert "traffic log: 5 rows" in output
     assert sum(1 for f in log.glob(TRAFFIC_GLOB) for _ in f.open()) == len(TEXTS)
+
+
+def test_follows_an_alias_when_it_moves(registry):
+    Registry(registry).set_alias("production", "v1")
+    with running(registry, release="production") as (client, _):
+        assert client.post("/predict", json={"texts": TEXTS}).json()["release"] == "v1"
+        assert client.get("/release").json()["follows"] is True
+        Registry(registry).set_alias("production", "v2")
+        wait_for(lambda: served_release(client) == "v2", what="the alias's new release")
+        assert client.post("/predict", json={"texts": TEXTS}).json()["release"] == "v2"
