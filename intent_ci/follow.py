@@ -85,7 +85,6 @@ class ReleaseFollower:
         registry: where releases live.
         ref: ``latest``, an alias (both followed), or a release id such as ``v3`` (pinned).
         poll_interval_s: seconds between checks of where `ref` points.
-        load: loads and verifies one release (default `load_for_serving`).
         on_swap: called on the follower's thread with each release that starts being served.
         on_refuse: called with ``(release, reason)`` for each release that fails to load.
         on_fatal: called with the reason when a pinned release fails to load (nothing can
@@ -98,7 +97,6 @@ class ReleaseFollower:
         ref: str,
         poll_interval_s: float,
         *,
-        load: Callable[[Registry, str], Any] = load_for_serving,
         on_swap: Callable[[ServedRelease], None] | None = None,
         on_refuse: Callable[[str, str], None] | None = None,
         on_fatal: Callable[[str], None] | None = None,
@@ -106,7 +104,6 @@ class ReleaseFollower:
         self.registry = registry
         self.ref = ref
         self.poll_interval_s = poll_interval_s
-        self._load = load
         self.on_swap = on_swap
         self.on_refuse = on_refuse
         self.on_fatal = on_fatal
@@ -172,7 +169,7 @@ class ReleaseFollower:
         self.loading = target
         started = time.perf_counter()
         try:
-            classifier = self._load(self.registry, target)
+            classifier = load_for_serving(self.registry, target)
         except Exception as err:  # whatever went wrong, the old release keeps answering
             reason = str(err) or type(err).__name__
             self.refused = {"release": target, "reason": reason, "at": utc_now()}
