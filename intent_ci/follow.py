@@ -67,15 +67,25 @@ class ServedRelease:
         }
 
 
-def load_for_serving(registry: Registry, name: str) -> Any:
+def load_for_serving(registry: Registry, name: str, runtime: str = "torch") -> Any:
     """Load and verify `name`, with LoRA merged into the encoder (the serving path).
 
+    Args:
+        runtime: ``torch``, or ``onnx`` to run the merged model with ONNX Runtime (see
+            `intent_ci.onnx_model.use_onnx_runtime`).
+
     Raises:
-        IntentCIError: for an unknown release or one that fails verification.
+        IntentCIError: for an unknown release, one that fails verification, or (runtime onnx)
+            an export whose probabilities differ from torch's.
     """
     from intent_ci.release import IntentClassifier
 
-    return IntentClassifier.load(registry, name, merge_lora=True)
+    classifier = IntentClassifier.load(registry, name, merge_lora=True)
+    if runtime == "onnx":
+        from intent_ci.onnx_model import use_onnx_runtime
+
+        use_onnx_runtime(classifier)
+    return classifier
 
 
 class ReleaseFollower:
@@ -85,6 +95,7 @@ class ReleaseFollower:
         registry: where releases live.
         ref: ``latest``, an alias (both followed), or a release id such as ``v3`` (pinned).
         poll_interval_s: seconds between checks of where `ref` points.
+        runtime: ``torch`` or ``onnx`` (see `load_for_serving`).
         on_swap: called on the follower's thread with each release that starts being served.
         on_refuse: called with ``(release, reason)`` for each release that fails to load.
         on_fatal: called with the reason when a pinned release fails to load (nothing can
@@ -97,6 +108,7 @@ class ReleaseFollower:
         ref: str,
         poll_interval_s: float,
         *,
+        runtime: str = "torch",
         on_swap: Callable[[ServedRelease], None] | None = None,
         on_refuse: Callable[[str, str], None] | None = None,
         on_fatal: Callable[[str], None] | None = None,
@@ -104,6 +116,7 @@ class ReleaseFollower:
         self.registry = registry
         self.ref = ref
         self.poll_interval_s = poll_interval_s
+        self.runtime = runtime
         self.on_swap = on_swap
         self.on_refuse = on_refuse
         self.on_fatal = on_fatal
@@ -169,7 +182,7 @@ class ReleaseFollower:
         self.loading = target
         started = time.perf_counter()
         try:
-            classifier = load_for_serving(self.registry, target)
+            classifier = load_for_serving(self.registry, target, self.runtime)
         except Exception as err:  # whatever went wrong, the old release keeps answering
             reason = str(err) or type(err).__name__
             self.refused = {"release": target, "reason": reason, "at": utc_now()}

@@ -81,17 +81,13 @@ def error_response(status: int, field: str | None, message: str, **headers: str)
 
 
 def prediction_row(prediction: Any) -> dict[str, Any]:
-    """One utterance's answer: intent, confidence (softmax probability), in_scope, score.
-
-    `in_scope` and `score` come from the out-of-scope detector once a release has one; until
-    then every prediction is in scope and the score is the confidence (the maximum softmax
-    probability, the usual out-of-scope baseline).
-    """
+    """One utterance's answer: its best intent, that intent's softmax probability, and the
+    release's out-of-scope decision and score (see `intent_ci.release.Prediction`)."""
     return {
-        "intent": prediction.label,
+        "intent": prediction.intent,
         "confidence": prediction.confidence,
-        "in_scope": True,
-        "score": prediction.confidence,
+        "in_scope": prediction.in_scope,
+        "score": prediction.score,
     }
 
 
@@ -329,6 +325,7 @@ class IntentServer:
             self.registry,
             config.release,
             config.poll_interval_s,
+            runtime=config.runtime,
             on_swap=self._swapped,
             on_refuse=self._refused,
             on_fatal=self._fatal,
@@ -360,7 +357,9 @@ class IntentServer:
         served = self.follower.current  # read once: the whole batch runs on one release
         if served is None:
             raise RuntimeError("no release is loaded")
-        predictions = served.classifier.predict(texts, batch_size=self.config.max_batch_size)
+        predictions = served.classifier.predict(
+            texts, batch_size=self.config.max_batch_size, reject=True
+        )
         return served.name, [prediction_row(p) for p in predictions]
 
     # ---- the HTTP app ---------------------------------------------------------------------

@@ -278,10 +278,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(registry: Path, port: int, log: Path, threads: int) -> subprocess.Popen:
+def start_server(
+    registry: Path, port: int, log: Path, threads: int, runtime: str = "torch"
+) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "intent_ci.cli", "serve", "--registry", str(registry)]
     command += ["--port", str(port), "--poll-interval-s", "0.5", "--threads", str(threads)]
+    command += ["--runtime", runtime]
     proc = subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 600
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
@@ -546,7 +549,7 @@ def main() -> None:
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = start_server(registry, port, work / "serve.log", args.threads)
+    server = start_server(registry, port, work / "serve.log", args.threads, args.runtime)
     cells = []
     try:
         for concurrency, per_request in (tuple(map(int, c.split("x"))) for c in args.cells):
@@ -564,6 +567,7 @@ def main() -> None:
             print(cell, flush=True)
             cells.append(cell)
         if args.quick:
+            Path(args.out).with_suffix(".json").write_text(json.dumps(cells, indent=2) + "\n")
             return
         swap = asyncio.run(
             swap_under_load(url, registry, texts, REPO / "data" / "new" / "report_damaged_item.txt")

@@ -99,9 +99,11 @@ def test_predictions_match_the_classifier_and_concurrent_requests_share_batches(
         assert response.status_code == 200
         body = response.json()
         assert body["release"] == "v2"
-        assert [p["intent"] for p in body["predictions"]] == [p.label for p in expected]
+        assert [p["intent"] for p in body["predictions"]] == [p.intent for p in expected]
         for got, want in zip(body["predictions"], expected, strict=True):
             assert got["confidence"] == pytest.approx(want.confidence, abs=1e-5)
+            assert got["score"] == pytest.approx(want.score, abs=1e-4)
+            assert got["in_scope"] == want.in_scope
             assert set(got) == {"intent", "confidence", "in_scope", "score"}
 
         # Eight clients at once, one text each: the batcher must put some of them together.
@@ -393,3 +395,15 @@ def test_follows_an_alias_when_it_moves(registry):
         Registry(registry).set_alias("production", "v2")
         wait_for(lambda: served_release(client) == "v2", what="the alias's new release")
         assert client.post("/predict", json={"texts": TEXTS}).json()["release"] == "v2"
+
+
+def test_onnx_runtime_answers_like_torch(registry):
+    expected = IntentClassifier.load(registry, "v2").predict(TEXTS)
+    with running(registry, runtime="onnx") as (client, server):
+        assert type(server.follower.current.classifier.model).__name__ == "OnnxLogits"
+        body = client.post("/predict", json={"texts": TEXTS}).json()
+    assert [p["intent"] for p in body["predictions"]] == [p.intent for p in expected]
+    for got, want in zip(body["predictions"], expected, strict=True):
+        assert got["confidence"] == pytest.approx(want.confidence, abs=1e-4)
+        assert got["score"] == pytest.approx(want.score, abs=1e-3)
+        assert got["in_scope"] == want.in_scope
