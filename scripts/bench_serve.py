@@ -520,6 +520,8 @@ def main() -> None:
     # wait for busy cores slow every forward pass several-fold (tests/conftest.py). The server
     # (--threads), add-intent (OMP_NUM_THREADS) and the in-process baseline all get the same.
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
+                        help="the server's --runtime (the in-process baseline is torch)")  # fmt: skip
     parser.add_argument(
         "--cells",
         nargs="*",
