@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -694,6 +695,43 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from intent_ci.config import ServeConfig
+    from intent_ci.serve import serve
+
+    values = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(ServeConfig)
+        if getattr(args, f.name) is not None
+    }
+    serve(args.registry, ServeConfig(**values))
+    return EXIT_OK
+
+
+def _serve_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per `ServeConfig` field (``max_wait_ms`` -> ``--max-wait-ms``), help from the field."""
+    from typing import get_type_hints
+
+    from intent_ci.config import ServeConfig
+
+    hints = get_type_hints(ServeConfig)
+    for f in dataclasses.fields(ServeConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata["help"].replace("%", "%%")
+        if hints[f.name] is bool:
+            p.add_argument(flag, action="store_true", default=None, help=help_text)
+            continue
+        kind = {int: int, float: float, int | None: int}.get(hints[f.name], str)
+        default = "" if f.default is None else f" (default: {f.default})"
+        p.add_argument(
+            flag,
+            type=kind,
+            default=None,
+            metavar=f.metadata.get("metavar", kind.__name__.upper()),
+            help=help_text + default,
+        )
+
+
 # ---- parser --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -962,6 +1000,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     registry_arg(p, writes=True)
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser(
+        "serve",
+        help="HTTP server for a release: /predict with dynamic batching, follows the registry, "
+        "traffic log, Prometheus /metrics",
+        description="Serve a release over HTTP until SIGINT/SIGTERM. Endpoints: POST /predict "
+        '{"texts": [...]}, GET /healthz, /readyz, /release, /metrics.',
+    )
+    registry_arg(p)
+    _serve_flags(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
         "quickstart", help="offline demo: base release from data/, add an intent, print accuracies"

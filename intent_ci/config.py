@@ -546,6 +546,155 @@ class RegistryConfig:
         )
 
 
+@dataclass
+class ServeConfig:
+    """`intent-ci serve`: what is served, how requests are batched and limited, what is logged.
+
+    Not part of a release. Every field is also a command-line flag (``max_batch_size`` is
+    ``--max-batch-size``).
+    """
+
+    release: str = field(
+        default="latest",
+        metadata={
+            "help": "Release to serve. `latest` (or an alias) follows the registry: when it moves, "
+            "the new release is loaded and verified in the background and swapped in. A release "
+            "id such as v3 is pinned and never moves.",
+            "metavar": "RELEASE",
+        },
+    )
+    host: str = field(
+        default="127.0.0.1", metadata={"help": "Address to listen on.", "metavar": "ADDRESS"}
+    )
+    port: int = field(default=8080, metadata={"help": "TCP port to listen on."})
+    max_batch_size: int = field(
+        default=64,
+        metadata={
+            "help": "Most utterances in one forward pass. Concurrent requests are batched "
+            "together up to this many texts (a single larger request runs as its own batch)."
+        },
+    )
+    max_wait_ms: float = field(
+        default=2.0,
+        metadata={
+            "help": "How long the first request of a batch waits for others to join it, in ms. "
+            "Requests that queued while the previous batch ran join at once; 0 never waits."
+        },
+    )
+    max_texts: int = field(
+        default=256, metadata={"help": "Most texts one /predict request may carry (else 422)."}
+    )
+    max_text_chars: int = field(
+        default=2000,
+        metadata={
+            "help": "Longest text accepted, in characters (else 422). Texts within the limit are "
+            "still truncated to the release's model.max_length tokens, as in training."
+        },
+    )
+    max_body_bytes: int = field(
+        default=1_048_576, metadata={"help": "Largest /predict request body in bytes (else 413)."}
+    )
+    poll_interval_s: float = field(
+        default=2.0,
+        metadata={
+            "help": "Seconds between checks of the registry for a moved `latest` (or alias). "
+            "Unused for a pinned release."
+        },
+    )
+    runtime: str = field(
+        default="torch",
+        metadata={
+            "help": "`torch`, or `onnx`: export the merged release to ONNX at load, check it "
+            "against torch (max |dprob| <= 1e-4, else the release is refused) and run it with "
+            'ONNX Runtime (pip install "intent-ci[onnx]"). On MiniLM on CPU ONNX Runtime ran '
+            "1.25x torch on batches of 64 and 2.8x on single utterances "
+            "(scripts/bench_serve.py); loading takes longer by the export.",
+            "metavar": "{torch,onnx}",
+        },
+    )
+    threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "torch threads for inference (torch.set_num_threads); unset: torch's default "
+            "(one per core). Set 1 when several replicas or other jobs share the cores."
+        },
+    )
+    traffic_log: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder for the traffic log (JSONL: timestamp, text, release, intent, "
+            "confidence, in_scope, score per utterance). Unset: no traffic log.",
+            "metavar": "DIR",
+        },
+    )
+    log_redact: bool = field(
+        default=False,
+        metadata={
+            "help": "Store the sha256 of each text (field `text_sha256`) instead of the text."
+        },
+    )
+    log_max_bytes: int = field(
+        default=64 * 1024 * 1024,
+        metadata={
+            "help": "Size at which the traffic log starts a new file. Files are never renamed "
+            "or deleted, so readers see closed files unchanged."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.release != "latest":
+            _check(
+                isinstance(self.release, str) and bool(NAME_PATTERN.match(self.release)),
+                "serve",
+                "release",
+                f"expected latest, an alias or a release id such as v3; got {self.release!r}",
+            )
+        _check(
+            isinstance(self.port, int) and 0 <= self.port <= 65535,
+            "serve",
+            "port",
+            f"must be in [0, 65535], got {self.port!r}",
+        )
+        positive_ints = ("max_batch_size", "max_texts", "max_text_chars", "max_body_bytes")
+        for name in (*positive_ints, "log_max_bytes"):
+            value = getattr(self, name)
+            _check(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                "serve",
+                name,
+                f"must be an integer >= 1, got {value!r}",
+            )
+        _check(
+            self.runtime in ("torch", "onnx"),
+            "serve",
+            "runtime",
+            f"expected torch or onnx, got {self.runtime!r}",
+        )
+        _check(
+            self.threads is None
+            or (
+                isinstance(self.threads, int)
+                and not isinstance(self.threads, bool)
+                and self.threads >= 1
+            ),
+            "serve",
+            "threads",
+            f"must be an integer >= 1 or unset, got {self.threads!r}",
+        )
+        _check(
+            0 <= self.max_wait_ms <= 1000,
+            "serve",
+            "max_wait_ms",
+            f"must be in [0, 1000], got {self.max_wait_ms!r}",
+        )
+        _check(
+            0.05 <= self.poll_interval_s <= 86_400,
+            "serve",
+            "poll_interval_s",
+            f"must be in [0.05, 86400] seconds, got {self.poll_interval_s!r}",
+        )
+
+
 def suggest(name: str, valid: list[str]) -> str:
     """`` Did you mean `x`? Valid keys: ...`` for an unknown key (empty hint when nothing is close)."""
     close = difflib.get_close_matches(name, valid, n=1)
