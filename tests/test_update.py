@@ -32,6 +32,7 @@ from intent_ci.update import (
     without_moved,
 )
 from tests.conftest import BASE_INTENTS, make_utterances, tiny_overrides
+from tests.test_hub import REPO, hub  # noqa: F401  (the stand-in Hub fixture)
 
 
 # ---- the distillation mask -------------------------------------------------------------------
@@ -322,3 +323,24 @@ def test_update_with_only_more_examples_keeps_the_label_map(trained_registry, tm
     assert manifest["intents"] == BASE_INTENTS and manifest["new_intents"] == []
     assert manifest["updated_intents"] == ["transfer_money"]
     assert load_release(Registry(registry), release).model.head.num_labels == len(BASE_INTENTS)
+
+
+def test_push_and_pull_an_update_release(updated, hub, tmp_path):  # noqa: F811
+    """An update release and its parent go to a (stand-in) Hub and come back verified, with
+    the same predictions; the model card says what the update changed."""
+    from intent_ci.hub import HubConfig, pull_release, push_release
+
+    registry, release, moved, _ = updated
+    config = HubConfig(repo_id=REPO)
+    assert list(push_release(registry, release, config).pushed) == ["v1", release]
+    card = hub.files(REPO, release)["README.md"].decode()
+    assert "- updated: check_balance, opening_hours (6 corrected utterances)" in card
+    dest = tmp_path / "pulled"
+    assert pull_release(config, release, dest).pulled == ["v1", release]
+    ours = IntentClassifier.load(registry, release, device="cpu").logits(moved)
+    theirs = IntentClassifier.load(dest, release, device="cpu").logits(moved)
+    assert torch.equal(ours, theirs)
+    assert (
+        Registry(dest).manifest(release)["corrections"]
+        == Registry(registry).manifest(release)["corrections"]
+    )
