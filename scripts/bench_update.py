@@ -265,18 +265,15 @@ def run_seed(seed: int, raw: dict, config: ReleaseConfig, args: argparse.Namespa
     ordered, groups = plan(raw, seed, args.start, args.step, args.updates)
     everything = sorted(ordered)
     base_data = rows_for(ordered, {i: (0, args.start) for i in everything})
-    base, base_cost = cached_init(workdir, "base", base_data, config, args.reuse)
-    base_test = per_intent(IntentClassifier.load(base, "v1"), raw["test"])
     final_counts = {
         i: (0, args.start + (args.step if any(i in g for g in groups) else 0)) for i in everything
     }
-    result = {
-        "seed": seed,
-        "groups": groups,
-        "base": {"cost": base_cost, "accuracy": pooled(base_test, everything)},
-        "methods": {},
-    }
-    print(f"  base: test acc {100 * result['base']['accuracy']:.2f}", flush=True)
+    result = {"seed": seed, "groups": groups, "methods": {}}
+    if args.methods or not args.no_corrections:
+        base, base_cost = cached_init(workdir, "base", base_data, config, args.reuse)
+        base_test = per_intent(IntentClassifier.load(base, "v1"), raw["test"])
+        result["base"] = {"cost": base_cost, "accuracy": pooled(base_test, everything)}
+        print(f"  base: test acc {100 * result['base']['accuracy']:.2f}", flush=True)
     for name in args.methods:
         result["methods"][name] = run_updates(
             name, METHODS[name], base, groups, ordered, args, raw, base_test, workdir
@@ -383,7 +380,13 @@ def markdown(result: dict, out: Path) -> str:
         "",
         f"Backbone `{result['backbone']}`, seeds {', '.join(str(s['seed']) for s in result['seeds'])}, "
         f"{result['machine']['cpu_count']} CPU cores, {result['date']}. Produced by "
-        f"`{result['command']}`; {out.name}.json has every number. All accuracies are on the "
+        + (
+            " and ".join(f"`{c}`" for c in result["command"])
+            + " (in parallel, merged with `--report-from`)"
+            if isinstance(result["command"], list)
+            else f"`{result['command']}`"
+        )
+        + f"; {out.name}.json has every number. All accuracies are on the "
         "CLINC150 **test** split (in-scope intents).",
         "",
         f"Thin start: {result['setup']['start']} utterances for each of the 150 intents; then "
@@ -510,6 +513,22 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def merge(parts: list[dict]) -> dict:
+    """One result from parts run in parallel: seeds matched by number, methods united, every
+    other per-seed entry (base, full retrain, corrections) taken from the part that has it."""
+    result = {**parts[0], "seeds": [], "command": [p["command"] for p in parts]}
+    by_seed: dict[int, dict] = {}
+    for part in parts:
+        for s in part["seeds"]:
+            seen = by_seed.setdefault(s["seed"], {"seed": s["seed"], "methods": {}})
+            seen["methods"].update(s.get("methods", {}))
+            for key, value in s.items():
+                if key != "methods":
+                    seen.setdefault(key, value)
+    result["seeds"] = [by_seed[k] for k in sorted(by_seed)]
+    return result
+
+
 def write_outputs(result: dict, out: Path) -> None:
     result["summary"] = summarise(result)
     result["floors"] = floors(result)
@@ -527,7 +546,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="CLINC150 data_full.json")
     parser.add_argument("--backbone", default=PACKAGED_MINILM)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--start", type=int, default=20, help="utterances per intent in the base")
     parser.add_argument("--step", type=int, default=30, help="utterances added per updated intent")
     parser.add_argument("--updates", type=int, default=3)
@@ -545,12 +564,17 @@ def main() -> None:
     )
     parser.add_argument("--out", default=str(REPO / "scripts" / "results" / "bench_update"))
     parser.add_argument(
-        "--report-from", metavar="JSON", help="train nothing: rebuild the report from a JSON"
+        "--report-from",
+        metavar="JSON",
+        nargs="+",
+        help="train nothing: rebuild the report from results JSONs; several (parts of one run "
+        "made in parallel processes, e.g. --methods naive --no-retrain --no-corrections) are "
+        "merged seed by seed",
     )
     args = parser.parse_args()
     if args.report_from:
-        result = json.loads(Path(args.report_from).read_text(encoding="utf-8"))
-        write_outputs(result, Path(args.out))
+        parts = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.report_from]
+        write_outputs(merge(parts), Path(args.out))
         return
     _quiet_libraries()
     raw = load_clinc(Path(args.data), smoke=args.smoke)
