@@ -241,8 +241,8 @@ def test_update_release_records_and_applies_its_changes(updated):
     assert set(changes["card_lost"]["removed"]) == set(moved)
     assert set(moved) <= set(changes["check_balance"]["added"])
     assert "opening_hours" in changes  # re-chosen over old exemplars + new rows
-    # per_intent (50) caps the memory over its 40 old exemplars and 8 new utterances.
-    assert len(child.replay["opening_hours"]) == 48
+    # per_intent (50) is above its old exemplars plus 8 new utterances: all are kept.
+    assert len(child.replay["opening_hours"]) == len(parent.replay["opening_hours"]) + 8 <= 50
 
     # The corrected utterances flip; the parent put them under card_lost.
     before = [p.label for p in IntentClassifier(parent).predict(moved)]
@@ -260,6 +260,18 @@ def test_update_release_records_and_applies_its_changes(updated):
         assert torch.equal(w_child[row], w_parent[row]) == (intent not in movable), intent
 
     assert reg.lineage_problems(release) == []
+
+    # Calibrated like add-intent: held out of the new intent's rows only; the updated intents
+    # keep the parent's calibration utterances and train on all their rows.
+    assert manifest["oos"]["threshold"] is not None
+    metrics = manifest["metrics"]
+    held = metrics["calibration_examples"]
+    assert held >= 1 and metrics["new_examples"] == 6 + 8 + 20 - held
+    calibration, _ = child.calibration
+    parent_calibration, _ = parent.calibration
+    assert len(calibration["report_damage"]) == held
+    assert calibration["opening_hours"] == parent_calibration["opening_hours"]
+    assert not set(moved) & {t for ts in calibration.values() for t in ts}
 
 
 def test_cli_understands_an_update_release(updated, tmp_path, capsys):
