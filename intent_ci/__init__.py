@@ -38,7 +38,7 @@ def __getattr__(name: str):
         from intent_ci import release
 
         return getattr(release, name)
-    if name in ("init_release", "add_intents"):
+    if name in ("init_release", "add_intents", "update_release"):
         from intent_ci import pipeline
 
         return getattr(pipeline, name)
@@ -90,5 +90,6 @@ __all__ = [
     "load_config",
     "retire_intents",
     "rollback",
+    "update_release",
     "verify_registry",
 ]

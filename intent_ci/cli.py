@@ -102,6 +102,39 @@ def cmd_add_intent(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_update(args: argparse.Namespace) -> int:
+    from intent_ci.pipeline import update_release
+
+    release = update_release(
+        args.data,
+        _writable_registry(args),
+        args.from_release,
+        overrides=_read_overrides(args.config),
+        overrides_source=args.config or "overrides",
+        eval_data=args.eval_data,
+    )
+    _report_release(args.registry, release)
+    return EXIT_OK
+
+
+def _update_lines(manifest: dict) -> list[str]:
+    """An update release's changes: updated intents, corrections, replay memory changes."""
+    lines = []
+    if manifest.get("updated_intents"):
+        lines.append(f"updated   {', '.join(manifest['updated_intents'])}")
+    for c in manifest.get("corrections") or []:
+        lines.append(
+            f"corrected {c['text']!r}: {c['previous']} -> {c['intent']} "
+            f"({'replay memory' if c['evidence'] == 'replay_memory' else 'parent predicted'}"
+            f" {c['previous']}; {c['source']})"
+        )
+    for intent, change in (manifest.get("memory_changes") or {}).items():
+        lines.append(
+            f"memory    {intent}: +{len(change['added'])} -{len(change['removed'])} exemplars"
+        )
+    return lines
+
+
 def _neighbour_lines(metrics: dict) -> list[str]:
     """``new_intent looks like old (share), ...``: the parent's likeliest confusions, to review."""
     return [
@@ -122,6 +155,8 @@ def _report_release(registry: str, release: str) -> None:
         f"{release}: {len(manifest['intents'])} intents (+{len(manifest['new_intents'])}), parent {manifest['parent'] or '-'}"
     )
     echo(f"  trained on {metrics.get('train_examples')} examples in {metrics.get('wall_time_s')} s")
+    for line in _update_lines(manifest):
+        echo(f"  {line}")
     for line in _neighbour_lines(metrics):
         echo(f"  parent took {line}")
     echo(f"  out of scope: {_oos_line(manifest)}")
@@ -130,6 +165,11 @@ def _report_release(registry: str, release: str) -> None:
         echo(
             f"  eval {ev['data']}: accuracy {_fmt(ev['accuracy'])}, old intents {_fmt(ev.get('old_intents_accuracy'))}"
             f", new intents {_fmt(ev.get('new_intents_accuracy'))}"
+            + (
+                f", updated intents {_fmt(ev.get('updated_intents_accuracy'))}"
+                if "updated_intents_accuracy" in ev
+                else ""
+            )
         )
     echo(f"  written to {Path(registry) / release}")
 
@@ -193,6 +233,8 @@ def cmd_releases(args: argparse.Namespace) -> int:
                 "intents": len(m["intents"]),
                 "new_intents": m.get("new_intents", []),
                 "retired_intents": m.get("retired_intents", []),
+                "updated_intents": m.get("updated_intents", []),
+                "corrections": len(m.get("corrections") or []),
                 "accuracy": ev.get("accuracy"),
                 "old_intents_accuracy": ev.get("old_intents_accuracy"),
                 "new_intents_accuracy": ev.get("new_intents_accuracy"),
@@ -216,6 +258,10 @@ def cmd_releases(args: argparse.Namespace) -> int:
         added = ", ".join(r["new_intents"][:4]) + (" …" if len(r["new_intents"]) > 4 else "")
         if r["retired_intents"]:
             added = "retired " + ", ".join(r["retired_intents"])
+        if r["updated_intents"]:
+            added = (added + "; " if r["new_intents"] else "") + (
+                f"updated {len(r['updated_intents'])}, corrected {r['corrections']}"
+            )
         mark = "*" if r["latest"] else " "
         named = f"  [{', '.join(r['aliases'])}]" if r["aliases"] else ""
         o = r["oos"]
@@ -260,6 +306,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     echo(f"added     {', '.join(manifest.get('new_intents', []))}")
     if manifest.get("retired_intents"):
         echo(f"retired   {', '.join(manifest['retired_intents'])}")
+    for line in _update_lines(manifest):
+        echo(line)
     m = manifest.get("metrics") or {}
     if m.get("train") is not None:
         echo(
@@ -272,6 +320,11 @@ def cmd_show(args: argparse.Namespace) -> int:
         echo(
             f"eval      {ev['data']}: accuracy {_fmt(ev['accuracy'])}, old {_fmt(ev.get('old_intents_accuracy'))}, "
             f"new {_fmt(ev.get('new_intents_accuracy'))}"
+            + (
+                f", updated {_fmt(ev.get('updated_intents_accuracy'))}"
+                if "updated_intents_accuracy" in ev
+                else ""
+            )
         )
     echo(f"oos       {_oos_line(manifest)}")
     r = manifest.get("replay", {})
@@ -327,6 +380,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
         if result.get("fpr_at_95") is not None:
             echo(f"                 FPR@95 {_fmt(result['fpr_at_95'])}")
+    if "updated_intents_accuracy" in result:
+        echo(
+            f"  updated intents {_fmt(result['updated_intents_accuracy'])} (n={result['updated_n']}; "
+            "counted as old intents too)"
+        )
     if "against" in result:
         a = result["against"]
         echo(
@@ -611,6 +669,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if result["retired_intents"]:
         removed += f" (retired by {result['b']})"
     echo(f"intents removed  {removed}")
+    echo(f"intents updated  {', '.join(result['intents_updated']) or '-'}")
+    if result["corrections"]:
+        echo(f"corrections      {len(result['corrections'])}")
+        for c in result["corrections"]:
+            echo(f"  {c['text']!r}: {c['previous']} -> {c['intent']} ({c['release']})")
     metrics = result["metrics"]
     if not metrics:
         echo("metrics          - (both releases need eval results: --eval-data)")
@@ -621,8 +684,16 @@ def cmd_diff(args: argparse.Namespace) -> int:
         for key in ("accuracy", "old_intents_accuracy", "new_intents_accuracy"):
             if key in metrics:
                 echo(f"  {key:<22} {_pct_delta(metrics[key])}")
+        updated = set(result["intents_updated"])
+        if updated & set(metrics["per_intent"]):
+            echo("  updated intents")
+            for intent, row in metrics["per_intent"].items():
+                if intent in updated:
+                    echo(f"    {intent:<20} {_pct_delta(row)}")
+            echo("  other intents")
         for intent, row in metrics["per_intent"].items():
-            echo(f"  {intent:<22} {_pct_delta(row)}")
+            if intent not in updated:
+                echo(f"  {intent:<22} {_pct_delta(row)}")
     changes = result["config_changes"] + result["backbone_changes"]
     echo(
         f"config changes   {len(result['config_changes'])}" + ("" if changes else " (same config)")
@@ -799,6 +870,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     registry_arg(p, writes=True)
     p.set_defaults(func=cmd_add_intent)
+
+    p = sub.add_parser(
+        "update",
+        help="train a release from a file of new intents, more examples and corrected labels",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        help="utterances of new intents, more utterances of existing intents, and corrections "
+        "(CSV/JSONL with text,intent columns, <intent>.txt or a folder of them)",
+    )
+    p.add_argument(
+        "--from", dest="from_release", default="latest", help="parent release (default: latest)"
+    )
+    p.add_argument("--config", help="YAML overriding train/distill/replay/data fields")
+    p.add_argument(
+        "--eval-data", help="held-out utterances of the release's intents, scored after training"
+    )
+    registry_arg(p, writes=True)
+    p.set_defaults(func=cmd_update)
 
     p = sub.add_parser("releases", help="list releases: lineage, intents and key metrics")
     p.add_argument("--json", action="store_true", help="print JSON")

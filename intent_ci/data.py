@@ -20,6 +20,7 @@ import io
 import json
 import re
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,6 +220,7 @@ def read_examples(
     cfg: DataConfig | None = None,
     *,
     split: str = "train",
+    known_intents: Collection[str] = (),
 ) -> IntentData:
     """Load labelled utterances from any supported source and validate them.
 
@@ -226,6 +228,8 @@ def read_examples(
         source: CSV/JSONL file, ``<intent>.txt`` file, folder of ``.txt`` files, or a dataset.
         cfg: limits on names, lengths and counts.
         split: which split to take from a `DatasetDict`.
+        known_intents: intents a release already has; `cfg.min_examples_per_intent` does not
+            apply to them (an update may add one more example, or correct one utterance).
 
     Raises:
         IntentCIError: naming the file and line for every kind of bad input.
@@ -266,11 +270,11 @@ def read_examples(
             raise IntentCIError(
                 f"{path}: unsupported file type {path.suffix!r}; expected .csv, .jsonl, .txt or a folder"
             )
-    _validate(dataset, cfg)
+    _validate(dataset, cfg, set(known_intents))
     return IntentData(dataset=dataset, origin=origin)
 
 
-def _validate(dataset: datasets.Dataset, cfg: DataConfig) -> None:
+def _validate(dataset: datasets.Dataset, cfg: DataConfig, known: set[str]) -> None:
     seen: dict[str, tuple[str, str]] = {}
     for text, intent, where in zip(dataset[TEXT], dataset[INTENT], dataset[SOURCE], strict=True):
         if not NAME_PATTERN.match(intent):
@@ -293,7 +297,7 @@ def _validate(dataset: datasets.Dataset, cfg: DataConfig) -> None:
         seen.setdefault(key, (intent, where))
     counts = Counter(dataset[INTENT])
     for intent, n in counts.items():
-        if intent != OOS_LABEL and n < cfg.min_examples_per_intent:
+        if intent != OOS_LABEL and intent not in known and n < cfg.min_examples_per_intent:
             first = dataset[SOURCE][dataset[INTENT].index(intent)].rsplit(":", 1)[0]
             raise IntentCIError(
                 f"{first}: intent {intent!r} has {n} utterance(s); at least {cfg.min_examples_per_intent} "
@@ -319,7 +323,8 @@ def check_new_intents(data: IntentData, existing: list[str], release: str) -> No
         if intent in known:
             raise IntentCIError(
                 f"{where}: intent {intent!r} already exists in release {release}; add-intent adds new "
-                "intents only (rename it, or train a new base release to change an existing intent)"
+                "intents only (rename it, or use `intent-ci update` to add examples to or correct "
+                "an existing intent)"
             )
 
 

@@ -94,6 +94,15 @@ def score(
     )
 
 
+def group_accuracy(result: dict[str, Any], intents: list[str], name: str) -> dict[str, Any]:
+    """Pooled accuracy of `intents` from a :func:`score` result: ``{name}_intents_accuracy``
+    (None when none of them has test utterances) and ``{name}_n``."""
+    rows = [result["per_intent"][i] for i in intents if i in result["per_intent"]]
+    n = sum(r["n"] for r in rows)
+    correct = sum(r["correct"] for r in rows)
+    return {f"{name}_intents_accuracy": correct / n if n else None, f"{name}_n": n}
+
+
 def evaluate_release(
     classifier: IntentClassifier,
     data: IntentData,
@@ -137,6 +146,12 @@ def evaluate_release(
     result.update(oos_scores(predictions, all_refs))
     result["oos_threshold"] = classifier.threshold
     result["oos_score"] = classifier.score_method
+    # An update release's updated intents are old intents that were meant to move; they are
+    # also reported on their own (and stay in the old-intent figures, which must not drop).
+    updated = list(classifier.manifest.get("updated_intents") or [])
+    if updated:
+        result["updated_intents"] = sorted(set(updated) & set(refs))
+        result.update(group_accuracy(result, updated, "updated"))
     if against is not None:
         known = set(against.intents)
         keep = [i for i, ref in enumerate(refs) if ref in known]

@@ -545,6 +545,14 @@ def render_section(manifest: dict[str, Any], manifest_sha: str, gate: dict[str, 
         f"weights `{str(b.get('fingerprint'))[:23]}…`)",
         f"- intents ({len(intents)}): {', '.join(intents)}",
         f"- added: {', '.join(new) or '-'}",
+        *(
+            [
+                f"- updated: {', '.join(manifest['updated_intents'])} "
+                f"({len(manifest.get('corrections') or [])} corrected utterances)"
+            ]
+            if manifest.get("updated_intents")
+            else []
+        ),
         f"- metrics: {metrics}",
         f"- gate: {gate_line}",
         f"- replay memory: {replay}",
@@ -868,6 +876,8 @@ def _push_one(
         CommitOperationAdd(CARD, card.encode("utf-8")),
     ]
     added = ", ".join(manifest.get("new_intents") or []) or "base release"
+    if manifest.get("updated_intents"):
+        added = "updated " + ", ".join(manifest["updated_intents"])
     logger.info("pushing %s to %s (%d files)", release, hub.repo_id, len(operations) - 1)
     with hub.remote(f"push {release}"):
         info = hub.api.create_commit(

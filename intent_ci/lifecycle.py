@@ -252,7 +252,9 @@ def diff_releases(registry: str | Path | Registry, a: str, b: str) -> dict[str, 
 
     Returns:
         A JSON-ready dict: ``relation`` (lineage between the two), ``intents_added``,
-        ``intents_removed``, ``retired_intents`` (declared by `b`), ``metrics`` (overall and
+        ``intents_removed``, ``retired_intents`` (declared by `b`), ``intents_updated`` and
+        ``corrections`` (by the update releases from `a` to `b`, or by `b` when it does not
+        descend from `a`), ``metrics`` (overall and
         per-intent accuracy in each and the delta b - a, where both manifests hold an
         evaluation), ``config_changes`` and ``backbone_changes`` (field, a, b).
 
@@ -279,6 +281,20 @@ def diff_releases(registry: str | Path | Registry, a: str, b: str) -> dict[str, 
         "intents_removed": [i for i in intents_a if i not in intents_b],
         "retired_intents": mb.get("retired_intents", []),
     }
+    # Intents updated (and utterances corrected) by the releases from `a` (excluded) to `b`
+    # (included), when `b` descends from `a`; else by `b` alone.
+    ancestors_b = _ancestors(registry, name_b)
+    between = [name_b] if name_a != name_b else []
+    if name_a in ancestors_b:
+        between += ancestors_b[: ancestors_b.index(name_a)]
+    updated: list[str] = []
+    corrections: list[dict[str, Any]] = []
+    for name in reversed(between):
+        manifest = mb if name == name_b else registry.manifest(name)
+        updated += [i for i in manifest.get("updated_intents") or [] if i not in updated]
+        corrections += [{**c, "release": name} for c in manifest.get("corrections") or []]
+    result["intents_updated"] = [i for i in updated if i in intents_a]
+    result["corrections"] = corrections
     eval_a = (ma.get("metrics") or {}).get("eval") or {}
     eval_b = (mb.get("metrics") or {}).get("eval") or {}
     metrics: dict[str, Any] = {}

@@ -1,4 +1,4 @@
-"""The two jobs: train a base release, and add intents to an existing release.
+"""The jobs: train a base release, and add intents to or update an existing release.
 
 Both run the same way on one CPU, one GPU, several GPUs or several machines: the process layout
 comes from Accelerate (``accelerate launch`` / ``torchrun``), every rank computes, and only the
@@ -30,14 +30,16 @@ from intent_ci.calibration import (
 from intent_ci.config import ReleaseConfig, apply_overrides
 from intent_ci.data import (
     INTENT,
+    SOURCE,
     TEXT,
     IntentData,
     check_known_intents,
     check_new_intents,
+    normalise,
     read_examples,
 )
 from intent_ci.errors import IntentCIError, LatestMovedError
-from intent_ci.evaluation import score
+from intent_ci.evaluation import group_accuracy, score
 from intent_ci.modeling import (
     Backbone,
     IntentModel,
@@ -72,6 +74,14 @@ from intent_ci.training import (
     predict_logits_and_pooled,
     tokenize,
     train,
+)
+from intent_ci.update import (
+    FROM_MEMORY,
+    check_relabels,
+    find_corrections,
+    memory_changes,
+    memory_index,
+    without_moved,
 )
 
 logger = logging.getLogger(__name__)
@@ -211,6 +221,7 @@ def _evaluate(
     backbone: Backbone,
     accelerator: Accelerator,
     config: ReleaseConfig,
+    updated_intents: list[str] | None = None,
 ) -> dict[str, Any] | None:
     if eval_data is None:
         return None
@@ -230,6 +241,8 @@ def _evaluate(
     logits = predict_logits(model, loader, accelerator)
     preds = [labels[i] for i in logits.argmax(-1).tolist()]
     result = score(preds, refs, old_intents)
+    if updated_intents:
+        result.update(group_accuracy(result, updated_intents, "updated"))
     result["data"] = eval_data.origin
     return result
 
@@ -284,11 +297,14 @@ def _write_release(
     expect_latest: str | None,
     calibration: tuple[dict[str, list[str]], list[str]] | None = None,
     oos: dict[str, Any] | None = None,
+    changes: dict[str, Any] | None = None,
 ) -> str:
     """Main process stages and commits the release; every rank gets its id back.
 
     Args:
         expect_latest: ``LATEST`` when the job started; see `Registry.commit`.
+        changes: what a release made from a parent changed beyond new intents
+            (``updated_intents``, ``corrections``, ``memory_changes``), stored in the manifest.
 
     Raises:
         LatestMovedError: on every rank, when another run moved ``LATEST`` meanwhile (the
@@ -306,6 +322,7 @@ def _write_release(
             "intents": labels,
             "new_intents": new_intents,
             "parent_intents": parent_intents,
+            **(changes or {}),
             "backbone": {
                 "name": backbone.name,
                 "revision": backbone.revision,
@@ -526,6 +543,64 @@ def add_intents(
             all before any training.
         LatestMovedError: when another run moved ``LATEST`` while this one trained.
     """
+    return _child_release(
+        data,
+        registry,
+        parent,
+        overrides=overrides,
+        overrides_source=overrides_source,
+        eval_data=eval_data,
+        updates=False,
+    )
+
+
+def update_release(
+    data: DataSource,
+    registry: str | Path | Registry = "adapters",
+    parent: str = "latest",
+    *,
+    overrides: dict[str, Any] | None = None,
+    overrides_source: str = "overrides",
+    eval_data: DataSource | None = None,
+) -> str:
+    """Train a release that teaches `parent` the rows of `data`; return the new release id.
+
+    `data` may mix new intents (added as by :func:`add_intents`), more examples of intents the
+    parent has, and corrections: utterances the parent's replay memory files under another
+    intent, or that the parent predicts as another intent. It is the same job as
+    :func:`add_intents` with three differences: distillation skips the corrected rows and the
+    rows of updated intents (the parent's answer there is what is being changed); the head rows
+    of updated intents train; and updated intents re-choose their replay memory over their old
+    exemplars plus the new rows, with corrected utterances moved to their new intent. The
+    manifest lists ``updated_intents``, ``new_intents``, ``corrections`` and ``memory_changes``.
+
+    Raises:
+        IntentCIError: for bad data (the same utterance under two intents, a correction to the
+            intent an utterance already has, an empty file), an unknown parent, or a bad config,
+            all before any training.
+    """
+    return _child_release(
+        data,
+        registry,
+        parent,
+        overrides=overrides,
+        overrides_source=overrides_source,
+        eval_data=eval_data,
+        updates=True,
+    )
+
+
+def _child_release(
+    data: DataSource,
+    registry: str | Path | Registry,
+    parent: str,
+    *,
+    overrides: dict[str, Any] | None,
+    overrides_source: str,
+    eval_data: DataSource | None,
+    updates: bool,
+) -> str:
+    """The one job behind `add-intent` and `update`; `updates` allows intents the parent has."""
     registry = _registry(registry)
     # LATEST as this run found it: the commit moves LATEST only if no other run moved it since
     # (no lost updates). `latest` is read once, so the parent and this check agree.
@@ -539,14 +614,31 @@ def add_intents(
         raise IntentCIError(
             f"release {parent_release.name} has no replay memory (it was pushed to the Hub with "
             "--no-replay), so its old intents have no exemplars to train on; set `replay.enabled: "
-            "false` in --config to rely on distillation alone, or add intents from a release that "
+            "false` in --config to rely on distillation alone, or train from a release that "
             "has its replay.json"
         )
-    all_new = _as_data(data, config)
-    check_new_intents(all_new, parent_release.labels, parent_release.name)
-    new_data = all_new.in_scope()
     old_labels = list(parent_release.labels)
-    new_labels = new_data.intents
+    if updates:
+        all_new = (
+            data
+            if isinstance(data, IntentData)
+            else read_examples(data, config.data, known_intents=old_labels)
+        )
+        new_data = all_new.in_scope()
+        check_relabels(
+            new_data.dataset[TEXT],
+            new_data.dataset[INTENT],
+            new_data.dataset[SOURCE],
+            parent_release.replay,
+            parent_release.name,
+        )
+    else:
+        all_new = _as_data(data, config)
+        check_new_intents(all_new, old_labels, parent_release.name)
+        new_data = all_new.in_scope()
+    old_set = set(old_labels)
+    new_labels = [i for i in new_data.intents if i not in old_set]
+    updated = [i for i in old_labels if i in set(new_data.intents)]
     labels = old_labels + new_labels
     evaluation = _as_data(eval_data, config) if eval_data is not None else None
     if evaluation is not None:
@@ -562,17 +654,37 @@ def add_intents(
     # student, trained in place.
     model = parent_release.model.eval()
     all_texts, all_intents = new_data.dataset[TEXT], new_data.dataset[INTENT]
-    train_rows, held_rows = holdout_split(
-        all_texts, all_intents, config.oos, seed=f"{config.train.seed}-{parent_release.name}"
+    all_sources = new_data.dataset[SOURCE]
+    # Calibration utterances are held out of the new intents' rows only: an updated intent keeps
+    # the parent's calibration set and trains on every row it is given, and a correction is
+    # always trained on.
+    stored_keys = set(memory_index(parent_release.replay))
+    eligible = [
+        r
+        for r, (text, intent) in enumerate(zip(all_texts, all_intents, strict=True))
+        if intent not in old_set and normalise(text) not in stored_keys
+    ]
+    _, held = holdout_split(
+        [all_texts[r] for r in eligible],
+        [all_intents[r] for r in eligible],
+        config.oos,
+        seed=f"{config.train.seed}-{parent_release.name}",
     )
+    held_rows = [eligible[j] for j in held]
+    train_rows = [r for r in range(len(all_texts)) if r not in set(held_rows)]
     new_texts = [all_texts[r] for r in train_rows]
     new_intents = [all_intents[r] for r in train_rows]
+    new_sources = [all_sources[r] for r in train_rows]
     # The parent's calibration utterances were never trained on by the parent, and the child
     # trains only on its new rows and the parent's replay memory (drawn from training rows), so
-    # they stay valid: the child's calibration set extends the parent's.
+    # they stay valid: the child's calibration set extends the parent's, less any utterance the
+    # child now trains on.
     parent_calibration, parent_oos = parent_release.calibration or ({}, [])
+    given = {normalise(t) for t in all_texts}
     calibration = {
-        i: list(parent_calibration.get(i, [])) for i in old_labels if i in parent_calibration
+        i: [t for t in parent_calibration[i] if normalise(t) not in given]
+        for i in old_labels
+        if i in parent_calibration
     }
     for r in held_rows:
         calibration.setdefault(all_intents[r], []).append(all_texts[r])
@@ -601,37 +713,79 @@ def add_intents(
 
     index = {label: i for i, label in enumerate(labels)}
     new_targets = [index[i] for i in new_intents]
+    # Updated intents re-choose their memory over their old exemplars plus the new rows, so
+    # their old exemplars go through the feature pass too, after the file's rows.
+    stored = [(t, i) for i in updated for t in parent_release.replay.get(i, [])]
+    compute_started = time.perf_counter()
     tokenized_new = tokenize(
-        backbone.tokenizer, new_texts, new_targets, config.model.max_length, accelerator
+        backbone.tokenizer,
+        list(new_texts) + [t for t, _ in stored],
+        new_targets + [index[i] for _, i in stored],
+        config.model.max_length,
+        accelerator,
     )
 
-    # The teacher's features of the new utterances start the new head rows (prototypes) and
-    # choose the new intents' replay exemplars.
-    compute_started = time.perf_counter()
-    features = _feature_pass(model, tokenized_new, backbone, accelerator, config)
+    # The teacher's features of the new utterances start the new head rows (prototypes),
+    # give the parent's answers (neighbours, corrections) and choose the replay exemplars.
+    pool_features = _feature_pass(model, tokenized_new, backbone, accelerator, config)
+    features = pool_features[: len(new_texts)]
     rows = None
-    if config.model.head == "cosine":
-        local = torch.tensor([t - len(old_labels) for t in new_targets])
-        rows = class_prototypes(features, local, len(new_labels))
+    if config.model.head == "cosine" and new_labels:
+        fresh = [j for j, t in enumerate(new_targets) if t >= len(old_labels)]
+        local = torch.tensor([new_targets[j] - len(old_labels) for j in fresh])
+        rows = class_prototypes(features[fresh], local, len(new_labels))
 
-    # Neighbours: the old intents the parent takes each new intent's utterances for. They are
-    # the old intents the release most risks confusing with the new ones, so they replay their
-    # whole memory (and, with `train.neighbour_rows`, their head rows train).
     with torch.no_grad():
         head_device = model.head.out_proj.weight.device
-        parent_says = model.head.classify(features.to(head_device)).argmax(-1).tolist()
-    neighbours = find_neighbours(
-        [old_labels[i] for i in parent_says], list(new_intents), config.replay.neighbour_share
+        parent_says = [
+            old_labels[i] for i in model.head.classify(features.to(head_device)).argmax(-1).tolist()
+        ]
+    corrections = (
+        find_corrections(
+            list(new_texts),
+            list(new_intents),
+            new_sources,
+            parent_release.replay,
+            parent_says,
+            old_labels,
+        )
+        if updates
+        else []
     )
+    for c in corrections:
+        logger.info(
+            "correction %s: %r %s -> %s (parent's %s)",
+            c.source,
+            c.text,
+            c.previous,
+            c.intent,
+            "memory" if c.evidence == FROM_MEMORY else "prediction",
+        )
+    memory = without_moved(parent_release.replay, corrections)
+
+    # Neighbours: the old intents the parent takes each new or updated intent's utterances
+    # for. They are the old intents the release most risks confusing with the ones it
+    # changes, so they replay their whole memory (and, with `train.neighbour_rows`, their
+    # head rows train). An intent that gives up a corrected utterance is one too.
+    neighbours = {
+        intent: {old: share for old, share in olds.items() if old != intent}
+        for intent, olds in find_neighbours(
+            parent_says, list(new_intents), config.replay.neighbour_share
+        ).items()
+    }
     neighbour_set = {old for per_new in neighbours.values() for old in per_new}
+    neighbour_set |= {c.previous for c in corrections}
+    # Updated intents replay their whole (old) memory beside their new rows and train their
+    # head rows: they are meant to move.
+    whole = neighbour_set | set(updated)
 
     replayed = (
         draw_replay(
-            parent_release.replay,
+            memory,
             old_labels,
             replay_per_intent(config.replay, len(new_texts), len(old_labels)),
             seed=f"{config.train.seed}-{parent_release.name}",
-            whole=neighbour_set,
+            whole=whole,
         )
         if config.replay.enabled
         else {}
@@ -646,8 +800,9 @@ def add_intents(
     # and deterministic (eval mode), so this equals scoring each batch on the fly, epochs times
     # cheaper. Each rank scores its own shard; gather_for_metrics collects them in row order.
     use_kd = config.distill.enabled and config.distill.weight > 0
+    changed = len(new_labels) + len(updated)
     feature_weight = (
-        config.distill.feature_weight * math.sqrt(len(old_labels) / len(new_labels))
+        config.distill.feature_weight * math.sqrt(len(old_labels) / changed)
         if config.distill.enabled
         else 0.0
     )
@@ -657,10 +812,19 @@ def add_intents(
             make_loader(tokenized, backbone.tokenizer, config.train.eval_batch_size, shuffle=False)
         )
         soft_labels, teacher_pooled = predict_logits_and_pooled(model, loader, accelerator)
+    # The teacher speaks for the replay rows and the new intents' rows, not for corrected
+    # rows or rows of updated intents: there the parent's answer is what is being changed.
+    silenced = {c.row for c in corrections}
+    silenced |= {j for j, intent in enumerate(new_intents) if intent in set(updated)}
+    teacher_rows = None
+    if silenced:
+        teacher_rows = torch.ones(len(texts), dtype=torch.bool)
+        teacher_rows[sorted(silenced)] = False
 
     # The student: the parent's LoRA weights and its head, widened with the old rows copied
     # exactly. Surgery happens before the optimizer and `prepare` exist.
-    model.head = widen_head(model.head, len(new_labels), rows)
+    if new_labels:
+        model.head = widen_head(model.head, len(new_labels), rows)
     for name, p in model.encoder.named_parameters():
         p.requires_grad_("lora_" in name)
 
@@ -684,20 +848,27 @@ def add_intents(
         frozen_rows=[
             i
             for i, label in enumerate(old_labels)
-            if not (config.train.neighbour_rows and label in neighbour_set)
+            if label not in updated and not (config.train.neighbour_rows and label in neighbour_set)
         ]
         if config.train.freeze_old_rows
         else None,
+        teacher_rows=teacher_rows,
     )
+    # Memory of every intent in the file, chosen over its rows plus, for an updated intent, the
+    # old exemplars it keeps (features from the teacher's pass); corrected utterances first.
+    keeps = [j for j, (t, i) in enumerate(stored) if t in set(memory.get(i, []))]
+    kept = [stored[j] for j in keeps]
+    pool = list(range(len(new_texts))) + [len(new_texts) + j for j in keeps]
     new_memory = select_exemplars(
-        new_texts,
-        new_intents,
-        features,
+        list(new_texts) + [t for t, _ in kept],
+        list(new_intents) + [i for _, i in kept],
+        pool_features[pool],
         config.replay.per_intent,
         config.replay.selection,
         config.train.seed,
+        forced=frozenset(c.row for c in corrections),
     )
-    replay = {**parent_release.replay, **new_memory}
+    replay = {**memory, **new_memory}
     oos = _calibrate(model, labels, calibration, oos_texts, backbone, accelerator, config)
     if oos is not None and parent_release.calibration is None:
         oos["note"] = (
@@ -714,6 +885,7 @@ def add_intents(
         # Forward passes without a backward: the feature pass over the new utterances
         # (prototypes and exemplar choice) and the teacher's pass over the training set.
         "forward_only_examples": len(new_texts)
+        + len(stored)
         + (len(texts) if use_kd or feature_weight > 0 else 0),
         "feature_weight": round(feature_weight, 4),
         # Old intents the parent predicted for each new intent's utterances (share >=
@@ -722,7 +894,9 @@ def add_intents(
         # Feature pass, teacher pass, replay draw, training and exemplar choice: what adding
         # intents costs beyond loading the parent and writing the release.
         "compute_s": round(compute_s, 2),
-        "eval": _evaluate(model, labels, evaluation, old_labels, backbone, accelerator, config),
+        "eval": _evaluate(
+            model, labels, evaluation, old_labels, backbone, accelerator, config, updated
+        ),
     }
     metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
     return _write_release(
@@ -740,4 +914,9 @@ def add_intents(
         expect_latest=expect_latest,
         calibration=(calibration, oos_texts) if oos is not None else None,
         oos=oos,
+        changes={
+            "updated_intents": updated,
+            "corrections": [c.to_dict() for c in corrections],
+            "memory_changes": memory_changes(parent_release.replay, replay),
+        },
     )

@@ -424,8 +424,9 @@ class Registry:
 
         Every parent must be a valid name of a complete release and the chain must end without
         a cycle. For each parent -> child edge: the child's intents start with the parent's
-        intents in order (label maps only grow), unless the child was made by ``retire`` and
-        says so in ``retired_intents``, in which case it holds the parent's intents minus those;
+        intents in order (label maps only grow or stay, as in an ``update`` whose
+        ``updated_intents`` must all be the parent's), unless the child was made by ``retire``
+        and says so in ``retired_intents``, in which case it holds the parent's intents minus those;
         ``parent_intents`` matches the parent; the backbone (fingerprint, type, size, pooling)
         and the ``model`` config are the parent's.
 
@@ -979,7 +980,7 @@ def check_manifest(data: Any, path: Path) -> None:
         raise ReleaseVerificationError(
             f"{path}: field `intents` must be a non-empty list of unique intent names"
         )
-    for key in ("new_intents", "parent_intents", "retired_intents"):
+    for key in ("new_intents", "parent_intents", "retired_intents", "updated_intents"):
         if key in data and not _is_name_list(data[key]):
             raise ReleaseVerificationError(
                 f"{path}: field `{key}` must be a list of unique intent names"
@@ -1069,6 +1070,8 @@ def edge_problems(path: Path, child: dict[str, Any], parent: dict[str, Any]) -> 
             )
         if child.get("new_intents"):
             problems.append(f"{path}: a release made by retire cannot add intents")
+        if child.get("updated_intents"):
+            problems.append(f"{path}: a release made by retire cannot update intents")
     elif new[: len(old)] != old:
         position = next(
             (i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b), len(new)
@@ -1088,6 +1091,14 @@ def edge_problems(path: Path, child: dict[str, Any], parent: dict[str, Any]) -> 
         problems.append(f"{path}: field `parent_intents` differs from parent {pname}'s intents")
     if "calibrated_from" in child:
         problems.extend(_calibrated_edge_problems(path, child, parent))
+    # An update release changes intents the parent has: they must be the parent's (and so not
+    # new), or the gate would judge them as new intents instead of old ones that must not drop.
+    strays = [i for i in child.get("updated_intents") or [] if i not in old]
+    if strays:
+        problems.append(
+            f"{path}: field `updated_intents` names {', '.join(map(repr, strays))}, which parent "
+            f"{pname} does not have (intents a release adds belong in `new_intents`)"
+        )
     mine, theirs = _backbone_identity(child), _backbone_identity(parent)
     for key in mine:
         if mine[key] != theirs[key]:

@@ -22,15 +22,21 @@ from intent_ci.errors import IntentCIError
 REPLAY_FILE = "replay.json"
 
 
-def herding(features: torch.Tensor, k: int) -> list[int]:
-    """Indices of `k` rows whose running mean best tracks the mean of all rows (iCaRL herding)."""
+def herding(features: torch.Tensor, k: int, forced: list[int] | None = None) -> list[int]:
+    """Indices of `k` rows whose running mean best tracks the mean of all rows (iCaRL herding).
+
+    Args:
+        forced: rows chosen first whatever their features (at most `k` of them); herding then
+            continues from their running mean.
+    """
     feats = F.normalize(features.float(), dim=-1)
     k = min(k, feats.shape[0])
     target = feats.mean(0)
-    chosen: list[int] = []
-    running = torch.zeros_like(target)
+    chosen: list[int] = list(dict.fromkeys(forced or []))[:k]
+    running = feats[chosen].sum(0) if chosen else torch.zeros_like(target)
     available = torch.ones(feats.shape[0], dtype=torch.bool)
-    for step in range(1, k + 1):
+    available[chosen] = False
+    for step in range(len(chosen) + 1, k + 1):
         candidate_means = (running.unsqueeze(0) + feats) / step
         distance = (candidate_means - target).norm(dim=-1)
         distance[~available] = float("inf")
@@ -48,8 +54,13 @@ def select_exemplars(
     per_intent: int,
     method: str,
     seed: int,
+    forced: frozenset[int] | set[int] = frozenset(),
 ) -> dict[str, list[str]]:
     """Choose up to `per_intent` exemplars per intent, by herding on `features` or at random.
+
+    Args:
+        forced: row indices kept first in their intent's memory (an update's corrected
+            utterances), up to `per_intent` of them; the rest is chosen by `method`.
 
     Raises:
         IntentCIError: if herding is asked for without features, or lengths disagree.
@@ -62,13 +73,16 @@ def select_exemplars(
     generator = torch.Generator().manual_seed(seed)
     memory: dict[str, list[str]] = {}
     for intent, rows in by_intent.items():
+        first = [j for j, row in enumerate(rows) if row in forced]
         if method == "herding":
             if features is None:
                 raise IntentCIError("replay.selection=herding needs features")
-            picked = [rows[j] for j in herding(features[rows], per_intent)]
+            picked = [rows[j] for j in herding(features[rows], per_intent, first)]
         elif method == "random":
-            order = torch.randperm(len(rows), generator=generator).tolist()[:per_intent]
-            picked = [rows[j] for j in order]
+            rest = [
+                j for j in torch.randperm(len(rows), generator=generator).tolist() if j not in first
+            ]
+            picked = [rows[j] for j in (first + rest)[:per_intent]]
         else:
             raise IntentCIError(
                 f"config field `replay.selection`: expected herding or random, got {method!r}"

@@ -4,8 +4,8 @@
 + distill.weight * distillation(logits[:, :n_old], teacher_logits)
 + feature_weight * feature_distillation(pooled, teacher_pooled)``
 
-`init` uses the first term only; `add-intent` adds the others against the parent release's
-soft labels and pooled embeddings. The parent (the teacher) is frozen and deterministic in eval
+`init` uses the first term only; `add-intent` and `update` add the others against the parent
+release's soft labels and pooled embeddings (`update` on the rows the teacher speaks for only). The parent (the teacher) is frozen and deterministic in eval
 mode, so its outputs are computed once, before training, by :func:`predict_logits_and_pooled`
 over the training set: every
 process scores its own shard, ``gather_for_metrics`` collects them, and the teacher is never
@@ -126,6 +126,7 @@ def global_batch_loss(
     pooled: torch.Tensor | None = None,
     teacher_pooled: torch.Tensor | None = None,
     feature_weight: float = 0.0,
+    teacher_rows: torch.Tensor | None = None,
 ) -> BatchLoss:
     """This process's share of the loss over the *global* batch (every rank's real rows).
 
@@ -139,6 +140,12 @@ def global_batch_loss(
     ``cross_entropy_term + distill.weight * distillation_term
     + feature_weight * feature_distillation_term`` of the batch.
 
+    Args:
+        teacher_rows: boolean mask of the rows the teacher speaks for (default: all). The two
+            distillation terms are means over these rows only; on the others (an ``update``'s
+            corrected utterances and the new examples of the intents it updates) the parent's
+            answer is the one being corrected, so it must not pull the student back.
+
     Returns:
         a :class:`BatchLoss`: the loss to backpropagate, this rank's shares of the three terms
         (summing them over ranks gives the global batch's terms) and the global batch's real rows.
@@ -150,21 +157,25 @@ def global_batch_loss(
         row_weights = row_weights * class_weights[labels]
     zero = logits.sum() * 0.0  # keeps every rank's graph connected when it has no real rows
     ce_sum, kd_sum, feat_sum = zero, zero, zero
+    taught = keep if teacher_rows is None else keep & teacher_rows
     if keep.any():
         ce_sum = cross_entropy_term(logits[keep], labels[keep], class_weights) * row_weights.sum()
+    if taught.any():
         if use_kd:
             kd_sum = (
-                distillation_term(logits[keep], teacher_logits[keep], distill.temperature)
-                * keep.sum()
+                distillation_term(logits[taught], teacher_logits[taught], distill.temperature)
+                * taught.sum()
             )
         if use_feat:
-            feat_sum = feature_distillation_term(pooled[keep], teacher_pooled[keep]) * keep.sum()
-    totals = torch.stack([row_weights.sum(), keep.sum().float()]).detach()
+            feat_sum = (
+                feature_distillation_term(pooled[taught], teacher_pooled[taught]) * taught.sum()
+            )
+    totals = torch.stack([row_weights.sum(), keep.sum().float(), taught.sum().float()]).detach()
     if accelerator.num_processes > 1:
         totals = accelerator.reduce(totals, reduction="sum")
     ce = ce_sum / totals[0].clamp(min=1e-12)
-    kd = kd_sum / totals[1].clamp(min=1e-12)
-    feat = feat_sum / totals[1].clamp(min=1e-12)
+    kd = kd_sum / totals[2].clamp(min=1e-12)
+    feat = feat_sum / totals[2].clamp(min=1e-12)
     share = ce
     if use_kd:
         share = share + distill.weight * kd
@@ -332,6 +343,7 @@ def train(
     teacher_pooled: torch.Tensor | None = None,
     feature_weight: float = 0.0,
     frozen_rows: list[int] | None = None,
+    teacher_rows: torch.Tensor | None = None,
 ) -> tuple[IntentModel, TrainStats]:
     """Train LoRA and head with cross-entropy, plus distillation when soft labels are given.
 
@@ -346,6 +358,8 @@ def train(
             `feature_weight` > 0 they are the target of the feature term.
         feature_weight: weight of :func:`feature_distillation_term` (already scaled).
         frozen_rows: indices of head rows (old intents) that get no updates.
+        teacher_rows: boolean mask over the rows of `train_set`, in row order: the rows both
+            distillation terms apply to (default: all); see :func:`global_batch_loss`.
 
     Returns:
         The trained, unwrapped model and statistics of the run.
@@ -362,6 +376,11 @@ def train(
         raise IntentCIError(
             f"teacher embeddings cover {teacher_pooled.shape[0]} rows but the training set has "
             f"{len(train_set)}"
+        )
+    if teacher_rows is not None and teacher_rows.shape != (len(train_set),):
+        raise IntentCIError(
+            f"teacher row mask has shape {tuple(teacher_rows.shape)} but the training set has "
+            f"{len(train_set)} rows"
         )
     freezer = _RowFreezer(model.head, frozen_rows) if frozen_rows else None
     class_weights = None
@@ -399,6 +418,8 @@ def train(
         soft_labels = soft_labels.to(accelerator.device)
     if use_feat:
         teacher_pooled = teacher_pooled.to(accelerator.device)
+    if teacher_rows is not None:
+        teacher_rows = teacher_rows.to(device=accelerator.device, dtype=torch.bool)
 
     stats = TrainStats()
     start = time.perf_counter()
@@ -434,6 +455,7 @@ def train(
                     pooled=pooled,
                     teacher_pooled=teacher,
                     feature_weight=feature_weight if use_feat else 0.0,
+                    teacher_rows=None if teacher_rows is None else teacher_rows[batch["index"]],
                 )
                 accelerator.backward(terms.loss)
                 if accelerator.sync_gradients:

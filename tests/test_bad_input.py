@@ -184,6 +184,84 @@ def test_add_intent_that_parent_already_has(capsys, registry, tmp_path):
     )
 
 
+# ---- update -----------------------------------------------------------------------------------
+def write_rows(path: Path, rows: list[tuple[str, str]]) -> Path:
+    lines = ["text,intent"] + [f"{text},{intent}" for text, intent in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_update_with_the_same_utterance_under_two_intents(capsys, registry, tmp_path):
+    fixes = write_rows(
+        tmp_path / "fixes.csv",
+        [
+            ("lost card now", "card_lost"),
+            ("total funds", "check_balance"),
+            ("Lost  card now", "check_balance"),
+        ],
+    )
+    refused(
+        capsys,
+        ["update", "--data", fixes, "--registry", registry],
+        registry,
+        rf"{esc(fixes)}:4: utterance 'Lost  card now' is labelled 'check_balance' here but "
+        rf"'card_lost' at {esc(fixes)}:2; each utterance must have exactly one intent$",
+    )
+
+
+def test_update_correcting_an_utterance_to_the_intent_it_already_has(capsys, registry, tmp_path):
+    from intent_ci.registry import Registry
+    from intent_ci.replay import read_memory
+
+    stored = read_memory(Registry(registry).root / "v2" / "replay.json")["card_lost"][0]
+    fixes = write_rows(
+        tmp_path / "fixes.csv", [("total funds", "check_balance"), (stored, "card_lost")]
+    )
+    refused(
+        capsys,
+        ["update", "--data", fixes, "--registry", registry],
+        registry,
+        rf"{esc(fixes)}:3: utterance {re.escape(repr(stored))} already has intent 'card_lost' in "
+        r"release v2 \(its replay memory stores it under that intent\), so there is nothing to "
+        r"correct; remove the line, or give the intent it should have$",
+    )
+
+
+def test_update_from_an_unknown_release(capsys, registry, tmp_path):
+    fixes = write_rows(tmp_path / "fixes.csv", [("total funds", "check_balance")])
+    refused(
+        capsys,
+        ["update", "--data", fixes, "--from", "v7", "--registry", registry],
+        registry,
+        rf"unknown release 'v7' in {esc(registry)}; releases: v1, v2$",
+    )
+
+
+@pytest.mark.parametrize("content", [b"", b"text,intent\n"])
+def test_update_with_an_empty_file(capsys, registry, tmp_path, content):
+    fixes = tmp_path / "fixes.csv"
+    fixes.write_bytes(content)
+    refused(
+        capsys,
+        ["update", "--data", fixes, "--registry", registry],
+        registry,
+        rf"{esc(fixes)}: (file is empty|has a header but no rows); expected labelled utterances$",
+    )
+
+
+def test_update_new_intent_still_needs_the_minimum(capsys, registry, tmp_path):
+    """More examples of an existing intent may be one line; a new intent needs the minimum."""
+    fixes = write_rows(
+        tmp_path / "fixes.csv", [("total funds", "check_balance"), ("fix screen", "screen")]
+    )
+    refused(
+        capsys,
+        ["update", "--data", fixes, "--registry", registry],
+        registry,
+        rf"{esc(fixes)}: intent 'screen' has 1 utterance\(s\); at least 3 are needed",
+    )
+
+
 # ---- encoding, size and format ---------------------------------------------------------------
 def test_non_utf8_bytes_name_the_line(capsys, base_folder, fresh, config_file):
     bad = base_folder / "refund_status.txt"
@@ -444,6 +522,7 @@ RELEASE_COMMANDS = {
     "eval": lambda ref, data: ["eval", "--release", ref, "--data", data / "test"],
     "eval-against": lambda ref, data: ["eval", "--against", ref, "--data", data / "test"],
     "add-intent": lambda ref, data: ["add-intent", "--from", ref, "--data", data / "new"],
+    "update": lambda ref, data: ["update", "--from", ref, "--data", data / "new"],
     "show": lambda ref, data: ["show", ref],
     "verify": lambda ref, data: ["verify", ref],
     "rollback": lambda ref, data: ["rollback", ref],

@@ -1,0 +1,133 @@
+"""What an update file asks of its parent release: new intents, more examples, corrections.
+
+An ``update`` file mixes three kinds of rows, told apart against the parent release:
+
+* a row of an intent the parent does not have adds that intent (what ``add-intent`` does);
+* a row of an intent the parent has adds an example of it (the intent is *updated*);
+* a row is a **correction** when the parent's replay memory holds the utterance under another
+  intent, or when the parent predicts another (existing) intent for it.
+
+The functions here are pure: they take the rows, the parent's memory and its predictions, and
+return the plan, so the pipeline can list the corrections before any training starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from intent_ci.data import normalise
+from intent_ci.errors import IntentCIError
+
+FROM_MEMORY, FROM_PREDICTION = "replay_memory", "prediction"
+
+
+@dataclass(frozen=True)
+class Correction:
+    """One utterance whose label in the update file differs from the parent's answer."""
+
+    text: str
+    intent: str  # the label the update file gives
+    previous: str  # the parent's intent for it (its memory's label, else its prediction)
+    evidence: str  # FROM_MEMORY or FROM_PREDICTION
+    source: str  # file:line of the row
+    row: int  # row number in the update file (0-based)
+
+    def to_dict(self) -> dict[str, str]:
+        """The manifest's record (without the row number)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "row"}
+
+
+def memory_index(memory: dict[str, list[str]]) -> dict[str, str]:
+    """Normalised utterance -> the intent the replay memory files it under (first one wins)."""
+    index: dict[str, str] = {}
+    for intent, texts in memory.items():
+        for text in texts:
+            index.setdefault(normalise(text), intent)
+    return index
+
+
+def check_relabels(
+    texts: list[str],
+    intents: list[str],
+    sources: list[str],
+    memory: dict[str, list[str]],
+    release: str,
+) -> None:
+    """Refuse rows that 'correct' an utterance to the intent the parent's memory already gives it.
+
+    Such a row teaches nothing (the release already stores that label for it), and in a file of
+    corrections it almost always means the wrong column was copied.
+
+    Raises:
+        IntentCIError: naming the file and line of the first such row.
+    """
+    index = memory_index(memory)
+    for text, intent, where in zip(texts, intents, sources, strict=True):
+        if index.get(normalise(text)) == intent:
+            raise IntentCIError(
+                f"{where}: utterance {text!r} already has intent {intent!r} in release {release} "
+                "(its replay memory stores it under that intent), so there is nothing to correct; "
+                "remove the line, or give the intent it should have"
+            )
+
+
+def find_corrections(
+    texts: list[str],
+    intents: list[str],
+    sources: list[str],
+    memory: dict[str, list[str]],
+    predicted: list[str],
+    old_intents: list[str],
+) -> list[Correction]:
+    """The rows of an update file that correct the parent release.
+
+    Args:
+        texts, intents, sources: the update file's rows.
+        memory: the parent's replay memory (``{intent: utterances}``).
+        predicted: the parent's prediction for every row.
+        old_intents: the parent's intents. A row of a new intent is a correction only through
+            the memory (the parent cannot predict an intent it does not have).
+
+    Returns:
+        The corrections in file order; the memory's label wins over the prediction.
+    """
+    if not len(texts) == len(intents) == len(sources) == len(predicted):
+        raise IntentCIError("correction search got rows and predictions of different lengths")
+    index = memory_index(memory)
+    old = set(old_intents)
+    found = []
+    for row, (text, intent, where, guess) in enumerate(
+        zip(texts, intents, sources, predicted, strict=True)
+    ):
+        stored = index.get(normalise(text))
+        if stored is not None and stored != intent:
+            found.append(Correction(text, intent, stored, FROM_MEMORY, where, row))
+        elif stored is None and intent in old and guess != intent:
+            found.append(Correction(text, intent, guess, FROM_PREDICTION, where, row))
+    return found
+
+
+def without_moved(
+    memory: dict[str, list[str]], corrections: list[Correction]
+) -> dict[str, list[str]]:
+    """`memory` without the utterances corrected away from the intent it stores them under."""
+    moved = {(c.previous, normalise(c.text)) for c in corrections if c.evidence == FROM_MEMORY}
+    return {
+        intent: [t for t in texts if (intent, normalise(t)) not in moved]
+        for intent, texts in memory.items()
+    }
+
+
+def memory_changes(
+    before: dict[str, list[str]], after: dict[str, list[str]]
+) -> dict[str, dict[str, list[str]]]:
+    """Per intent the parent had: the exemplars added to and removed from its memory."""
+    changes = {}
+    for intent, old in before.items():
+        new = after.get(intent, [])
+        added = [t for t in new if t not in set(old)]
+        removed = [t for t in old if t not in set(new)]
+        if added or removed:
+            changes[intent] = {"added": added, "removed": removed}
+    return changes

@@ -1,0 +1,358 @@
+"""`update`: new intents, more examples and corrected labels in one release.
+
+Pure parts (the loss mask, corrections, herding with forced exemplars, the lineage rule) are
+tested alone; one end-to-end update on the tiny RoBERTa checks that a corrected utterance flips,
+that only the rows that may move do, and that eval, check, diff, show and verify understand it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from intent_ci.cli import main
+from intent_ci.config import DistillConfig, ReleaseConfig, apply_overrides
+from intent_ci.errors import IntentCIError
+from intent_ci.registry import Registry, edge_problems
+from intent_ci.release import IntentClassifier, load_release
+from intent_ci.replay import herding, select_exemplars
+from intent_ci.training import distillation_term, global_batch_loss
+from intent_ci.update import (
+    FROM_MEMORY,
+    FROM_PREDICTION,
+    check_relabels,
+    find_corrections,
+    memory_changes,
+    without_moved,
+)
+from tests.conftest import BASE_INTENTS, make_utterances, tiny_overrides
+from tests.test_hub import REPO, hub  # noqa: F401  (the stand-in Hub fixture)
+
+
+# ---- the distillation mask -------------------------------------------------------------------
+def test_kd_term_ignores_rows_the_teacher_does_not_speak_for():
+    """Masked rows: their teacher logits do not change the loss, and their logits get only the
+    cross-entropy gradient; the unmasked rows' KD is the plain distillation term over them."""
+    torch.manual_seed(0)
+    accelerator = Accelerator(cpu=True)
+    logits = torch.randn(6, 5, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    keep = torch.ones(6, dtype=torch.bool)
+    teacher = torch.randn(6, 4)
+    rows = torch.tensor([True, False, True, True, False, True])
+    distill = DistillConfig(temperature=2.0, weight=3.0)
+
+    masked = global_batch_loss(
+        logits,
+        labels,
+        keep,
+        accelerator,
+        teacher_logits=teacher,
+        distill=distill,
+        teacher_rows=rows,
+    )
+    assert masked.kd.item() == pytest.approx(
+        distillation_term(logits[rows], teacher[rows], 2.0).item()
+    )
+    # Whatever the teacher says on the masked rows, the loss is the same.
+    other = teacher.clone()
+    other[~rows] = 50 * torch.randn(2, 4)
+    again = global_batch_loss(
+        logits, labels, keep, accelerator, teacher_logits=other, distill=distill, teacher_rows=rows
+    )
+    assert again.loss.item() == masked.loss.item()
+    # Without the mask the masked rows' teacher does count.
+    unmasked = global_batch_loss(
+        logits, labels, keep, accelerator, teacher_logits=other, distill=distill
+    )
+    assert unmasked.kd.item() != pytest.approx(masked.kd.item())
+
+    # Gradient on the masked rows' logits is the cross-entropy's alone.
+    (grad,) = torch.autograd.grad(masked.loss, logits)
+    ce_only = global_batch_loss(logits, labels, keep, accelerator)
+    (ce_grad,) = torch.autograd.grad(ce_only.loss, logits)
+    assert torch.allclose(grad[~rows], ce_grad[~rows])
+    assert not torch.allclose(grad[rows], ce_grad[rows])
+
+
+def test_all_true_mask_equals_no_mask():
+    torch.manual_seed(1)
+    accelerator = Accelerator(cpu=True)
+    logits, teacher = torch.randn(5, 4), torch.randn(5, 3)
+    labels, keep = torch.tensor([0, 1, 2, 3, 0]), torch.ones(5, dtype=torch.bool)
+    distill = DistillConfig()
+    a = global_batch_loss(
+        logits, labels, keep, accelerator, teacher_logits=teacher, distill=distill
+    )
+    b = global_batch_loss(
+        logits,
+        labels,
+        keep,
+        accelerator,
+        teacher_logits=teacher,
+        distill=distill,
+        teacher_rows=torch.ones(5, dtype=torch.bool),
+    )
+    assert a.loss.item() == b.loss.item() and a.kd.item() == b.kd.item()
+
+
+# ---- corrections and memory ------------------------------------------------------------------
+MEMORY = {"card_lost": ["lost my card", "card stolen"], "check_balance": ["my balance"]}
+
+
+def test_corrections_from_memory_and_from_predictions():
+    texts = ["Lost my  CARD", "total funds", "wire money", "card gone", "fresh thing"]
+    intents = ["check_balance", "check_balance", "transfer_money", "card_lost", "new_one"]
+    sources = [f"f.csv:{i + 2}" for i in range(5)]
+    predicted = ["card_lost", "check_balance", "card_lost", "card_lost", "card_lost"]
+    old = ["card_lost", "check_balance", "transfer_money"]
+    found = find_corrections(texts, intents, sources, MEMORY, predicted, old)
+    assert [(c.text, c.previous, c.intent, c.evidence, c.row) for c in found] == [
+        ("Lost my  CARD", "card_lost", "check_balance", FROM_MEMORY, 0),
+        ("wire money", "card_lost", "transfer_money", FROM_PREDICTION, 2),
+    ]
+    # A new intent's row is not a correction of a prediction (the parent cannot predict it).
+    assert found[1].source == "f.csv:4"
+    moved = without_moved(MEMORY, found)
+    assert moved == {"card_lost": ["card stolen"], "check_balance": ["my balance"]}
+    assert memory_changes(MEMORY, {**moved, "check_balance": ["my balance", "lost my card"]}) == {
+        "card_lost": {"added": [], "removed": ["lost my card"]},
+        "check_balance": {"added": ["lost my card"], "removed": []},
+    }
+
+
+def test_relabel_to_the_intent_it_already_has_is_refused():
+    with pytest.raises(
+        IntentCIError,
+        match=r"^f.csv:3: utterance 'card stolen' already has intent 'card_lost' in release v4",
+    ):
+        check_relabels(
+            ["my balance please", "card stolen"],
+            ["check_balance", "card_lost"],
+            ["f.csv:2", "f.csv:3"],
+            MEMORY,
+            "v4",
+        )
+
+
+def test_herding_keeps_forced_rows_first():
+    feats = torch.randn(10, 4, generator=torch.Generator().manual_seed(0))
+    assert herding(feats, 4, forced=[7, 2])[:2] == [7, 2]
+    assert len(set(herding(feats, 4, forced=[7, 2]))) == 4
+    assert herding(feats, 4) == herding(feats, 4, forced=[])
+    memory = select_exemplars(
+        [f"t{i}" for i in range(10)], ["a"] * 5 + ["b"] * 5, feats, 2, "herding", 0, forced={9}
+    )
+    assert memory["b"][0] == "t9" and len(memory["b"]) == 2
+
+
+def test_lineage_updated_intents_must_be_the_parents():
+    parent = {
+        "release": "v1",
+        "intents": ["a", "b"],
+        "backbone": {"fingerprint": "x"},
+        "config": {"model": {}},
+    }
+    child = {
+        **parent,
+        "release": "v2",
+        "intents": ["a", "b"],
+        "new_intents": [],
+        "updated_intents": ["b"],
+    }
+    assert edge_problems(Path("m.json"), child, parent) == []
+    bad = {**child, "intents": ["a", "b", "c"], "new_intents": ["c"], "updated_intents": ["c"]}
+    (problem,) = edge_problems(Path("m.json"), bad, parent)
+    assert "field `updated_intents` names 'c', which parent v1 does not have" in problem
+
+
+# ---- end to end -------------------------------------------------------------------------------
+def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "intent"])
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def updated(tmp_path_factory, tiny_backbone, data_dir):
+    """v1 learns six check_balance utterances under card_lost (a labelling mistake; the memory
+    keeps every utterance, so they are in it). v2 = update of v1: those six corrected to
+    check_balance, 8 more opening_hours examples, and a new intent report_damage."""
+    from intent_ci.pipeline import init_release, update_release
+
+    root = tmp_path_factory.mktemp("update")
+    registry = root / "adapters"
+    base = root / "base"
+    shutil.copytree(data_dir / "base", base)
+    mistakes = make_utterances("check_balance", 80, seed=3)[-6:]
+    with (base / "card_lost.txt").open("a", encoding="utf-8") as f:
+        f.write("\n".join(mistakes) + "\n")
+    config = apply_overrides(
+        ReleaseConfig(), tiny_overrides(tiny_backbone, replay={"per_intent": 50}), source="test"
+    )
+    base_test = root / "base_test"
+    shutil.copytree(data_dir / "test", base_test)
+    for intent in ("refund_status", "report_damage"):
+        (base_test / f"{intent}.txt").unlink()
+    test = root / "test"
+    shutil.copytree(base_test, test)
+    (test / "report_damage.txt").write_text(
+        "\n".join(make_utterances("report_damage", 10, seed=9)) + "\n", encoding="utf-8"
+    )
+    init_release(base, registry, config, eval_data=base_test)
+    rows = [(t, "check_balance") for t in mistakes]
+    rows += [(t, "opening_hours") for t in make_utterances("opening_hours", 60, seed=7)[-8:]]
+    rows += [(t, "report_damage") for t in make_utterances("report_damage", 20, seed=5)]
+    fixes = write_csv(root / "fixes.csv", rows)
+    release = update_release(fixes, registry, "v1", eval_data=test)
+    return registry, release, mistakes, fixes
+
+
+def test_update_release_records_and_applies_its_changes(updated):
+    registry, release, moved, fixes = updated
+    reg = Registry(registry)
+    manifest = reg.manifest(release)
+    assert manifest["parent"] == "v1"
+    ev = manifest["metrics"]["eval"]
+    assert ev["updated_n"] == 20 and ev["updated_intents_accuracy"] is not None
+    assert manifest["intents"] == BASE_INTENTS + ["report_damage"]
+    assert manifest["new_intents"] == ["report_damage"]
+    assert manifest["updated_intents"] == ["check_balance", "opening_hours"]
+    corrected = [c for c in manifest["corrections"] if c["evidence"] == FROM_MEMORY]
+    assert [(c["text"], c["previous"], c["intent"]) for c in corrected] == [
+        (t, "card_lost", "check_balance") for t in moved
+    ]
+    assert len(manifest["corrections"]) == len(moved)
+    assert corrected[0]["source"] == f"{fixes}:2"
+
+    # Corrected utterances left card_lost's memory and joined check_balance's.
+    child, parent = load_release(reg, release), load_release(reg, "v1")
+    assert not set(moved) & set(child.replay["card_lost"])
+    assert set(moved) <= set(child.replay["check_balance"])
+    changes = manifest["memory_changes"]
+    assert set(changes["card_lost"]["removed"]) == set(moved)
+    assert set(moved) <= set(changes["check_balance"]["added"])
+    assert "opening_hours" in changes  # re-chosen over old exemplars + new rows
+    # per_intent (50) is above its old exemplars plus 8 new utterances: all are kept.
+    assert len(child.replay["opening_hours"]) == len(parent.replay["opening_hours"]) + 8 <= 50
+
+    # The corrected utterances flip; the parent put them under card_lost.
+    before = [p.label for p in IntentClassifier(parent).predict(moved)]
+    after = [p.label for p in IntentClassifier(child).predict(moved)]
+    assert before.count("card_lost") >= 4, before
+    assert after == ["check_balance"] * len(moved)
+
+    # Updated and neighbour rows train; untouched old rows stay bit-identical.
+    labels = parent.labels
+    w_parent = parent.model.head.out_proj.weight
+    w_child = child.model.head.out_proj.weight
+    neighbours = {o for olds in manifest["metrics"]["neighbours"].values() for o in olds}
+    movable = {"check_balance", "opening_hours", "card_lost"} | neighbours
+    for row, intent in enumerate(labels):
+        assert torch.equal(w_child[row], w_parent[row]) == (intent not in movable), intent
+
+    assert reg.lineage_problems(release) == []
+
+    # Calibrated like add-intent: held out of the new intent's rows only; the updated intents
+    # keep the parent's calibration utterances and train on all their rows.
+    assert manifest["oos"]["threshold"] is not None
+    metrics = manifest["metrics"]
+    held = metrics["calibration_examples"]
+    assert held >= 1 and metrics["new_examples"] == 6 + 8 + 20 - held
+    calibration, _ = child.calibration
+    parent_calibration, _ = parent.calibration
+    assert len(calibration["report_damage"]) == held
+    assert calibration["opening_hours"] == parent_calibration["opening_hours"]
+    assert not set(moved) & {t for ts in calibration.values() for t in ts}
+
+
+def test_cli_understands_an_update_release(updated, tmp_path, capsys):
+    registry, release, moved, _ = updated
+    assert main(["show", release, "--registry", str(registry)]) == 0
+    out = capsys.readouterr().out
+    assert "updated   check_balance, opening_hours" in out
+    assert f"corrected {moved[0]!r}: card_lost -> check_balance (replay memory" in out
+    assert "memory    card_lost: +0 -6 exemplars" in out
+
+    assert main(["diff", "v1", release, "--registry", str(registry), "--json"]) == 0
+    diff = json.loads(capsys.readouterr().out)
+    assert diff["intents_updated"] == ["check_balance", "opening_hours"]
+    assert len(diff["corrections"]) == 6 and diff["corrections"][0]["release"] == release
+    assert main(["diff", "v1", release, "--registry", str(registry)]) == 0
+    out = capsys.readouterr().out
+    assert "intents updated  check_balance, opening_hours" in out
+    assert "corrections      6" in out
+
+    assert "  updated intents\n    check_balance" in out
+    test = registry.parent / "test"
+    out_json = tmp_path / "eval.json"
+    assert (
+        main(
+            ["eval", "--release", release, "--data", str(test), "--against", "v1"]
+            + ["--registry", str(registry), "--json", str(out_json)]
+        )
+        == 0
+    )
+    result = json.loads(out_json.read_text())
+    assert result["updated_intents"] == ["check_balance", "opening_hours"]
+    assert result["updated_n"] == 20
+    assert "check_balance" in result["old_intents"]  # updated intents still count as old
+    assert "updated intents" in capsys.readouterr().out
+
+    # The gate judges updated intents as old intents (they must not get worse).
+    code = main(
+        ["check", "--candidate", release, "--data", str(test), "--registry", str(registry)]
+        + ["--report-dir", str(tmp_path / "report")]
+    )
+    assert code in (0, 1)
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["baseline"] == "v1"
+    assert {"check_balance", "opening_hours"} <= set(report["old_intents"]["intents"])
+    assert report["new_intents"]["intents"] == ["report_damage"]
+
+    assert main(["verify", "--all", "--registry", str(registry)]) == 0
+    assert main(["releases", "--registry", str(registry)]) == 0
+    assert "updated 2, corrected" in capsys.readouterr().out
+
+
+def test_update_with_only_more_examples_keeps_the_label_map(trained_registry, tmp_path):
+    """No new intent: the head keeps its size; two more examples of an intent are enough
+    (the minimum per intent applies to new intents only)."""
+    from intent_ci.pipeline import update_release
+
+    registry = Path(shutil.copytree(trained_registry, tmp_path / "adapters"))
+    rows = [(t, "transfer_money") for t in make_utterances("transfer_money", 70, seed=11)[-2:]]
+    release = update_release(write_csv(tmp_path / "more.csv", rows), registry, "v1")
+    manifest = Registry(registry).manifest(release)
+    assert manifest["intents"] == BASE_INTENTS and manifest["new_intents"] == []
+    assert manifest["updated_intents"] == ["transfer_money"]
+    assert load_release(Registry(registry), release).model.head.num_labels == len(BASE_INTENTS)
+
+
+def test_push_and_pull_an_update_release(updated, hub, tmp_path):  # noqa: F811
+    """An update release and its parent go to a (stand-in) Hub and come back verified, with
+    the same predictions; the model card says what the update changed."""
+    from intent_ci.hub import HubConfig, pull_release, push_release
+
+    registry, release, moved, _ = updated
+    config = HubConfig(repo_id=REPO)
+    assert list(push_release(registry, release, config).pushed) == ["v1", release]
+    card = hub.files(REPO, release)["README.md"].decode()
+    assert "- updated: check_balance, opening_hours (6 corrected utterances)" in card
+    dest = tmp_path / "pulled"
+    assert pull_release(config, release, dest).pulled == ["v1", release]
+    ours = IntentClassifier.load(registry, release, device="cpu").logits(moved)
+    theirs = IntentClassifier.load(dest, release, device="cpu").logits(moved)
+    assert torch.equal(ours, theirs)
+    assert (
+        Registry(dest).manifest(release)["corrections"]
+        == Registry(registry).manifest(release)["corrections"]
+    )
