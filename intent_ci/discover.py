@@ -25,7 +25,7 @@ import re
 import shutil
 import tempfile
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -523,10 +523,18 @@ class Discovery:
     message: str = ""
     # for the map: 2-D points of candidates' utterances and existing intents (not in the JSON)
     plot: dict[str, Any] | None = None
+    # what the release said about every distinct utterance, and which were considered (not in
+    # the JSON)
+    scored: Scored | None = None
+    chosen: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.pop("plot")
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name in ("plot", "scored", "chosen"):
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = [asdict(c) for c in value] if f.name == "candidates" else value
         return out
 
 
@@ -687,6 +695,8 @@ def discover(classifier: Any, traffic: Traffic, cfg: DiscoverConfig | None = Non
         },
         considered=considered,
         config=asdict(cfg),
+        scored=scored,
+        chosen=chosen,
     )
     if not len(chosen):
         result.message = (

@@ -71,7 +71,6 @@ from intent_ci.discover import (  # noqa: E402
     discover,
     embed,
     read_traffic,
-    score_traffic,
     select,
     write_candidates,
 )
@@ -390,13 +389,21 @@ def run_seed(args: argparse.Namespace, raw: dict, seed: int) -> dict:
     true_of = [truth[dedup_key(t)] for t in traffic.texts]
     cfg = DiscoverConfig()
 
-    # rejection shares (every distinct traffic utterance)
-    scored = score_traffic(clf, traffic.texts, cfg)
+    # the shipped defaults, end to end through the same functions the CLI runs
+    out = workdir / f"seed{seed}" / "candidates"
+    reset_peak_rss()
+    started = time.perf_counter()
+    discovery = discover(clf, traffic, cfg)
+    write_candidates(discovery, out, force=True)
+    result["discover_s"] = round(time.perf_counter() - started, 1)
+    result["discover_peak_rss_mb"] = peak_rss_mb()
+
+    # rejection shares (every distinct traffic utterance), from discover's own scoring pass
+    scored, chosen = discovery.scored, discovery.chosen
     is_held = np.array([t in held for t in true_of])
     is_oos = np.array([t == "oos" for t in true_of])
     is_known = ~is_held & ~is_oos
     rejected = ~scored.in_scope
-    chosen = select(scored, cfg)
     result["rejection"] = {
         "held_out_rejected_share": float(rejected[is_held].mean()),
         "known_rejected_share": float(rejected[is_known].mean()),
@@ -415,8 +422,8 @@ def run_seed(args: argparse.Namespace, raw: dict, seed: int) -> dict:
     cand_texts = [traffic.texts[i] for i in chosen]
     cand_truth = [true_of[i] for i in chosen]
     emb = {
-        f: embed(clf, cand_texts, f, cfg.batch_size, desc=f"{f} features")
-        for f in ("backbone", "release")
+        "release": scored.features[chosen],
+        "backbone": embed(clf, cand_texts, "backbone", cfg.batch_size, desc="backbone features"),
     }
     ablation = []
     for features, x in emb.items():
@@ -426,30 +433,16 @@ def run_seed(args: argparse.Namespace, raw: dict, seed: int) -> dict:
             ablation.append({"features": features, **params, **m})
     result["ablation"] = ablation
 
-    # which accepted utterances to add: the margin (embeddings of the widest set, then subsets)
-    margins = (0.0, 0.05, 0.1, 0.2, 0.3)
-    widest = select(scored, DiscoverConfig(max_margin=max(margins)))
-    x_wide = embed(
-        clf, [traffic.texts[i] for i in widest], cfg.features, cfg.batch_size, desc="margins"
-    )
+    # which accepted utterances to add: the margin (release features from the scoring pass)
     margin_rows = []
-    for margin in margins:
-        keep = np.isin(widest, select(scored, DiscoverConfig(max_margin=margin)))
-        sub_truth = [true_of[i] for i in widest[keep]]
-        m = cluster_metrics(cluster(x_wide[keep], cfg), sub_truth, held)
+    for margin in (0.0, 0.05, 0.1, 0.2, 0.3):
+        keep = select(scored, DiscoverConfig(max_margin=margin))
+        m = cluster_metrics(cluster(scored.features[keep], cfg), [true_of[i] for i in keep], held)
         m.pop("recovered")
-        margin_rows.append({"max_margin": margin, "candidates": int(keep.sum()), **m})
+        margin_rows.append({"max_margin": margin, "candidates": int(len(keep)), **m})
         print(f"  margin {margin}: {margin_rows[-1]}", flush=True)
     result["margin_ablation"] = margin_rows
 
-    # the shipped defaults, end to end through the same functions the CLI runs
-    out = workdir / f"seed{seed}" / "candidates"
-    reset_peak_rss()
-    started = time.perf_counter()
-    discovery = discover(clf, traffic, cfg)
-    write_candidates(discovery, out, force=True)
-    result["discover_s"] = round(time.perf_counter() - started, 1)
-    result["discover_peak_rss_mb"] = peak_rss_mb()
     # every distinct traffic utterance gets its candidate's index (-1: not in a written file)
     index = {dedup_key(t): i for i, t in enumerate(traffic.texts)}
     written = [c for c in discovery.candidates if c.file]
@@ -637,7 +630,7 @@ def floors(result: dict) -> list[dict]:
         {
             "floor": ">= 80% of held-out intents recovered (defaults, no K)",
             "values": rec,
-            "met": all(r >= 0.8 for r in rec),
+            "met": bool(rec) and all(r >= 0.8 for r in rec),
         }
     )
     aris = [(s["discovery"]["ari"] or 0, s["kmeans_true_k"]["ari"]) for s in seeds]
@@ -645,7 +638,7 @@ def floors(result: dict) -> list[dict]:
         {
             "floor": "ARI on covered held-out utterances >= k-means with true K",
             "values": aris,
-            "met": all(a >= k for a, k in aris),
+            "met": bool(aris) and all(a >= k for a, k in aris),
         }
     )
     gaps = [s["end_to_end"]["gap_points"] for s in seeds if "end_to_end" in s]
@@ -854,7 +847,10 @@ def main() -> None:
     )
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="CLINC150 data_full.json")
     parser.add_argument("--backbone", default=PACKAGED_MINILM)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument(
+        "--scale-seed", type=int, default=0, help="whose base release the timing run uses"
+    )
     parser.add_argument(
         "--base-epochs",
         type=int,
@@ -887,7 +883,14 @@ def main() -> None:
         help="also time community detection and HDBSCAN on N synthetic points (0: skip)",
     )
     parser.add_argument(
-        "--scale-only", action="store_true", help="only the timing run (seeds from partial.json)"
+        "--seeds-from",
+        nargs="*",
+        default=[],
+        metavar="JSON",
+        help="take the per-seed results from earlier results files instead of running seeds",
+    )
+    parser.add_argument(
+        "--scale-from", metavar="JSON", help="take the timing run from an earlier results file"
     )
     parser.add_argument("--out", default=str(REPO / "scripts" / "results" / "bench_discover"))
     args = parser.parse_args()
@@ -913,11 +916,17 @@ def main() -> None:
     if choice.is_file():
         result["method_choice"] = json.loads(choice.read_text())
     partial = workdir / "partial.json"
-    if args.scale_only and partial.is_file():
-        earlier = json.loads(partial.read_text())
-        result["seeds"] = earlier["seeds"]
-        result["seeds_command"] = earlier["command"]
-    for seed in [] if args.scale_only else args.seeds:
+    for path in args.seeds_from:
+        earlier = json.loads(Path(path).read_text())
+        result["seeds"] += earlier["seeds"]
+        result.setdefault("merged_from", []).append({"file": path, "command": earlier["command"]})
+    if args.scale_from:
+        earlier = json.loads(Path(args.scale_from).read_text())
+        result["scale"] = earlier["scale"]
+        result.setdefault("merged_from", []).append(
+            {"file": args.scale_from, "command": earlier["command"]}
+        )
+    for seed in [] if args.seeds_from or args.scale_from else args.seeds:
         if args.prepare_only:
             split = seed_split(raw, seed)
             registry, _ = base_release(workdir, split, args.backbone, seed, args.base_epochs)
@@ -927,10 +936,10 @@ def main() -> None:
         partial.write_text(json.dumps(result, indent=1, default=str))
     if args.prepare_only:
         return
-    if args.scale:
-        split = seed_split(raw, args.seeds[0])
-        base, _ = base_release(workdir, split, args.backbone, args.seeds[0], args.base_epochs)
-        registry = calibrated_base(workdir, base, split, raw, args.seeds[0])
+    if args.scale and not args.scale_from:
+        split = seed_split(raw, args.scale_seed)
+        base, _ = base_release(workdir, split, args.backbone, args.scale_seed, args.base_epochs)
+        registry = calibrated_base(workdir, base, split, raw, args.scale_seed)
         result["scale"] = run_scale(args, raw, registry)
         print(f"scale: {result['scale']}", flush=True)
     if args.cluster_timing:
