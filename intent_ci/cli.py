@@ -546,6 +546,47 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_discover(args: argparse.Namespace) -> int:
+    """Candidate intents from traffic the release rejects or hesitates on."""
+    from intent_ci.config import load_discover_config
+    from intent_ci.discover import _check_out, discover, read_traffic, write_candidates
+    from intent_ci.release import IntentClassifier
+
+    config = load_discover_config(args.config)
+    out = Path(args.out)
+    _check_out(out, args.force)  # before the model loads: a refused --out costs nothing
+    traffic = read_traffic(args.traffic, config.max_chars)
+    echo(
+        f"traffic: {traffic.total} utterances ({len(traffic.texts)} distinct) from "
+        f"{len(traffic.files)} file(s)"
+        + (f"; {traffic.redacted} redacted rows skipped" if traffic.redacted else "")
+        + (f"; {traffic.too_long} over-long skipped" if traffic.too_long else "")
+    )
+    classifier = IntentClassifier.load(args.registry, args.release)
+    result = discover(classifier, traffic, config)
+    echo(result.message)
+    written = write_candidates(result, out, force=args.force)
+    for cand in result.candidates:
+        near = (
+            f"nearest {cand.nearest_intent} {cand.nearest_similarity:.2f}"
+            if cand.nearest_intent
+            else "no existing intent to compare"
+        )
+        where = (
+            f"probably belongs to {cand.belongs_to}: more examples, not a new intent"
+            if cand.belongs_to
+            else str(out / (cand.file or ""))
+        )
+        echo(
+            f"  {cand.name:<32} {cand.size:>6} utterances ({cand.distinct} distinct), "
+            f"cohesion {cand.cohesion:.2f}, {near}; {where}"
+        )
+    echo(f"wrote {', '.join(written)} to {out}")
+    if any(c.file for c in result.candidates):
+        echo(f"next: review {out}, rename or delete files, then intent-ci add-intent --data FILE")
+    return EXIT_OK
+
+
 def _hub_quiet(verbose: bool) -> None:
     if not verbose:
         from huggingface_hub.utils import disable_progress_bars
@@ -1102,6 +1143,25 @@ def build_parser() -> argparse.ArgumentParser:
     registry_arg(p)
     _serve_flags(p)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "discover",
+        help="cluster traffic the release rejects or hesitates on into candidate intents",
+    )
+    p.add_argument("--release", default="latest", help="release that judges the traffic")
+    p.add_argument(
+        "--traffic",
+        required=True,
+        nargs="+",
+        metavar="PATH",
+        help="files or folders: .txt (one utterance per line), CSV/JSONL with a `text` column, "
+        "Parquet, or the serve traffic log",
+    )
+    p.add_argument("--out", required=True, help="folder for <name>.txt candidates and reports")
+    p.add_argument("--force", action="store_true", help="replace an earlier discover output")
+    p.add_argument("--config", help="YAML with a `discover:` section overriding DiscoverConfig")
+    registry_arg(p)
+    p.set_defaults(func=cmd_discover)
 
     p = sub.add_parser(
         "quickstart", help="offline demo: base release from data/, add an intent, print accuracies"

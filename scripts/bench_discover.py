@@ -1,0 +1,957 @@
+#!/usr/bin/env python
+"""Intent discovery on CLINC150: does `intent-ci discover` find the intents a release lacks?
+
+Setup, per seed (the seed is recorded):
+
+    the 150 in-scope intents in a seeded shuffle; 30 are held out, the other 120 make the base
+    release, trained on the first BASE_SHOTS of each intent's 100 `train` utterances (seeded order)
+    traffic   the remaining TRAFFIC_SHOTS `train` utterances of every one of the 150 intents (the base
+              never trained on them) + `oos_train` + `oos_val`; never `test`
+    discover  `intent-ci discover` on that traffic with the shipped defaults (no K given)
+    end to end  add the recovered candidates with `add-intent` (auto-named files as they are; each is
+              mapped to its majority intent only for scoring) and, from the same base, add the same
+              intents from the same traffic utterances under their true labels; compare the held-out
+              intents' accuracy on `test`
+
+Baselines in the same run: k-means with the true K on the frozen embeddings of the held-out
+utterances (told K, perfect rejection: an upper reference, not a peer), and the published
+anchors (quoted, not rerun).
+
+Ablations, on the traffic (never `test`): clustering method and parameters, and the release's
+own pooled features against the frozen backbone's; these chose DiscoverConfig's defaults.
+
+Scale: 100,000 traffic utterances through the whole discover command, timed with peak memory.
+
+    python scripts/bench_discover.py --seeds 0            # one seed
+    python scripts/bench_discover.py --seeds 0 1 2        # the issue's three seeds
+
+Writes <out>.json, <out>.md and <out>.png. Base releases are cached per seed under --workdir.
+CLINC150 (CC BY 3.0) is read from ../shared/datasets/clinc150/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_incremental  # noqa: E402
+import datasets  # noqa: E402
+import numpy as np  # noqa: E402
+from bench_incremental import (  # noqa: E402
+    DEFAULT_DATA,
+    REPO,
+    cached_init,
+    intent_order,
+    peak_rss_mb,
+    reset_peak_rss,
+)
+
+from intent_ci.config import (  # noqa: E402
+    PACKAGED_MINILM,
+    DiscoverConfig,
+    ModelConfig,
+    ReleaseConfig,
+    apply_overrides,
+)
+from intent_ci.data import normalise  # noqa: E402
+from intent_ci.discover import (  # noqa: E402
+    cluster,
+    dedup_key,
+    discover,
+    embed,
+    read_traffic,
+    select,
+    write_candidates,
+)
+from intent_ci.modeling import load_backbone  # noqa: E402
+from intent_ci.pipeline import add_intents  # noqa: E402
+from intent_ci.registry import Registry  # noqa: E402
+from intent_ci.release import IntentClassifier  # noqa: E402
+
+HELD_OUT = 30
+BASE_SHOTS = 60
+TRAFFIC_SHOTS = 40
+
+
+def load_raw(path: Path) -> dict[str, list[tuple[str, str]]]:
+    """CLINC150's train/test splits and its out-of-scope train/val rows, as (text, intent)."""
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    return {split: [(t, i) for t, i in raw[split]] for split in raw}
+
+
+def seed_split(raw: dict, seed: int) -> dict:
+    """Held-out and known intents, the base's training rows and the traffic, for one seed."""
+    order = intent_order(raw, seed)
+    held_out, known = sorted(order[:HELD_OUT]), sorted(order[HELD_OUT:])
+    by_intent: dict[str, list[str]] = {}
+    for text, intent in raw["train"]:
+        by_intent.setdefault(intent, []).append(text)
+    base, traffic = [], []
+    for intent in sorted(by_intent):
+        rows = list(by_intent[intent])
+        random.Random(f"{seed}-{intent}").shuffle(rows)
+        if intent in known:
+            base += [(t, intent) for t in rows[:BASE_SHOTS]]
+        traffic += [(t, intent) for t in rows[BASE_SHOTS : BASE_SHOTS + TRAFFIC_SHOTS]]
+    traffic += [(t, "oos") for t, _ in raw["oos_train"] + raw["oos_val"]]
+    return {"held_out": held_out, "known": known, "base": base, "traffic": traffic}
+
+
+def base_config(backbone: str, seed: int, epochs: int) -> ReleaseConfig:
+    return apply_overrides(
+        ReleaseConfig(),
+        {"model": {"backbone": backbone}, "train": {"seed": seed, "epochs": epochs}},
+        source="bench_discover",
+    )
+
+
+def base_release(
+    workdir: Path, split: dict, backbone: str, seed: int, epochs: int, reuse: bool = True
+):
+    """The seed's 120-intent base release, cached by recipe and data (bench_incremental's cache)."""
+    data = datasets.Dataset.from_dict(
+        {"text": [t for t, _ in split["base"]], "intent": [i for _, i in split["base"]]}
+    )
+    config = base_config(backbone, seed, epochs)
+    return cached_init(workdir, f"discover-base-s{seed}", data, config, reuse)
+
+
+# ---- scoring a clustering -----------------------------------------------------------------------
+def cluster_metrics(labels: np.ndarray, truth: list[str], held_out: set[str]) -> dict:
+    """The issue's numbers for one clustering of (distinct) utterances with known true intents.
+
+    recovered   held-out intents with a cluster of >= 5 utterances, >= 70% of them from it
+    acc/nmi/ari on the held-out utterances that fall in some cluster (ACC by Hungarian matching)
+    noise_share clustered utterances that belong to a known intent or to oos
+    """
+    from scipy.optimize import linear_sum_assignment
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    truth_arr = np.array(truth)
+    recovered: dict[str, dict] = {}
+    clustered = labels >= 0
+    for k in range(int(labels.max()) + 1 if len(labels) else 0):
+        members = truth_arr[labels == k]
+        if len(members) < 5:
+            continue
+        values, counts = np.unique(members, return_counts=True)
+        top = int(np.argmax(counts))
+        purity = counts[top] / len(members)
+        if values[top] in held_out and purity >= 0.7:
+            best = recovered.get(values[top])
+            if best is None or len(members) > best["size"]:
+                recovered[str(values[top])] = {
+                    "cluster": k,
+                    "size": int(len(members)),
+                    "purity": round(float(purity), 4),
+                }
+    covered = clustered & np.isin(truth_arr, list(held_out))
+    out = {
+        "clusters": int(labels.max()) + 1 if len(labels) else 0,
+        "recovered": sorted(recovered),
+        "recovered_share": len(recovered) / len(held_out),
+        "held_out_covered_share": float(
+            covered.sum() / max(np.isin(truth_arr, list(held_out)).sum(), 1)
+        ),
+        "noise_share": float(
+            (clustered & ~np.isin(truth_arr, list(held_out))).sum() / max(clustered.sum(), 1)
+        ),
+    }
+    if covered.sum():
+        y, c = truth_arr[covered], labels[covered]
+        _, yi = np.unique(y, return_inverse=True)
+        _, ci = np.unique(c, return_inverse=True)
+        table = np.zeros((ci.max() + 1, yi.max() + 1))
+        np.add.at(table, (ci, yi), 1)
+        rows, cols = linear_sum_assignment(-table)
+        out.update(
+            acc=float(table[rows, cols].sum() / covered.sum()),
+            nmi=float(normalized_mutual_info_score(y, c)),
+            ari=float(adjusted_rand_score(y, c)),
+        )
+    else:
+        out.update(acc=None, nmi=None, ari=None)
+    return out
+
+
+METHOD_GRID = (
+    [{"method": "community", "similarity": s} for s in (0.55, 0.6, 0.65, 0.7, 0.75, 0.8)]
+    + [
+        {"method": "hdbscan", "min_cluster_size": m, "hdbscan_dims": d}
+        for m in (5, 10)
+        for d in (16, 32)
+    ]
+    + [{"method": "agglomerative", "similarity": s} for s in (0.4, 0.5, 0.6, 0.7)]
+)
+
+
+def choose_method(raw: dict, backbone: str, seeds: list[int]) -> dict:
+    """Clustering method and parameters on the `val` split, frozen embeddings, no rejection step.
+
+    Per seed: 30 random intents are "new" (their 20 val utterances each), plus noise a rejection
+    step would let through: oos_val and a random 5% of the other intents' val utterances.
+    """
+    backbone_model = load_backbone(ModelConfig(backbone=backbone))
+    texts = [t for t, _ in raw["val"]] + [t for t, _ in raw["oos_val"]]
+    truth = [i for _, i in raw["val"]] + ["oos"] * len(raw["oos_val"])
+    print(f"method choice: embedding {len(texts)} val utterances ...", flush=True)
+    x = bench_incremental.embed(backbone_model, texts)
+    rows = []
+    for seed in seeds:
+        rng = random.Random(f"choose-{seed}")
+        intents = sorted({i for _, i in raw["val"]})
+        held = set(rng.sample(intents, HELD_OUT))
+        keep = [k for k, i in enumerate(truth) if i in held or i == "oos" or rng.random() < 0.05]
+        for params in METHOD_GRID:
+            cfg = DiscoverConfig(**params)
+            started = time.perf_counter()
+            labels = cluster(x[keep], cfg)
+            m = cluster_metrics(labels, [truth[k] for k in keep], held)
+            m.pop("recovered")
+            rows.append(
+                {"seed": seed, **params, **m, "seconds": round(time.perf_counter() - started, 2)}
+            )
+    grouped: dict[str, dict] = {}
+    for row in rows:
+        key = json.dumps(
+            {
+                k: row[k]
+                for k in ("method", "similarity", "min_cluster_size", "hdbscan_dims")
+                if k in row
+            }
+        )
+        grouped.setdefault(key, []).append(row)
+    summary = []
+    for key, group in grouped.items():
+        summary.append(
+            {
+                **json.loads(key),
+                **{
+                    m: round(float(np.mean([g[m] or 0 for g in group])), 4)
+                    for m in (
+                        "recovered_share",
+                        "ari",
+                        "acc",
+                        "nmi",
+                        "noise_share",
+                        "held_out_covered_share",
+                        "seconds",
+                    )
+                },
+            }
+        )
+    summary.sort(key=lambda r: (-r["recovered_share"], -r["ari"]))
+    for r in summary:
+        print("  ", r, flush=True)
+    return {"seeds": seeds, "split": "val", "rows": rows, "summary": summary, "best": summary[0]}
+
+
+# ---- one seed -------------------------------------------------------------------------------------
+def calibrated_base(workdir: Path, base: Registry, split: dict, raw: dict, seed: int) -> Registry:
+    """The base release with an out-of-scope threshold.
+
+    A base made with out-of-scope calibration already has one. A cached base made before it is
+    calibrated with `intent-ci calibrate` on the known intents' `val` utterances (never traffic,
+    never test), in a copy of its registry.
+    """
+    if base.manifest("v1").get("oos", {}) and base.manifest("v1")["oos"].get("threshold"):
+        return base
+    root = workdir / f"seed{seed}" / "calibrated"
+    registry = Registry(root / "adapters")
+    if registry.exists() and len(registry.releases()) == 2:
+        return registry
+    if root.exists():
+        shutil.rmtree(root)
+    shutil.copytree(base.root, root / "adapters")
+    cal = root / "calibration"
+    cal.mkdir()
+    trained = {normalise(t) for t, _ in split["base"]}  # CLINC150 repeats a few val utterances
+    for intent in split["known"]:
+        rows = [t for t, i in raw["val"] if i == intent and normalise(t) not in trained]
+        (cal / f"{intent}.txt").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    from intent_ci.cli import main as cli
+
+    code = cli(
+        ["calibrate", "--release", "v1", "--data", str(cal), "--registry", str(registry.root)]
+    )
+    if code != 0:
+        raise SystemExit(f"calibrate failed with exit {code}")
+    return registry
+
+
+def truth_of(traffic_rows: list[tuple[str, str]]) -> dict[str, str]:
+    """dedup key -> true intent (first row wins; CLINC150 repeats almost no utterance)."""
+    out: dict[str, str] = {}
+    for text, intent in traffic_rows:
+        out.setdefault(dedup_key(text), intent)
+    return out
+
+
+def kmeans_reference(x: np.ndarray, truth: list[str], k: int, seed: int) -> dict:
+    """k-means told the true K, on the held-out utterances only (perfect rejection)."""
+    from sklearn.cluster import KMeans
+
+    labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(x)
+    m = cluster_metrics(labels, truth, set(truth))
+    return {key: m[key] for key in ("acc", "nmi", "ari", "recovered_share")}
+
+
+def end_to_end(
+    workdir: Path,
+    base: Registry,
+    out: Path,
+    recovered_files: dict[str, str],
+    split: dict,
+    raw: dict,
+    seed: int,
+    add_epochs: int | None,
+) -> dict:
+    """add-intent with the recovered candidate files vs with the true-labelled traffic utterances."""
+    overrides = {"train": {"add_intent_epochs": add_epochs}} if add_epochs else {}
+    held = set(recovered_files.values())
+    test = [(t, i) for t, i in raw["test"] if i in held]
+    results = {}
+    for arm in ("discovered", "true_labels"):
+        root = workdir / f"seed{seed}" / f"e2e-{arm}"
+        if root.exists():
+            shutil.rmtree(root)
+        shutil.copytree(base.root, root / "adapters")
+        registry = Registry(root / "adapters")
+        data = root / "data"
+        data.mkdir()
+        if arm == "discovered":
+            for name in recovered_files:
+                shutil.copy(out / f"{name}.txt", data / f"{name}.txt")
+            mapping = dict(recovered_files)
+        else:
+            for intent in sorted(held):
+                rows = [t for t, i in split["traffic"] if i == intent]
+                (data / f"{intent}.txt").write_text("\n".join(rows) + "\n", encoding="utf-8")
+            mapping = {i: i for i in held}
+        started = time.perf_counter()
+        release = add_intents(data, registry, "latest", overrides=overrides)
+        wall = time.perf_counter() - started
+        clf = IntentClassifier.load(registry, release)
+        preds = clf.predict([t for t, _ in test], batch_size=128, reject=False)
+        correct = sum(mapping.get(p.intent) == i for p, (_, i) in zip(preds, test, strict=True))
+        old_test = [(t, i) for t, i in raw["test"] if i in set(split["known"])]
+        old_preds = clf.predict([t for t, _ in old_test], batch_size=128, reject=False)
+        results[arm] = {
+            "release": release,
+            "new_intents_test_accuracy": correct / len(test),
+            "old_intents_test_accuracy": sum(
+                p.intent == i for p, (_, i) in zip(old_preds, old_test, strict=True)
+            )
+            / len(old_test),
+            "train_utterances": sum(
+                len(f.read_text(encoding="utf-8").splitlines()) for f in data.glob("*.txt")
+            ),
+            "wall_s": round(wall, 1),
+        }
+        print(f"  e2e {arm}: {results[arm]}", flush=True)
+    results["test_utterances"] = len(test)
+    results["gap_points"] = 100 * (
+        results["true_labels"]["new_intents_test_accuracy"]
+        - results["discovered"]["new_intents_test_accuracy"]
+    )
+    results["add_intent_epochs"] = add_epochs or ReleaseConfig().train.add_intent_epochs
+    return results
+
+
+def run_seed(args: argparse.Namespace, raw: dict, seed: int) -> dict:
+    workdir = Path(args.workdir)
+    split = seed_split(raw, seed)
+    held = set(split["held_out"])
+    base, base_cost = base_release(workdir, split, args.backbone, seed, args.base_epochs)
+    registry = calibrated_base(workdir, base, split, raw, seed)
+    clf = IntentClassifier.load(registry, "latest")
+    result: dict = {
+        "seed": seed,
+        "held_out": split["held_out"],
+        "base": {"release": str(registry.root), "cost": base_cost, "oos": clf.manifest.get("oos")},
+    }
+    traffic_file = workdir / f"seed{seed}" / "traffic.txt"
+    traffic_file.parent.mkdir(parents=True, exist_ok=True)
+    traffic_file.write_text("\n".join(t for t, _ in split["traffic"]) + "\n", encoding="utf-8")
+    traffic = read_traffic(traffic_file, progress=False)
+    truth = truth_of(split["traffic"])
+    true_of = [truth[dedup_key(t)] for t in traffic.texts]
+    cfg = DiscoverConfig()
+
+    # the shipped defaults, end to end through the same functions the CLI runs
+    out = workdir / f"seed{seed}" / "candidates"
+    reset_peak_rss()
+    started = time.perf_counter()
+    discovery = discover(clf, traffic, cfg)
+    write_candidates(discovery, out, force=True)
+    result["discover_s"] = round(time.perf_counter() - started, 1)
+    result["discover_peak_rss_mb"] = peak_rss_mb()
+
+    # rejection shares (every distinct traffic utterance), from discover's own scoring pass
+    scored, chosen = discovery.scored, discovery.chosen
+    is_held = np.array([t in held for t in true_of])
+    is_oos = np.array([t == "oos" for t in true_of])
+    is_known = ~is_held & ~is_oos
+    rejected = ~scored.in_scope
+    result["rejection"] = {
+        "held_out_rejected_share": float(rejected[is_held].mean()),
+        "known_rejected_share": float(rejected[is_known].mean()),
+        "oos_rejected_share": float(rejected[is_oos].mean()),
+        "candidates": int(len(chosen)),
+        "candidate_share_by_kind": {
+            "held_out": float(is_held[chosen].mean()),
+            "known": float(is_known[chosen].mean()),
+            "oos": float(is_oos[chosen].mean()),
+        },
+        "held_out_considered_share": float(np.isin(np.flatnonzero(is_held), chosen).mean()),
+    }
+    print(f"seed {seed}: {result['rejection']}", flush=True)
+
+    # ablation on the traffic's candidates: features x clustering method (never test)
+    cand_texts = [traffic.texts[i] for i in chosen]
+    cand_truth = [true_of[i] for i in chosen]
+    emb = {
+        "release": scored.features[chosen],
+        "backbone": embed(clf, cand_texts, "backbone", cfg.batch_size, desc="backbone features"),
+    }
+    ablation = []
+    for features, x in emb.items():
+        for params in METHOD_GRID:
+            m = cluster_metrics(cluster(x, DiscoverConfig(**params)), cand_truth, held)
+            m.pop("recovered")
+            ablation.append({"features": features, **params, **m})
+    result["ablation"] = ablation
+
+    # which accepted utterances to add: the margin (release features from the scoring pass)
+    margin_rows = []
+    for margin in (0.0, 0.05, 0.1, 0.2, 0.3):
+        keep = select(scored, DiscoverConfig(max_margin=margin))
+        m = cluster_metrics(cluster(scored.features[keep], cfg), [true_of[i] for i in keep], held)
+        m.pop("recovered")
+        margin_rows.append({"max_margin": margin, "candidates": int(len(keep)), **m})
+        print(f"  margin {margin}: {margin_rows[-1]}", flush=True)
+    result["margin_ablation"] = margin_rows
+
+    # every distinct traffic utterance gets its candidate's index (-1: not in a written file)
+    index = {dedup_key(t): i for i, t in enumerate(traffic.texts)}
+    written = [c for c in discovery.candidates if c.file]
+
+    def labels_of(cands: list) -> np.ndarray:
+        labels = np.full(len(traffic.texts), -1)
+        for k, cand in enumerate(cands):
+            for u in cand.utterances:
+                labels[index[dedup_key(u["text"])]] = k
+        return labels
+
+    def majority(cand) -> tuple[str, int]:
+        return Counter(true_of[index[dedup_key(u["text"])]] for u in cand.utterances).most_common(
+            1
+        )[0]
+
+    m = cluster_metrics(labels_of(written), true_of, held)
+    recovered_files: dict[str, str] = {}
+    for cand in sorted(written, key=lambda c: -majority(c)[1]):
+        top, n = majority(cand)
+        if cand.distinct >= 5 and n / cand.distinct >= 0.7 and top in held:
+            if top not in recovered_files.values():
+                recovered_files[cand.name] = top
+    result["discovery"] = {
+        "candidates_written": len(written),
+        "flagged_existing": [
+            {
+                "name": c.name,
+                "belongs_to": c.belongs_to,
+                "size": c.distinct,
+                "majority": majority(c),
+            }
+            for c in discovery.candidates
+            if c.belongs_to
+        ],
+        "recovered": sorted(recovered_files.values()),
+        "recovered_share": len(recovered_files) / len(held),
+        "acc": m["acc"],
+        "nmi": m["nmi"],
+        "ari": m["ari"],
+        "noise_share": m["noise_share"],
+        "held_out_covered_share": m["held_out_covered_share"],
+        "all_clusters_recovered_share": cluster_metrics(
+            labels_of(discovery.candidates), true_of, held
+        )["recovered_share"],
+        "names": {c.name: majority(c)[0] for c in written},
+    }
+    print(
+        f"seed {seed}: discovery "
+        + json.dumps({k: v for k, v in result["discovery"].items() if k != "names"}),
+        flush=True,
+    )
+
+    # k-means with the true K on the frozen embeddings of the held-out utterances
+    held_texts = [t for t, k in zip(traffic.texts, true_of, strict=True) if k in held]
+    x_held = embed(clf, held_texts, "backbone", cfg.batch_size, desc="held-out (k-means)")
+    result["kmeans_true_k"] = kmeans_reference(
+        x_held, [k for k in true_of if k in held], len(held), seed
+    )
+    print(f"seed {seed}: k-means {result['kmeans_true_k']}", flush=True)
+    if not args.no_e2e and recovered_files:
+        result["end_to_end"] = end_to_end(
+            workdir, registry, out, recovered_files, split, raw, seed, args.add_epochs
+        )
+    return result
+
+
+# ---- scale ----------------------------------------------------------------------------------------
+def cluster_timing(n: int, seed: int = 0) -> dict:
+    """Seconds community detection and HDBSCAN take on `n` unit vectors in 384 dimensions
+    (200 seeded Gaussian groups, the default parameters of each)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((200, 384))
+    x = centres[rng.integers(0, 200, n)] + 0.8 * rng.standard_normal((n, 384))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    out = {"n": n}
+    for method in ("community", "hdbscan"):
+        started = time.perf_counter()
+        cluster(x, DiscoverConfig(method=method))
+        out[f"{method}_s"] = round(time.perf_counter() - started, 1)
+        print(f"  clustering {n} points with {method}: {out[f'{method}_s']} s", flush=True)
+    out["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    return out
+
+
+FILLERS = "please thanks now quickly today asap hey ok so um actually again".split()
+
+
+def scale_traffic(raw: dict, n: int, distinct: int, seed: int) -> list[str]:
+    """`n` utterances, `distinct` of them different: CLINC150's non-test utterances and seeded
+    perturbations of them (a filler word added, a word dropped, two neighbours swapped), each
+    used at least once, the rest repeated with Zipf-like frequencies as real traffic repeats."""
+    rng = random.Random(f"scale-{seed}")
+    pool = [t for split in ("train", "val", "oos_train", "oos_val") for t, _ in raw[split]]
+    seen, out = set(), []
+    for t in pool:
+        if dedup_key(t) not in seen and len(out) < distinct:
+            seen.add(dedup_key(t))
+            out.append(t)
+    while len(out) < distinct:
+        words = rng.choice(pool).split()
+        for _ in range(rng.randint(1, 3)):
+            op = rng.random()
+            if op < 0.5:
+                words.insert(rng.randint(0, len(words)), rng.choice(FILLERS))
+            elif op < 0.75 and len(words) > 2:
+                words.pop(rng.randrange(len(words)))
+            elif len(words) > 1:
+                j = rng.randrange(len(words) - 1)
+                words[j], words[j + 1] = words[j + 1], words[j]
+        text = " ".join(words)
+        if dedup_key(text) not in seen:
+            seen.add(dedup_key(text))
+            out.append(text)
+    rng.shuffle(out)
+    weights = [1 / (rank + 1) ** 0.8 for rank in range(len(out))]
+    rows = out + rng.choices(out, weights=weights, k=max(n - len(out), 0))
+    rng.shuffle(rows)
+    return rows
+
+
+def run_scale(args: argparse.Namespace, raw: dict, registry: Registry) -> dict:
+    """The whole `intent-ci discover` command on args.scale utterances, in a child process."""
+    import resource
+    import subprocess
+
+    workdir = Path(args.workdir) / "scale"
+    workdir.mkdir(parents=True, exist_ok=True)
+    texts = scale_traffic(raw, args.scale, args.scale_distinct or args.scale, 0)
+    path = workdir / "traffic.txt"
+    path.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    cmd = [
+        sys.executable,
+        "-m",
+        "intent_ci.cli",
+        "discover",
+        "--registry",
+        str(registry.root),
+        "--release",
+        "latest",
+        "--traffic",
+        str(path),
+        "--out",
+        str(workdir / "out"),
+        "--force",
+    ]
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
+    wall = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    if proc.returncode != 0:
+        raise SystemExit(f"scale run failed: {proc.stderr[-2000:]}")
+    summary = json.loads((workdir / "out" / "candidates.json").read_text())
+    return {
+        "utterances": len(texts),
+        "torch_threads_env": os.environ.get("OMP_NUM_THREADS"),
+        "distinct": summary["traffic"]["distinct"],
+        "candidates_distinct": summary["considered"]["candidates_distinct"],
+        "candidates": len(summary["candidates"]),
+        "wall_s": round(wall, 1),
+        "peak_rss_mb": round(peak, 1),
+        "cpu_count": os.cpu_count(),
+        "load_average_before": [round(v, 2) for v in load_before],
+        "load_average_after": [round(v, 2) for v in os.getloadavg()],
+        "stdout": proc.stdout.strip().splitlines()[:3],
+        "within_10_min": wall <= 600,
+        "within_4_gb": peak <= 4096,
+    }
+
+
+ANCHORS = {
+    "frozen all-mpnet-base-v2 + k-means, Banking77 (true K)": {"acc": 64, "nmi": 81, "ari": 54},
+    "USNID, CLINC150, 75% of intents known": {"acc": 90.4, "nmi": 96.4, "ari": 86.8},
+}
+
+
+def floors(result: dict) -> list[dict]:
+    seeds = result["seeds"]
+    out = []
+    rec = [s["discovery"]["recovered_share"] for s in seeds]
+    out.append(
+        {
+            "floor": ">= 80% of held-out intents recovered (defaults, no K)",
+            "values": rec,
+            "met": bool(rec) and all(r >= 0.8 for r in rec),
+        }
+    )
+    aris = [(s["discovery"]["ari"] or 0, s["kmeans_true_k"]["ari"]) for s in seeds]
+    out.append(
+        {
+            "floor": "ARI on covered held-out utterances >= k-means with true K",
+            "values": aris,
+            "met": bool(aris) and all(a >= k for a, k in aris),
+        }
+    )
+    gaps = [s["end_to_end"]["gap_points"] for s in seeds if "end_to_end" in s]
+    out.append(
+        {
+            "floor": "end-to-end accuracy on recovered intents within 5 points of true labels",
+            "values": gaps,
+            "met": bool(gaps) and all(g <= 5 for g in gaps),
+        }
+    )
+    scale = result.get("scale")
+    out.append(
+        {
+            "floor": "100,000 utterances in <= 10 min and <= 4 GB on this machine",
+            "values": [scale["wall_s"], scale["peak_rss_mb"]] if scale else None,
+            "met": bool(scale) and scale["within_10_min"] and scale["within_4_gb"],
+        }
+    )
+    return out
+
+
+def pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}"
+
+
+def markdown(result: dict, out: Path) -> str:
+    lines = [
+        "# Intent discovery on CLINC150 (`intent-ci discover`)",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Date: {result['date']}; backbone {result['backbone']}; base releases: 120 intents, "
+        f"{BASE_SHOTS} train utterances each, {result['base_epochs']} epoch(s); traffic: "
+        f"{TRAFFIC_SHOTS} held-back train utterances of each of the 150 intents + oos_train + "
+        f"oos_val. Seeds run: {', '.join(str(s['seed']) for s in result['seeds'])}. "
+        f"Results: `{out.with_suffix('.json').name}`.",
+        "",
+        "## Floors",
+        "",
+        "| floor | values (per seed) | met |",
+        "|---|---|---|",
+    ]
+    for f in result["floors"]:
+        lines.append(f"| {f['floor']} | {f['values']} | {'yes' if f['met'] else '**no**'} |")
+    lines += [
+        "",
+        "## Per seed (shipped defaults)",
+        "",
+        "| seed | held-out rejected | known rejected | recovered | ACC | NMI | ARI | noise in candidates | k-means true K ACC / NMI / ARI |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for s in result["seeds"]:
+        r, d, k = s["rejection"], s["discovery"], s["kmeans_true_k"]
+        lines.append(
+            f"| {s['seed']} | {pct(r['held_out_rejected_share'])}% | {pct(r['known_rejected_share'])}% | "
+            f"{len(d['recovered'])}/30 | {pct(d['acc'])} | {pct(d['nmi'])} | {pct(d['ari'])} | "
+            f"{pct(d['noise_share'])}% | {pct(k['acc'])} / {pct(k['nmi'])} / {pct(k['ari'])} |"
+        )
+    lines += ["", "Published anchors (quoted, not rerun):", ""]
+    for name, v in ANCHORS.items():
+        lines.append(f"- {name}: ACC {v['acc']} / NMI {v['nmi']} / ARI {v['ari']}")
+    e2e = [s for s in result["seeds"] if "end_to_end" in s]
+    if e2e:
+        lines += [
+            "",
+            "## End to end: add-intent with the discovered files vs the true labels",
+            "",
+            "| seed | intents | test utterances | discovered files | true labels | gap (points) | old intents (discovered / true) |",
+            "|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for s in e2e:
+            e = s["end_to_end"]
+            lines.append(
+                f"| {s['seed']} | {len(s['discovery']['recovered'])} | {e['test_utterances']} | "
+                f"{pct(e['discovered']['new_intents_test_accuracy'])} | "
+                f"{pct(e['true_labels']['new_intents_test_accuracy'])} | {e['gap_points']:.1f} | "
+                f"{pct(e['discovered']['old_intents_test_accuracy'])} / {pct(e['true_labels']['old_intents_test_accuracy'])} |"
+            )
+    if result.get("method_choice"):
+        lines += [
+            "",
+            "## Method choice on the val split (frozen embeddings, no rejection step)",
+            "",
+            "| method | similarity | min size | dims | recovered | ARI | noise |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in result["method_choice"]["summary"]:
+            lines.append(
+                f"| {r['method']} | {r.get('similarity', '')} | {r.get('min_cluster_size', '')} | "
+                f"{r.get('hdbscan_dims', '')} | {pct(r['recovered_share'])}% | {pct(r['ari'])} | {pct(r['noise_share'])}% |"
+            )
+    if result["seeds"]:
+        lines += [
+            "",
+            "## Features and method on the traffic's candidates (mean over seeds)",
+            "",
+            "| features | method | similarity | min size | dims | recovered | ARI | noise |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        groups: dict = {}
+        for s in result["seeds"]:
+            for r in s["ablation"]:
+                key = (
+                    r["features"],
+                    r["method"],
+                    r.get("similarity", ""),
+                    r.get("min_cluster_size", ""),
+                    r.get("hdbscan_dims", ""),
+                )
+                groups.setdefault(key, []).append(r)
+        for key, rows in sorted(
+            groups.items(), key=lambda kv: -np.mean([r["recovered_share"] for r in kv[1]])
+        ):
+            lines.append(
+                "| "
+                + " | ".join(str(k) for k in key)
+                + f" | {pct(np.mean([r['recovered_share'] for r in rows]))}% | "
+                f"{pct(np.mean([r['ari'] or 0 for r in rows]))} | {pct(np.mean([r['noise_share'] for r in rows]))}% |"
+            )
+    if result.get("cluster_timing"):
+        t = result["cluster_timing"]
+        lines += [
+            "",
+            f"Clustering time on {t['n']} synthetic 384-dimensional points: community detection "
+            f"{t['community_s']} s, HDBSCAN {t['hdbscan_s']} s (load average {t['load_average']}).",
+        ]
+    if result["seeds"] and "margin_ablation" in result["seeds"][0]:
+        lines += [
+            "",
+            "## Which accepted utterances to add: max_margin (default features and clustering)",
+            "",
+            "| max_margin | candidates | recovered | ARI | noise |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for k, row in enumerate(result["seeds"][0]["margin_ablation"]):
+            rows = [s["margin_ablation"][k] for s in result["seeds"]]
+            lines.append(
+                f"| {row['max_margin']} | {np.mean([r['candidates'] for r in rows]):.0f} | "
+                f"{pct(np.mean([r['recovered_share'] for r in rows]))}% | "
+                f"{pct(np.mean([r['ari'] or 0 for r in rows]))} | "
+                f"{pct(np.mean([r['noise_share'] for r in rows]))}% |"
+            )
+    sc = result.get("scale")
+    if sc:
+        lines += [
+            "",
+            "## Scale",
+            "",
+            f"`intent-ci discover` on {sc['utterances']} utterances ({sc['distinct']} distinct, "
+            f"{sc['candidates_distinct']} considered, {sc['candidates']} candidates): "
+            f"{sc['wall_s']:.0f} s wall, peak memory {sc['peak_rss_mb']:.0f} MB, "
+            f"{sc['cpu_count']} CPU cores; load average before {sc['load_average_before']}, after "
+            f"{sc['load_average_after']} (the cores were shared with other jobs).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seeds = result["seeds"]
+    if not seeds:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    names = ["recovered", "ACC", "NMI", "ARI"]
+    ours = [np.mean([s["discovery"]["recovered_share"] for s in seeds])] + [
+        np.mean([s["discovery"][k] or 0 for s in seeds]) for k in ("acc", "nmi", "ari")
+    ]
+    km = [np.mean([s["kmeans_true_k"]["recovered_share"] for s in seeds])] + [
+        np.mean([s["kmeans_true_k"][k] for s in seeds]) for k in ("acc", "nmi", "ari")
+    ]
+    xs = np.arange(len(names))
+    axes[0].bar(xs - 0.2, ours, 0.4, label="discover (no K, after rejection)")
+    axes[0].bar(xs + 0.2, km, 0.4, label="k-means, true K, perfect rejection")
+    axes[0].axhline(0.8, color="red", lw=0.8, ls="--")
+    axes[0].set_xticks(xs, names)
+    axes[0].set_ylim(0, 1)
+    axes[0].legend(fontsize=8)
+    axes[0].set_title(f"Held-out intents, mean of {len(seeds)} seed(s)")
+    groups: dict = {}
+    for s in seeds:
+        for r in s["ablation"]:
+            if r["method"] == "community":
+                groups.setdefault(r["features"], {}).setdefault(r["similarity"], []).append(
+                    r["recovered_share"]
+                )
+    for features, by_sim in groups.items():
+        sims = sorted(by_sim)
+        axes[1].plot(
+            sims, [np.mean(by_sim[v]) for v in sims], marker="o", label=f"{features} features"
+        )
+    axes[1].set_xlabel("community detection similarity")
+    axes[1].set_ylabel("held-out intents recovered")
+    axes[1].legend(fontsize=8)
+    axes[1].set_title("Ablation on the traffic (not test)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="CLINC150 data_full.json")
+    parser.add_argument("--backbone", default=PACKAGED_MINILM)
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument(
+        "--scale-seed", type=int, default=0, help="whose base release the timing run uses"
+    )
+    parser.add_argument(
+        "--base-epochs",
+        type=int,
+        default=1,
+        help="epochs of the base releases (the shipped init default is 4; 1 fits a shared CPU)",
+    )
+    parser.add_argument("--workdir", default=str(REPO / "runs" / "discover"))
+    parser.add_argument("--prepare-only", action="store_true", help="train the base releases only")
+    parser.add_argument(
+        "--choose-only", action="store_true", help="only the method choice on val (no release)"
+    )
+    parser.add_argument("--no-e2e", action="store_true", help="skip the add-intent comparison")
+    parser.add_argument(
+        "--add-epochs", type=int, default=None, help="add_intent_epochs of the end-to-end arms"
+    )
+    parser.add_argument(
+        "--scale", type=int, default=100_000, help="utterances of the timing run (0: skip)"
+    )
+    parser.add_argument(
+        "--scale-distinct",
+        type=int,
+        default=None,
+        help="distinct utterances among --scale (default: all distinct, the worst case)",
+    )
+    parser.add_argument(
+        "--cluster-timing",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time community detection and HDBSCAN on N synthetic points (0: skip)",
+    )
+    parser.add_argument(
+        "--seeds-from",
+        nargs="*",
+        default=[],
+        metavar="JSON",
+        help="take the per-seed results from earlier results files instead of running seeds",
+    )
+    parser.add_argument(
+        "--scale-from", metavar="JSON", help="take the timing run from an earlier results file"
+    )
+    parser.add_argument("--out", default=str(REPO / "scripts" / "results" / "bench_discover"))
+    args = parser.parse_args()
+    from intent_ci.cli import _quiet_libraries
+
+    _quiet_libraries()
+    raw = load_raw(Path(args.data))
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if args.choose_only:
+        choice = choose_method(raw, args.backbone, [100, 101, 102])
+        (workdir / "method_choice.json").write_text(json.dumps(choice, indent=1))
+        return
+    result: dict = {
+        "command": " ".join(["python scripts/bench_discover.py", *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d"),
+        "backbone": args.backbone,
+        "base_epochs": args.base_epochs,
+        "config": asdict(DiscoverConfig()),
+        "seeds": [],
+    }
+    choice = workdir / "method_choice.json"
+    if choice.is_file():
+        result["method_choice"] = json.loads(choice.read_text())
+    partial = workdir / "partial.json"
+    for path in args.seeds_from:
+        earlier = json.loads(Path(path).read_text())
+        result["seeds"] += earlier["seeds"]
+        result.setdefault("merged_from", []).append({"file": path, "command": earlier["command"]})
+    if args.scale_from:
+        earlier = json.loads(Path(args.scale_from).read_text())
+        result["scale"] = earlier["scale"]
+        result.setdefault("merged_from", []).append(
+            {"file": args.scale_from, "command": earlier["command"]}
+        )
+    for seed in [] if args.seeds_from or args.scale_from else args.seeds:
+        if args.prepare_only:
+            split = seed_split(raw, seed)
+            registry, _ = base_release(workdir, split, args.backbone, seed, args.base_epochs)
+            print(f"seed {seed}: base {registry.root}", flush=True)
+            continue
+        result["seeds"].append(run_seed(args, raw, seed))
+        partial.write_text(json.dumps(result, indent=1, default=str))
+    if args.prepare_only:
+        return
+    if args.scale and not args.scale_from:
+        split = seed_split(raw, args.scale_seed)
+        base, _ = base_release(workdir, split, args.backbone, args.scale_seed, args.base_epochs)
+        registry = calibrated_base(workdir, base, split, raw, args.scale_seed)
+        result["scale"] = run_scale(args, raw, registry)
+        print(f"scale: {result['scale']}", flush=True)
+    if args.cluster_timing:
+        result["cluster_timing"] = cluster_timing(args.cluster_timing)
+    result["floors"] = floors(result)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    out.with_suffix(".md").write_text(markdown(result, out))
+    plot(result, out.with_suffix(".png"))
+    print(markdown(result, out))
+
+
+if __name__ == "__main__":
+    main()

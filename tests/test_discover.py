@@ -1,0 +1,430 @@
+"""intent-ci discover: reading traffic, clustering, naming, output files, the whole command."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from intent_ci.config import NAME_PATTERN, DiscoverConfig, load_discover_config
+from intent_ci.discover import (
+    CANDIDATES_JSON,
+    Discovery,
+    cluster,
+    ctfidf_keywords,
+    dedup_key,
+    describe,
+    make_name,
+    read_traffic,
+    write_candidates,
+)
+from intent_ci.errors import IntentCIError
+
+
+# ---- reading traffic -----------------------------------------------------------------------------
+def test_reads_every_format_and_folds_exact_duplicates(tmp_path):
+    import datasets
+
+    folder = tmp_path / "traffic"
+    folder.mkdir()
+    (folder / "a.txt").write_text("Where is my refund?\nwhere is my  refund\n\nhi there\n")
+    (folder / "b.csv").write_text('text,other\n"refund, where is it",1\nhi there!,2\n')
+    (folder / "c.jsonl").write_text(
+        json.dumps({"text": "card lost"}) + "\n" + json.dumps({"text": "CARD LOST."}) + "\n"
+    )
+    datasets.Dataset.from_dict({"text": ["parquet row", "card lost"]}).to_parquet(
+        str(folder / "d.parquet")
+    )
+    (folder / "notes.md").write_text("not traffic")
+    traffic = read_traffic(folder, progress=False)
+    assert traffic.total == 9
+    got = dict(zip(traffic.texts, traffic.counts, strict=True))
+    assert got == {
+        "Where is my refund?": 2,
+        "hi there": 2,
+        "refund, where is it": 1,
+        "card lost": 3,
+        "parquet row": 1,
+    }
+    assert len(traffic.files) == 4
+
+
+def test_serve_log_rows_without_text_are_skipped_and_counted(tmp_path, caplog):
+    log = tmp_path / "traffic-0001.jsonl"
+    row = {"timestamp": "2026-01-01T00:00:00Z", "release": "v2", "intent": "card_lost"}
+    rows = [
+        {**row, "text": "i lost my card", "confidence": 0.9, "in_scope": True, "score": 9.0},
+        {**row, "text_sha256": "ab" * 32, "confidence": 0.2, "in_scope": False, "score": 1.0},
+        {**row, "text": None, "confidence": 0.2, "in_scope": False, "score": 1.0},
+    ]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with caplog.at_level("WARNING"):
+        traffic = read_traffic([log], progress=False)
+    assert traffic.texts == ["i lost my card"]
+    assert traffic.redacted == 2
+    assert "skipped 2 redacted" in caplog.text
+
+
+def test_a_log_still_being_written_loses_only_its_half_row(tmp_path, caplog):
+    log = tmp_path / "traffic-1.jsonl"
+    log.write_text(json.dumps({"text": "hello there", "release": "v1"}) + '\n{"text": "hal')
+    with caplog.at_level("WARNING"):
+        traffic = read_traffic([log], progress=False)
+    assert traffic.texts == ["hello there"] and "incomplete last line" in caplog.text
+
+
+def test_over_long_utterances_are_skipped_and_counted(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("short one\n" + "x" * 60 + "\n")
+    traffic = read_traffic(path, max_chars=50, progress=False)
+    assert traffic.texts == ["short one"] and traffic.too_long == 1
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("empty.txt", b"", r"empty\.txt: traffic file is empty"),
+        ("blank.txt", b"\n  \n", r"blank\.txt: traffic file is empty"),
+        ("bad.txt", b"fine\n\xff\xfe broken\n", r"bad\.txt:2: not valid UTF-8"),
+        (
+            "wrong.csv",
+            b"utterance,x\nhello,1\n",
+            r"wrong\.csv: missing column `text`; found utterance, x",
+        ),
+        (
+            "wrong.jsonl",
+            b'{"query": "hello"}\n',
+            r"wrong\.jsonl: missing column `text`; found query",
+        ),
+        ("bad.parquet", b"PAR1 this is not parquet", r"bad\.parquet: unreadable Parquet file"),
+        ("number.jsonl", b'{"text": 5}\n', r"number\.jsonl:1: `text` must be a string"),
+        ("broken.jsonl", b'{"text": "a"\n', r"broken\.jsonl:1: not valid JSON"),
+    ],
+)
+def test_bad_traffic_names_the_file(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(IntentCIError, match=message):
+        read_traffic([path], progress=False)
+
+
+def test_bad_traffic_paths(tmp_path):
+    with pytest.raises(IntentCIError, match="no such file or folder"):
+        read_traffic([tmp_path / "missing.txt"], progress=False)
+    (tmp_path / "x.docx").write_text("a")
+    with pytest.raises(IntentCIError, match=r"x\.docx: unknown traffic file type"):
+        read_traffic([tmp_path / "x.docx"], progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(IntentCIError, match="no traffic files in this folder"):
+        read_traffic([tmp_path / "empty"], progress=False)
+
+
+def test_dedup_key_ignores_case_spacing_and_punctuation():
+    assert dedup_key("Where's my  REFUND?!") == dedup_key("where's my refund")
+    assert dedup_key("where is my refund") != dedup_key("wheres my refund")
+    assert dedup_key("???") == "???"  # nothing but punctuation keeps its own key
+
+
+# ---- config ----------------------------------------------------------------------------------------
+def test_config_rejects_bad_values_and_unknown_keys(tmp_path):
+    with pytest.raises(IntentCIError, match=r"`discover.min_cluster_size`: must be >= 3"):
+        DiscoverConfig(min_cluster_size=2)
+    with pytest.raises(IntentCIError, match=r"`discover.method`: expected community"):
+        DiscoverConfig(method="kmeans")
+    path = tmp_path / "d.yaml"
+    path.write_text("discover:\n  similarty: 0.6\n")
+    with pytest.raises(
+        IntentCIError, match=r"unknown key `discover.similarty`. Did you mean `similarity`"
+    ):
+        load_discover_config(path)
+    path.write_text("discover:\n  min_score: fast\n")
+    with pytest.raises(IntentCIError, match=r"`discover.min_score`: expected a number"):
+        load_discover_config(path)
+    path.write_text("discover:\n  similarity: 0.6\n  min_score: 3\n")
+    cfg = load_discover_config(path)
+    assert cfg.similarity == 0.6 and cfg.min_score == 3.0
+
+
+# ---- clustering and naming ------------------------------------------------------------------------
+def blobs(
+    sizes: list[int], dim: int = 16, spread: float = 0.05, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors around orthogonal centres, plus labels; size 1 entries are isolated noise."""
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for k, n in enumerate(sizes):
+        centre = np.zeros(dim)
+        centre[k] = 1.0
+        xs.append(centre + spread * rng.standard_normal((n, dim)))
+        ys += [k] * n
+    x = np.concatenate(xs).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True), np.array(ys)
+
+
+@pytest.mark.parametrize("method", ["community", "hdbscan", "agglomerative"])
+def test_each_method_finds_the_groups_and_leaves_noise_out(method):
+    x, y = blobs([12, 9, 7, 1, 1, 1])
+    labels = cluster(x, DiscoverConfig(method=method, min_cluster_size=5, hdbscan_dims=8))
+    for k in range(3):
+        found = set(labels[y == k].tolist())
+        assert len(found) == 1 and found != {-1}, (method, k, labels)
+    assert (labels[y >= 3] == -1).all()
+    assert len(set(labels[labels >= 0].tolist())) == 3
+
+
+def test_agglomerative_refuses_what_it_cannot_hold():
+    x = np.zeros((20_001, 2), dtype=np.float32)
+    with pytest.raises(IntentCIError, match="agglomerative clustering of 20001"):
+        cluster(x, DiscoverConfig(method="agglomerative"))
+
+
+def test_ctfidf_keywords_prefer_words_that_set_a_class_apart():
+    docs = [
+        ["my card was stolen", "stolen card please block", "card stolen yesterday"],
+        ["where is my card refund", "refund for my card", "card refund status"],
+    ]
+    words = ctfidf_keywords(docs, 2)
+    assert words[0][0] == "stolen" and words[1][0] == "refund"
+
+
+@pytest.mark.parametrize(
+    "keywords, taken, expected",
+    [
+        (["refund", "card", "late"], set(), "refund_card"),
+        (["refund", "card", "late"], {"refund_card"}, "refund_card_late"),
+        (["refund", "card"], {"refund_card"}, "refund_card_2"),
+        (["Oos"], set(), "oos_2"),  # oos is always taken: make_name gets it from describe()
+        ([], set(), "candidate_2"),
+        (["café", "ünïcode"], set(), "caf_n_code"),
+    ],
+)
+def test_make_name(keywords, taken, expected):
+    taken = set(taken) | {"oos"}
+    name = make_name(keywords, taken, 2)
+    assert name == expected and NAME_PATTERN.match(name)
+
+
+def test_describe_orders_by_size_folds_near_duplicates_and_flags_existing_intents():
+    x, y = blobs([6, 8], spread=0.02)
+    texts = [f"stolen card {i}" for i in range(6)] + [f"weather today {i}" for i in range(8)]
+    counts = np.array([5] + [1] * 5 + [1] * 8)
+    labels = y.copy()
+    protos = {"card_lost": x[:6].mean(axis=0) / np.linalg.norm(x[:6].mean(axis=0))}
+    cfg = DiscoverConfig(near_duplicate=0.999, belongs_similarity=0.8)
+    cands = describe(texts, counts, x, labels, ["card_lost"] * 14, protos, [], ["card_lost"], cfg)
+    assert [c.size for c in cands] == [10, 8]  # by traffic occurrences, not distinct utterances
+    stolen, weather = cands
+    assert stolen.belongs_to == "card_lost" and stolen.nearest_similarity > 0.99
+    assert weather.belongs_to is None and weather.nearest_similarity < 0.5
+    assert stolen.utterances[0] == {"text": "stolen card 0", "count": 5, "near_duplicate_of": None}
+    assert 3 <= len(weather.representatives) <= 5
+    assert set(weather.name.split("_")) == {"today", "weather"}
+    assert stolen.name not in ("card_lost", "oos") and NAME_PATTERN.match(stolen.name)
+
+
+# ---- writing ---------------------------------------------------------------------------------------
+def test_out_folder_is_not_overwritten_without_force(tmp_path):
+    out = tmp_path / "candidates"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    empty = Discovery(
+        "v1",
+        {
+            "files": [],
+            "rows": 0,
+            "utterances": 0,
+            "distinct": 0,
+            "redacted_skipped": 0,
+            "too_long_skipped": 0,
+        },
+        {
+            "distinct": 0,
+            "rejected_distinct": 0,
+            "rejected": 0,
+            "low_margin_or_score_distinct": 0,
+            "candidates_distinct": 0,
+            "candidates": 0,
+        },
+        {},
+        message="nothing rejected",
+    )
+    with pytest.raises(IntentCIError, match="folder exists and is not empty; pass --force"):
+        write_candidates(empty, out)
+    with pytest.raises(IntentCIError, match="not a discover output"):
+        write_candidates(empty, out, force=True)
+    assert (out / "mine.txt").read_text() == "keep me"
+    fresh = tmp_path / "fresh"
+    assert write_candidates(empty, fresh) == [CANDIDATES_JSON, "report.md"]
+    assert not list(fresh.glob("*.txt"))
+    assert write_candidates(empty, fresh, force=True) == [CANDIDATES_JSON, "report.md"]
+    assert re.search("nothing rejected", (fresh / "report.md").read_text())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+# ---- the whole command on a tiny release ------------------------------------------------------------
+def _has_rejection() -> bool:
+    from intent_ci.release import IntentClassifier
+
+    return hasattr(IntentClassifier, "scores") and hasattr(IntentClassifier, "threshold")
+
+
+needs_rejection = pytest.mark.skipif(
+    not _has_rejection(), reason="needs out-of-scope rejection (issue 14) in IntentClassifier"
+)
+
+
+def _traffic_folder(root, data_dir):
+    """New-intent utterances (some repeated), known-intent ones, and a redacted serve-log row."""
+    folder = root / "traffic"
+    folder.mkdir()
+    new = (data_dir / "new" / "report_damage.txt").read_text().splitlines()
+    known = (data_dir / "test" / "card_lost.txt").read_text().splitlines()
+    (folder / "a.txt").write_text("\n".join(new + new[:5] + known) + "\n")
+    row = {
+        "timestamp": "t",
+        "release": "v2",
+        "intent": "card_lost",
+        "confidence": 0.3,
+        "in_scope": False,
+        "score": 1.0,
+        "text_sha256": "00" * 32,
+    }
+    (folder / "log.jsonl").write_text(
+        json.dumps(row) + "\n" + json.dumps({**row, "text": new[0]}) + "\n"
+    )
+    return folder, new
+
+
+@needs_rejection
+def test_discover_command_writes_candidates_add_intent_accepts(
+    tmp_path, trained_registry, data_dir
+):
+    import shutil
+
+    from intent_ci.cli import main
+    from intent_ci.data import read_examples
+    from intent_ci.registry import Registry
+
+    registry = tmp_path / "adapters"
+    shutil.copytree(trained_registry, registry)
+    folder, new = _traffic_folder(tmp_path, data_dir)
+    config = tmp_path / "discover.yaml"
+    # every accepted utterance is a candidate (margin < 1): the tiny model's rejections are not
+    # what this test is about; a loose similarity so that its random features form clusters
+    config.write_text(
+        "discover:\n  max_margin: 1.0\n  similarity: 0.3\n  features: release\n"
+        "  belongs_similarity: 1.0\n"
+    )
+    out = tmp_path / "candidates"
+    args = [
+        "discover",
+        "--registry",
+        str(registry),
+        "--traffic",
+        str(folder),
+        "--out",
+        str(out),
+        "--config",
+        str(config),
+    ]
+    assert main(args) == 0
+    summary = json.loads((out / CANDIDATES_JSON).read_text())
+    assert summary["traffic"]["redacted_skipped"] == 1
+    assert summary["traffic"]["utterances"] == len(new) + 5 + 10 + 1
+    cands = summary["candidates"]
+    assert cands, "the tiny release's traffic should form at least one candidate"
+    assert [c["size"] for c in cands] == sorted((c["size"] for c in cands), reverse=True)
+    txt = sorted(p.name for p in out.glob("*.txt"))
+    assert txt == sorted(c["file"] for c in cands if c["file"])
+    assert txt == sorted(summary["files"]["candidates"])
+    names = [c["name"] for c in cands]
+    assert len(set(names)) == len(names)
+    for c in cands:
+        assert NAME_PATTERN.match(c["name"]) and c["name"] not in (
+            "oos",
+            *Registry(registry).manifest("v2")["intents"],
+        )
+        assert 3 <= len(c["representatives"]) <= 5
+        assert c["distinct"] == len(c["utterances"]) >= 5
+        assert c["nearest_intent"] in Registry(registry).manifest("v2")["intents"]
+        assert -1 <= c["nearest_similarity"] <= 1
+        lines = (out / c["file"]).read_text().splitlines()
+        assert lines == [u["text"] for u in c["utterances"]]
+    repeated = [u for c in cands for u in c["utterances"] if u["text"] == new[0]]
+    assert not repeated or repeated[0]["count"] == 3  # twice in a.txt, once in the log
+    assert (out / "report.md").read_text().startswith("# Intent discovery on release v2")
+    assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
+    # exactly what add-intent reads
+    first = out / txt[0]
+    assert main(["add-intent", "--data", str(first), "--registry", str(registry)]) == 0
+    assert Path(first).stem in Registry(registry).manifest("v3")["new_intents"]
+    # an existing --out needs --force; with it, the folder is replaced
+    assert main(args) == 2
+    flagged = tmp_path / "flagged.yaml"
+    flagged.write_text(
+        config.read_text().replace("belongs_similarity: 1.0", "belongs_similarity: 0.01")
+    )
+    assert main([*args[:-1], str(flagged), "--release", "v2", "--force"]) == 0
+    assert not list(out.glob("*.txt"))  # every candidate sits near an existing intent
+    examples = read_examples(out / "existing_intent_examples.csv")
+    assert set(examples.intents) <= set(Registry(registry).manifest("v2")["intents"])
+
+
+@needs_rejection
+def test_nothing_rejected_says_so(tmp_path, tiny_backbone, data_dir, capsys):
+    from intent_ci.cli import main
+    from intent_ci.config import ReleaseConfig, apply_overrides
+    from intent_ci.pipeline import init_release
+    from tests.conftest import tiny_overrides
+
+    config = apply_overrides(
+        ReleaseConfig(),
+        tiny_overrides(tiny_backbone, oos={"enabled": False}, train={"epochs": 1}),
+        source="test",
+    )
+    init_release(data_dir / "base", tmp_path / "adapters", config)
+    settings = tmp_path / "d.yaml"
+    settings.write_text("discover:\n  max_margin: 0.0\n")
+    out = tmp_path / "out"
+    code = main(
+        [
+            "discover",
+            "--registry",
+            str(tmp_path / "adapters"),
+            "--traffic",
+            str(data_dir / "test"),
+            "--out",
+            str(out),
+            "--config",
+            str(settings),
+        ]
+    )
+    assert code == 0
+    assert "nothing rejected" in capsys.readouterr().out
+    assert not list(out.glob("*.txt")) and not (out / "report.png").exists()
+    assert json.loads((out / CANDIDATES_JSON).read_text())["candidates"] == []
+
+
+def test_cli_bad_traffic_exits_2_naming_the_file(tmp_path, capsys):
+    from intent_ci.cli import main
+
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    code = main(
+        [
+            "discover",
+            "--registry",
+            str(tmp_path / "none"),
+            "--traffic",
+            str(empty),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"{empty}: traffic file is empty" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
