@@ -60,10 +60,6 @@ HEAD_WEIGHTS = "head.safetensors"
 LABELS = "labels.json"
 RELEASE_FILES = (ADAPTER_WEIGHTS, ADAPTER_CONFIG, HEAD_WEIGHTS, LABELS, REPLAY_FILE)
 """The files every intent-ci release holds besides its manifest."""
-OPTIONAL_FILES = (CALIBRATION_FILE,)
-"""Files a release holds when its manifest says so (``oos.calibration.file``)."""
-PRIVATE_FILES = (REPLAY_FILE, CALIBRATION_FILE)
-"""Files that hold training utterances: left out by ``push --no-replay``."""
 
 
 def library_versions() -> dict[str, str]:
@@ -836,20 +832,27 @@ class IntentClassifier:
         return (self.oos or {}).get("score") or self.release.config.oos.score
 
     def _encode(self, texts: list[str]) -> dict[str, list[list[int]]]:
-        if isinstance(texts, str):
-            raise IntentCIError("predict() takes a list of utterances, not a single string")
+        """Token ids of `texts`, cut to ``model.max_length``; a warning counts the rows cut."""
         max_length = self.release.config.model.max_length
-        encoded = self.tokenizer(list(texts), truncation=False)
-        cut = sum(1 for ids in encoded["input_ids"] if len(ids) > max_length)
+        encoded = dict(self.tokenizer(list(texts), truncation=False))
+        cut = [i for i, ids in enumerate(encoded["input_ids"]) if len(ids) > max_length]
         if cut:
             logger.warning(
                 "%d of %d utterances are longer than %d tokens (model.max_length) and were "
                 "truncated to it",
-                cut,
+                len(cut),
                 len(texts),
                 max_length,
             )
-        return self.tokenizer(list(texts), truncation=True, max_length=max_length)
+            # Only the long rows are encoded again, with the tokenizer's own truncation (which
+            # keeps the end-of-sequence token).
+            short = self.tokenizer([texts[i] for i in cut], truncation=True, max_length=max_length)
+            for key in encoded:
+                column = list(encoded[key])
+                for row, value in zip(cut, short[key], strict=True):
+                    column[row] = value
+                encoded[key] = column
+        return encoded
 
     @torch.inference_mode()
     def _forward(self, texts: list[str], batch_size: int, pooled: bool) -> torch.Tensor:
