@@ -1142,8 +1142,8 @@ class DiscoverConfig:
             "with the square of the candidates, so it refuses more than 20,000). On the CLINC150 "
             "val split community detection (similarity 0.65) recovered 92.2% of held-out intents, "
             "HDBSCAN 93.3% (one intent more of 90) with four times the noise; community detection "
-            "is chunked matrix products, scikit-learn's HDBSCAN a minimum spanning tree that was "
-            "slower on 25,000 candidates (scripts/results/bench_discover.md)."
+            "is chunked matrix products, scikit-learn's HDBSCAN a minimum spanning tree whose "
+            "cost grows with the square of the candidates (scripts/results/bench_discover.md)."
         },
     )
     similarity: float = field(

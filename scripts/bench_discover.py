@@ -625,7 +625,7 @@ ANCHORS = {
 def floors(result: dict) -> list[dict]:
     seeds = result["seeds"]
     out = []
-    rec = [s["discovery"]["recovered_share"] for s in seeds]
+    rec = [round(s["discovery"]["recovered_share"], 3) for s in seeds]
     out.append(
         {
             "floor": ">= 80% of held-out intents recovered (defaults, no K)",
@@ -633,7 +633,9 @@ def floors(result: dict) -> list[dict]:
             "met": bool(rec) and all(r >= 0.8 for r in rec),
         }
     )
-    aris = [(s["discovery"]["ari"] or 0, s["kmeans_true_k"]["ari"]) for s in seeds]
+    aris = [
+        (round(s["discovery"]["ari"] or 0, 3), round(s["kmeans_true_k"]["ari"], 3)) for s in seeds
+    ]
     out.append(
         {
             "floor": "ARI on covered held-out utterances >= k-means with true K",
@@ -641,7 +643,7 @@ def floors(result: dict) -> list[dict]:
             "met": bool(aris) and all(a >= k for a, k in aris),
         }
     )
-    gaps = [s["end_to_end"]["gap_points"] for s in seeds if "end_to_end" in s]
+    gaps = [round(s["end_to_end"]["gap_points"], 2) for s in seeds if "end_to_end" in s]
     out.append(
         {
             "floor": "end-to-end accuracy on recovered intents within 5 points of true labels",
@@ -675,6 +677,16 @@ def markdown(result: dict, out: Path) -> str:
         f"oos_val. Seeds run: {', '.join(str(s['seed']) for s in result['seeds'])}. "
         f"Results: `{out.with_suffix('.json').name}`.",
         "",
+        *(
+            [
+                "Merged from: "
+                + "; ".join(f"`{m['file']}` (`{m['command']}`)" for m in result["merged_from"])
+                + ".",
+                "",
+            ]
+            if result.get("merged_from")
+            else []
+        ),
         "## Floors",
         "",
         "| floor | values (per seed) | met |",
