@@ -136,7 +136,8 @@ def resolve_pair(registry: Registry, candidate: str, baseline: str | None) -> tu
         raise IntentCIError(
             f"candidate and baseline are both {cand}; compare two different releases"
         )
-    comparable_intents(registry, cand, base, retired_in_line(registry, cand))
+    role = "baseline" if source != "production alias" else "baseline (the production alias)"
+    comparable_intents(registry, cand, base, retired_in_line(registry, cand), role=role)
     return cand, base, source
 
 

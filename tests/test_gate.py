@@ -299,7 +299,7 @@ def test_also_against_adds_baselines(drifted, gate_data, tmp_path):
     assert "### Old intents against other releases" in (out / "report.md").read_text()
 
 
-def test_production_alias_is_the_default_baseline(registry_copy, gate_data, tmp_path):
+def test_production_alias_is_the_default_baseline(registry_copy, gate_data, tmp_path, capsys):
     out = tmp_path / "reports"
     assert main(["alias", "set", "production", "v2", "--registry", str(registry_copy)]) == 0
     assert check(registry_copy, "v3", gate_data / "test", out) == 1
@@ -311,6 +311,14 @@ def test_production_alias_is_the_default_baseline(registry_copy, gate_data, tmp_
     assert (read_report(out)["baseline"], read_report(out)["baseline_source"]) == ("v1", "parent")
     assert check(registry_copy, "v3", gate_data / "test", out, "--baseline", "v1") == 1
     assert read_report(out)["baseline_source"] == "--baseline"
+    capsys.readouterr()
+    refused(
+        capsys,
+        args(registry_copy, gate_data / "test", tmp_path / "none", "v1"),
+        tmp_path / "none",
+        r"candidate v1 does not predict 1 intent\(s\) of baseline \(the production alias\) v2 "
+        r"\(refund_status\)",
+    )
 
 
 def test_a_retire_release_is_gateable(registry_copy, gate_data, tmp_path):
