@@ -87,10 +87,9 @@ def _read_overrides(path: str | None) -> dict[str, Any]:
     return values
 
 
-def cmd_add_intent(args: argparse.Namespace) -> int:
-    from intent_ci.pipeline import add_intents
-
-    release = add_intents(
+def _child_job(args: argparse.Namespace, job: Any) -> int:
+    """Run `add_intents` or `update_release` from the parsed flags and report the release."""
+    release = job(
         args.data,
         _writable_registry(args),
         args.from_release,
@@ -100,21 +99,18 @@ def cmd_add_intent(args: argparse.Namespace) -> int:
     )
     _report_release(args.registry, release)
     return EXIT_OK
+
+
+def cmd_add_intent(args: argparse.Namespace) -> int:
+    from intent_ci.pipeline import add_intents
+
+    return _child_job(args, add_intents)
 
 
 def cmd_update(args: argparse.Namespace) -> int:
     from intent_ci.pipeline import update_release
 
-    release = update_release(
-        args.data,
-        _writable_registry(args),
-        args.from_release,
-        overrides=_read_overrides(args.config),
-        overrides_source=args.config or "overrides",
-        eval_data=args.eval_data,
-    )
-    _report_release(args.registry, release)
-    return EXIT_OK
+    return _child_job(args, update_release)
 
 
 def _update_lines(manifest: dict) -> list[str]:
