@@ -394,7 +394,8 @@ def write_report(result: dict, out: Path) -> None:
         f"its own process, `--threads {result['threads']}`; the in-process baseline also runs "
         f"{result['threads']} torch thread(s); clients: a lean asyncio HTTP/1.1 client in this process, on the same cores. 1-minute load "
         f"average {result['load_before']:.1f} before and {result['load_after']:.1f} after "
-        f"(2 cores: other jobs shared the machine). {result['wall_s']:.0f} s in all.",
+        f"({'2 cores: other jobs shared the machine' if max(result['load_before'], result['load_after']) > 1.5 else 'a quiet machine'}). "
+        f"{result['wall_s']:.0f} s in all.",
         "",
         "## In-process baseline (`IntentClassifier.predict`)",
         "",
