@@ -23,6 +23,7 @@ from intent_ci.data import (
 )
 from intent_ci.errors import IntentCIError
 from intent_ci.gate import (
+    DECISION_RULES,
     golden_rows,
     judge,
     moved_rows,
@@ -269,6 +270,16 @@ def run_check(
         drift = rule_drift(
             None, cfg, drift_name, skipped=f"the candidate {cand_name} is its line's base release"
         )
+    elif drift_name == base_name and line[1:2] == [drift_name]:
+        # One release from the drift release, which is also the baseline: the line's cost is this
+        # release's cost, and old_accuracy (under `decision`) judges it.
+        drift = rule_drift(
+            None,
+            cfg,
+            drift_name,
+            skipped=f"{cand_name} is one release from {drift_name}, the baseline: old_accuracy "
+            "judges that release's cost",
+        )
     else:
         drift_intents = comparable_intents(reg, cand_name, drift_name, retired)
         drift = rule_drift(paired(drift_name, drift_intents), cfg, drift_name)
@@ -351,11 +362,8 @@ def run_check(
             f"{100 * (1 - cfg.alpha):.0f}% bounds)",
             "per_intent_correction": cfg.per_intent_correction,
             "rule": (
-                "old_accuracy, drift and also_against fail when the drop exceeds their budget "
-                "(max_drop, max_drift) and p <= alpha"
-                if cfg.decision == "significant"
-                else "old_accuracy, drift and also_against pass only when the upper one-sided "
-                "bound of the drop is below their budget (max_drop, max_drift)"
+                f"old_accuracy and also_against: {DECISION_RULES[cfg.decision].format('max_drop')}"
+                f"; drift: {DECISION_RULES[cfg.drift_decision].format('max_drift')}"
             )
             + "; per_intent fails when drop > per_intent_max_drop and the corrected p <= alpha",
         },

@@ -21,9 +21,11 @@ otherwise the candidate's parent) has the *old* intents; the candidate's other i
    utterances must reach ``min_new_intent_accuracy`` on its own, and the pooled accuracy over
    all new intents ``min_new_accuracy``. An intent with fewer utterances is named as not judged.
 5. **confusions**: where newly broken old-intent utterances went. Reported, never failing.
-6. **drift**: what the whole release line has cost: the same decision as old_accuracy, with
-   its own budget ``max_drift``, against the line's base release (or another given release),
-   on that release's intents. Each release can pass against its parent while the line drifts.
+6. **drift**: what the whole release line has cost, against the line's base release (or another
+   given release), on that release's intents, with its own budget ``max_drift`` and its own
+   ``drift_decision`` (default ``upper_bound``: fail when the drop is significant and its upper
+   bound is not below ``max_drift``). Each release can pass against its parent while the line
+   drifts.
 7. **also_against**: old_accuracy and per_intent against each extra baseline asked for.
 8. **retired**: for a release made by ``retire``, the retired intents are not old intents; the
    test utterances labelled with them are reported with where the candidate sends them now.
@@ -87,22 +89,51 @@ def format_points(points: float) -> str:
     return f"{points + 0.0:.1f}" if round(points, 1) != 0 else "0.0"
 
 
+# Each decision in words; ``{}`` is the budget's name or value.
+DECISION_RULES = {
+    "significant": "fail when the drop exceeds {} points and an exact one-sided McNemar test is "
+    "significant at alpha",
+    "upper_bound": "fail when an exact one-sided McNemar test is significant at alpha and the "
+    "one-sided 1 - alpha upper bound of the drop is not below {} points",
+    "non_inferiority": "pass only when the one-sided 1 - alpha upper bound of the drop is below "
+    "{} points",
+}
+
+
 def drop_decision(
-    drop_points: float, ci_high_points: float, p_value: float, budget: float, cfg: GateConfig
+    drop_points: float,
+    ci_high_points: float,
+    p_value: float,
+    budget: float,
+    cfg: GateConfig,
+    decision: str | None = None,
 ) -> tuple[bool, str]:
-    """Whether a paired drop fails its budget under ``cfg.decision``, and the reason in words.
+    """Whether a paired drop fails its budget, and the reason in words.
 
     ``significant``: fail when ``drop > budget`` and McNemar ``p <= alpha``.
-    ``non_inferiority``: pass only when the one-sided ``1 - alpha`` upper bound of the drop
-    (``ci_high_points``) is below ``budget``.
+    ``upper_bound``: fail when McNemar ``p <= alpha`` and the one-sided ``1 - alpha`` upper bound
+    of the drop (``ci_high_points``) is not below ``budget``.
+    ``non_inferiority``: pass only when that upper bound is below ``budget``.
+
+    Args:
+        decision: one of the two; default ``cfg.decision`` (the drift rule passes
+            ``cfg.drift_decision``).
     """
-    if cfg.decision == "non_inferiority":
-        bound = (
-            f"its one-sided {100 * (1 - cfg.alpha):g}% upper bound {format_points(ci_high_points)}"
-        )
+    decision = decision or cfg.decision
+    bound = f"its one-sided {100 * (1 - cfg.alpha):g}% upper bound {format_points(ci_high_points)}"
+    if decision == "non_inferiority":
         if ci_high_points < budget:
             return False, f"{bound} is below {budget:g} points"
         return True, f"{bound} is not below {budget:g} points (non-inferiority not shown)"
+    if decision == "upper_bound":
+        significant = p_value <= cfg.alpha
+        if ci_high_points < budget:
+            return False, ""
+        if significant:
+            return True, (
+                f"significant at {cfg.alpha:g} and {bound} is not below {budget:g} points"
+            )
+        return False, f"{bound} is not below {budget:g} points but the drop is not significant"
     large, significant = drop_points > budget, p_value <= cfg.alpha
     if large and significant:
         return True, f"larger than {budget:g} points and significant at {cfg.alpha:g}"
@@ -121,10 +152,12 @@ def _drop_rule(
     *,
     against: str | None,
     what: str = "old intents",
+    decision: str | None = None,
 ) -> RuleResult:
+    decision = decision or cfg.decision
     drop = 100.0 * old["drop"]
     low, high = 100.0 * old["ci_low"], 100.0 * old["ci_high"]
-    failed, why = drop_decision(drop, high, old["p_value"], budget, cfg)
+    failed, why = drop_decision(drop, high, old["p_value"], budget, cfg, decision)
     summary = (
         f"{what} {100 * old['baseline_accuracy']:.1f}% -> {100 * old['candidate_accuracy']:.1f}% "
         f"on {old['n']} utterances: drop {format_points(drop)} points "
@@ -150,7 +183,7 @@ def _drop_rule(
             "p_value": old["p_value"],
             budget_field: budget,
             "alpha": cfg.alpha,
-            "decision": cfg.decision,
+            "decision": decision,
             "drop_larger_than_max": drop > budget,
             "significant": old["p_value"] <= cfg.alpha,
         },
@@ -175,7 +208,8 @@ def rule_old_accuracy(
 def rule_drift(
     stats: dict[str, Any] | None, cfg: GateConfig, against: str, skipped: str | None = None
 ) -> RuleResult:
-    """Accuracy on `against`'s intents (the line's base by default), within ``max_drift``.
+    """Accuracy on `against`'s intents (the line's base by default), within ``max_drift``,
+    decided by ``drift_decision``.
 
     Args:
         stats: paired statistics of the candidate against `against`, with `against`'s intents
@@ -198,6 +232,7 @@ def rule_drift(
         cfg,
         against=against,
         what=f"{against}'s intents",
+        decision=cfg.drift_decision,
     )
 
 

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from intent_ci.gate import format_p, format_pct, format_points
+from intent_ci.gate import DECISION_RULES, format_p, format_pct, format_points
 
 logger = logging.getLogger(__name__)
 
@@ -61,20 +61,22 @@ def _title(rule: dict[str, Any]) -> str:
     return title
 
 
+def _decided(decision: str, budget: float, alpha: float) -> str:
+    return (
+        DECISION_RULES[decision]
+        .format(f"{budget:g}")
+        .replace("1 - alpha", f"{100 * (1 - alpha):g}%")
+        .replace("alpha", f"{alpha:g}")
+    )
+
+
 def _rule_text(cfg: dict[str, Any], report: dict[str, Any]) -> str:
     """The decision rules in one paragraph, with the thresholds of this run."""
-    if cfg["decision"] == "non_inferiority":
-        drop = (
-            f"old-intent accuracy passes only when the one-sided {100 * (1 - cfg['alpha']):g}% upper "
-            f"bound of its drop is below {cfg['max_drop']:g} points ({cfg['max_drift']:g} for the "
-            "drift from the line's base)"
-        )
-    else:
-        drop = (
-            f"old-intent accuracy fails when the drop exceeds {cfg['max_drop']:g} points "
-            f"({cfg['max_drift']:g} for the drift from the line's base) and an exact one-sided "
-            f"McNemar test is significant at {cfg['alpha']:g}"
-        )
+    drop = (
+        f"old-intent accuracy: {_decided(cfg['decision'], cfg['max_drop'], cfg['alpha'])}; the "
+        "drift from the line's base: "
+        + _decided(cfg.get("drift_decision", cfg["decision"]), cfg["max_drift"], cfg["alpha"])
+    )
     return (
         f"Rules: {drop}; an intent fails when its drop exceeds {cfg['per_intent_max_drop']:g} "
         "points and its "

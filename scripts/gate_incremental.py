@@ -101,7 +101,7 @@ def main() -> None:
     result: dict = {
         "workdir": str(workdir),
         "gate_config": GateConfig().__dict__,
-        "command": "python scripts/gate_incremental.py",
+        "command": " ".join(["python scripts/gate_incremental.py", *sys.argv[1:]]),
         "checks": [],
     }
     for protocol in sorted(p.name for p in workdir.iterdir() if p.name.startswith("P")):
@@ -155,8 +155,10 @@ def markdown(r: dict) -> str:
         "",
         "`intent-ci check` with the default GateConfig on the registries that "
         "`scripts/bench_incremental.py` left in `runs/incremental/`, on the CLINC150 test split "
-        "(the candidate's intents, 30 utterances each). Produced by "
-        "`python scripts/gate_incremental.py`.",
+        f"(the candidate's intents, 30 utterances each). Produced by `{r['command']}`. "
+        "The drift column is the default drift rule (`drift_decision: upper_bound`, `max_drift` "
+        "2 points) against the line's base; `-` where it is skipped (one release from the "
+        "baseline, which old_accuracy judges).",
         "",
         f"intent-ci releases passed: **{b['intent_ci_passed']} of {b['intent_ci_checks']}**; "
         f"naive fine-tuning releases failed: **{b['naive_failed']} of {b['naive_checks']}**.",

@@ -3,7 +3,8 @@
 
 `intent-ci check` decides old_accuracy (and drift) from paired predictions: of n old-intent
 test utterances, `broken` ones the baseline got right and the candidate gets wrong, `fixed` ones
-the other way round. This script computes, for both values of `GateConfig.decision`, the
+the other way round. This script computes, for every value of `GateConfig.decision` (and of
+`drift_decision`, which takes the same values), the
 probability that a candidate passes as a function of its true drop, from 0 to 3 x max_drop, at
 the test-set sizes the gate meets:
 
@@ -23,7 +24,7 @@ both through the gate's own decision function (`intent_ci.gate.drop_decision`) o
 intent_regression metric's McNemar p-value and Bonett-Price interval. The new-intent floor's
 false-fail probability is a binomial tail, computed exactly.
 
-    python scripts/gate_oc.py              # about a minute on 2 CPU cores
+    python scripts/gate_oc.py              # about 10 minutes on 2 CPU cores
 
 Writes scripts/results/gate_oc.{json,md,png}.
 """
@@ -192,7 +193,8 @@ def main() -> None:
     result = {
         "command": " ".join(["python scripts/gate_oc.py", *sys.argv[1:]]),
         "gate_config": {
-            k: getattr(base, k) for k in ("max_drop", "alpha", "decision", "max_drift")
+            k: getattr(base, k)
+            for k in ("max_drop", "alpha", "decision", "max_drift", "drift_decision")
         },
         "model": "each old-intent utterance independently fixed with probability c and broken "
         "with probability c + d (true drop d); c measured or 2%",
@@ -275,9 +277,9 @@ def plot(r: dict, path: Path) -> None:
     from matplotlib.figure import Figure
 
     cfg = r["gate_config"]
-    fig = Figure(figsize=(10, 4.2), dpi=110)
+    fig = Figure(figsize=(4.6 * len(DECISIONS), 4.2), dpi=110)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2, sharey=True)
+    axes = fig.subplots(1, len(DECISIONS), sharey=True)
     colors = dict(zip(SIZES, ("#d62728", "#1f77b4", "#2ca02c"), strict=True))
     for ax, decision in zip(axes, DECISIONS, strict=True):
         for x in r["curves"]:
@@ -298,10 +300,10 @@ def plot(r: dict, path: Path) -> None:
         ax.grid(color="#eeeeee", lw=0.6)
         ax.tick_params(labelsize=8)
     axes[0].set_ylabel("P(pass) (%)", fontsize=9)
-    axes[1].legend(fontsize=7, loc="upper right", frameon=False)
+    axes[-1].legend(fontsize=7, loc="upper right", frameon=False)
     fig.suptitle(
-        f"Pass probability of old_accuracy vs the true drop (max_drop = {cfg['max_drop']:g}, "
-        f"alpha = {cfg['alpha']:g})",
+        f"Pass probability of old_accuracy (and drift) vs the true drop (budget = "
+        f"{cfg['max_drop']:g}, alpha = {cfg['alpha']:g})",
         fontsize=10,
     )
     fig.tight_layout()

@@ -123,6 +123,9 @@ def test_good_release_passes(gate_registry, gate_data, tmp_path, capsys):
     assert sorted(r["intent"] for r in report["per_intent"]) == BASE_INTENTS
     assert report["new_intents"]["intents"] == [NEW]
     assert report["config"]["max_drop"] == 2.0
+    # One release from the line's base, which is the baseline: old_accuracy judges its cost.
+    drift = _rule(report, "drift")
+    assert drift["status"] == "skipped" and "v2 is one release from v1" in drift["summary"]
 
     # The report's paired numbers are the releases' own predictions, example by example.
     test = read_examples(gate_data / "test")
@@ -253,31 +256,47 @@ def test_drift_fails_a_release_that_passes_against_its_parent(drifted, gate_data
     assert drift["against"] == "v1" and report["drift"]["line"] == [release, "v3", "v1"]
     # v1's intents less the retired card_lost: 3 x 30 utterances.
     assert drift["details"]["n"] == 3 * N_TEST and drift["details"]["drop_points"] > 50
-    assert "v1's intents" in drift["summary"] and "larger than 2 points" in drift["summary"]
+    assert drift["details"]["decision"] == "upper_bound"
+    assert "v1's intents" in drift["summary"] and "not below 2 points" in drift["summary"]
     markdown = (out / "report.md").read_text(encoding="utf-8")
     assert "**Drift from the line's base (`v1`)**" in markdown.split("| rule |")[0]
     assert f"line: v1 → v3 → {release}" in markdown
     capsys.readouterr()
 
-    # Its own budget: a drift within max_drift passes.
+    # Its own budget: a drift within max_drift passes (here all of v1's intents are lost, so
+    # only a significant-decision budget of 100 points lets it through).
     config = tmp_path / "gate.yaml"
-    config.write_text(yaml.safe_dump({"gate": {"max_drift": 100.0}}), encoding="utf-8")
+    config.write_text(
+        yaml.safe_dump({"gate": {"max_drift": 100.0, "drift_decision": "significant"}}),
+        encoding="utf-8",
+    )
     assert check(registry, release, data, out, "--config", config) == 0
     assert _rule(read_report(out), "drift")["status"] == "pass"
     # Against a given release: the parent, from which nothing drifted.
     assert check(registry, release, data, out, "--drift-against", "v3") == 0
     assert _rule(read_report(out), "drift")["against"] == "v3"
-    # non_inferiority decides the same here: the bound of a 0-broken drop is below 2 points.
-    config.write_text(yaml.safe_dump({"gate": {"decision": "non_inferiority"}}), encoding="utf-8")
+    # drift_decision: significant decides the same here (a drop of over 50 points is both), and
+    # decision: non_inferiority leaves the parent check passing (the bound of a 0-broken drop is
+    # below 2 points).
+    config.write_text(
+        yaml.safe_dump({"gate": {"drift_decision": "significant", "decision": "non_inferiority"}}),
+        encoding="utf-8",
+    )
     assert check(registry, release, data, out, "--config", config) == 1
-    assert read_report(out)["failed_rules"] == ["drift"]
+    report = read_report(out)
+    assert report["failed_rules"] == ["drift"]
+    assert "larger than 2 points" in _rule(report, "drift")["summary"]
+    assert _rule(report, "old_accuracy")["details"]["decision"] == "non_inferiority"
 
 
 def test_also_against_adds_baselines(drifted, gate_data, tmp_path):
     registry, release = drifted
     out = tmp_path / "reports"
     config = tmp_path / "gate.yaml"
-    config.write_text(yaml.safe_dump({"gate": {"max_drift": 100.0}}), encoding="utf-8")
+    config.write_text(
+        yaml.safe_dump({"gate": {"max_drift": 100.0, "drift_decision": "significant"}}),
+        encoding="utf-8",
+    )
     code = check(
         registry,
         release,

@@ -332,6 +332,16 @@ def test_drop_decision_is_the_same_function_for_both_rules():
     ni = GateConfig(decision="non_inferiority")
     assert drop_decision(0.0, 2.0, 1.0, 2.0, ni)[0] is True  # bound must be strictly below
     assert drop_decision(1.9, 1.99, 0.0, 2.0, ni)[0] is False
+    # upper_bound: significant AND the bound not below the budget, whatever the point estimate.
+    ub = GateConfig(decision="upper_bound")
+    assert drop_decision(1.5, 2.5, 1e-9, 2.0, ub)[0] is True
+    assert drop_decision(1.5, 2.5, 0.2, 2.0, ub)[0] is False  # bound high, not significant
+    assert drop_decision(1.5, 1.9, 1e-9, 2.0, ub)[0] is False  # significant, bound below
+    assert drop_decision(1.5, 2.0, 0.05, 2.0, ub)[0] is True  # both at their edges
+    # The drift rule passes its own decision, whatever cfg.decision says.
+    assert drop_decision(1.5, 2.5, 1e-9, 2.0, cfg, "non_inferiority")[0] is True
+    assert drop_decision(1.5, 2.5, 1e-9, 2.0, cfg, "upper_bound")[0] is True
+    assert drop_decision(1.5, 2.5, 1e-9, 2.0, ni, "significant")[0] is False
 
 
 def test_confusions_list_where_broken_utterances_went():
@@ -370,7 +380,11 @@ def test_gate_config_defaults_and_overrides(tmp_path):
         ),
         (
             {"gate": {"decision": "strict"}},
-            r"config field `gate.decision`: expected one of significant, non_inferiority; got 'strict'",
+            r"config field `gate.decision`: expected one of significant, non_inferiority, upper_bound; got 'strict'",
+        ),
+        (
+            {"gate": {"drift_decision": "always"}},
+            r"config field `gate.drift_decision`: expected one of significant, non_inferiority, upper_bound; got 'always'",
         ),
         (
             {"gate": {"max_drift": -1}},
@@ -517,9 +531,49 @@ def test_default_rules_fail_the_recorded_p1_chain_only_through_drift():
         else:
             assert (row["candidate"], row["baseline"]) == ("v6", "v1")
             drift = rule_drift(stats, cfg, "v1")
-            assert drift.status == "fail" and "larger than 2 points" in drift.summary
-            assert rule_drift(stats, GateConfig(decision="non_inferiority"), "v1").status == "fail"
+            assert drift.status == "fail" and "not below 2 points" in drift.summary
+            significant = rule_drift(stats, GateConfig(drift_decision="significant"), "v1")
+            assert significant.status == "fail" and "larger than 2 points" in significant.summary
     assert sum(r["against"] == "parent" for r in rows) == 5
+
+
+def test_default_drift_rule_fails_the_rerun_p1_line_that_significant_lets_through():
+    """scripts/results/gate_p1_rerun/: the P1 line made with the current recipe. Every release
+    passes against its parent; v6 has lost 1.82 points on v1's intents (69 broken, 28 fixed of
+    2,250, 90% CI 1.10 to 2.54). That is under max_drift, so a `significant` drift rule passes
+    it; the default `drift_decision: upper_bound` fails it: the loss is significant and the data
+    cannot show it is below 2 points."""
+    import json
+    from pathlib import Path
+
+    from intent_ci.gate import rule_drift, rule_old_accuracy
+
+    results = (
+        Path(__file__).resolve().parents[1]
+        / "scripts"
+        / "results"
+        / "gate_p1_rerun"
+        / "gate_incremental_p1.json"
+    )
+    rows = json.loads(results.read_text(encoding="utf-8"))["checks"]
+    cfg = GateConfig()
+    against_base = [r for r in rows if r["against"] != "parent"]
+    assert [(r["candidate"], r["baseline"]) for r in against_base] == [("v6", "v1")]
+    for row in rows:
+        cand, base, refs, old = _paired_from_counts(
+            row["old_intents"], row["old_baseline_accuracy"], row["broken"], row["fixed"]
+        )
+        stats = paired_statistics(cand, base, refs, old, cfg)
+        assert (stats["old"]["broken"], stats["old"]["fixed"]) == (row["broken"], row["fixed"])
+        if row["against"] == "parent":
+            assert rule_old_accuracy(stats, cfg).status == "pass", row
+            continue
+        assert 100 * stats["old"]["drop"] == pytest.approx(1.82, abs=0.005)
+        drift = rule_drift(stats, cfg, "v1")
+        assert drift.status == "fail" and drift.details["decision"] == "upper_bound"
+        assert drift.details["ci_points"][1] > 2 > drift.details["drop_points"]
+        assert "significant at 0.05 and its one-sided 95% upper bound 2.5" in drift.summary
+        assert rule_drift(stats, GateConfig(drift_decision="significant"), "v1").status == "pass"
 
 
 # ---- out-of-scope rows ------------------------------------------------------------------------
