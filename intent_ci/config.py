@@ -1190,6 +1190,17 @@ class DiscoverConfig:
         default=100,
         metadata={"help": "At most this many candidates, the largest; the rest count as noise."},
     )
+    join_similarity: float | None = field(
+        default=None,
+        metadata={
+            "help": "After clustering, a traffic utterance outside every candidate (left "
+            "unclustered, or, with `features: release`, accepted by the release) joins the "
+            "candidate whose centre is most similar to it, when that cosine similarity is at "
+            "least this AND higher than its similarity to every existing intent's centre. The "
+            "candidate files then hold the new intent's utterances that the release answered "
+            "with an old intent, which `add-intent` needs most. None: no joining."
+        },
+    )
     near_duplicate: float = field(
         default=0.95,
         metadata={
@@ -1227,6 +1238,12 @@ class DiscoverConfig:
 
     def __post_init__(self) -> None:
         s = "discover"
+        _check(
+            self.join_similarity is None or -1 <= self.join_similarity <= 1,
+            s,
+            "join_similarity",
+            f"must be a cosine similarity in [-1, 1] or null, got {self.join_similarity}",
+        )
         _check(
             0 <= self.max_margin <= 1, s, "max_margin", f"must be in [0, 1], got {self.max_margin}"
         )

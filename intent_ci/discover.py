@@ -498,6 +498,8 @@ class Candidate:
     name: str
     size: int
     distinct: int
+    joined: int
+    """Distinct utterances that joined after clustering (`DiscoverConfig.join_similarity`)."""
     cohesion: float
     keywords: list[str]
     representatives: list[str]
@@ -553,6 +555,35 @@ def _near_duplicate_groups(x: np.ndarray, counts: np.ndarray, threshold: float) 
     return groups
 
 
+def join_candidates(
+    x: np.ndarray, centres: np.ndarray, known: np.ndarray | None, threshold: float
+) -> np.ndarray:
+    """The candidate each row of `x` joins, or -1.
+
+    A row joins the candidate whose centre is most similar to it when that cosine similarity is
+    at least `threshold` and higher than its similarity to every existing intent's centre.
+
+    Args:
+        x: unit-length embeddings of the utterances outside every candidate.
+        centres: unit-length centres of the candidates, one row each.
+        known: unit-length centres of the existing intents, or None.
+    """
+    if not len(x) or not len(centres):
+        return np.full(len(x), -1, dtype=np.int64)
+    sims = x @ centres.T
+    best = sims.argmax(axis=1)
+    top = sims[np.arange(len(x)), best]
+    ok = top >= threshold
+    if known is not None and len(known):
+        ok &= top > (x @ known.T).max(axis=1)
+    return np.where(ok, best, -1).astype(np.int64)
+
+
+def _centres(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    centres = np.stack([x[labels == c].mean(axis=0) for c in range(k)])
+    return centres / np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+
+
 def describe(
     texts: list[str],
     counts: np.ndarray,
@@ -563,32 +594,40 @@ def describe(
     background: list[list[str]],
     existing: list[str],
     cfg: DiscoverConfig,
+    joined: np.ndarray | None = None,
 ) -> list[Candidate]:
-    """Name and describe each cluster; ordered by size (traffic occurrences), largest first."""
+    """Name and describe each cluster; ordered by size (traffic occurrences), largest first.
+
+    Args:
+        joined: per row, whether it joined its candidate after clustering (`join_candidates`);
+            keywords, representatives and the centre come from the clustered rows only.
+    """
+    joined = np.zeros(len(texts), dtype=bool) if joined is None else joined
     clusters = (
         [np.flatnonzero(labels == k) for k in range(int(labels.max()) + 1)] if len(labels) else []
     )
     clusters = [c for c in clusters if len(c)]
     clusters.sort(key=lambda c: (-int(counts[c].sum()), -len(c), int(c[0])))
+    cores = [c[~joined[c]] for c in clusters]
     keywords = ctfidf_keywords(
-        [[texts[i] for i in c] for c in clusters] + background,
+        [[texts[i] for i in c] for c in cores] + background,
         cfg.keywords,
-        [[int(counts[i]) for i in c] for c in clusters] + [[1] * len(b) for b in background],
+        [[int(counts[i]) for i in c] for c in cores] + [[1] * len(b) for b in background],
     )[: len(clusters)]
     proto_names = list(prototypes)
     proto = np.stack([prototypes[n] for n in proto_names]) if proto_names else None
     taken = set(existing) | {OOS}
     out = []
     for members, words in zip(clusters, keywords, strict=True):
-        xm, cm = x[members], counts[members]
-        centre = xm.mean(axis=0)
+        xm, cm, jm = x[members], counts[members], joined[members]
+        centre = xm[~jm].mean(axis=0)
         centre /= max(np.linalg.norm(centre), 1e-12)
         to_centre = xm @ centre
         cohesion = float(np.average(to_centre, weights=cm))
         groups = _near_duplicate_groups(xm, cm, cfg.near_duplicate)
         # representatives: the spelling most often seen in each near-duplicate group, closest to
-        # the centre first
-        heads = sorted(groups, key=lambda g: -float(to_centre[g[0]]))
+        # the centre first; from the clustered utterances
+        heads = sorted((g for g in groups if not jm[g[0]]), key=lambda g: -float(to_centre[g[0]]))
         picked = [g[0] for g in heads[: cfg.representatives]]
         if len(picked) < 3:  # near duplicates throughout: fill up with the closest others
             rest = [j for j in np.argsort(-to_centre, kind="stable") if j not in picked]
@@ -600,6 +639,7 @@ def describe(
                 "text": texts[members[j]],
                 "count": int(cm[j]),
                 "near_duplicate_of": None if group_of[j] == j else texts[members[group_of[j]]],
+                "joined": bool(jm[j]),
             }
             for j in sorted(range(len(members)), key=lambda j: (-int(cm[j]), -float(to_centre[j])))
         ]
@@ -623,6 +663,7 @@ def describe(
                 name=name,
                 size=total,
                 distinct=len(members),
+                joined=int(jm.sum()),
                 cohesion=round(cohesion, 4),
                 keywords=words,
                 representatives=reps,
@@ -724,17 +765,37 @@ def discover(classifier: Any, traffic: Traffic, cfg: DiscoverConfig | None = Non
         )
         labels = np.array([remap.get(int(c), -1) for c in labels])
     prototypes, exemplars = intent_prototypes(classifier, cfg.features, cfg.batch_size)
-    noise_texts = [cand_texts[i] for i in np.flatnonzero(labels < 0)]
+    rows, joined = chosen, np.zeros(len(chosen), dtype=bool)
+    n_kept = int(labels.max()) + 1 if len(labels) and labels.max() >= 0 else 0
+    if cfg.join_similarity is not None and n_kept:
+        centres = _centres(x, labels, n_kept)
+        known = np.stack(list(prototypes.values())) if prototypes else None
+        labels = labels.copy()
+        noise = np.flatnonzero(labels < 0)
+        labels[noise] = join_candidates(x[noise], centres, known, cfg.join_similarity)
+        joined[noise[labels[noise] >= 0]] = True
+        if scored.features is not None:  # release features: accepted utterances may join too
+            outside = np.setdiff1d(np.arange(len(texts)), chosen)
+            to = join_candidates(scored.features[outside], centres, known, cfg.join_similarity)
+            add = outside[to >= 0]
+            rows = np.concatenate([chosen, add])
+            labels = np.concatenate([labels, to[to >= 0]])
+            x = np.concatenate([x, scored.features[add]])
+            joined = np.concatenate([joined, np.ones(len(add), dtype=bool)])
+        considered["joined_distinct"] = int(joined.sum())
+        considered["joined"] = int(counts[rows[joined]].sum())
+    noise_texts = [texts[rows[i]] for i in np.flatnonzero(labels < 0)]
     result.candidates = describe(
-        cand_texts,
-        cand_counts,
+        [texts[i] for i in rows],
+        counts[rows],
         x,
         labels,
-        [scored.intent[i] for i in chosen],
+        [scored.intent[i] for i in rows],
         prototypes,
         exemplars + ([noise_texts] if noise_texts else []),
         classifier.intents,
         cfg,
+        joined,
     )
     result.noise = int((labels < 0).sum())
     result.plot = {"x": x, "labels": labels, "prototypes": prototypes}
@@ -744,6 +805,11 @@ def discover(classifier: Any, traffic: Traffic, cfg: DiscoverConfig | None = Non
         f"({rejected} rejected): {new} candidate intent(s), "
         f"{len(result.candidates) - new} probably more examples for existing intents, "
         f"{result.noise} left unclustered"
+        + (
+            f"; {considered['joined_distinct']} more joined a candidate after clustering"
+            if considered.get("joined_distinct")
+            else ""
+        )
     )
     return result
 

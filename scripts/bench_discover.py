@@ -532,6 +532,80 @@ def run_seed(args: argparse.Namespace, raw: dict, seed: int) -> dict:
     return result
 
 
+JOIN_GRID = (None, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75)
+
+
+def choose_join(args: argparse.Namespace, raw: dict, seeds: list[int]) -> dict:
+    """`DiscoverConfig.join_similarity` chosen on val traffic, never the benchmark's traffic or
+    test: for each seed's base release, the `val` utterances of all 150 intents plus `oos_val`
+    go through `discover` with every value of JOIN_GRID.
+
+    Rule, fixed before the run: the value with the largest mean usable share (held-out
+    utterances in a candidate matched to their own intent: covered share x ACC), provided the
+    mean noise share stays <= 5% and the mean recovered share does not fall below no joining.
+    """
+    workdir = Path(args.workdir)
+    rows = []
+    for seed in seeds:
+        split = seed_split(raw, seed)
+        held = set(split["held_out"])
+        base, _ = base_release(workdir, split, args.backbone, seed, args.base_epochs)
+        clf = IntentClassifier.load(calibrated_base(workdir, base, split, raw, seed), "latest")
+        val = list(raw["val"]) + [(t, "oos") for t, _ in raw["oos_val"]]
+        path = workdir / f"seed{seed}" / "val_traffic.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(t for t, _ in val) + "\n", encoding="utf-8")
+        traffic = read_traffic(path, progress=False)
+        truth = truth_of(val)
+        true_of = [truth[dedup_key(t)] for t in traffic.texts]
+        index = {dedup_key(t): i for i, t in enumerate(traffic.texts)}
+        for join in JOIN_GRID:
+            discovery = discover(clf, traffic, DiscoverConfig(join_similarity=join))
+            labels = np.full(len(traffic.texts), -1)
+            for k, cand in enumerate(c for c in discovery.candidates if c.belongs_to is None):
+                for u in cand.utterances:
+                    labels[index[dedup_key(u["text"])]] = k
+            m = cluster_metrics(labels, true_of, held)
+            m.pop("recovered")
+            m["usable_share"] = m["held_out_covered_share"] * m.get("acc", 0.0)
+            rows.append({"seed": seed, "join_similarity": join, **m})
+            print(f"  join choice seed {seed}: {rows[-1]}", flush=True)
+    summary = []
+    for join in JOIN_GRID:
+        mine = [r for r in rows if r["join_similarity"] == join]
+        summary.append(
+            {
+                "join_similarity": join,
+                **{
+                    key: float(np.mean([r.get(key, 0.0) for r in mine]))
+                    for key in (
+                        "recovered_share",
+                        "held_out_covered_share",
+                        "acc",
+                        "ari",
+                        "noise_share",
+                        "usable_share",
+                    )
+                },
+            }
+        )
+    none = summary[0]
+    eligible = [
+        x
+        for x in summary
+        if x["noise_share"] <= 0.05 and x["recovered_share"] >= none["recovered_share"]
+    ]
+    chosen = max(eligible, key=lambda x: x["usable_share"]) if eligible else none
+    return {
+        "seeds": seeds,
+        "rule": "largest mean usable share (covered x ACC) with mean noise <= 5% and mean "
+        "recovered share >= no joining",
+        "rows": rows,
+        "summary": summary,
+        "chosen": chosen["join_similarity"],
+    }
+
+
 # ---- scale ----------------------------------------------------------------------------------------
 def cluster_timing(n: int, seed: int = 0) -> dict:
     """Seconds community detection and HDBSCAN take on `n` unit vectors in 384 dimensions
@@ -764,6 +838,28 @@ def markdown(result: dict, out: Path) -> str:
                 f"({e['true_labels']['train_utterances']}) | {e['gap_points']:.1f} | "
                 f"{pct(e['discovered']['old_intents_test_accuracy'])} / {pct(e['true_labels']['old_intents_test_accuracy'])} |"
             )
+    if result.get("join_choice"):
+        jc = result["join_choice"]
+        lines += [
+            "",
+            "## Joining after clustering: `join_similarity`, chosen on val traffic",
+            "",
+            f"Each seed's base release, traffic = the `val` utterances of all 150 intents + "
+            f"`oos_val` (never the benchmark's traffic, never test); mean over seeds "
+            f"{', '.join(map(str, jc['seeds']))}. Rule, fixed before the run: {jc['rule']}. "
+            f"Chosen: **{jc['chosen']}**. Usable = held-out utterances in a candidate matched to "
+            "their own intent (covered x ACC).",
+            "",
+            "| join_similarity | recovered | held-out covered | ACC | ARI | noise | usable |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in jc["summary"]:
+            lines.append(
+                f"| {r['join_similarity'] if r['join_similarity'] is not None else 'none'} | "
+                f"{pct(r['recovered_share'])}% | {pct(r['held_out_covered_share'])}% | "
+                f"{pct(r['acc'])} | {pct(r['ari'])} | {pct(r['noise_share'])}% | "
+                f"{pct(r['usable_share'])}% |"
+            )
     if result.get("method_choice"):
         lines += [
             "",
@@ -910,6 +1006,11 @@ def main() -> None:
     parser.add_argument(
         "--choose-only", action="store_true", help="only the method choice on val (no release)"
     )
+    parser.add_argument(
+        "--choose-join",
+        action="store_true",
+        help="only the choice of join_similarity on val traffic (the seeds' base releases)",
+    )
     parser.add_argument("--no-e2e", action="store_true", help="skip the add-intent comparison")
     parser.add_argument(
         "--add-epochs", type=int, default=None, help="add_intent_epochs of the end-to-end arms"
@@ -952,6 +1053,11 @@ def main() -> None:
         choice = choose_method(raw, args.backbone, [100, 101, 102])
         (workdir / "method_choice.json").write_text(json.dumps(choice, indent=1))
         return
+    if args.choose_join:
+        choice = choose_join(args, raw, args.seeds)
+        (workdir / "join_choice.json").write_text(json.dumps(choice, indent=1))
+        print(f"join_similarity chosen on val: {choice['chosen']}", flush=True)
+        return
     result: dict = {
         "command": " ".join(["python scripts/bench_discover.py", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d"),
@@ -963,6 +1069,9 @@ def main() -> None:
     choice = workdir / "method_choice.json"
     if choice.is_file():
         result["method_choice"] = json.loads(choice.read_text())
+    join_choice = workdir / "join_choice.json"
+    if join_choice.is_file():
+        result["join_choice"] = json.loads(join_choice.read_text())
     partial = workdir / "partial.json"
     for path in args.seeds_from:
         earlier = json.loads(Path(path).read_text())

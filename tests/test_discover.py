@@ -219,10 +219,50 @@ def test_describe_orders_by_size_folds_near_duplicates_and_flags_existing_intent
     stolen, weather = cands
     assert stolen.belongs_to == "card_lost" and stolen.nearest_similarity > 0.99
     assert weather.belongs_to is None and weather.nearest_similarity < 0.5
-    assert stolen.utterances[0] == {"text": "stolen card 0", "count": 5, "near_duplicate_of": None}
+    assert stolen.utterances[0] == {
+        "text": "stolen card 0",
+        "count": 5,
+        "near_duplicate_of": None,
+        "joined": False,
+    }
     assert 3 <= len(weather.representatives) <= 5
     assert set(weather.name.split("_")) == {"today", "weather"}
     assert stolen.name not in ("card_lost", "oos") and NAME_PATTERN.match(stolen.name)
+
+
+def test_join_candidates_needs_the_threshold_and_to_beat_every_existing_intent():
+    from intent_ci.discover import join_candidates
+
+    e = np.eye(4, dtype=np.float32)
+    centres = e[:2]  # two candidates
+    known = e[2:3]  # one existing intent
+    x = np.stack(
+        [
+            e[0],  # on candidate 0
+            0.8 * e[1] + 0.6 * e[3],  # 0.8 to candidate 1
+            0.6 * e[0] + 0.8 * e[2],  # 0.6 to candidate 0 but 0.8 to the existing intent
+            e[3],  # near nothing
+        ]
+    ).astype(np.float32)
+    assert join_candidates(x, centres, known, 0.7).tolist() == [0, 1, -1, -1]
+    assert join_candidates(x, centres, known, 0.9).tolist() == [0, -1, -1, -1]
+    assert join_candidates(x, centres, None, 0.5).tolist() == [0, 1, 0, -1]
+    assert join_candidates(x[:0], centres, known, 0.5).tolist() == []
+
+
+def test_joined_utterances_count_but_do_not_name_or_represent_a_candidate():
+    x, y = blobs([6, 6], spread=0.02)
+    texts = [f"stolen card {i}" for i in range(6)] + [f"weather today {i}" for i in range(6)]
+    texts[5] = "blah blah blah"  # joined after clustering: not a keyword, not a representative
+    joined = np.zeros(12, dtype=bool)
+    joined[5] = True
+    cfg = DiscoverConfig(near_duplicate=0.999, representatives=5)
+    cands = describe(texts, np.ones(12), x, y, ["a"] * 12, {}, [], ["a"], cfg, joined)
+    stolen = next(c for c in cands if "stolen" in c.name)
+    assert stolen.distinct == 6 and stolen.joined == 1 and stolen.size == 6
+    assert "blah" not in stolen.keywords and "blah blah blah" not in stolen.representatives
+    assert [u["joined"] for u in stolen.utterances if u["text"] == "blah blah blah"] == [True]
+    assert sum(u["joined"] for c in cands for u in c.utterances) == 1
 
 
 # ---- writing ---------------------------------------------------------------------------------------
@@ -316,7 +356,7 @@ def test_discover_command_writes_candidates_add_intent_accepts(
     # what this test is about; a loose similarity so that its random features form clusters
     config.write_text(
         "discover:\n  max_margin: 1.0\n  similarity: 0.3\n  features: release\n"
-        "  belongs_similarity: 1.0\n"
+        "  belongs_similarity: 1.0\n  join_similarity: 0.3\n"
     )
     out = tmp_path / "candidates"
     args = [
@@ -337,6 +377,8 @@ def test_discover_command_writes_candidates_add_intent_accepts(
     cands = summary["candidates"]
     assert cands, "the tiny release's traffic should form at least one candidate"
     assert [c["size"] for c in cands] == sorted((c["size"] for c in cands), reverse=True)
+    joined = sum(u["joined"] for c in cands for u in c["utterances"])
+    assert summary["considered"]["joined_distinct"] == joined == sum(c["joined"] for c in cands)
     txt = sorted(p.name for p in out.glob("*.txt"))
     assert txt == sorted(c["file"] for c in cands if c["file"])
     assert txt == sorted(summary["files"]["candidates"])
