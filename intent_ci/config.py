@@ -102,6 +102,16 @@ class ModelConfig:
             "trained features)."
         },
     )
+    head_dense_init: str = field(
+        default="identity",
+        metadata={
+            "help": "How `init` starts the head's dense layer (when there is one): `identity` "
+            "(weight I, bias 0), so the head's first features are tanh of the pooled encoder "
+            "output and the cosine head's starting rows are class means of meaningful features; "
+            "`random`: torch's default Linear initialisation, whose tanh features are a random "
+            "projection of the encoder's view."
+        },
+    )
     cosine_scale: float = field(
         default=30.0,
         metadata={"help": "Logit scale of the cosine head (inverse softmax temperature)."},
@@ -140,6 +150,12 @@ class ModelConfig:
             "model",
             "head",
             f"expected cosine or linear; got {self.head!r}",
+        )
+        _check(
+            self.head_dense_init in ("identity", "random"),
+            "model",
+            "head_dense_init",
+            f"expected identity or random; got {self.head_dense_init!r}",
         )
         _check(
             self.cosine_scale > 0, "model", "cosine_scale", f"must be > 0, got {self.cosine_scale}"
@@ -228,6 +244,16 @@ class TrainConfig:
             "old row stays bit-identical to the parent's. Chosen on the CLINC150 validation split "
             "(P1 final val 96.10 -> 96.50 with replay.neighbour_share 0.1; "
             "scripts/results/sweep_p1_val_cpu/)."
+        },
+    )
+    freeze_dense: bool = field(
+        default=True,
+        metadata={
+            "help": "In add-intent and update, keep the head's dense layer (present with cls "
+            "pooling, see `model.head_dense`) exactly the parent's. The layer feeds every intent's "
+            "logit, so training it would move the old intents' logits even with their rows "
+            "frozen; frozen, old logits move only through LoRA, which distillation and replay "
+            "hold. No effect without a dense layer."
         },
     )
     warmup_ratio: float = field(
@@ -381,7 +407,21 @@ class ReplayConfig:
     )
     selection: str = field(
         default="herding",
-        metadata={"help": "`herding` (exemplars whose mean tracks the class mean) or `random`."},
+        metadata={
+            "help": "`herding` (exemplars whose pooled encoder embeddings have a mean that tracks "
+            "the class mean) or `random`."
+        },
+    )
+    exemplar_features: str = field(
+        default="start",
+        metadata={
+            "help": "Which model's pooled embeddings herding chooses a release's new exemplars "
+            "with: `start`, the model the release starts from (`init`: the frozen encoder; "
+            "add-intent and update: the parent), computed in the feature pass the release makes "
+            "anyway; or `trained`, the release's own trained model, at the cost of one more "
+            "forward pass over the candidate utterances after training. Not yet measured on "
+            "the CLINC150 validation split, so the default is the cheaper one."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -404,6 +444,12 @@ class ReplayConfig:
             "replay",
             "selection",
             f"expected herding or random; got {self.selection!r}",
+        )
+        _check(
+            self.exemplar_features in ("start", "trained"),
+            "replay",
+            "exemplar_features",
+            f"expected start or trained; got {self.exemplar_features!r}",
         )
 
 

@@ -8,6 +8,8 @@
 * The head mirrors `RobertaClassificationHead` (``dense`` -> tanh -> ``out_proj``). With the
   default cosine head, logits are ``scale * cos(feature, row)`` and each row starts at its
   intent's class-mean prototype, so a new intent's row is on the same scale as the old ones.
+  The dense layer (cls pooling) starts as the identity, so those first prototypes are class
+  means of ``tanh(pooled)``, the encoder's own view, not of a random projection of it.
 * :func:`widen_head` adds rows for new intents and copies the old rows exactly.
 """
 
@@ -224,6 +226,18 @@ class IntentHead(nn.Module):
 
     With ``kind="cosine"`` the logits are ``scale * cos(features, out_proj.weight[i])`` and
     ``out_proj`` has no bias; with ``kind="linear"`` they are ``out_proj(features)``.
+
+    ``dense_init="identity"`` starts the dense layer at weight I and bias 0. Why: `init` sets
+    the cosine head's rows to class-mean prototypes of the head's features before any training,
+    and through a random dense layer those features are a random projection of the encoder's
+    output; through the identity they are ``tanh(pooled)``, so the head starts as a
+    nearest-class-mean classifier on the encoder's own embedding (tanh also squashes the few
+    very large hidden dimensions RoBERTa-style encoders have, which would otherwise dominate the
+    cosine). ``"random"`` keeps torch's default `nn.Linear` initialisation. Either way the
+    layer is constructed (and the random generator advanced) the same way.
+
+    Raises:
+        IntentCIError: for an unknown `kind` or `dense_init`, or fewer than one intent.
     """
 
     def __init__(
@@ -233,6 +247,7 @@ class IntentHead(nn.Module):
         *,
         kind: str = "cosine",
         dense: bool = False,
+        dense_init: str = "identity",
         scale: float = 20.0,
         dropout: float = 0.1,
     ) -> None:
@@ -241,11 +256,19 @@ class IntentHead(nn.Module):
             raise IntentCIError(
                 f"config field `model.head`: expected cosine or linear, got {kind!r}"
             )
+        if dense_init not in ("identity", "random"):
+            raise IntentCIError(
+                f"config field `model.head_dense_init`: expected identity or random, got {dense_init!r}"
+            )
         if num_labels < 1:
             raise IntentCIError(f"a head needs at least one intent, got {num_labels}")
         self.kind = kind
         self.scale = scale
         self.dense = nn.Linear(hidden_size, hidden_size) if dense else None
+        if self.dense is not None and dense_init == "identity":
+            with torch.no_grad():
+                nn.init.eye_(self.dense.weight)
+                nn.init.zeros_(self.dense.bias)
         self.dropout = nn.Dropout(dropout)
         self.out_proj = nn.Linear(hidden_size, num_labels, bias=(kind == "linear"))
 
@@ -277,6 +300,7 @@ def build_head(cfg: ModelConfig, hidden_size: int, num_labels: int, pooling: str
         num_labels,
         kind=cfg.head,
         dense=dense,
+        dense_init=cfg.head_dense_init,
         scale=cfg.cosine_scale,
         dropout=cfg.dropout,
     )

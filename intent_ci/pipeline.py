@@ -68,7 +68,9 @@ from intent_ci.replay import (
     select_exemplars,
 )
 from intent_ci.training import (
+    Features,
     compute_features,
+    hold_parent_weights,
     make_loader,
     predict_logits,
     predict_logits_and_pooled,
@@ -173,13 +175,12 @@ def _feature_pass(
     backbone: Backbone,
     accelerator: Accelerator,
     config: ReleaseConfig,
-) -> torch.Tensor:
+) -> Features:
     loader = accelerator.prepare(
         make_loader(tokenized, backbone.tokenizer, config.train.eval_batch_size, shuffle=False)
     )
     model.to(accelerator.device)
-    features, _ = compute_features(model, loader, accelerator)
-    return features
+    return compute_features(model, loader, accelerator)
 
 
 def _preflight(
@@ -451,30 +452,46 @@ def init_release(
     tokenized = tokenize(backbone.tokenizer, texts, targets, config.model.max_length, accelerator)
 
     # One forward pass before training gives both the cosine head's starting rows and the
-    # replay exemplars (LoRA's B matrices are zero, so this is the frozen encoder's view).
+    # replay exemplars (LoRA's B matrices are zero, so this is the frozen encoder's view). The
+    # rows are prototypes of the head's features (through the dense layer, which starts as the
+    # identity: `model.head_dense_init`); exemplars are herded on the pooled embeddings, which
+    # do not depend on how the head was initialised. Without a dense layer the two are equal.
     compute_started = time.perf_counter()
-    features = _feature_pass(model, tokenized, backbone, accelerator, config)
+    start = _feature_pass(model, tokenized, backbone, accelerator, config)
     if config.model.head == "cosine":
         with torch.no_grad():
             model.head.out_proj.weight.copy_(
-                class_prototypes(features, torch.tensor(targets), len(labels))
+                class_prototypes(start.features, torch.tensor(targets), len(labels))
             )
-    replay = select_exemplars(
-        texts,
-        intents,
-        features,
-        config.replay.per_intent,
-        config.replay.selection,
-        config.train.seed,
-    )
+    trained_exemplars = config.replay.exemplar_features == "trained"
+    if not trained_exemplars:
+        replay = select_exemplars(
+            texts,
+            intents,
+            start.pooled,
+            config.replay.per_intent,
+            config.replay.selection,
+            config.train.seed,
+        )
 
     model, stats = train(model, tokenized, backbone.tokenizer, accelerator, config.train)
+    if trained_exemplars:
+        replay = select_exemplars(
+            texts,
+            intents,
+            _feature_pass(model, tokenized, backbone, accelerator, config).pooled,
+            config.replay.per_intent,
+            config.replay.selection,
+            config.train.seed,
+        )
     oos = _calibrate(model, labels, calibration, oos_texts, backbone, accelerator, config)
     metrics: dict[str, Any] = {
         "train": dataclasses.asdict(stats),
         "train_examples": len(texts),
         "calibration_examples": len(held_rows),
-        "forward_only_examples": len(texts),
+        # The feature pass before training, and with `replay.exemplar_features: trained`
+        # the one after it.
+        "forward_only_examples": len(texts) * (2 if trained_exemplars else 1),
         # Feature pass, exemplar choice and training (loading and writing excluded).
         "compute_s": round(time.perf_counter() - compute_started, 2),
         "eval": _evaluate(model, labels, evaluation, labels, backbone, accelerator, config),
@@ -727,8 +744,8 @@ def _child_release(
 
     # The teacher's features of the new utterances start the new head rows (prototypes),
     # give the parent's answers (neighbours, corrections) and choose the replay exemplars.
-    pool_features = _feature_pass(model, tokenized_new, backbone, accelerator, config)
-    features = pool_features[: len(new_texts)]
+    parent_pass = _feature_pass(model, tokenized_new, backbone, accelerator, config)
+    features = parent_pass.features[: len(new_texts)]
     rows = None
     if config.model.head == "cosine" and new_labels:
         fresh = [j for j, t in enumerate(new_targets) if t >= len(old_labels)]
@@ -825,8 +842,9 @@ def _child_release(
     # exactly. Surgery happens before the optimizer and `prepare` exist.
     if new_labels:
         model.head = widen_head(model.head, len(new_labels), rows)
-    for name, p in model.encoder.named_parameters():
-        p.requires_grad_("lora_" in name)
+    # LoRA trains; so do the head's rows (old ones restored by the row freezer) and, unless
+    # `train.freeze_dense`, its dense layer.
+    hold_parent_weights(model, config.train)
 
     scale = config.train.add_intent_lr_scale
     train_cfg = dataclasses.replace(
@@ -855,14 +873,21 @@ def _child_release(
         teacher_rows=teacher_rows,
     )
     # Memory of every intent in the file, chosen over its rows plus, for an updated intent, the
-    # old exemplars it keeps (features from the teacher's pass); corrected utterances first.
+    # old exemplars it keeps, by herding on pooled embeddings (the teacher's pass, or with
+    # `replay.exemplar_features: trained` the trained student's); corrected utterances first.
     keeps = [j for j, (t, i) in enumerate(stored) if t in set(memory.get(i, []))]
     kept = [stored[j] for j in keeps]
     pool = list(range(len(new_texts))) + [len(new_texts) + j for j in keeps]
+    trained_exemplars = config.replay.exemplar_features == "trained"
+    exemplar_pass = (
+        _feature_pass(model, tokenized_new, backbone, accelerator, config)
+        if trained_exemplars
+        else parent_pass
+    )
     new_memory = select_exemplars(
         list(new_texts) + [t for t, _ in kept],
         list(new_intents) + [i for _, i in kept],
-        pool_features[pool],
+        exemplar_pass.pooled[pool],
         config.replay.per_intent,
         config.replay.selection,
         config.train.seed,
@@ -883,9 +908,9 @@ def _child_release(
         "calibration_examples": len(held_rows),
         "replay_examples": len(replay_texts),
         # Forward passes without a backward: the feature pass over the new utterances
-        # (prototypes and exemplar choice) and the teacher's pass over the training set.
-        "forward_only_examples": len(new_texts)
-        + len(stored)
+        # (prototypes and exemplar choice; twice with `replay.exemplar_features: trained`)
+        # and the teacher's pass over the training set.
+        "forward_only_examples": (len(new_texts) + len(stored)) * (2 if trained_exemplars else 1)
         + (len(texts) if use_kd or feature_weight > 0 else 0),
         "feature_weight": round(feature_weight, 4),
         # Old intents the parent predicted for each new intent's utterances (share >=

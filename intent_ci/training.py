@@ -243,24 +243,38 @@ def _model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in batch.items() if k not in ("labels", "index")}
 
 
+class Features(NamedTuple):
+    """What :func:`compute_features` returns, every tensor in dataset row order."""
+
+    features: torch.Tensor  # the head's input features (after the optional dense layer)
+    pooled: torch.Tensor  # the pooled encoder embeddings (before the head)
+    order: torch.Tensor  # the row numbers, sorted
+
+
 @torch.no_grad()
 def compute_features(
     model: IntentModel, loader: DataLoader, accelerator: Accelerator, *, desc: str = "features"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Head-input features and row indices of every example, sharded then gathered on all ranks.
+) -> Features:
+    """Head-input features and pooled embeddings of every example, from one forward pass.
 
-    `loader` must already be prepared; `model` is used as is (not wrapped).
+    Sharded over processes, then gathered on all ranks. Without a dense layer the two are the
+    same values (the head's dropout is off in eval mode). `loader` must already be prepared;
+    `model` is used as is (not wrapped).
     """
     model.eval()
-    feats, indices = [], []
+    feats, pooled, indices = [], [], []
     for batch in tqdm(loader, desc=desc, disable=not accelerator.is_main_process, leave=False):
-        out = model.features(**_model_inputs(batch))
-        out, idx = accelerator.gather_for_metrics((out.float(), batch["index"]))
+        emb = model.pooled(**_model_inputs(batch))
+        out = model.head.project(emb)
+        out, emb, idx = accelerator.gather_for_metrics((out.float(), emb.float(), batch["index"]))
         feats.append(out.cpu())
+        pooled.append(emb.cpu())
         indices.append(idx.cpu())
     order = torch.cat(indices)
     # Rows back in dataset order so callers can index by row number.
-    return _in_row_order(feats, order), torch.sort(order).values
+    return Features(
+        _in_row_order(feats, order), _in_row_order(pooled, order), torch.sort(order).values
+    )
 
 
 def _in_row_order(chunks: list[torch.Tensor], order: torch.Tensor) -> torch.Tensor:
@@ -311,6 +325,21 @@ def predict_logits_and_pooled(
         indices.append(idx.cpu())
     order = torch.cat(indices)
     return _in_row_order(logits, order), _in_row_order(pooled, order)
+
+
+def hold_parent_weights(model: IntentModel, cfg: TrainConfig) -> None:
+    """Mark what a child release (add-intent, update) trains: LoRA and the head, not the rest.
+
+    The encoder trains its LoRA weights only. With `cfg.freeze_dense` the head's dense layer
+    (cls pooling) is frozen as well: it feeds every intent's logit, so with it training the old
+    intents' logits would move even with their rows frozen (:class:`_RowFreezer`). Frozen
+    parameters stay out of the optimizer, so AdamW's weight decay cannot move them either.
+    Call after the head is widened and before :func:`train` builds the optimizer.
+    """
+    for name, p in model.encoder.named_parameters():
+        p.requires_grad_("lora_" in name)
+    if model.head.dense is not None:
+        model.head.dense.requires_grad_(not cfg.freeze_dense)
 
 
 class _RowFreezer:

@@ -124,7 +124,7 @@ def main() -> None:
     eval_loader = accelerator.prepare(
         make_loader(eval_set, backbone.tokenizer, EVAL_BATCH, shuffle=False)
     )
-    features, order = compute_features(plain_model, eval_loader, accelerator)
+    features, _, order = compute_features(plain_model, eval_loader, accelerator)
     logits = predict_logits(plain_model, eval_loader, accelerator)
     local = make_loader(eval_set, backbone.tokenizer, EVAL_BATCH, shuffle=False)
     with torch.no_grad():

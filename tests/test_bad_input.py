@@ -437,6 +437,15 @@ def write_yaml(tmp_path: Path, values) -> Path:
         ({"train": {"lr": True}}, r"`train.lr`: expected a number, got True$"),
         ({"model": {"backbone": None}}, r"`model.backbone`: expected a string, got None$"),
         ({"train": [1, 2]}, r"section `train` must be a mapping of key: value$"),
+        ({"train": {"freeze_dense": "maybe"}}, r"`train.freeze_dense`: expected true or false"),
+        (
+            {"model": {"head_dense_init": "eye"}},
+            r"config field `model.head_dense_init`: expected identity or random; got 'eye'$",
+        ),
+        (
+            {"replay": {"exemplar_features": "student"}},
+            r"config field `replay.exemplar_features`: expected start or trained; got 'student'$",
+        ),
     ],
 )
 def test_bad_init_config(capsys, fresh, config_file, tmp_path, tiny_backbone, override, pattern):

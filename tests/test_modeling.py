@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -271,3 +273,76 @@ def test_default_lora_targets_hit_every_attention_projection(config_class, kwarg
         if "lora_A" in n and ".0." in n
     }
     assert layer0 == expected
+
+
+def test_dense_layer_starts_as_identity_so_first_features_are_tanh_pooled(tiny_backbone):
+    """The cls head's dense layer starts at I, 0: the cosine head's starting prototypes are then
+    class means of tanh(pooled), not of a random projection; `random` keeps torch's init."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone=str(tiny_backbone))
+    head = build_head(cfg, 32, 3, "cls").eval()
+    assert torch.equal(head.dense.weight, torch.eye(32))
+    assert torch.equal(head.dense.bias, torch.zeros(32))
+    pooled = torch.randn(5, 32) * 3
+    assert torch.equal(head.project(pooled), torch.tanh(pooled))
+    random_head = build_head(ModelConfig(head_dense_init="random"), 32, 3, "cls").eval()
+    assert not torch.equal(random_head.dense.weight, torch.eye(32))
+    # Mean pooling has no dense layer: the features are the pooled embeddings themselves.
+    mean_head = build_head(cfg, 32, 3, "mean").eval()
+    assert mean_head.dense is None and torch.equal(mean_head.project(pooled), pooled)
+    with pytest.raises(
+        IntentCIError, match=r"`model\.head_dense_init`: expected identity or random"
+    ):
+        ModelConfig(head_dense_init="eye")
+
+
+def _old_logits_after_child_training(tiny_backbone, *, freeze_dense: bool):
+    """Parent logits and the child's old-intent logits, after child training with LoRA held
+    still (its parameters frozen) and the old rows frozen: only the dense layer could move them."""
+    from intent_ci.config import ReleaseConfig, TrainConfig
+    from intent_ci.pipeline import make_accelerator
+    from intent_ci.training import hold_parent_weights, tokenize, train
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone=str(tiny_backbone), lora_r=4, dropout=0.0, lora_dropout=0.0)
+    backbone = load_backbone(cfg)
+    model = IntentModel(
+        attach_lora(backbone.encoder, cfg), build_head(cfg, 32, 3, backbone.pooling), "cls"
+    )
+    texts = ["card lost", "card stolen now", "balance total", "funds account", "open weekend"]
+    texts += ["hours close", "refund please", "refund credited today"]
+    batch = _batch(backbone, texts)
+    model.eval()
+    with torch.no_grad():
+        parent = model(**batch)
+        parent_dense = [t.clone() for t in (model.head.dense.weight, model.head.dense.bias)]
+    model.head = widen_head(model.head, 1)
+    train_cfg = TrainConfig(epochs=2, batch_size=4, head_lr=0.05, weight_decay=0.1)
+    hold_parent_weights(model, dataclasses.replace(train_cfg, freeze_dense=freeze_dense))
+    assert all(p.requires_grad == ("lora_" in n) for n, p in model.encoder.named_parameters())
+    model.encoder.requires_grad_(False)  # LoRA held still: what distillation would do at best
+    accelerator = make_accelerator(ReleaseConfig())
+    data = tokenize(backbone.tokenizer, texts, [0, 0, 1, 1, 2, 2, 3, 3], 16, accelerator)
+    model, _ = train(model, data, backbone.tokenizer, accelerator, train_cfg, frozen_rows=[0, 1, 2])
+    model.eval()
+    with torch.no_grad():
+        child = model(**batch)
+    dense = (model.head.dense.weight, model.head.dense.bias)
+    return parent, child, parent_dense, dense
+
+
+def test_frozen_dense_and_rows_keep_old_logits_bit_identical(tiny_backbone, one_torch_thread):
+    """With the dense layer and the old rows frozen (and AdamW decaying the rest), old-intent
+    logits can move only through LoRA; with LoRA held too they are the parent's, to the bit."""
+    parent, child, parent_dense, dense = _old_logits_after_child_training(
+        tiny_backbone, freeze_dense=True
+    )
+    assert all(torch.equal(a, b) for a, b in zip(dense, parent_dense, strict=True))
+    assert torch.equal(child[:, :3], parent)
+    assert child.shape == (8, 4)
+    # Training the dense layer moves the old intents' logits though their rows are frozen.
+    parent, child, parent_dense, dense = _old_logits_after_child_training(
+        tiny_backbone, freeze_dense=False
+    )
+    assert not torch.equal(dense[0], parent_dense[0])
+    assert not torch.equal(child[:, :3], parent)

@@ -297,23 +297,31 @@ def test_frozen_old_rows_and_feature_term_in_add_intent(trained_registry, data_d
     release = add_intents(
         data_dir / "new" / "report_damage.txt", registry, "v1", overrides=overrides
     )
-    parent = load_release(Registry(registry), "v1").model.head.out_proj.weight
-    child = load_release(Registry(registry), release).model.head.out_proj.weight
+    parent_head = load_release(Registry(registry), "v1").model.head
+    child_head = load_release(Registry(registry), release).model.head
+    parent, child = parent_head.out_proj.weight, child_head.out_proj.weight
     assert torch.equal(child[: len(BASE_INTENTS)], parent)
     assert not torch.equal(child[len(BASE_INTENTS) :], torch.zeros_like(child[-1:]))
+    # The tiny RoBERTa pools the first token, so the head has a dense layer; it is frozen
+    # (train.freeze_dense) and stays bit-identical, as in the default v2 of the fixture.
+    v2_head = load_release(Registry(registry), "v2").model.head
+    for head in (child_head, v2_head):
+        assert torch.equal(head.dense.weight, parent_head.dense.weight)
+        assert torch.equal(head.dense.bias, parent_head.dense.bias)
     metrics = Registry(registry).manifest(release)["metrics"]
     assert metrics["feature_weight"] == pytest.approx(2.0 * (len(BASE_INTENTS) / 1) ** 0.5)
     epochs = metrics["train"]["loss_per_epoch"]
     assert all(e["feature"] >= 0 for e in epochs) and any(e["feature"] > 0 for e in epochs)
-    # Without the freeze the same run moves the old rows.
+    # Without the freezes the same run moves the old rows and the dense layer.
     release = add_intents(
         data_dir / "new" / "report_damage.txt",
         registry,
         "v1",
-        overrides={"train": {"freeze_old_rows": False}},
+        overrides={"train": {"freeze_old_rows": False, "freeze_dense": False}},
     )
-    moved = load_release(Registry(registry), release).model.head.out_proj.weight
-    assert not torch.equal(moved[: len(BASE_INTENTS)], parent)
+    moved = load_release(Registry(registry), release).model.head
+    assert not torch.equal(moved.out_proj.weight[: len(BASE_INTENTS)], parent)
+    assert not torch.equal(moved.dense.weight, parent_head.dense.weight)
 
 
 def test_neighbours_replay_their_whole_memory_and_only_their_rows_train(
@@ -351,3 +359,92 @@ def test_neighbours_replay_their_whole_memory_and_only_their_rows_train(
     for row, intent in enumerate(BASE_INTENTS):
         same = torch.equal(child[row], parent[row])
         assert same == (intent not in neighbours), intent
+
+
+def _pooled_of(model, texts, backbone, batch_size):
+    """Pooled embeddings of `texts` through `model`, batched as the pipeline's feature pass."""
+    from intent_ci.config import ReleaseConfig
+    from intent_ci.pipeline import make_accelerator
+    from intent_ci.training import compute_features, make_loader, tokenize
+
+    accelerator = make_accelerator(ReleaseConfig())
+    data = tokenize(backbone.tokenizer, texts, [0] * len(texts), 16, accelerator)
+    loader = accelerator.prepare(make_loader(data, backbone.tokenizer, batch_size, shuffle=False))
+    return compute_features(model, loader, accelerator).pooled
+
+
+@pytest.mark.parametrize("exemplar_features", ["start", "trained"])
+def test_init_herds_exemplars_on_pooled_embeddings(
+    tiny_backbone, data_dir, tmp_path, exemplar_features, one_torch_thread
+):
+    """`init` herds its replay memory on pooled encoder embeddings, not through the head's
+    dense layer (here randomly initialised, as before the identity start): of the frozen
+    encoder (`start`, LoRA's B = 0) or of the trained release (`trained`, one more pass)."""
+    from intent_ci.config import ReleaseConfig, apply_overrides
+    from intent_ci.data import INTENT, TEXT, read_examples
+    from intent_ci.modeling import IntentModel, build_head
+    from intent_ci.pipeline import init_release
+    from intent_ci.replay import select_exemplars
+
+    overrides = tiny_overrides(
+        tiny_backbone,
+        model={"head_dense_init": "random"},
+        train={"epochs": 2},
+        replay={"exemplar_features": exemplar_features},
+    )
+    config = apply_overrides(ReleaseConfig(), overrides, source="test")
+    registry = tmp_path / "adapters"
+    init_release(data_dir / "base", registry, config)
+    release = load_release(Registry(registry), "v1")
+    held = {t for ts in release.calibration[0].values() for t in ts}
+    data = read_examples(data_dir / "base").dataset
+    rows = [(t, i) for t, i in zip(data[TEXT], data[INTENT], strict=True) if t not in held]
+    texts, intents = [t for t, _ in rows], [i for _, i in rows]
+    if exemplar_features == "trained":
+        model = release.model
+    else:
+        backbone = load_backbone(config.model)
+        model = IntentModel(backbone.encoder, build_head(config.model, 32, 4, "cls"), "cls")
+    pooled = _pooled_of(model, texts, release.backbone, config.train.eval_batch_size)
+    expected = select_exemplars(
+        texts, intents, pooled, config.replay.per_intent, "herding", config.train.seed
+    )
+    assert release.replay == expected
+    metrics = release.manifest["metrics"]
+    passes = 2 if exemplar_features == "trained" else 1
+    assert (
+        metrics["forward_only_examples"]
+        == passes * metrics["train_examples"]
+        == passes * len(texts)
+    )
+
+
+def test_add_intent_can_herd_new_exemplars_on_the_trained_student(
+    trained_registry, data_dir, tmp_path, one_torch_thread
+):
+    """With `replay.exemplar_features: trained` the new intent's memory is herded on the
+    child's own pooled embeddings, after training (one more pass, counted in the metrics)."""
+    import shutil
+
+    from intent_ci.data import TEXT, read_examples
+    from intent_ci.pipeline import add_intents
+    from intent_ci.replay import select_exemplars
+
+    registry = tmp_path / "adapters"
+    shutil.copytree(trained_registry, registry)
+    source = data_dir / "new" / "report_damage.txt"
+    release = add_intents(
+        source, registry, "v1", overrides={"replay": {"exemplar_features": "trained"}}
+    )
+    child = load_release(Registry(registry), release)
+    held = set(child.calibration[0].get("report_damage", []))
+    texts = [t for t in read_examples(source).dataset[TEXT] if t not in held]
+    pooled = _pooled_of(child.model, texts, child.backbone, child.config.train.eval_batch_size)
+    expected = select_exemplars(
+        texts, ["report_damage"] * len(texts), pooled, child.config.replay.per_intent, "herding", 0
+    )
+    assert child.replay["report_damage"] == expected["report_damage"]
+    assert child.replay["card_lost"] == load_release(Registry(registry), "v1").replay["card_lost"]
+    metrics = child.manifest["metrics"]
+    teacher = metrics["train_examples"]  # the teacher's pass over the training set
+    assert metrics["forward_only_examples"] == 2 * len(texts) + teacher
