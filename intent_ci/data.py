@@ -3,6 +3,9 @@
 Accepted sources:
 
 * a CSV file or a JSONL file with ``text`` and ``intent`` columns;
+* the ``serve`` traffic log (JSONL, or a CSV export of it) with a reviewed ``label`` column: its
+  ``intent`` column is the release's own prediction, never a label, so only rows a person
+  labelled are read;
 * a single ``<intent>.txt`` file, or a folder of them, one utterance per line;
 * a `datasets.Dataset` or `datasets.DatasetDict` with ``text`` and ``intent`` columns.
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import re
 from collections import Counter
 from collections.abc import Collection
@@ -30,7 +34,13 @@ import yaml
 from intent_ci.config import NAME_PATTERN, DataConfig, yaml_error
 from intent_ci.errors import IntentCIError
 
+logger = logging.getLogger(__name__)
+
 TEXT, INTENT, SOURCE = "text", "intent", "source"
+REVIEWED = "label"
+"""The column a reviewer adds to ``serve`` traffic-log rows: the intent the utterance should get."""
+SERVE_LOG_COLUMNS = ("release", "confidence", "in_scope")
+"""Columns every ``serve`` traffic-log row has (`intent_ci.traffic`), which labelled files lack."""
 OOS_LABEL = "oos"
 """Rows labelled ``oos`` (CLINC150's convention) are out-of-scope examples, never an intent."""
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -166,9 +176,63 @@ def _table_rows(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]
     return columns, rows
 
 
+def _from_serve_log(path: Path, rows: list[tuple[int, dict]]) -> datasets.Dataset:
+    """The reviewed rows of a ``serve`` traffic log: ``text`` labelled with ``label``.
+
+    Rows without a label (not reviewed) or without text (``serve --redact``) are skipped and
+    counted; a repeated (utterance, label) pair is read once.
+    """
+    texts, intents, sources = [], [], []
+    unreviewed = redacted = repeated = 0
+    seen: set[tuple[str, str]] = set()
+    for number, record in rows:
+        where = f"{path}:{number}"
+        label = record.get(REVIEWED)
+        if label is None or (isinstance(label, str) and not label.strip()):
+            unreviewed += 1
+            continue
+        if not isinstance(label, str):
+            raise IntentCIError(f"{where}: `{REVIEWED}` must be an intent name, got {label!r}")
+        value = record.get(TEXT)
+        if value is None:
+            redacted += 1
+            continue
+        if not isinstance(value, str) or not value.strip():
+            raise IntentCIError(f"{where}: empty `text`; expected an utterance")
+        key = (normalise(value), label.strip())
+        if key in seen:
+            repeated += 1
+            continue
+        seen.add(key)
+        texts.append(value.strip())
+        intents.append(label.strip())
+        sources.append(where)
+    if not texts:
+        raise IntentCIError(
+            f"{path}: a serve traffic log with no reviewed rows ({unreviewed} without a "
+            f"`{REVIEWED}`, {redacted} redacted); its `{INTENT}` column is the release's own "
+            f"prediction, not a label: add a `{REVIEWED}` column with the right intent (or "
+            f"`{OOS_LABEL}`) to the rows to learn from"
+        )
+    if unreviewed or redacted or repeated:
+        logger.warning(
+            "%s: serve traffic log: read %d reviewed row(s); skipped %d without a `%s` "
+            "(not reviewed), %d redacted (no text) and %d repeats of a reviewed utterance",
+            path,
+            len(texts),
+            unreviewed,
+            REVIEWED,
+            redacted,
+            repeated,
+        )
+    return datasets.Dataset.from_dict({TEXT: texts, INTENT: intents, SOURCE: sources})
+
+
 def _from_table(path: Path, cfg: DataConfig) -> datasets.Dataset:
     text = _read_utf8(path, cfg.max_chars)
     columns, rows = _table_rows(path, text)
+    if all(c in columns for c in SERVE_LOG_COLUMNS) and rows:
+        return _from_serve_log(path, rows)
     missing = [c for c in (TEXT, INTENT) if c not in columns]
     if missing:
         raise IntentCIError(

@@ -364,3 +364,63 @@ def test_push_and_pull_an_update_release(updated, hub, tmp_path):  # noqa: F811
         Registry(dest).manifest(release)["corrections"]
         == Registry(registry).manifest(release)["corrections"]
     )
+
+
+# ---- from the serve traffic log ------------------------------------------------------------------
+def _reviewed_log(folder: Path, texts: list[str], labels: list[str | None]) -> Path:
+    """A real `serve` traffic log of `texts` (every row predicted `card_lost`), then reviewed:
+    each row gets `label` (None: not reviewed, no key)."""
+    from intent_ci.traffic import TrafficLog
+
+    log = TrafficLog(folder, max_bytes=1 << 20)
+    predictions = [
+        {"intent": "card_lost", "confidence": 0.4, "in_scope": False, "score": 1.0} for _ in texts
+    ]
+    log.record("v1", texts, predictions)
+    log.close()
+    (path,) = folder.glob("traffic-*.jsonl")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    for row, label in zip(rows, labels, strict=True):
+        if label is not None:
+            row["label"] = label
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_a_serve_log_is_read_by_its_reviewed_label_never_its_prediction(tmp_path, caplog):
+    from intent_ci.data import read_examples
+
+    texts = make_utterances("transfer_money", 6, seed=12)
+    labels = ["transfer_money", "transfer_money", None, "oos", "", "transfer_money"]
+    texts[5] = texts[0]  # a repeat of a reviewed utterance, same label
+    path = _reviewed_log(tmp_path / "log", texts, labels)
+    with caplog.at_level("WARNING", logger="intent_ci.data"):
+        data = read_examples(path, known_intents=["transfer_money"])
+    assert list(data.dataset["intent"]) == ["transfer_money", "transfer_money", "oos"]
+    assert list(data.dataset["text"]) == [texts[0], texts[1], texts[3]]
+    assert "card_lost" not in data.dataset["intent"]  # the prediction is never a label
+    assert "skipped 2 without a `label`" in caplog.text and "1 repeats" in caplog.text
+    # Not reviewed at all: an error that says why.
+    bare = _reviewed_log(tmp_path / "bare", texts[:3], [None] * 3)
+    with pytest.raises(
+        IntentCIError, match=r"no reviewed rows .*`intent` column is the release's own prediction"
+    ):
+        read_examples(bare, known_intents=["transfer_money"])
+    # The same utterance reviewed two ways: the file and both lines.
+    clash = _reviewed_log(tmp_path / "clash", [texts[0], texts[0]], ["transfer_money", "card_lost"])
+    with pytest.raises(
+        IntentCIError, match=r"traffic-.*\.jsonl:2: utterance .* labelled 'card_lost'"
+    ):
+        read_examples(clash, known_intents=["transfer_money", "card_lost"])
+
+
+def test_update_learns_from_a_reviewed_serve_log(trained_registry, tmp_path, capsys):
+    registry = Path(shutil.copytree(trained_registry, tmp_path / "adapters"))
+    texts = make_utterances("transfer_money", 70, seed=11)[-3:] + ["what is the capital of france"]
+    path = _reviewed_log(tmp_path / "log", texts, ["transfer_money", None, "transfer_money", "oos"])
+    assert main(["update", "--data", str(path), "--registry", str(registry)]) == 0
+    reg = Registry(registry)
+    manifest = reg.manifest(reg.resolve("latest"))
+    assert manifest["updated_intents"] == ["transfer_money"] and manifest["new_intents"] == []
+    assert "card_lost" not in manifest["updated_intents"]
+    capsys.readouterr()
