@@ -597,6 +597,8 @@ def choose_join(args: argparse.Namespace, raw: dict, seeds: list[int]) -> dict:
     ]
     chosen = max(eligible, key=lambda x: x["usable_share"]) if eligible else none
     return {
+        "command": " ".join(["python scripts/bench_discover.py", *sys.argv[1:]]),
+        "base_epochs": args.base_epochs,
         "seeds": seeds,
         "rule": "largest mean usable share (covered x ACC) with mean noise <= 5% and mean "
         "recovered share >= no joining",
@@ -844,9 +846,11 @@ def markdown(result: dict, out: Path) -> str:
             "",
             "## Joining after clustering: `join_similarity`, chosen on val traffic",
             "",
-            f"Each seed's base release, traffic = the `val` utterances of all 150 intents + "
-            f"`oos_val` (never the benchmark's traffic, never test); mean over seeds "
-            f"{', '.join(map(str, jc['seeds']))}. Rule, fixed before the run: {jc['rule']}. "
+            f"`{jc.get('command', 'bench_discover.py --choose-join')}`: each seed's base "
+            f"release ({jc.get('base_epochs', '?')} epoch(s)), traffic = the `val` utterances "
+            "of all 150 intents + `oos_val` (never the benchmark's traffic, never test); mean "
+            f"over seeds {', '.join(map(str, jc['seeds']))}. Rule, fixed before the run: "
+            f"{jc['rule']}. "
             f"Chosen: **{jc['chosen']}**. Usable = held-out utterances in a candidate matched to "
             "their own intent (covered x ACC).",
             "",
@@ -934,7 +938,13 @@ def markdown(result: dict, out: Path) -> str:
             f"{sc['candidates_distinct']} considered, {sc['candidates']} candidates): "
             f"{sc['wall_s']:.0f} s wall, peak memory {sc['peak_rss_mb']:.0f} MB, "
             f"{sc['cpu_count']} CPU cores; load average before {sc['load_average_before']}, after "
-            f"{sc['load_average_after']} (the cores were shared with other jobs).",
+            f"{sc['load_average_after']}"
+            + (
+                " (the cores were shared with other jobs)."
+                if sc["load_average_before"][0] > 1.5
+                else " (nothing else running when it started; the 1-minute load average after "
+                "it counts the run itself)."
+            ),
         ]
     return "\n".join(lines) + "\n"
 
