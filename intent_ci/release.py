@@ -828,7 +828,7 @@ class IntentClassifier:
 
     @property
     def score_method(self) -> str:
-        """The out-of-scope score this release is calibrated for (``max_logit`` if none)."""
+        """The out-of-scope score this release is calibrated for (its config's `oos.score` if none)."""
         return (self.oos or {}).get("score") or self.release.config.oos.score
 
     def _encode(self, texts: list[str]) -> dict[str, list[list[int]]]:

@@ -137,6 +137,26 @@ def intent_order(raw: dict, seed: int) -> list[str]:
     return intents
 
 
+CONDITIONS = {"full": None, "small": 50}
+"""Training utterances per intent in each data condition (None: all of CLINC150's 100)."""
+
+
+def condition_rows(train: list[tuple[str, str]], per_intent: int | None, seed: int) -> list:
+    """`train` cut to a seeded `per_intent` utterances of every intent (the sample that
+    `train_rows(..., shots=per_intent)` draws), in their original order; None keeps all."""
+    if per_intent is None:
+        return train
+    by_intent: dict[str, list[str]] = {}
+    for t, i in train:
+        by_intent.setdefault(i, []).append(t)
+    keep = {
+        (t, i)
+        for i, rows in by_intent.items()
+        for t in random.Random(f"{seed}-{i}").sample(rows, min(per_intent, len(rows)))
+    }
+    return [(t, i) for t, i in train if (t, i) in keep]
+
+
 def train_rows(raw: dict, intents: list[str], shots: int | None, seed: int) -> datasets.Dataset:
     """Training utterances of `intents`; with `shots`, a seeded sample of that many per intent."""
     texts, labels = [], []
@@ -607,7 +627,13 @@ def markdown(result: dict, out: Path) -> str:
         "# Class-incremental CLINC150: add-intent against a full retrain",
         "",
         f"Backbone `{result['backbone']}`, intent order seed {result['seed']}, "
-        f"{result['machine']['cpu_count']} CPU cores ({result['machine']['processor']}), "
+        + (
+            f"data condition `{result['data_condition']}` "
+            f"({CONDITIONS[result['data_condition']]} training utterances per intent), "
+            if result.get("data_condition", "full") != "full"
+            else ""
+        )
+        + f"{result['machine']['cpu_count']} CPU cores ({result['machine']['processor']}), "
         f"{result['date']}. Produced by `{result['command']}`; {out.name}.json has every number "
         f"(val and test). Scores below are on the **{split}** split.",
         "",
@@ -819,6 +845,13 @@ def main() -> None:
         "--seed", type=int, default=0, help="intent order, few-shot samples and training seed"
     )
     parser.add_argument(
+        "--condition",
+        default="full",
+        choices=list(CONDITIONS),
+        help="training utterances per intent: full (CLINC150's 100) or small (a seeded 50, the "
+        "size of Larson et al. 2019's small condition); every method and baseline sees the same",
+    )
+    parser.add_argument(
         "--split", default="test", choices=SPLITS, help="split the Markdown and targets report"
     )
     parser.add_argument("--no-retrain", action="store_true", help="skip the full-retrain baseline")
@@ -853,6 +886,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
 
     raw = load_clinc(Path(args.data), smoke=args.smoke)
+    raw["train"] = condition_rows(raw["train"], CONDITIONS[args.condition], args.seed)
     if args.smoke:
         PROTOCOLS.update(SMOKE_PROTOCOLS)
         args.init_config = json.dumps({"train": {"epochs": 1}, **json.loads(args.init_config)})
@@ -874,6 +908,7 @@ def main() -> None:
         probe = Probe(args.backbone, raw)
     result: dict = {
         "dataset": "CLINC150 data_full, in-scope intents",
+        "data_condition": args.condition,
         "backbone": args.backbone,
         "seed": args.seed,
         "intent_order": order,

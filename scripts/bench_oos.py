@@ -73,7 +73,7 @@ ISSUE_PROBE = {"auroc": 0.972, "fpr_at_95": 0.133, "oos_recall": 0.834, "in_scop
 FLOORS = {"auroc": 0.98, "fpr_at_95": 0.10, "in_scope_accuracy": 0.94, "oos_recall": 0.85}
 LOGIT_SCORES = ("max_logit", "msp", "energy")
 KNN_K = (1, 10, 50)
-TARGETS = (0.90, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98)
+TARGETS = (0.90, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98, 0.985, 0.99, 0.995)
 
 
 # ---- data -----------------------------------------------------------------------------------------
@@ -150,10 +150,13 @@ def mahalanobis_scorer(train_x: torch.Tensor, train_y: torch.Tensor, classes: in
     centred = x - means[train_y]
     cov = centred.T @ centred / len(x)
     precision = torch.linalg.pinv(cov, hermitian=True)
+    # (x - m)^T P (x - m) = |W^T x - W^T m|^2 with P = W W^T: one whitening, then distances.
+    values, vectors = torch.linalg.eigh(precision)
+    whiten = vectors * values.clamp(min=0).sqrt()
+    centres = means @ whiten
 
     def score(f: torch.Tensor) -> np.ndarray:
-        d = f.double()[:, None, :] - means[None]  # (n, classes, dim)
-        dist = torch.einsum("ncd,de,nce->nc", d, precision, d)
+        dist = torch.cdist(f.double() @ whiten, centres).square()
         return (-dist.min(-1).values).numpy()
 
     return score
@@ -165,6 +168,17 @@ def knn_scorer(train_x: torch.Tensor, k: int):
     def score(f: torch.Tensor) -> np.ndarray:
         sims = F.normalize(f.float(), dim=-1) @ bank.T
         return sims.topk(k, dim=-1).values[:, -1].numpy()
+
+    return score
+
+
+def combined_scorer(a, b, reference: str):
+    """The mean of two scores, each standardised on the `reference` set (the calibration
+    utterances, so nothing out of scope sets it); an equal weight, not tuned."""
+    ra, rb = a(reference), b(reference)
+
+    def score(split: str) -> np.ndarray:
+        return 0.5 * (a(split) - ra.mean()) / ra.std() + 0.5 * (b(split) - rb.mean()) / rb.std()
 
     return score
 
@@ -211,6 +225,9 @@ def run_main(args: argparse.Namespace, raw: dict, workdir: Path) -> dict:
     scorers["mahalanobis"] = feature_scorer(maha)
     for k in KNN_K:
         scorers[f"knn-cosine@{k}"] = feature_scorer(knn_scorer(p["train"]["features"], k))
+    scorers["energy+knn@1"] = combined_scorer(
+        scorers["energy"], scorers["knn-cosine@1"], "calibration"
+    )
     correct = {s: p[s]["logits"].argmax(-1).numpy() == labels[s] for s in ("val", "test")}
     methods: dict[str, dict] = {}
     for name, scorer in scorers.items():
@@ -237,6 +254,7 @@ def run_main(args: argparse.Namespace, raw: dict, workdir: Path) -> dict:
             flush=True,
         )
     result = {
+        "seed": args.seed,
         "release": {
             "registry": str(registry.root),
             "cost": cost,
@@ -406,10 +424,23 @@ def line_at(line: dict, score: str, target: float) -> dict:
 
 
 # ---- choosing on val, reporting test ----------------------------------------------------------------------
+def mean_tree(trees: list):
+    """The element-wise mean of same-shaped JSON trees (numbers averaged; anything else taken
+    from the first tree): every seed's main.json folded into one of the same shape."""
+    first = trees[0]
+    if isinstance(first, dict):
+        return {k: mean_tree([t[k] for t in trees if k in t]) for k in first}
+    if isinstance(first, (int, float)) and not isinstance(first, bool):
+        values = [t for t in trees if isinstance(t, (int, float))]
+        return float(np.mean(values)) if values else None
+    return first
+
+
 def choose(main: dict) -> dict:
     """Score: best val AUROC among the scores a release ships (its logits). Target: on val, the
     one whose calibrated threshold keeps both in-scope accuracy and oos recall furthest above
-    their floors (largest smallest margin)."""
+    their floors (largest smallest margin). With several seeds `main` is their mean tree, so
+    both are chosen on the mean over seeds."""
     score = max(LOGIT_SCORES, key=lambda m: main["methods"][m]["val"]["auroc"])
     grid = main["methods"][score]["val"]["at_target"]
 
@@ -422,6 +453,28 @@ def choose(main: dict) -> dict:
 
     target = max(grid, key=margin)
     return {"score": score, "target_recall": float(target), "val_margin": margin(target)}
+
+
+def floors_over_seeds(
+    mains: list[dict], probe: dict, chosen: dict, line: dict | None
+) -> list[dict]:
+    """Every floor on every seed's release: the value is the mean, and a floor is met only
+    when every seed meets it."""
+    per_seed = [floors(m, probe, chosen, line if i == 0 else None) for i, m in enumerate(mains)]
+    out = []
+    for k, row in enumerate(per_seed[0]):
+        rows = [p[k] for p in per_seed if k < len(p) and p[k]["what"] == row["what"]]
+        values = [r["value"] for r in rows]
+        out.append(
+            {
+                "what": row["what"],
+                "value": None if None in values else float(np.mean(values)),
+                "per_seed": values if len(mains) > 1 and None not in values else None,
+                "bar": row["bar"],
+                "ok": all(r["ok"] for r in rows),
+            }
+        )
+    return out
 
 
 def floors(main: dict, probe: dict, chosen: dict, line: dict | None) -> list[dict]:
@@ -546,8 +599,17 @@ def markdown(result: dict) -> str:
         "",
         f"Made by `{result['command']}` ({result['date']}, {result['machine']}).",
         "",
-        f"Release: {main['release']['train_examples']} training utterances of 150 intents, "
-        f"{main['release']['calibration_examples']} held out for calibration "
+        (
+            f"Every figure is the mean over seeds {', '.join(map(str, main['seeds']))} (each a "
+            "release trained with that seed on its own calibration hold-out, by `python "
+            "scripts/bench_oos.py --stage main --seed N --workdir DIR`; DIRs: "
+            f"{', '.join(f'`{w}`' for w in result['workdirs'])}); each seed's figures are in the "
+            "JSON (`per_seed`) and, for the chosen default, below. "
+            if main.get("seeds")
+            else ""
+        )
+        + f"Release: {main['release']['train_examples']:.0f} training utterances of 150 intents, "
+        f"{main['release']['calibration_examples']:.0f} held out for calibration "
         f"(all-MiniLM-L6-v2, shipped defaults); classification accuracy (no rejection) "
         f"val {pct(main['release']['accuracy']['val'], 2)}, test {pct(main['release']['accuracy']['test'], 2)}. "
         f"Out of scope: `oos_val` (100) and `oos_test` (1,000), never used to set a threshold.",
@@ -610,10 +672,41 @@ def markdown(result: dict) -> str:
                 f"| {r['threshold']:.3f} | {pct(r['in_scope_recall'], 2)} | {pct(r['oos_recall'], 2)} "
                 f"| {pct(r['accuracy'], 2)} | {r['auroc']:.4f} |"
             )
-    lines += ["", "## Floors (test)", "", "| what | value | bar | met |", "|---|---|---|---|"]
+    if result.get("per_seed"):
+        lines += [
+            "",
+            f"## Every seed (`{chosen['score']}` at target {t}, test)",
+            "",
+            "| seed | accuracy | AUROC | FPR@95 | in-scope acc. | in-scope recall | oos recall |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for m in result["per_seed"]:
+            a = m["methods"][chosen["score"]]["test"]
+            at = a["at_target"][t]
+            lines.append(
+                f"| {m['seed']} | {pct(m['release']['accuracy']['test'], 2)} | {a['auroc']:.4f} "
+                f"| {pct(a['fpr_at_95'])} | {pct(at['in_scope_accuracy'], 2)} "
+                f"| {pct(at['in_scope_recall'], 2)} | {pct(at['oos_recall'], 2)} |"
+            )
+    seeds_note = (
+        f" (mean over seeds {', '.join(map(str, main['seeds']))}; met only when every seed meets it; "
+        "the P2 line is seed 0's)"
+        if main.get("seeds")
+        else ""
+    )
+    lines += [
+        "",
+        f"## Floors (test){seeds_note}",
+        "",
+        "| what | value | per seed | bar | met |",
+        "|---|---|---|---|---|",
+    ]
     for f in result["floors"]:
         value = "-" if f["value"] is None else f"{f['value']:.4f}"
-        lines.append(f"| {f['what']} | {value} | {f['bar']} | {'yes' if f['ok'] else '**MISS**'} |")
+        each = ", ".join(f"{v:.4f}" for v in f["per_seed"]) if f.get("per_seed") else ""
+        lines.append(
+            f"| {f['what']} | {value} | {each} | {f['bar']} | {'yes' if f['ok'] else '**MISS**'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -683,6 +776,14 @@ def main() -> None:
         "--smoke", action="store_true", help="12 intents, 1 epoch: checks the script runs"
     )
     parser.add_argument("--rescore", action="store_true", help="recompute main.json from caches")
+    parser.add_argument(
+        "--also-workdir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="report: the workdir of another seed's main stage (repeatable); the default is "
+        "chosen on the mean over every seed's val figures, and a floor is met only on every seed",
+    )
     args = parser.parse_args()
     _quiet_libraries()
     torch.set_num_threads(args.threads)
@@ -705,6 +806,20 @@ def main() -> None:
     main_result = json.loads(main_path.read_text()) if main_path.is_file() else None
     probe = json.loads(probe_path.read_text()) if probe_path.is_file() else None
     line = json.loads(line_path.read_text()) if line_path.is_file() else None
+    mains = [main_result] if main_result is not None else []
+    for other in args.also_workdir:
+        path = Path(other) / "main.json"
+        if not path.is_file():
+            raise SystemExit(f"--also-workdir {other}: no main.json (run --stage main there)")
+        mains.append(json.loads(path.read_text()))
+    seeds = [m.get("seed") for m in mains]
+    if None in seeds or len(set(seeds)) != len(seeds):
+        raise SystemExit(
+            f"every main.json must record a distinct seed, got {seeds}; rerun "
+            "`--stage main --rescore --seed N` in a workdir that lacks one"
+        )
+    if len(mains) > 1:
+        main_result = {**mean_tree(mains), "seeds": seeds}
     chosen = choose(main_result) if main_result is not None else None
     if (
         chosen is not None
@@ -721,6 +836,8 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         "chosen": chosen,
         "main": main_result,
+        "per_seed": mains if len(mains) > 1 else None,
+        "workdirs": [str(workdir), *args.also_workdir],
         "probe": probe,
         "line": line,
         "larson_2019": LARSON,
@@ -731,7 +848,7 @@ def main() -> None:
         ],
     }
     result["floors"] = (
-        floors(main_result, probe, chosen, line)
+        floors_over_seeds(mains, probe, chosen, line)
         if main_result is not None and probe is not None
         else [
             {

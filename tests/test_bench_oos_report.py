@@ -60,3 +60,33 @@ def test_a_missing_stage_is_reported_as_a_miss(bench):
     }
     text = bench.markdown(result)
     assert "**Missing stages: main, probe, line.**" in text and "**MISS**" in text
+
+
+def seed_main(seed: int, test_acc: float, test_rec: float, val_grid: dict) -> dict:
+    test = method(0.985, {"0.95": (test_acc, test_rec)})["test"]
+    val = method(0.99, val_grid)["val"]
+    return {
+        "seed": seed,
+        "release": {"oos": {"score": "energy", "target_recall": 0.95}},
+        "methods": {name: {"val": val, "test": test} for name in ("max_logit", "energy", "msp")},
+    }
+
+
+def test_several_seeds_choose_on_the_mean_and_a_floor_needs_every_seed(bench):
+    a = seed_main(0, 0.95, 0.90, {"0.95": (0.95, 0.90), "0.97": (0.96, 0.90)})
+    b = seed_main(1, 0.93, 0.90, {"0.95": (0.95, 0.90), "0.97": (0.93, 0.86)})
+    folded = bench.mean_tree([a, b])
+    assert folded["methods"]["energy"]["val"]["at_target"]["0.97"]["in_scope_accuracy"] == (
+        pytest.approx(0.945)
+    )
+    # Seed 0 alone would take 0.97 (margin 0.02 against 0.01); on the mean over both seeds
+    # 0.97's margin is min(0.005, 0.03) and 0.95's is min(0.01, 0.05).
+    assert bench.choose(a)["target_recall"] == 0.97
+    chosen = bench.choose(folded)
+    assert chosen["target_recall"] == 0.95
+    probe = {"test": {"auroc": 0.97, "fpr_at_95": 0.10}}
+    rows = {r["what"]: r for r in bench.floors_over_seeds([a, b], probe, chosen, None)}
+    accuracy = rows["in-scope accuracy at the calibrated threshold"]
+    assert accuracy["value"] == pytest.approx(0.94) and accuracy["per_seed"] == [0.95, 0.93]
+    assert accuracy["ok"] is False  # the mean meets 0.94; seed 1 does not
+    assert rows["oos recall at the calibrated threshold"]["ok"] is True

@@ -27,16 +27,37 @@ from intent_ci.registry import Registry, sha256_file
 from intent_ci.release import IntentClassifier, Prediction
 from tests.conftest import BASE_INTENTS, tiny_overrides
 
+DEFAULT = OOSConfig()
+"""The shipped out-of-scope defaults; tests that follow them read them here."""
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 OUT_OF_SCOPE = ["hello thanks", "i need it today", "hi can you help me", "the a is it"]
 
 
 def calibration_texts(registry: Path, release: str) -> list[str]:
-    """The release's held-out utterances: at the 95% target, some of them score below the
-    threshold by construction, which the tiny random model cannot promise for any other text."""
+    """The release's held-out utterances: at a target below 1 - 1/n, some of them score below
+    the threshold by construction, which the tiny random model cannot promise for any other
+    text."""
     in_scope, _ = read_calibration(registry / release / "calibration.json")
     return [t for texts in in_scope.values() for t in texts]
+
+
+@pytest.fixture(scope="module")
+def rejecting(tmp_path_factory, trained_registry) -> tuple[Path, str]:
+    """v2 recalibrated (trains nothing) at target 0.8 on its own held-out utterances. The tiny
+    fixture holds out a few utterances per intent; at the shipped target the threshold is
+    their lowest score and none of them is rejected, and these tests need both answers."""
+    from intent_ci.lifecycle import calibrate_release
+
+    root = tmp_path_factory.mktemp("rejecting")
+    registry = Path(shutil.copytree(trained_registry, root / "adapters"))
+    data = root / "calibration"
+    data.mkdir()
+    in_scope, _ = read_calibration(registry / "v2" / "calibration.json")
+    for intent, texts in in_scope.items():
+        (data / f"{intent}.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    return registry, calibrate_release(data, registry, "v2", target_recall=0.8)
 
 
 @pytest.fixture
@@ -151,12 +172,13 @@ def test_calibration_rows_are_held_out_of_training_and_the_threshold_meets_the_t
             "intents": len(in_scope),
             "oos": 0,
         }
-        assert record["score"] == "max_logit" and record["target_recall"] == 0.95
+        assert record["score"] == DEFAULT.score and record["target_recall"] == DEFAULT.target_recall
         # The threshold reaches the target recall on the calibration set, as recorded.
         clf = IntentClassifier.load(registry, release)
         scores = clf.scores(clf.logits(held))
         recall = int((scores >= record["threshold"]).sum()) / len(scores)
-        assert recall >= 0.95 and recall == pytest.approx(record["in_scope_recall"])
+        assert recall >= DEFAULT.target_recall
+        assert recall == pytest.approx(record["in_scope_recall"])
         assert manifest["metrics"]["calibration_examples"] == (
             len(held) if release == "v1" else len(in_scope["refund_status"])
         )
@@ -204,9 +226,10 @@ def test_add_intent_refuses_oos_as_the_intent_to_add(reg, tmp_path, capsys):
 
 
 # ---- predict ---------------------------------------------------------------------------------------
-def test_predict_rejects_below_the_threshold_and_reject_false_keeps_scores(trained_registry):
-    clf = IntentClassifier.load(trained_registry, "v2")
-    texts = [*calibration_texts(trained_registry, "v2"), *OUT_OF_SCOPE, "", "   "]
+def test_predict_rejects_below_the_threshold_and_reject_false_keeps_scores(rejecting):
+    registry, release = rejecting
+    clf = IntentClassifier.load(registry, release)
+    texts = [*calibration_texts(registry, release), *OUT_OF_SCOPE, "", "   "]
     with_rule = clf.predict(texts)
     without = clf.predict(texts, reject=False)
     logits = clf.logits(texts[:-2])
@@ -232,12 +255,13 @@ def test_prediction_label_is_a_read_only_alias():
         p.label = "other"
 
 
-def test_predict_cli_prints_the_fallback_and_json_fields(trained_registry, capsys):
-    clf = IntentClassifier.load(trained_registry, "v2")
-    texts = calibration_texts(trained_registry, "v2")
+def test_predict_cli_prints_the_fallback_and_json_fields(rejecting, capsys):
+    registry, release = rejecting
+    clf = IntentClassifier.load(registry, release)
+    texts = calibration_texts(registry, release)
     expected = clf.predict(texts)
     assert any(not p.in_scope for p in expected) and any(p.in_scope for p in expected)
-    code, out, _ = run(capsys, "predict", *texts, "--release", "v2", "--registry", trained_registry)
+    code, out, _ = run(capsys, "predict", *texts, "--release", release, "--registry", registry)
     assert code == 0
     for line, p in zip(out.splitlines(), expected, strict=True):
         if p.in_scope:
@@ -246,7 +270,7 @@ def test_predict_cli_prints_the_fallback_and_json_fields(trained_registry, capsy
             assert line.startswith(f"(out of scope)           score {p.score:.3f} <")
             assert f"(best {p.intent} {p.confidence:.3f})" in line
     code, out, _ = run(
-        capsys, "predict", *texts, "--json", "--release", "v2", "--registry", trained_registry
+        capsys, "predict", *texts, "--json", "--release", release, "--registry", registry
     )
     rows = [json.loads(line) for line in out.splitlines()]
     assert [set(r) for r in rows] == [{"text", "intent", "confidence", "in_scope", "score"}] * len(
@@ -340,8 +364,8 @@ def test_show_and_releases_print_the_rule(trained_registry, capsys):
     code, out, _ = run(capsys, "show", "v2", "--registry", trained_registry)
     assert code == 0
     assert (
-        f"oos       max_logit >= {record['threshold']:.4f} (in-scope quantile, target in-scope "
-        f"recall 95.0%); calibrated on {record['calibration']['in_scope']} held-out utterances "
+        f"oos       {DEFAULT.score} >= {record['threshold']:.4f} (in-scope quantile, target "
+        f"in-scope recall {100 * DEFAULT.target_recall:.1f}%); calibrated on {record['calibration']['in_scope']} held-out utterances "
         "of 5 intents (calibration.json): in-scope recall" in out
     )
     code, out, _ = run(capsys, "releases", "--json", "--registry", trained_registry)
@@ -350,7 +374,10 @@ def test_show_and_releases_print_the_rule(trained_registry, capsys):
     assert rows[1]["oos"]["calibration_size"] == record["calibration"]["in_scope"]
     assert rows[1]["oos"]["in_scope_recall"] == record["in_scope_recall"]
     code, out, _ = run(capsys, "releases", "--registry", trained_registry)
-    assert f"max_logit >= {record['threshold']:.3f}, n={record['calibration']['in_scope']}" in out
+    assert (
+        f"{DEFAULT.score} >= {record['threshold']:.3f}, n={record['calibration']['in_scope']}"
+        in out
+    )
 
 
 def test_verify_catches_a_calibration_file_that_disagrees_with_the_manifest(reg, capsys):
@@ -382,8 +409,8 @@ def test_retire_drops_the_retired_calibration_rows_and_rethresholds(reg):
     assert int((scores >= record["threshold"]).sum()) / len(scores) == pytest.approx(
         record["in_scope_recall"]
     )
-    assert record["in_scope_recall"] >= 0.95
-    assert threshold_for_recall(scores, 0.95) == record["threshold"]
+    assert record["in_scope_recall"] >= DEFAULT.target_recall
+    assert threshold_for_recall(scores, DEFAULT.target_recall) == record["threshold"]
 
 
 # ---- eval ------------------------------------------------------------------------------------------
@@ -430,7 +457,7 @@ def test_eval_reports_out_of_scope_figures_and_paired_deltas(
         sum(p.in_scope for p, _ in in_rows) / len(in_rows)
     )
     assert result["oos_recall"] == pytest.approx(sum(not p.in_scope for p in oos_rows) / 4)
-    assert result["oos_threshold"] == clf.threshold and result["oos_score"] == "max_logit"
+    assert result["oos_threshold"] == clf.threshold and result["oos_score"] == DEFAULT.score
     # AUROC: the share of (in-scope, oos) pairs the score orders right (ties count half).
     pairs = [(a.score > b.score) + 0.5 * (a.score == b.score) for a, _ in in_rows for b in oos_rows]
     assert result["auroc"] == pytest.approx(sum(pairs) / len(pairs))
