@@ -43,7 +43,6 @@ import platform
 import random
 import sys
 import time
-from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -140,13 +139,7 @@ def run_line(
         return np.array(sorted(random.Random(f"{seed}-{intent}").sample(list(all_rows), shots)))
 
     base = order[: protocol.base]
-    steps = [
-        order[
-            protocol.base + k * protocol.per_release : protocol.base
-            + (k + 1) * protocol.per_release
-        ]
-        for k in range(protocol.releases)
-    ]
+    steps = protocol.steps(order)
 
     def fit_on_val(train: np.ndarray, known: set[str], balanced: bool):
         """C chosen on the val utterances of the known intents at every refit (a refit costs
@@ -244,6 +237,22 @@ def intent_ci_finals(specs: list[str]) -> dict:
                     out.setdefault("full retrain", {})[key] = {
                         s: p["full_retrain"]["scores"][s]["accuracy"] for s in bi.SPLITS
                     } | {"file": path}
+    return out
+
+
+def retrains_from_bench_oos(path: str, protocols: list[str]) -> dict:
+    """{(full, protocol, seed): accuracy} from bench_oos.json: its per-seed 150-intent releases
+    are the shipped `init` recipe on every training utterance of CLINC150's 150 intents, which
+    is the full retrain of P1 and P2 (the same rows, in another order)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    mains = data.get("per_seed") or [data["main"]]
+    out = {}
+    for m in mains:
+        for pname in protocols:
+            out[f"full/{pname}/{m['seed']}"] = {
+                **{s: m["release"]["accuracy"][s] for s in bi.SPLITS},
+                "file": path,
+            }
     return out
 
 
@@ -400,20 +409,36 @@ def main() -> None:
         metavar="NAME=FILE",
         help="a bench_incremental results JSON whose intent-ci line goes beside the probes",
     )
+    parser.add_argument(
+        "--retrain-from",
+        metavar="BENCH_OOS_JSON",
+        help="the full retrain per seed: bench_oos.json's per-seed 150-intent releases",
+    )
     parser.add_argument("--workdir", default=str(REPO / "runs" / "bench_baselines"))
     parser.add_argument("--out", default=str(REPO / "scripts" / "results" / "bench_baselines"))
     parser.add_argument("--smoke", action="store_true", help="12 intents: checks the script runs")
+    parser.add_argument(
+        "--report-from",
+        metavar="JSON",
+        help="fit nothing: take the probes' lines from this results JSON and rebuild the "
+        "comparison with the --intent-ci and --retrain-from files given now",
+    )
     args = parser.parse_args()
     _quiet_libraries()
     torch.manual_seed(0)
 
     raw = bi.load_clinc(Path(args.data), smoke=args.smoke)
     protocols = bi.SMOKE_PROTOCOLS if args.smoke else bi.PROTOCOLS
-    if args.smoke:
-        protocols = {k: replace(v) for k, v in protocols.items()}
     workdir = Path(args.workdir)
-    emb = Embedded(
-        raw, args.backbone, workdir / ("embeddings-smoke.npz" if args.smoke else "embeddings.npz")
+    previous = json.loads(Path(args.report_from).read_text()) if args.report_from else None
+    emb = (
+        None
+        if previous
+        else Embedded(
+            raw,
+            args.backbone,
+            workdir / ("embeddings-smoke.npz" if args.smoke else "embeddings.npz"),
+        )
     )
     per_intent = ReplayConfig().per_intent
     conditions = {
@@ -428,10 +453,16 @@ def main() -> None:
         "protocols": args.protocols,
         "conditions": list(conditions),
         "per_intent": per_intent,
-        "embed_s": emb.embed_s,
+        "embed_s": previous["embed_s"] if previous else emb.embed_s,
         "lines": {},
     }
     jobs = [(c, p, s) for c in conditions for p in args.protocols for s in args.seeds]
+    if previous:
+        result["lines"] = previous["lines"]
+        missing = [f"{c}/{p}/{s}" for c, p, s in jobs if f"{c}/{p}/{s}" not in result["lines"]]
+        if missing:
+            raise SystemExit(f"--report-from {args.report_from}: no line for {', '.join(missing)}")
+        jobs = []
     for condition, pname, seed in tqdm(jobs, desc="lines"):
         order = bi.intent_order(raw, seed)
         line = run_line(emb, protocols[pname], order, conditions[condition], seed, per_intent)
@@ -441,6 +472,10 @@ def main() -> None:
         }
         tqdm.write(f"{condition} {pname} seed {seed}: {final}")
     result["intent_ci"] = intent_ci_finals(args.intent_ci)
+    if args.retrain_from:
+        result["intent_ci"].setdefault("full retrain", {}).update(
+            retrains_from_bench_oos(args.retrain_from, args.protocols)
+        )
     result["summary"] = summarise(result)
     result["gaps"] = []
     for name in result["intent_ci"]:
@@ -448,6 +483,8 @@ def main() -> None:
             continue
         for b in ("probe, all data", "probe, memory", "probe, memory, balanced", "full retrain"):
             result["gaps"] += gaps(result, name, b)
+    if "full retrain" in result["intent_ci"]:
+        result["gaps"] += gaps(result, "full retrain", "probe, all data")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1), encoding="utf-8")

@@ -82,6 +82,13 @@ class Protocol:
     per_release: int
     shots: int | None  # training utterances per new intent; None = all 100
 
+    def steps(self, order: list[str]) -> list[list[str]]:
+        """The intents each release after the base adds, in `order`."""
+        return [
+            order[self.base + k * self.per_release : self.base + (k + 1) * self.per_release]
+            for k in range(self.releases)
+        ]
+
     def describe(self) -> str:
         data = f"{self.shots} utterances each" if self.shots else "full data"
         return (
@@ -448,13 +455,7 @@ def run_protocol(
     print(protocol.describe(), flush=True)
     workdir = Path(args.workdir)
     base_intents = order[: protocol.base]
-    steps = [
-        order[
-            protocol.base + k * protocol.per_release : protocol.base
-            + (k + 1) * protocol.per_release
-        ]
-        for k in range(protocol.releases)
-    ]
+    steps = protocol.steps(order)
     base_data = train_rows(raw, base_intents, None, args.seed)
     base_registry, base_cost = cached_init(workdir, "base", base_data, config, args.reuse)
     base_scores = score(IntentClassifier.load(base_registry, "v1"), raw, base_intents, set())

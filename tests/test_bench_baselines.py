@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -64,3 +65,16 @@ def test_memory_probe_refits_on_exemplars_and_new_rows(scripts):
     assert memory["per_release"][1] is not None and len(memory["per_release"]) == 3
     assert line["methods"]["probe, all data"]["per_release"][1] is None  # only the final refit
     assert memory["final"]["test"]["accuracy"] > 0.9  # well-separated blobs
+
+
+def test_the_retrain_of_each_seed_comes_from_bench_oos(scripts, tmp_path):
+    _, bb = scripts
+    path = tmp_path / "bench_oos.json"
+    per_seed = [
+        {"seed": s, "release": {"accuracy": {"val": 0.97 + s / 1000, "test": 0.96 + s / 1000}}}
+        for s in (0, 1)
+    ]
+    path.write_text(json.dumps({"per_seed": per_seed}), encoding="utf-8")
+    got = bb.retrains_from_bench_oos(str(path), ["P1", "P2"])
+    assert sorted(got) == ["full/P1/0", "full/P1/1", "full/P2/0", "full/P2/1"]
+    assert got["full/P2/1"]["test"] == pytest.approx(0.961) and got["full/P1/0"]["val"] == 0.97
