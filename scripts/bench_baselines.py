@@ -40,7 +40,6 @@ import json
 import math
 import os
 import platform
-import random
 import sys
 import time
 from datetime import date
@@ -130,13 +129,13 @@ def run_line(
     seed: int,
     per_intent: int,
 ) -> dict:
-    """Every method along one line; the probe's C chosen on val at the base release."""
+    """Every method along one line; the probe's C chosen on val at every refit."""
 
     def rows(intent: str) -> np.ndarray:
         all_rows = emb.rows[intent]
-        if shots is None or shots >= len(all_rows):
+        if shots is None:
             return all_rows
-        return np.array(sorted(random.Random(f"{seed}-{intent}").sample(list(all_rows), shots)))
+        return np.array(sorted(bi.seeded_sample(list(all_rows), shots, intent, seed)))
 
     base = order[: protocol.base]
     steps = protocol.steps(order)
@@ -165,10 +164,11 @@ def run_line(
         return out
 
     result: dict = {"base_C": c, "base": base_scores, "methods": {}}
+    base_memory = memory_of(base)
     for method in METHODS:
         balanced = method.endswith("balanced")
         known = list(base)
-        memory = memory_of(base)
+        memory = dict(base_memory)
         history = [base_scores]
         started = time.perf_counter()
         for new in steps:

@@ -144,6 +144,12 @@ def intent_order(raw: dict, seed: int) -> list[str]:
     return intents
 
 
+def seeded_sample(items: list, k: int, intent: str, seed: int) -> list:
+    """The seeded `k` of one intent's `items` that every script here draws (the few-shot
+    protocols, the small condition and bench_baselines' probes see the same rows)."""
+    return random.Random(f"{seed}-{intent}").sample(items, min(k, len(items)))
+
+
 CONDITIONS = {"full": None, "small": 50}
 """Training utterances per intent in each data condition (None: all of CLINC150's 100)."""
 
@@ -157,9 +163,7 @@ def condition_rows(train: list[tuple[str, str]], per_intent: int | None, seed: i
     for t, i in train:
         by_intent.setdefault(i, []).append(t)
     keep = {
-        (t, i)
-        for i, rows in by_intent.items()
-        for t in random.Random(f"{seed}-{i}").sample(rows, min(per_intent, len(rows)))
+        (t, i) for i, rows in by_intent.items() for t in seeded_sample(rows, per_intent, i, seed)
     }
     return [(t, i) for t, i in train if (t, i) in keep]
 
@@ -170,7 +174,7 @@ def train_rows(raw: dict, intents: list[str], shots: int | None, seed: int) -> d
     for intent in intents:
         rows = [t for t, i in raw["train"] if i == intent]
         if shots is not None:
-            rows = random.Random(f"{seed}-{intent}").sample(rows, shots)
+            rows = seeded_sample(rows, shots, intent, seed)
         texts += rows
         labels += [intent] * len(rows)
     return datasets.Dataset.from_dict({"text": texts, "intent": labels})

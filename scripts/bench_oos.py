@@ -813,7 +813,7 @@ def main() -> None:
             raise SystemExit(f"--also-workdir {other}: no main.json (run --stage main there)")
         mains.append(json.loads(path.read_text()))
     seeds = [m.get("seed") for m in mains]
-    if None in seeds or len(set(seeds)) != len(seeds):
+    if len(mains) > 1 and (None in seeds or len(set(seeds)) != len(seeds)):
         raise SystemExit(
             f"every main.json must record a distinct seed, got {seeds}; rerun "
             "`--stage main --rescore --seed N` in a workdir that lacks one"
