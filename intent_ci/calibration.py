@@ -12,6 +12,14 @@ distribution. The rule is made from utterances the release never trained on:
 * rows labelled ``oos``, when given, are stored with them and measure the out-of-scope recall
   the threshold reaches; they do not move the threshold.
 
+Scores (higher means more in scope): ``max_logit``, ``msp`` and ``energy`` read the logits
+alone; ``energy_knn`` (the default) also reads the pooled features. It is the mean of two
+standardised parts: the energy (logsumexp of the logits) and the cosine similarity to the
+nearest exemplar of the release's replay memory, whose pooled features the release stores
+(``oos_bank.safetensors``, unit length, float16). Each part is standardised by its mean and
+standard deviation on the calibration utterances, recorded in the manifest (``standardise``),
+so nothing out of scope sets them. scripts/bench_oos.py compares every score on CLINC150.
+
 The manifest's ``oos`` field records the method, score, threshold, calibration set and the
 in-scope recall achieved on it. A release made before this feature has no ``oos`` field: it
 accepts every utterance.
@@ -19,6 +27,7 @@ accepts every utterance.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -26,11 +35,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from intent_ci.config import NAME_PATTERN, OOS_SCORES, OOSConfig
 from intent_ci.errors import IntentCIError, ReleaseVerificationError
 
 CALIBRATION_FILE = "calibration.json"
+BANK_FILE = "oos_bank.safetensors"
+"""Pooled features of the replay memory's exemplars, for scores that read features."""
+LOGIT_SCORES = ("max_logit", "msp", "energy")
+BANK_SCORES = ("energy_knn",)
+"""Scores that read the pooled features and the release's exemplar bank as well as the logits."""
+FALLBACK_SCORE = "energy"
+"""What a bank score falls back to when a release has no exemplars (replay memory off)."""
 METHOD = "in-scope quantile"
 """How the threshold is set: the (1 - target_recall) quantile of in-scope calibration scores."""
 _FORMAT = 1
@@ -53,7 +70,85 @@ def score_logits(logits: torch.Tensor, method: str) -> torch.Tensor:
         return logits.softmax(-1).max(-1).values if len(logits) else torch.empty(0)
     if method == "energy":
         return torch.logsumexp(logits, -1) if len(logits) else torch.empty(0)
+    if method in BANK_SCORES:
+        raise IntentCIError(f"out-of-scope score {method!r} needs pooled features and a bank")
     raise IntentCIError(f"unknown out-of-scope score {method!r}; expected one of {OOS_SCORES}")
+
+
+def needs_bank(method: str) -> bool:
+    """Whether `method` reads pooled features and the release's exemplar bank."""
+    return method in BANK_SCORES
+
+
+def make_bank(features: torch.Tensor) -> torch.Tensor:
+    """The exemplar bank of `features`: unit-length rows, rounded to float16 as the release
+    stores them, in float32. Calibration uses this rounded bank, so a loaded release scores
+    exactly as it was calibrated."""
+    return F.normalize(features.float(), dim=-1).half().float()
+
+
+def nearest_similarity(
+    features: torch.Tensor, bank: torch.Tensor, chunk: int = 4096
+) -> torch.Tensor:
+    """Cosine similarity of each row of `features` to its nearest row of `bank`."""
+    if len(bank) == 0:
+        raise IntentCIError("the exemplar bank is empty: no nearest exemplar to compare with")
+    unit = F.normalize(features.float(), dim=-1)
+    out = torch.empty(len(unit))
+    for start in range(0, len(unit), chunk):
+        out[start : start + chunk] = (unit[start : start + chunk] @ bank.T).max(-1).values
+    return out
+
+
+def score_parts(
+    logits: torch.Tensor, features: torch.Tensor, bank: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The unstandardised parts of ``energy_knn``: ``energy`` and ``knn`` (nearest cosine)."""
+    return {"energy": score_logits(logits, "energy"), "knn": nearest_similarity(features, bank)}
+
+
+def standardisation(parts: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+    """Mean and standard deviation of each part (on the in-scope calibration utterances)."""
+    return {
+        name: {"mean": float(v.double().mean()), "std": max(float(v.double().std()), 1e-6)}
+        for name, v in parts.items()
+    }
+
+
+def score_rows(
+    method: str,
+    logits: torch.Tensor,
+    features: torch.Tensor | None = None,
+    *,
+    bank: torch.Tensor | None = None,
+    standardise: dict[str, dict[str, float]] | None = None,
+) -> torch.Tensor:
+    """The out-of-scope score of every row; higher means more in scope.
+
+    Args:
+        method: a logit score (see :func:`score_logits`) or ``energy_knn``, the mean of the
+            standardised energy and nearest-exemplar cosine similarity.
+        logits: ``(n, intents)``.
+        features: ``(n, hidden)`` pooled features (``energy_knn`` only).
+        bank: the release's exemplar bank (:func:`make_bank`; ``energy_knn`` only).
+        standardise: the manifest's ``oos.standardise`` (``energy_knn`` only).
+
+    Raises:
+        IntentCIError: for an unknown method, or ``energy_knn`` without what it reads.
+    """
+    if method not in BANK_SCORES:
+        return score_logits(logits, method)
+    if features is None or bank is None or standardise is None:
+        raise IntentCIError(
+            f"out-of-scope score {method!r} needs pooled features, the exemplar bank and the "
+            "calibration's standardisation"
+        )
+    if len(logits) == 0:
+        return torch.empty(0)
+    parts = score_parts(logits, features, bank)
+    return sum(
+        0.5 * (parts[name] - stats["mean"]) / stats["std"] for name, stats in standardise.items()
+    )
 
 
 def holdout_split(
@@ -145,6 +240,72 @@ def calibrate(
     record["in_scope_recall"] = int((in_scope_scores >= threshold).sum()) / len(in_scope_scores)
     if len(oos_scores):
         record["oos_recall"] = int((oos_scores < threshold).sum()) / len(oos_scores)
+    return record
+
+
+def exemplar_texts(replay: dict[str, list[str]], intents: list[str]) -> tuple[list[str], list[str]]:
+    """The bank's utterances (`replay` in head-row order), and the intents with no exemplar."""
+    return (
+        [t for intent in intents for t in replay.get(intent, [])],
+        [intent for intent in intents if not replay.get(intent)],
+    )
+
+
+def calibrate_release_scores(
+    logits: torch.Tensor,
+    features: torch.Tensor | None,
+    in_scope_rows: int,
+    bank: torch.Tensor | None,
+    cfg: OOSConfig,
+    *,
+    intents: int,
+    without_exemplars: list[str] | None = None,
+) -> dict[str, Any]:
+    """The manifest's ``oos`` record of a release, from its pass over the calibration set.
+
+    Args:
+        logits, features: of the calibration utterances, in-scope rows first, then ``oos``.
+            `features` may be None for a logit score.
+        in_scope_rows: how many leading rows are in scope.
+        bank: the release's exemplar bank (:func:`make_bank`), or None when it has no replay
+            memory.
+        cfg: score method and target recall.
+        intents: how many intents the calibration utterances cover.
+        without_exemplars: intents of the release with no exemplar in its memory (a release
+            made with ``replay.enabled: false`` from a parent pulled without its memory). A
+            bank score needs every intent in the bank, else an intent's own utterances would
+            look out of scope; it falls back to ``energy``, and the record says why.
+
+    Returns:
+        :func:`calibrate`'s record; for a bank score also ``standardise`` (each part's mean and
+        standard deviation on the in-scope rows) and ``bank`` (file and rows).
+    """
+    extra: dict[str, Any] = {}
+    standardise = None
+    if needs_bank(cfg.score):
+        why = None
+        if without_exemplars:
+            why = f"{len(without_exemplars)} intents have no replay exemplars"
+        elif bank is None or len(bank) == 0 or features is None:
+            why = "the release has no replay exemplars"
+        elif in_scope_rows < 2:
+            why = "it has fewer than 2 calibration utterances"
+        if why is not None:
+            extra["note"] = (
+                f"score {cfg.score} needs exemplars of every intent and calibration utterances, "
+                f"but {why}: calibrated on {FALLBACK_SCORE} instead"
+            )
+            cfg = dataclasses.replace(cfg, score=FALLBACK_SCORE)
+        else:
+            parts = score_parts(logits[:in_scope_rows], features[:in_scope_rows], bank)
+            standardise = standardisation(parts)
+            extra["standardise"] = standardise
+            extra["bank"] = {"file": BANK_FILE, "rows": len(bank)}
+    scores = score_rows(cfg.score, logits, features, bank=bank, standardise=standardise)
+    record = calibrate(scores[:in_scope_rows], scores[in_scope_rows:], cfg, intents=intents)
+    if "note" in extra and "note" in record:
+        extra["note"] = f"{record['note']}; {extra['note']}"
+    record.update(extra)
     return record
 
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from intent_ci.config import OOS_SCORES
 from intent_ci.errors import IntentCIError, LatestMovedError
 
 _STDOUT = "-"
@@ -791,7 +792,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from intent_ci.registry import Registry
 
     release = calibrate_release(
-        args.data, _writable_registry(args), args.release, target_recall=args.target_recall
+        args.data,
+        _writable_registry(args),
+        args.release,
+        target_recall=args.target_recall,
+        score=args.score,
     )
     manifest = Registry(args.registry).manifest(release)
     echo(
@@ -1125,6 +1130,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--target-recall",
         type=float,
         help="share of in-scope utterances to accept (default: the release's oos.target_recall)",
+    )
+    p.add_argument(
+        "--score",
+        choices=OOS_SCORES,
+        help="out-of-scope score to calibrate (default: the release's oos.score)",
     )
     registry_arg(p, writes=True)
     p.set_defaults(func=cmd_calibrate)

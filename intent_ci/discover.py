@@ -276,7 +276,7 @@ def score_traffic(classifier: Any, texts: list[str], cfg: DiscoverConfig) -> Sco
         classifier, texts, "release", cfg.batch_size, desc="scoring traffic", with_logits=True
     )
     probs = logits.softmax(-1)
-    scores = classifier.scores(logits)
+    scores = classifier.scores(logits, torch.from_numpy(x))
     threshold = classifier.threshold
     in_scope = (
         np.ones(len(texts), dtype=bool)

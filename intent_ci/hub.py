@@ -10,6 +10,7 @@ One Hub model repo holds a whole release line::
     releases/v1/labels.json
     releases/v1/replay.json
     releases/v1/calibration.json            held-out utterances of the out-of-scope threshold
+    releases/v1/oos_bank.safetensors        pooled features of the replay exemplars (oos score)
     releases/v2/...
     tags  v1 -> the commit that added releases/v1/, v2 -> ...   (created once, never moved)
           production -> the commit of the release the local alias names (moved by push)
@@ -30,7 +31,9 @@ first, one commit and tag each; an ancestor that is neither on the Hub nor in th
 is an error that says where to find it. ``--no-replay`` leaves out ``replay.json`` and
 ``calibration.json`` (both hold training utterances) and uploads a manifest that records the
 omission under ``omitted_files``, with each omitted file's sha256. Such a release still rejects
-out-of-scope utterances: its threshold is in the manifest. A ``--gate-report`` (the ``report.json`` of ``intent-ci check``)
+out-of-scope utterances: its threshold is in the manifest, and ``oos_bank.safetensors`` (pooled
+features of the replay exemplars, no text) is pushed, since the ``energy_knn`` score reads it. A
+team that must not publish even features recalibrates with ``oos.score: energy`` first. A ``--gate-report`` (the ``report.json`` of ``intent-ci check``)
 contributes only its ``verdict``, ``candidate`` and ``baseline`` fields to the card; a report
 whose verdict is ``fail`` stops the push, because the newest tag is what ``latest`` pulls.
 

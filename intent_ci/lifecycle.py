@@ -25,17 +25,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from intent_ci.calibration import (
+    BANK_FILE,
     CALIBRATION_FILE,
-    calibrate,
+    calibrate_release_scores,
     calibration_rows,
+    exemplar_texts,
+    make_bank,
+    needs_bank,
     read_calibration,
-    score_logits,
     write_calibration,
 )
-from intent_ci.config import NAME_PATTERN, ModelConfig, OOSConfig, ReleaseConfig
+from intent_ci.config import NAME_PATTERN, OOS_SCORES, ModelConfig, OOSConfig, ReleaseConfig
 from intent_ci.data import (
     INTENT,
     OOS_LABEL,
@@ -57,6 +61,7 @@ from intent_ci.release import (
     load_release,
     release_problems,
     verify_release,
+    write_bank,
     write_staged,
     write_staged_json,
 )
@@ -337,12 +342,18 @@ def recalibrate(
     in_scope: dict[str, list[str]],
     oos: list[str],
     cfg: OOSConfig,
-) -> dict[str, Any]:
+    replay: dict[str, list[str]],
+) -> tuple[dict[str, Any], torch.Tensor | None]:
     """The ``oos`` record of a release made from `parent` without training (retire, calibrate).
 
     Scores the calibration utterances with the parent's model; for the intents in `keep`
     (a subset of the parent's, in order) only their logits count, which are bit-identical to
-    the new release's because its head rows are the parent's rows, copied exactly.
+    the new release's because its head rows are the parent's rows, copied exactly. The encoder
+    is the parent's too, so a score that reads features gets its exemplar bank from the
+    parent's encoder on the new release's `replay` memory.
+
+    Returns:
+        The record, and the exemplar bank to store (None when the score reads no features).
 
     Raises:
         IntentCIError: if the parent fails to load (verification, backbone).
@@ -350,14 +361,26 @@ def recalibrate(
     classifier = IntentClassifier(load_release(registry, parent), device="cpu")
     columns = [classifier.intents.index(i) for i in keep]
     rows = calibration_rows(in_scope, keep)
-    logits = classifier.logits([t for t, _ in rows] + list(oos))[:, columns]
-    scores = score_logits(logits, cfg.score)
-    return calibrate(
-        scores[: len(rows)],
-        scores[len(rows) :],
+    texts = [t for t, _ in rows] + list(oos)
+    bank = None
+    features = None
+    bank_texts, without = exemplar_texts(replay, keep) if needs_bank(cfg.score) else ([], [])
+    if needs_bank(cfg.score) and not without:
+        logits, features = classifier.logits_and_features(texts + bank_texts)
+        bank = make_bank(features[len(texts) :]) if bank_texts else None
+        logits, features = logits[: len(texts)], features[: len(texts)]
+    else:
+        logits = classifier.logits(texts)
+    record = calibrate_release_scores(
+        logits[:, columns],
+        features,
+        len(rows),
+        bank,
         cfg,
         intents=sum(1 for i in keep if in_scope.get(i)),
+        without_exemplars=without,
     )
+    return record, (bank if "bank" in record else None)
 
 
 def _recorded_oos_config(manifest: dict[str, Any]) -> OOSConfig:
@@ -428,13 +451,14 @@ def retire_intents(
     replay = {k: v for k, v in memory.items() if k in keep}
     calibration = None
     oos_record = None
+    bank = None
     if CALIBRATION_FILE in manifest["files"]:
         # The retired intents' utterances leave the calibration set: the release no longer
         # predicts them, so they are neither in scope nor known out-of-scope examples.
         in_scope, oos = read_calibration(folder / CALIBRATION_FILE)
         calibration = ({i: in_scope[i] for i in keep if i in in_scope}, oos)
-        oos_record = recalibrate(
-            registry, name, keep, calibration[0], oos, _recorded_oos_config(manifest)
+        oos_record, bank = recalibrate(
+            registry, name, keep, calibration[0], oos, _recorded_oos_config(manifest), replay
         )
     new_manifest = {
         "parent": name,
@@ -464,6 +488,8 @@ def retire_intents(
         if calibration is not None:
             path = staging / CALIBRATION_FILE
             write_staged(path, lambda: write_calibration(calibration[0], calibration[1], path))
+        if bank is not None:
+            write_bank(bank, staging / BANK_FILE)
         release = registry.commit(staging, new_manifest, expect_latest=expect_latest)
     logger.info("wrote release %s: %s without %s", release, name, ", ".join(intents))
     return release
@@ -476,6 +502,7 @@ def calibrate_release(
     parent: str = "latest",
     *,
     target_recall: float | None = None,
+    score: str | None = None,
 ) -> str:
     """Make a release of `parent` whose out-of-scope threshold is set on `data`; return its id.
 
@@ -490,6 +517,7 @@ def calibrate_release(
         registry: the registry.
         parent: the release to recalibrate.
         target_recall: in-scope recall to calibrate for; default the parent's.
+        score: out-of-scope score (`intent_ci.config.OOS_SCORES`); default the parent's.
 
     Raises:
         IntentCIError: for an unknown release, data with intents the release does not predict,
@@ -513,6 +541,10 @@ def calibrate_release(
                 f"accept), got {target_recall}"
             )
         cfg = dataclasses.replace(cfg, target_recall=float(target_recall))
+    if score is not None:
+        if score not in OOS_SCORES:
+            raise IntentCIError(f"--score: expected one of {', '.join(OOS_SCORES)}, got {score!r}")
+        cfg = dataclasses.replace(cfg, score=score)
     config = manifest["config"]
     data_cfg = ReleaseConfig.from_dict(config, source=f"{registry.path(name) / 'manifest.json'}")
     examples = read_examples(data, data_cfg.data)
@@ -540,7 +572,7 @@ def calibrate_release(
             "threshold is set on utterances of the release's intents"
         )
     ordered = {i: in_scope[i] for i in labels if i in in_scope}
-    record = recalibrate(registry, name, labels, ordered, oos, cfg)
+    record, bank = recalibrate(registry, name, labels, ordered, oos, cfg, memory)
     record["note"] = f"recalibrated on {examples.origin}"
     new_config = json.loads(json.dumps(config))
     new_config["oos"] = dataclasses.asdict(cfg)
@@ -565,6 +597,8 @@ def calibrate_release(
             write_staged(staging / file, lambda f=file: shutil.copyfile(folder / f, staging / f))
         path = staging / CALIBRATION_FILE
         write_staged(path, lambda: write_calibration(ordered, oos, path))
+        if bank is not None:
+            write_bank(bank, staging / BANK_FILE)
         release = registry.commit(staging, new_manifest, expect_latest=expect_latest)
     logger.info("wrote release %s: %s recalibrated on %s", release, name, examples.origin)
     return release

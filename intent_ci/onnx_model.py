@@ -34,25 +34,30 @@ class _Positional(torch.nn.Module):
         self.model = model
         self.names = names
 
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return self.model(**dict(zip(self.names, tensors, strict=True)))
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model(**dict(zip(self.names, tensors, strict=True)), return_pooled=True)
 
 
 class OnnxLogits:
-    """Stands in for an `IntentModel`'s forward: padded token tensors in, logits out."""
+    """Stands in for an `IntentModel`'s forward: padded token tensors in, logits (and pooled
+    features, which an out-of-scope score may read) out."""
 
     def __init__(self, session: Any, names: list[str]) -> None:
         self.session = session
         self.names = names
 
-    def __call__(self, **batch: torch.Tensor) -> torch.Tensor:
+    def _run(self, batch: dict[str, torch.Tensor]) -> list[Any]:
         feed = {name: batch[name].cpu().numpy() for name in self.names}
-        return torch.from_numpy(self.session.run(["logits"], feed)[0])
+        return self.session.run(["logits", "pooled"], feed)
+
+    def __call__(
+        self, return_pooled: bool = False, **batch: torch.Tensor
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        logits, pooled = (torch.from_numpy(a) for a in self._run(batch))
+        return (logits, pooled) if return_pooled else logits
 
     def pooled(self, **batch: torch.Tensor) -> torch.Tensor:
-        raise IntentCIError(
-            "pooled features are not exported to ONNX; load the release with runtime torch"
-        )
+        return torch.from_numpy(self._run(batch)[1])
 
 
 def use_onnx_runtime(classifier: Any) -> float:
@@ -91,9 +96,9 @@ def use_onnx_runtime(classifier: Any) -> float:
             tuple(example[name] for name in names),
             str(path),
             input_names=names,
-            output_names=["logits"],
+            output_names=["logits", "pooled"],
             dynamic_axes={name: {0: "batch", 1: "tokens"} for name in names}
-            | {"logits": {0: "batch"}},
+            | {"logits": {0: "batch"}, "pooled": {0: "batch"}},
             opset_version=17,
             dynamo=False,
         )

@@ -22,10 +22,12 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list, set_seed
 
 from intent_ci.calibration import (
-    calibrate,
+    calibrate_release_scores,
     calibration_rows,
+    exemplar_texts,
     holdout_split,
-    score_logits,
+    make_bank,
+    needs_bank,
 )
 from intent_ci.config import ReleaseConfig, apply_overrides
 from intent_ci.data import (
@@ -253,33 +255,56 @@ def _calibrate(
     labels: list[str],
     calibration: dict[str, list[str]],
     oos: list[str],
+    replay: dict[str, list[str]],
     backbone: Backbone,
     accelerator: Accelerator,
     config: ReleaseConfig,
-) -> dict[str, Any] | None:
-    """Score the calibration utterances with the trained `model`; the manifest's ``oos`` record."""
+) -> tuple[dict[str, Any] | None, torch.Tensor | None]:
+    """Score the calibration utterances with the trained `model`.
+
+    Returns:
+        The manifest's ``oos`` record, and the exemplar bank to store with the release (the
+        pooled features of the `replay` memory, see `intent_ci.calibration.make_bank`) when
+        the score reads features; ``(None, None)`` with out-of-scope detection off.
+    """
     if not config.oos.enabled:
-        return None
+        return None, None
     rows = calibration_rows(calibration, labels)
+    bank_texts, without = (
+        exemplar_texts(replay, labels) if needs_bank(config.oos.score) else ([], [])
+    )
+    if without:
+        bank_texts = []  # a bank missing some intents is not used (see calibrate_release_scores)
     texts = [t for t, _ in rows] + list(oos)
-    scores = torch.empty(0)
-    if texts:
+    logits, features = torch.empty(0, len(labels)), None
+    bank = None
+    if texts or bank_texts:
         index = {label: i for i, label in enumerate(labels)}
-        targets = [index[i] for _, i in rows] + [0] * len(oos)
+        targets = [index[i] for _, i in rows] + [0] * (len(oos) + len(bank_texts))
         tokenized = tokenize(
-            backbone.tokenizer, texts, targets, config.model.max_length, accelerator
+            backbone.tokenizer, texts + bank_texts, targets, config.model.max_length, accelerator
         )
         loader = accelerator.prepare(
             make_loader(tokenized, backbone.tokenizer, config.train.eval_batch_size, shuffle=False)
         )
-        logits = predict_logits(model, loader, accelerator, desc="calibration", leave=True)
-        scores = score_logits(logits, config.oos.score)
-    return calibrate(
-        scores[: len(rows)],
-        scores[len(rows) :],
+        if bank_texts:
+            logits, features = predict_logits_and_pooled(
+                model, loader, accelerator, desc="calibration", leave=True
+            )
+            bank = make_bank(features[len(texts) :])
+            logits, features = logits[: len(texts)], features[: len(texts)]
+        else:
+            logits = predict_logits(model, loader, accelerator, desc="calibration", leave=True)
+    record = calibrate_release_scores(
+        logits,
+        features,
+        len(rows),
+        bank,
         config.oos,
         intents=sum(1 for i in labels if calibration.get(i)),
+        without_exemplars=without,
     )
+    return record, (bank if "bank" in record else None)
 
 
 def _write_release(
@@ -298,6 +323,7 @@ def _write_release(
     expect_latest: str | None,
     calibration: tuple[dict[str, list[str]], list[str]] | None = None,
     oos: dict[str, Any] | None = None,
+    bank: torch.Tensor | None = None,
     changes: dict[str, Any] | None = None,
 ) -> str:
     """Main process stages and commits the release; every rank gets its id back.
@@ -359,6 +385,7 @@ def _write_release(
                     model_config=config.model,
                     model_type=backbone.encoder.config.model_type,
                     calibration=calibration,
+                    bank=bank,
                 )
                 release[0] = registry.commit(staging, manifest, expect_latest=expect_latest)
             logger.info("wrote release %s to %s", release[0], registry.root)
@@ -484,7 +511,9 @@ def init_release(
             config.replay.selection,
             config.train.seed,
         )
-    oos = _calibrate(model, labels, calibration, oos_texts, backbone, accelerator, config)
+    oos, bank = _calibrate(
+        model, labels, calibration, oos_texts, replay, backbone, accelerator, config
+    )
     metrics: dict[str, Any] = {
         "train": dataclasses.asdict(stats),
         "train_examples": len(texts),
@@ -512,6 +541,7 @@ def init_release(
         expect_latest=expect_latest,
         calibration=(calibration, oos_texts) if oos is not None else None,
         oos=oos,
+        bank=bank,
     )
 
 
@@ -894,12 +924,15 @@ def _child_release(
         forced=frozenset(c.row for c in corrections),
     )
     replay = {**memory, **new_memory}
-    oos = _calibrate(model, labels, calibration, oos_texts, backbone, accelerator, config)
+    oos, bank = _calibrate(
+        model, labels, calibration, oos_texts, replay, backbone, accelerator, config
+    )
     if oos is not None and parent_release.calibration is None:
-        oos["note"] = (
+        note = (
             f"parent {parent_release.name} has no calibration utterances; calibrated on the new "
             "intents' held-out utterances only"
         )
+        oos["note"] = f"{note}; {oos['note']}" if oos.get("note") else note
     compute_s = time.perf_counter() - compute_started
     metrics: dict[str, Any] = {
         "train": dataclasses.asdict(stats),
@@ -939,6 +972,7 @@ def _child_release(
         expect_latest=expect_latest,
         calibration=(calibration, oos_texts) if oos is not None else None,
         oos=oos,
+        bank=bank,
         changes={
             "updated_intents": updated,
             "corrections": [c.to_dict() for c in corrections],

@@ -1015,8 +1015,10 @@ def _backbone_identity(manifest: dict[str, Any]) -> dict[str, Any]:
     return {k: backbone.get(k) for k in ("fingerprint", "model_type", "hidden_size", "pooling")}
 
 
-RECALIBRATED_FILES = {"calibration.json"}
-"""The only files a release made by `calibrate` may hold that differ from its parent's."""
+RECALIBRATED_FILES = {"calibration.json", "oos_bank.safetensors"}
+"""The only files a release made by `calibrate` may hold that differ from its parent's: the
+calibration set, and the exemplar bank (its parent's encoder on its parent's memory, present
+only when the score reads it)."""
 
 
 def _calibrated_edge_problems(

@@ -7,7 +7,9 @@ Files of a release (all hashed in ``manifest.json``):
 * ``labels.json``: intents in head-row order;
 * ``replay.json``: the replay memory (exemplar utterances per intent);
 * ``calibration.json``: held-out utterances the out-of-scope threshold was calibrated on
-  (releases made before out-of-scope detection have none, and accept every utterance).
+  (releases made before out-of-scope detection have none, and accept every utterance);
+* ``oos_bank.safetensors``: pooled features of the replay exemplars, for an out-of-scope score
+  that reads features (``energy_knn``; see `intent_ci.calibration`).
 
 Loading rebuilds the head at the recorded size, re-hashes every file, and refuses a backbone
 whose weights differ from the one the release was trained on. Only safetensors and JSON are read.
@@ -33,12 +35,15 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.tensor import DTensor
 
 from intent_ci.calibration import (
+    BANK_FILE,
     CALIBRATION_FILE,
+    FALLBACK_SCORE,
+    needs_bank,
     read_calibration,
-    score_logits,
+    score_rows,
     write_calibration,
 )
-from intent_ci.config import NAME_PATTERN, ModelConfig, ReleaseConfig
+from intent_ci.config import NAME_PATTERN, OOS_SCORES, ModelConfig, ReleaseConfig
 from intent_ci.errors import IntentCIError, ReleaseVerificationError
 from intent_ci.modeling import (
     Backbone,
@@ -145,6 +150,7 @@ def save_model_files(
     model_config: ModelConfig | None = None,
     model_type: str | None = None,
     calibration: tuple[dict[str, list[str]], list[str]] | None = None,
+    bank: torch.Tensor | None = None,
 ) -> None:
     """Write the adapter, head, labels, replay memory and calibration set of `model` into `folder`.
 
@@ -155,6 +161,8 @@ def save_model_files(
             checked against the strict schema loading applies, before anything is written.
         model_type: the backbone's ``model_type`` (with `model_config`).
         calibration: ``(in_scope, oos)`` calibration utterances; None writes no calibration file.
+        bank: the out-of-scope exemplar bank (`intent_ci.calibration.make_bank`); None writes
+            no bank file.
 
     Raises:
         IntentCIError: if a write fails (full disk, file size limit), or if peft produced an
@@ -181,6 +189,26 @@ def save_model_files(
     if calibration is not None:
         cal = folder / CALIBRATION_FILE
         write_staged(cal, lambda: write_calibration(calibration[0], calibration[1], cal))
+    if bank is not None:
+        write_bank(bank, folder / BANK_FILE)
+
+
+def write_bank(bank: torch.Tensor, path: Path) -> None:
+    """Write an exemplar bank (float16, as `make_bank` rounded it) to `path`, staged."""
+    tensors = {"features": bank.half().contiguous()}
+    write_staged(path, lambda: save_file(tensors, str(path)))
+
+
+def read_bank(path: Path) -> torch.Tensor:
+    """An exemplar bank as float32 ``(rows, hidden)``.
+
+    Raises:
+        ReleaseVerificationError: if the file is not a safetensors file with a 2-D `features`.
+    """
+    features = _load_safetensors(path).get("features")
+    if features is None or features.ndim != 2:
+        raise ReleaseVerificationError(f"{path}: expected a 2-D `features` tensor")
+    return features.float()
 
 
 def check_adapter_schema(cfg: dict[str, Any], model: ModelConfig, model_type: Any) -> None:
@@ -555,10 +583,10 @@ def _oos_problems(folder: Path, manifest: dict[str, Any]) -> list[str]:
         or not math.isfinite(threshold)
     ):
         problems.append(f"{where}.threshold: expected a finite number or null, got {threshold!r}")
-    try:
-        score_logits(torch.zeros(1, 1), str(oos.get("score")))
-    except IntentCIError:
+    if oos.get("score") not in OOS_SCORES:
         problems.append(f"{where}.score: unknown score {oos.get('score')!r}")
+    elif needs_bank(oos["score"]) and threshold is not None:
+        problems.extend(_bank_problems(folder, manifest, oos, where))
     if not listed and not omitted:
         problems.append(f"{where} is set but the manifest lists no {CALIBRATION_FILE}")
     if listed:
@@ -579,6 +607,49 @@ def _oos_problems(folder: Path, manifest: dict[str, Any]) -> list[str]:
                     f"{where}.calibration.in_scope is {size!r} but {CALIBRATION_FILE} holds "
                     f"{sum(len(v) for v in in_scope.values())} in-scope utterances"
                 )
+    return problems
+
+
+def _bank_problems(
+    folder: Path, manifest: dict[str, Any], oos: dict[str, Any], where: str
+) -> list[str]:
+    """A feature score's record (``standardise``, ``bank``) against the bank file."""
+    problems = []
+    stats = oos.get("standardise")
+    if (
+        not isinstance(stats, dict)
+        or set(stats) != {"energy", "knn"}
+        or not all(
+            isinstance(v, dict)
+            and all(
+                isinstance(v.get(k), (int, float)) and math.isfinite(v[k]) for k in ("mean", "std")
+            )
+            and v["std"] > 0
+            for v in stats.values()
+        )
+    ):
+        problems.append(
+            f"{where}.standardise: expected a finite mean and a positive std for `energy` and "
+            f"`knn`, got {stats!r}"
+        )
+    record = oos.get("bank") or {}
+    if BANK_FILE not in manifest["files"]:
+        return [*problems, f"{where}: score {oos['score']} needs {BANK_FILE}, which is not listed"]
+    try:
+        shape = read_safetensors_header(folder / BANK_FILE).get("features", {}).get("shape")
+    except IntentCIError as err:
+        return [*problems, str(err)]
+    hidden = manifest["backbone"].get("hidden_size")
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 2
+        or shape[0] != record.get("rows")
+        or (hidden is not None and shape[1] != hidden)
+    ):
+        problems.append(
+            f"{folder / BANK_FILE}: `features` has shape {shape}; expected "
+            f"[{record.get('rows')}, {hidden}] (`oos.bank.rows`, the backbone's hidden size)"
+        )
     return problems
 
 
@@ -624,6 +695,8 @@ class LoadedRelease:
     backbone: Backbone
     calibration: tuple[dict[str, list[str]], list[str]] | None = None
     """``(in_scope, oos)`` calibration utterances; None for a release without them."""
+    bank: torch.Tensor | None = None
+    """The out-of-scope exemplar bank (``oos_bank.safetensors``); None without one."""
 
 
 def load_release(
@@ -706,7 +779,8 @@ def load_release(
         if CALIBRATION_FILE in manifest["files"]
         else None
     )
-    return LoadedRelease(name, manifest, config, labels, replay, model, backbone, calibration)
+    bank = read_bank(folder / BANK_FILE) if BANK_FILE in manifest["files"] else None
+    return LoadedRelease(name, manifest, config, labels, replay, model, backbone, calibration, bank)
 
 
 MERGED_FINGERPRINT = "merged-lora:"
@@ -828,8 +902,14 @@ class IntentClassifier:
 
     @property
     def score_method(self) -> str:
-        """The out-of-scope score this release is calibrated for (its config's `oos.score` if none)."""
-        return (self.oos or {}).get("score") or self.release.config.oos.score
+        """The out-of-scope score this release is calibrated for (its config's `oos.score` if
+        none, or ``energy`` when that score needs an exemplar bank the release lacks)."""
+        method = (self.oos or {}).get("score") or self.release.config.oos.score
+        if needs_bank(method) and (
+            self.release.bank is None or "standardise" not in (self.oos or {})
+        ):
+            return FALLBACK_SCORE
+        return method
 
     def _encode(self, texts: list[str]) -> dict[str, list[list[int]]]:
         """Token ids of `texts`, cut to ``model.max_length``; a warning counts the rows cut."""
@@ -855,13 +935,17 @@ class IntentClassifier:
         return encoded
 
     @torch.inference_mode()
-    def _forward(self, texts: list[str], batch_size: int, pooled: bool) -> torch.Tensor:
+    def _forward(
+        self, texts: list[str], batch_size: int, pooled: bool, logits: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(logits, pooled features)`` of `texts` from one encoder pass; each None unless asked."""
         if isinstance(texts, str):
             raise IntentCIError("predict() takes a list of utterances, not a single string")
-        width = self.release.backbone.encoder.config.hidden_size if pooled else len(self.intents)
-        out = torch.empty(len(texts), width)
+        hidden = self.release.backbone.encoder.config.hidden_size
+        out_logits = torch.empty(len(texts), len(self.intents)) if logits else None
+        out_pooled = torch.empty(len(texts), hidden) if pooled else None
         if not texts:
-            return out
+            return out_logits, out_pooled
         encoded = self._encode(texts)
         order = sorted(range(len(texts)), key=lambda i: -len(encoded["input_ids"][i]))
         for start in range(0, len(texts), batch_size):
@@ -870,9 +954,15 @@ class IntentClassifier:
                 {key: [encoded[key][i] for i in rows] for key in encoded},
                 return_tensors="pt",
             ).to(self.device)
-            result = self.model.pooled(**batch) if pooled else self.model(**batch)
-            out[rows] = result.float().cpu()
-        return out
+            if logits and pooled:
+                result, features = self.model(**batch, return_pooled=True)
+                out_logits[rows] = result.float().cpu()
+                out_pooled[rows] = features.float().cpu()
+            elif logits:
+                out_logits[rows] = self.model(**batch).float().cpu()
+            else:
+                out_pooled[rows] = self.model.pooled(**batch).float().cpu()
+        return out_logits, out_pooled
 
     def logits(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
         """Raw logits, shape ``(len(texts), len(intents))``, in the order of `texts`.
@@ -882,15 +972,38 @@ class IntentClassifier:
         the computed tokens are padding (scripts/results/bench_throughput.md). Utterances
         longer than ``model.max_length`` tokens are truncated, with a warning that counts them.
         """
-        return self._forward(texts, batch_size, pooled=False)
+        return self._forward(texts, batch_size, pooled=False)[0]
 
     def features(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
         """Pooled encoder features (LoRA applied, before the head), ``(len(texts), hidden)``."""
+        return self._forward(texts, batch_size, pooled=True, logits=False)[1]
+
+    @property
+    def scores_need_features(self) -> bool:
+        """Whether the release's out-of-scope score reads pooled features as well as logits."""
+        return needs_bank(self.score_method)
+
+    def logits_and_features(
+        self, texts: list[str], batch_size: int = 64
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and pooled features of `texts` from one encoder pass."""
         return self._forward(texts, batch_size, pooled=True)
 
-    def scores(self, logits: torch.Tensor) -> torch.Tensor:
-        """The release's out-of-scope score of each row of `logits` (higher: more in scope)."""
-        return score_logits(logits, self.score_method)
+    def scores(self, logits: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """The release's out-of-scope score of each row (higher: more in scope).
+
+        Args:
+            logits: ``(n, intents)`` logits.
+            features: ``(n, hidden)`` pooled features of the same rows; needed when the
+                release's score reads them (`scores_need_features`).
+        """
+        return score_rows(
+            self.score_method,
+            logits,
+            features,
+            bank=self.release.bank,
+            standardise=(self.oos or {}).get("standardise"),
+        )
 
     def predict_proba(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
         return self.logits(texts, batch_size).softmax(-1)
@@ -920,9 +1033,11 @@ class IntentClassifier:
                     f"utterance {number}: expected a string, got {type(text).__name__}"
                 )
         filled = [i for i, t in enumerate(texts) if t.strip()]
-        logits = self.logits([texts[i] for i in filled], batch_size)
+        logits, features = self._forward(
+            [texts[i] for i in filled], batch_size, pooled=self.scores_need_features
+        )
         probs = logits.softmax(-1)
-        scores = self.scores(logits)
+        scores = self.scores(logits, features)
         threshold = self.threshold if reject else None
         out = [Prediction("", 0.0, False, None) for _ in texts]
         if len(filled):

@@ -312,12 +312,18 @@ def predict_logits(
 
 @torch.no_grad()
 def predict_logits_and_pooled(
-    model: IntentModel, loader: DataLoader, accelerator: Accelerator
+    model: IntentModel,
+    loader: DataLoader,
+    accelerator: Accelerator,
+    *,
+    desc: str = "teacher",
+    leave: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and pooled embeddings of every example in dataset order (the teacher's pass)."""
+    """Logits and pooled embeddings of every example in dataset order (the teacher's pass, and
+    the calibration pass of a score that reads features)."""
     model.eval()
     logits, pooled, indices = [], [], []
-    for batch in tqdm(loader, desc="teacher", disable=not accelerator.is_main_process, leave=False):
+    for batch in tqdm(loader, desc=desc, disable=not accelerator.is_main_process, leave=leave):
         out, emb = model(**_model_inputs(batch), return_pooled=True)
         out, emb, idx = accelerator.gather_for_metrics((out.float(), emb.float(), batch["index"]))
         logits.append(out.cpu())

@@ -191,12 +191,16 @@ def test_data_parallel_matches_one_process_with_the_same_global_batch(
             and not k.startswith("metrics.eval.")  # compared with a tolerance below
             and k != "config.train.batch_size"
             and k != "oos.threshold"  # a score of the weights: compared with a tolerance below
+            and not k.startswith("oos.standardise.")  # the same, compared below
         }
         assert not differing, {k: (a[k], b[k]) for k in differing}
         assert a["config.train.batch_size"] == 2 * b["config.train.batch_size"]
         assert a["training.processes"] == 1 and b["training.processes"] == 2
         assert a["metrics.train.steps"] == b["metrics.train.steps"]
-        assert a["oos.threshold"] == pytest.approx(b["oos.threshold"], rel=1e-4)
+        # energy_knn is in standard deviations of the calibration scores: an absolute tolerance.
+        assert a["oos.threshold"] == pytest.approx(b["oos.threshold"], abs=5e-3)
+        for k in (k for k in a if k.startswith("oos.standardise.")):
+            assert a[k] == pytest.approx(b[k], rel=1e-3), k
         loss_a = [e["loss"] for e in a["metrics.train.loss_per_epoch"]]
         loss_b = [e["loss"] for e in b["metrics.train.loss_per_epoch"]]
         assert loss_a == pytest.approx(loss_b, rel=1e-3)

@@ -144,10 +144,10 @@ def test_push_v2_pushes_v1_first_and_pull_into_empty_registry_predicts_identical
     weights = {
         f"releases/{r}/{f}"
         for r in ("v1", "v2")
-        for f in ("adapter_model.safetensors", "head.safetensors")
+        for f in ("adapter_model.safetensors", "head.safetensors", "oos_bank.safetensors")
     }
     assert hub.lfs_files(REPO, "v2") == weights
-    assert hub.lfs_calls == {"batch": 2, "upload": 4, "verify": 4}
+    assert hub.lfs_calls == {"batch": 2, "upload": 6, "verify": 6}
 
     dest = tmp_path / "serving" / "adapters"
     pulled = pull_release(config, "v2", dest)
@@ -157,7 +157,7 @@ def test_push_v2_pushes_v1_first_and_pull_into_empty_registry_predicts_identical
         assert release_files(dest, release) == release_files(trained_registry, release)
     assert torch.equal(logits(dest, "v2"), logits(trained_registry, "v2"))
     assert [p.name for p in dest.iterdir() if p.name.startswith(".staging")] == []
-    assert hub.lfs_calls["download"] == 4  # through the storage redirect
+    assert hub.lfs_calls["download"] == 6  # through the storage redirect
 
     # Every download was pinned to a tag's commit id, never to a branch or tag name.
     resolved = [path for method, path in hub.requests if "/resolve/" in path]
@@ -384,6 +384,19 @@ def test_no_replay_release_loads_predicts_and_add_intent_explains(
     with pytest.raises(IntentCIError, match=r"v2 has no replay memory .* `replay.enabled: false`"):
         add_intents(data_dir / "new" / "report_damage.txt", dest, "v2")
     assert Registry(dest).releases() == ["v1", "v2"]
+    # Without replay it adds the intent; with exemplars of the new intent only, the child's
+    # out-of-scope score falls back from energy_knn to energy, and says so.
+    child = add_intents(
+        data_dir / "new" / "report_damage.txt",
+        dest,
+        "v2",
+        overrides={"replay": {"enabled": False}},
+    )
+    record = Registry(dest).manifest(child)["oos"]
+    assert local["oos"]["score"] == "energy_knn" and record["score"] == "energy"
+    assert "intents have no replay exemplars" in record["note"]
+    assert not (dest / child / "oos_bank.safetensors").exists()
+    assert IntentClassifier.load(dest, child).predict(["card lost now"])[0].score is not None
 
     # The same release cannot gain its replay memory under the existing tag.
     with pytest.raises(
@@ -552,7 +565,7 @@ def test_cli_push_pull_through_env_and_the_token_never_shows(hub, trained_regist
     assert "v2: pushed to acme/support-intents" in pushed.stdout
     assert hub.repos[REPO].private
 
-    assert hub.lfs_calls["verify"] == 4 and len(hub.lfs_files(REPO)) == 4
+    assert hub.lfs_calls["verify"] == 6 and len(hub.lfs_files(REPO)) == 6
 
     pulled = run_cli("pull", "--repo-id", REPO, "--registry", str(dest), env=env)
     outputs.append(pulled.stdout + pulled.stderr)

@@ -261,6 +261,7 @@ def test_release_records_everything_needed_to_rebuild_it(trained_registry):
         "labels.json",
         "replay.json",
         "calibration.json",
+        "oos_bank.safetensors",
     }
     assert manifest["backbone"]["fingerprint"].startswith("sha256:")
     assert manifest["config"]["model"]["lora_r"] == 4
