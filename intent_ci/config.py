@@ -1186,6 +1186,16 @@ class DiscoverConfig:
             "are candidates too (the release hesitates between two intents). 0 turns it off."
         },
     )
+    target_recall: float | None = field(
+        default=0.95,
+        metadata={
+            "help": "Discovery casts a wider net than serving: accepted utterances that the "
+            "release would reject at this in-scope recall are candidates too (the threshold is "
+            "set, with the release's own score, on its calibration utterances; never above "
+            "what serving rejects). 0.95 is the rejection rate the clustering defaults were "
+            "chosen at (scripts/results/bench_discover.md). None: the release's own threshold."
+        },
+    )
     min_score: float | None = field(
         default=None,
         metadata={
@@ -1297,6 +1307,12 @@ class DiscoverConfig:
         )
         _check(
             0 <= self.max_margin <= 1, s, "max_margin", f"must be in [0, 1], got {self.max_margin}"
+        )
+        _check(
+            self.target_recall is None or 0.5 <= self.target_recall < 1,
+            s,
+            "target_recall",
+            f"must be in [0.5, 1) or null, got {self.target_recall}",
         )
         _check(
             self.features in ("backbone", "release"),

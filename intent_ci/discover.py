@@ -4,8 +4,9 @@ The stages, in the order data flows:
 
     read_traffic     .txt / CSV / JSONL / Parquet / the serve traffic log -> distinct utterances
                      with counts (exact duplicates folded: case, spacing and punctuation ignored)
-    select           the release rejects them as out-of-scope, or accepts them with a low margin
-                     or a low score (DiscoverConfig.max_margin, .min_score)
+    select           the release rejects them as out-of-scope, would reject them at a lower
+                     in-scope recall (DiscoverConfig.target_recall), or accepts them with a low
+                     margin or a low score (DiscoverConfig.max_margin, .min_score)
     embed            the frozen backbone's or the release's own pooled features
     cluster          no K: community detection, HDBSCAN or agglomerative clustering; noise stays
                      unclustered; at most DiscoverConfig.max_candidates
@@ -262,6 +263,27 @@ class Scored:
     margin: np.ndarray
     features: np.ndarray | None = None
     """Unit-length release features of every utterance (``features: release``), else None."""
+    discovery_threshold: float | None = None
+    """Scores below it are candidates (`discovery_threshold`); None: only what is rejected."""
+
+
+def discovery_threshold(classifier: Any, cfg: DiscoverConfig) -> float | None:
+    """The score below which an utterance is a candidate: the release's threshold for
+    `cfg.target_recall`, set with its own score on its calibration utterances, and never
+    below its serving threshold. The serving threshold when `cfg.target_recall` is None or the
+    release has no calibration utterances (pulled with ``--no-replay``)."""
+    from intent_ci.calibration import calibration_rows, threshold_for_recall
+
+    threshold = classifier.threshold
+    calibration = classifier.release.calibration
+    if threshold is None or cfg.target_recall is None or calibration is None:
+        return threshold
+    texts = [t for t, _ in calibration_rows(calibration[0], classifier.intents)]
+    if not texts:
+        return threshold
+    logits, features = classifier.logits_and_features(texts, cfg.batch_size)
+    wider = threshold_for_recall(classifier.scores(logits, features), cfg.target_recall)
+    return max(threshold, wider)
 
 
 def score_traffic(classifier: Any, texts: list[str], cfg: DiscoverConfig) -> Scored:
@@ -296,12 +318,16 @@ def score_traffic(classifier: Any, texts: list[str], cfg: DiscoverConfig) -> Sco
         score=scores.numpy().astype(np.float32),
         margin=margin.astype(np.float32),
         features=x if cfg.features == "release" else None,
+        discovery_threshold=discovery_threshold(classifier, cfg),
     )
 
 
 def select(scored: Scored, cfg: DiscoverConfig) -> np.ndarray:
-    """Indices of candidates: rejected, or accepted with a low margin or low score."""
+    """Indices of candidates: rejected, below the discovery threshold, or accepted with a low
+    margin or low score."""
     mask = ~scored.in_scope | (scored.margin < cfg.max_margin)
+    if scored.discovery_threshold is not None:
+        mask |= scored.score < scored.discovery_threshold
     if cfg.min_score is not None:
         mask |= scored.score < cfg.min_score
     return np.flatnonzero(mask)
@@ -721,6 +747,7 @@ def discover(classifier: Any, traffic: Traffic, cfg: DiscoverConfig | None = Non
         "rejected_distinct": rejected,
         "rejected": int(counts[~scored.in_scope].sum()),
         "low_margin_or_score_distinct": int(len(chosen) - rejected),
+        "discovery_threshold": scored.discovery_threshold,
         "candidates_distinct": int(len(chosen)),
         "candidates": int(counts[chosen].sum()),
     }
@@ -904,7 +931,14 @@ def report_markdown(result: Discovery) -> str:
         + ".",
         f"Considered: {c['candidates_distinct']} distinct utterances ({c['candidates']} in traffic): "
         f"{c['rejected_distinct']} rejected as out-of-scope, {c['low_margin_or_score_distinct']} "
-        "accepted with a low margin or score.",
+        "accepted with a low margin or score"
+        + (
+            f" (candidates score below {c['discovery_threshold']:.3f}, the release's threshold "
+            f"for in-scope recall {result.config.get('target_recall')}, or its own if higher)"
+            if c.get("discovery_threshold") is not None
+            else ""
+        )
+        + ".",
         "",
         result.message + ".",
         "",

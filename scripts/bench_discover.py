@@ -57,10 +57,12 @@ from bench_incremental import (  # noqa: E402
     reset_peak_rss,
 )
 
+from intent_ci.calibration import read_calibration  # noqa: E402
 from intent_ci.config import (  # noqa: E402
     PACKAGED_MINILM,
     DiscoverConfig,
     ModelConfig,
+    OOSConfig,
     ReleaseConfig,
     apply_overrides,
 )
@@ -259,15 +261,25 @@ def choose_method(raw: dict, backbone: str, seeds: list[int]) -> dict:
 
 # ---- one seed -------------------------------------------------------------------------------------
 def calibrated_base(workdir: Path, base: Registry, split: dict, raw: dict, seed: int) -> Registry:
-    """The base release with an out-of-scope threshold.
+    """The base release with the shipped out-of-scope rule (`OOSConfig()`'s score and target).
 
-    A base made with out-of-scope calibration already has one. A cached base made before it is
-    calibrated with `intent-ci calibrate` on the known intents' `val` utterances (never traffic,
-    never test), in a copy of its registry.
+    A base made with that rule is used as is. A cached base calibrated for another score or
+    target (neither changes its weights) is recalibrated with `intent-ci calibrate --score
+    --target-recall` on its own held-out calibration utterances, which is what `init` with the
+    shipped rule calibrates on; a base made before out-of-scope detection, on the known intents'
+    `val` utterances (never traffic, never test). Either way in a copy of its registry.
     """
-    if base.manifest("v1").get("oos", {}) and base.manifest("v1")["oos"].get("threshold"):
+    want = OOSConfig()
+    record = base.manifest("v1").get("oos") or {}
+    if record.get("threshold") is not None and (
+        record.get("score"),
+        record.get("target_recall"),
+    ) == (
+        want.score,
+        want.target_recall,
+    ):
         return base
-    root = workdir / f"seed{seed}" / "calibrated"
+    root = workdir / f"seed{seed}" / f"calibrated-{want.score}-{want.target_recall}"
     registry = Registry(root / "adapters")
     if registry.exists() and len(registry.releases()) == 2:
         return registry
@@ -276,14 +288,33 @@ def calibrated_base(workdir: Path, base: Registry, split: dict, raw: dict, seed:
     shutil.copytree(base.root, root / "adapters")
     cal = root / "calibration"
     cal.mkdir()
-    trained = {normalise(t) for t, _ in split["base"]}  # CLINC150 repeats a few val utterances
-    for intent in split["known"]:
-        rows = [t for t, i in raw["val"] if i == intent and normalise(t) not in trained]
+    own = base.path("v1") / "calibration.json"
+    if own.is_file():
+        held, _ = read_calibration(own)
+    else:
+        trained = {normalise(t) for t, _ in split["base"]}  # CLINC150 repeats a few val utterances
+        held = {
+            intent: [t for t, i in raw["val"] if i == intent and normalise(t) not in trained]
+            for intent in split["known"]
+        }
+    for intent, rows in held.items():
         (cal / f"{intent}.txt").write_text("\n".join(rows) + "\n", encoding="utf-8")
     from intent_ci.cli import main as cli
 
     code = cli(
-        ["calibrate", "--release", "v1", "--data", str(cal), "--registry", str(registry.root)]
+        [
+            "calibrate",
+            "--release",
+            "v1",
+            "--data",
+            str(cal),
+            "--score",
+            want.score,
+            "--target-recall",
+            str(want.target_recall),
+            "--registry",
+            str(registry.root),
+        ]
     )
     if code != 0:
         raise SystemExit(f"calibrate failed with exit {code}")

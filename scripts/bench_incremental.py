@@ -261,12 +261,29 @@ ADD_INTENT_ONLY = {
 }
 
 
-def init_recipe(config: ReleaseConfig) -> dict:
-    """The part of `config` an init release depends on (the cache key of bases and retrains)."""
+# Fields that set only a release's out-of-scope record (score, threshold), never its weights:
+# a cached release is reused whatever they are, and a bench that needs the record for other
+# values recomputes it (bench_oos from cached passes, bench_discover with `intent-ci calibrate`).
+CALIBRATION_ONLY = {"oos": ("score", "target_recall")}
+LEGACY_CALIBRATION = {"score": "max_logit", "target_recall": 0.95}
+"""The out-of-scope defaults every cache made before CALIBRATION_ONLY was keyed with."""
+
+
+def init_recipe(config: ReleaseConfig, legacy: bool = False) -> dict:
+    """The part of `config` an init release depends on (the cache key of bases and retrains).
+
+    `legacy`: the key of a cache made when the out-of-scope score and target were part of it
+    (with the defaults of that time, `LEGACY_CALIBRATION`)."""
     recipe = config.to_dict()
     for section, keys in ADD_INTENT_ONLY.items():
         for key in keys:
             recipe[section].pop(key, None)
+    for section, keys in CALIBRATION_ONLY.items():
+        for key in keys:
+            if legacy:
+                recipe[section][key] = LEGACY_CALIBRATION[key]
+            else:
+                recipe[section].pop(key, None)
     return recipe
 
 
@@ -279,6 +296,12 @@ def cached_init(
     """An `init` release on `data`, reused from an earlier run when recipe and data match."""
     key = config_key(kind, init_recipe(config), list(data["intent"]), list(data["text"]))
     folder = workdir / "cache" / f"{kind}-{key}"
+    legacy_key = config_key(
+        kind, init_recipe(config, True), list(data["intent"]), list(data["text"])
+    )
+    legacy = workdir / "cache" / f"{kind}-{legacy_key}"
+    if reuse and not folder.exists() and (legacy / "cost.json").is_file():
+        folder = legacy  # the same weights, made when the key held the out-of-scope score
     registry = Registry(folder / "adapters")
     # --no-reuse still shares a release between protocols of this run (P2 and P3 start from the
     # same base; P1 and P2 end on the same full retrain): the cost was measured in this run.

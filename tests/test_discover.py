@@ -416,6 +416,36 @@ def test_discover_command_writes_candidates_add_intent_accepts(
 
 
 @needs_rejection
+def test_discovery_threshold_widens_the_net_to_its_target_recall(trained_registry, data_dir):
+    from intent_ci.calibration import calibration_rows, threshold_for_recall
+    from intent_ci.config import DiscoverConfig
+    from intent_ci.discover import discovery_threshold, score_traffic, select
+    from intent_ci.release import IntentClassifier
+
+    clf = IntentClassifier.load(trained_registry, "v2")
+    held = [t for t, _ in calibration_rows(clf.release.calibration[0], clf.intents)]
+    scores = clf.scores(*clf.logits_and_features(held))
+    # The release's own target accepts every calibration utterance here; 0.6 rejects 40%.
+    wider = DiscoverConfig(target_recall=0.6, max_margin=0.0)
+    expected = max(clf.threshold, threshold_for_recall(scores, 0.6))
+    assert expected > clf.threshold
+    assert discovery_threshold(clf, wider) == pytest.approx(expected)
+    assert discovery_threshold(clf, DiscoverConfig(target_recall=None)) == clf.threshold
+    # Never below serving: a target above the release's keeps the release's threshold.
+    assert discovery_threshold(clf, DiscoverConfig(target_recall=0.999)) == clf.threshold
+    texts = [
+        line
+        for f in sorted((data_dir / "test").glob("*.txt"))
+        for line in f.read_text().splitlines()
+    ]
+    scored = score_traffic(clf, texts, wider)
+    chosen = set(select(scored, wider).tolist())
+    below = {i for i, s in enumerate(scored.score) if s < expected}
+    rejected = {i for i, ok in enumerate(scored.in_scope) if not ok}
+    assert chosen == below | rejected and below - rejected, "the wider net adds accepted rows"
+
+
+@needs_rejection
 def test_nothing_rejected_says_so(tmp_path, tiny_backbone, data_dir, capsys):
     from intent_ci.cli import main
     from intent_ci.config import ReleaseConfig, apply_overrides
