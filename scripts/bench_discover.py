@@ -564,16 +564,24 @@ def run_seed(args: argparse.Namespace, raw: dict, seed: int) -> dict:
 
 
 JOIN_GRID = (None, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75)
+TARGET_GRID = (None, 0.9, 0.93, 0.95, 0.97)
+"""`DiscoverConfig.target_recall` values tried on val traffic (None: the release's own rule)."""
+SUMMARY_KEYS = (
+    "recovered_share",
+    "held_out_covered_share",
+    "acc",
+    "ari",
+    "noise_share",
+    "usable_share",
+)
 
 
-def choose_join(args: argparse.Namespace, raw: dict, seeds: list[int]) -> dict:
-    """`DiscoverConfig.join_similarity` chosen on val traffic, never the benchmark's traffic or
-    test: for each seed's base release, the `val` utterances of all 150 intents plus `oos_val`
-    go through `discover` with every value of JOIN_GRID.
+def val_runs(args: argparse.Namespace, raw: dict, seeds: list[int], name: str, grid) -> dict:
+    """`discover` on val traffic with every value of `grid` for DiscoverConfig field `name`
+    (the others at their defaults): for each seed's base release, the `val` utterances of all
+    150 intents plus `oos_val` (never the benchmark's traffic, never test).
 
-    Rule, fixed before the run: the value with the largest mean usable share (held-out
-    utterances in a candidate matched to their own intent: covered share x ACC), provided the
-    mean noise share stays <= 5% and the mean recovered share does not fall below no joining.
+    Returns ``rows`` (one per seed and value) and ``summary`` (the mean over seeds per value).
     """
     workdir = Path(args.workdir)
     rows = []
@@ -590,8 +598,8 @@ def choose_join(args: argparse.Namespace, raw: dict, seeds: list[int]) -> dict:
         truth = truth_of(val)
         true_of = [truth[dedup_key(t)] for t in traffic.texts]
         index = {dedup_key(t): i for i, t in enumerate(traffic.texts)}
-        for join in JOIN_GRID:
-            discovery = discover(clf, traffic, DiscoverConfig(join_similarity=join))
+        for value in grid:
+            discovery = discover(clf, traffic, DiscoverConfig(**{name: value}))
             labels = np.full(len(traffic.texts), -1)
             for k, cand in enumerate(c for c in discovery.candidates if c.belongs_to is None):
                 for u in cand.utterances:
@@ -599,27 +607,30 @@ def choose_join(args: argparse.Namespace, raw: dict, seeds: list[int]) -> dict:
             m = cluster_metrics(labels, true_of, held)
             m.pop("recovered")
             m["usable_share"] = m["held_out_covered_share"] * m.get("acc", 0.0)
-            rows.append({"seed": seed, "join_similarity": join, **m})
-            print(f"  join choice seed {seed}: {rows[-1]}", flush=True)
-    summary = []
-    for join in JOIN_GRID:
-        mine = [r for r in rows if r["join_similarity"] == join]
-        summary.append(
-            {
-                "join_similarity": join,
-                **{
-                    key: float(np.mean([r.get(key, 0.0) for r in mine]))
-                    for key in (
-                        "recovered_share",
-                        "held_out_covered_share",
-                        "acc",
-                        "ari",
-                        "noise_share",
-                        "usable_share",
-                    )
-                },
-            }
-        )
+            rows.append({"seed": seed, name: value, **m})
+            print(f"  {name} choice seed {seed}: {rows[-1]}", flush=True)
+    summary = [
+        {
+            name: value,
+            **{
+                key: float(np.mean([r.get(key, 0.0) for r in rows if r[name] == value]))
+                for key in SUMMARY_KEYS
+            },
+        }
+        for value in grid
+    ]
+    return {"rows": rows, "summary": summary}
+
+
+def choose_join(args: argparse.Namespace, raw: dict, seeds: list[int]) -> dict:
+    """`DiscoverConfig.join_similarity` chosen on val traffic (`val_runs`).
+
+    Rule, fixed before the run: the value with the largest mean usable share (held-out
+    utterances in a candidate matched to their own intent: covered share x ACC), provided the
+    mean noise share stays <= 5% and the mean recovered share does not fall below no joining.
+    """
+    runs = val_runs(args, raw, seeds, "join_similarity", JOIN_GRID)
+    summary = runs["summary"]
     none = summary[0]
     eligible = [
         x
@@ -633,13 +644,32 @@ def choose_join(args: argparse.Namespace, raw: dict, seeds: list[int]) -> dict:
         "seeds": seeds,
         "rule": "largest mean usable share (covered x ACC) with mean noise <= 5% and mean "
         "recovered share >= no joining",
-        "rows": rows,
-        "summary": summary,
+        **runs,
         "chosen": chosen["join_similarity"],
     }
 
 
-# ---- scale ----------------------------------------------------------------------------------------
+def choose_target(args: argparse.Namespace, raw: dict, seeds: list[int]) -> dict:
+    """`DiscoverConfig.target_recall` chosen on val traffic (`val_runs`), with the shipped
+    out-of-scope rule on each base release.
+
+    Rule, fixed before the run: the largest mean recovered share with mean noise share <= 5%;
+    ties go to the larger mean ARI.
+    """
+    runs = val_runs(args, raw, seeds, "target_recall", TARGET_GRID)
+    eligible = [x for x in runs["summary"] if x["noise_share"] <= 0.05] or runs["summary"]
+    chosen = max(eligible, key=lambda x: (round(x["recovered_share"], 6), x["ari"]))
+    return {
+        "command": " ".join(["python scripts/bench_discover.py", *sys.argv[1:]]),
+        "base_epochs": args.base_epochs,
+        "seeds": seeds,
+        "oos": asdict(OOSConfig()),
+        "rule": "largest mean recovered share with mean noise <= 5%, ties to the larger mean ARI",
+        **runs,
+        "chosen": chosen["target_recall"],
+    }
+
+
 def cluster_timing(n: int, seed: int = 0) -> dict:
     """Seconds community detection and HDBSCAN take on `n` unit vectors in 384 dimensions
     (200 seeded Gaussian groups, the default parameters of each)."""
@@ -895,6 +925,29 @@ def markdown(result: dict, out: Path) -> str:
                 f"{pct(r['acc'])} | {pct(r['ari'])} | {pct(r['noise_share'])}% | "
                 f"{pct(r['usable_share'])}% |"
             )
+    if result.get("target_choice"):
+        tc = result["target_choice"]
+        lines += [
+            "",
+            "## How far down discovery looks: `target_recall`, chosen on val traffic",
+            "",
+            f"`{tc['command']}`: each seed's base release ({tc['base_epochs']} epoch(s)) with "
+            f"the shipped out-of-scope rule ({tc['oos']['score']} at {tc['oos']['target_recall']}), "
+            "traffic = the `val` utterances of all 150 intents + `oos_val` (never the "
+            f"benchmark's traffic, never test); mean over seeds {', '.join(map(str, tc['seeds']))}. "
+            f"Rule, fixed before the run: {tc['rule']}. Chosen: **{tc['chosen']}** (none: the "
+            "release's own threshold only).",
+            "",
+            "| target_recall | recovered | held-out covered | ACC | ARI | noise | usable |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in tc["summary"]:
+            lines.append(
+                f"| {r['target_recall'] if r['target_recall'] is not None else 'none'} | "
+                f"{pct(r['recovered_share'])}% | {pct(r['held_out_covered_share'])}% | "
+                f"{pct(r['acc'])} | {pct(r['ari'])} | {pct(r['noise_share'])}% | "
+                f"{pct(r['usable_share'])}% |"
+            )
     if result.get("method_choice"):
         lines += [
             "",
@@ -1052,6 +1105,11 @@ def main() -> None:
         action="store_true",
         help="only the choice of join_similarity on val traffic (the seeds' base releases)",
     )
+    parser.add_argument(
+        "--choose-target",
+        action="store_true",
+        help="only the choice of target_recall on val traffic (the seeds' base releases)",
+    )
     parser.add_argument("--no-e2e", action="store_true", help="skip the add-intent comparison")
     parser.add_argument(
         "--add-epochs", type=int, default=None, help="add_intent_epochs of the end-to-end arms"
@@ -1099,6 +1157,11 @@ def main() -> None:
         (workdir / "join_choice.json").write_text(json.dumps(choice, indent=1))
         print(f"join_similarity chosen on val: {choice['chosen']}", flush=True)
         return
+    if args.choose_target:
+        choice = choose_target(args, raw, args.seeds)
+        (workdir / "target_choice.json").write_text(json.dumps(choice, indent=1))
+        print(f"target_recall chosen on val: {choice['chosen']}", flush=True)
+        return
     result: dict = {
         "command": " ".join(["python scripts/bench_discover.py", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d"),
@@ -1113,6 +1176,9 @@ def main() -> None:
     join_choice = workdir / "join_choice.json"
     if join_choice.is_file():
         result["join_choice"] = json.loads(join_choice.read_text())
+    target_choice = workdir / "target_choice.json"
+    if target_choice.is_file():
+        result["target_choice"] = json.loads(target_choice.read_text())
     partial = workdir / "partial.json"
     for path in args.seeds_from:
         earlier = json.loads(Path(path).read_text())
