@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 TOLERANCE = 1e-4
 """Largest |Δprob| against torch at which an exported release is served."""
+FEATURE_TOLERANCE = 1e-3
+"""Largest |Δ| of a pooled feature against torch (an out-of-scope score may read them)."""
 
 
 class _Positional(torch.nn.Module):
@@ -65,7 +67,8 @@ def use_onnx_runtime(classifier: Any) -> float:
 
     The export is checked on the release's replay exemplars (or its intent names when it has
     none): the largest difference of any softmax probability from torch's must be at most
-    `TOLERANCE`, else the classifier is left on torch and an error is raised.
+    `TOLERANCE`, and of any pooled feature at most `FEATURE_TOLERANCE`, else the classifier is
+    left on torch and an error is raised.
 
     Args:
         classifier: an `intent_ci.release.IntentClassifier` loaded with ``merge_lora=True``.
@@ -85,6 +88,7 @@ def use_onnx_runtime(classifier: Any) -> float:
     texts = [t for utterances in classifier.release.replay.values() for t in utterances][:64]
     texts = texts or [intent.replace("_", " ") for intent in classifier.intents]
     expected = classifier.predict_proba(texts)
+    expected_features = classifier.features(texts)
     example = classifier.tokenizer(texts[:2], padding=True, return_tensors="pt")
     names = list(example.keys())
     model = _Positional(classifier.model, names).eval()
@@ -110,11 +114,13 @@ def use_onnx_runtime(classifier: Any) -> float:
     torch_model = classifier.model
     classifier.model = OnnxLogits(session, names)
     difference = float((classifier.predict_proba(texts) - expected).abs().max())
-    if difference > TOLERANCE:
+    feature_difference = float((classifier.features(texts) - expected_features).abs().max())
+    if difference > TOLERANCE or feature_difference > FEATURE_TOLERANCE:
         classifier.model = torch_model
         raise IntentCIError(
             f"release {classifier.name}: ONNX Runtime's probabilities differ from torch's by "
-            f"{difference:.2e} (more than {TOLERANCE:g}); serve it with runtime torch"
+            f"{difference:.2e} (at most {TOLERANCE:g}) and its pooled features by "
+            f"{feature_difference:.2e} (at most {FEATURE_TOLERANCE:g}); serve it with runtime torch"
         )
     logger.info(
         "release %s runs on ONNX Runtime %s (max |dprob| against torch %.1e on %d utterances)",
