@@ -825,6 +825,22 @@ def pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}"
 
 
+def val_choice_table(summary: list[dict], name: str) -> list[str]:
+    """Markdown rows of a `val_runs` summary, one per value of DiscoverConfig field `name`."""
+    lines = [
+        f"| {name} | recovered | held-out covered | ACC | ARI | noise | usable |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in summary:
+        lines.append(
+            f"| {r[name] if r[name] is not None else 'none'} | "
+            f"{pct(r['recovered_share'])}% | {pct(r['held_out_covered_share'])}% | "
+            f"{pct(r['acc'])} | {pct(r['ari'])} | {pct(r['noise_share'])}% | "
+            f"{pct(r['usable_share'])}% |"
+        )
+    return lines
+
+
 def markdown(result: dict, out: Path) -> str:
     lines = [
         "# Intent discovery on CLINC150 (`intent-ci discover`)",
@@ -915,16 +931,8 @@ def markdown(result: dict, out: Path) -> str:
             f"Chosen: **{jc['chosen']}**. Usable = held-out utterances in a candidate matched to "
             "their own intent (covered x ACC).",
             "",
-            "| join_similarity | recovered | held-out covered | ACC | ARI | noise | usable |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            *val_choice_table(jc["summary"], "join_similarity"),
         ]
-        for r in jc["summary"]:
-            lines.append(
-                f"| {r['join_similarity'] if r['join_similarity'] is not None else 'none'} | "
-                f"{pct(r['recovered_share'])}% | {pct(r['held_out_covered_share'])}% | "
-                f"{pct(r['acc'])} | {pct(r['ari'])} | {pct(r['noise_share'])}% | "
-                f"{pct(r['usable_share'])}% |"
-            )
     if result.get("target_choice"):
         tc = result["target_choice"]
         lines += [
@@ -938,16 +946,8 @@ def markdown(result: dict, out: Path) -> str:
             f"Rule, fixed before the run: {tc['rule']}. Chosen: **{tc['chosen']}** (none: the "
             "release's own threshold only).",
             "",
-            "| target_recall | recovered | held-out covered | ACC | ARI | noise | usable |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            *val_choice_table(tc["summary"], "target_recall"),
         ]
-        for r in tc["summary"]:
-            lines.append(
-                f"| {r['target_recall'] if r['target_recall'] is not None else 'none'} | "
-                f"{pct(r['recovered_share'])}% | {pct(r['held_out_covered_share'])}% | "
-                f"{pct(r['acc'])} | {pct(r['ari'])} | {pct(r['noise_share'])}% | "
-                f"{pct(r['usable_share'])}% |"
-            )
     if result.get("method_choice"):
         lines += [
             "",
