@@ -187,6 +187,10 @@ def _oos_line(manifest: dict) -> str:
     )
     if cal.get("oos"):
         line += f"; {cal['oos']} oos utterances, oos recall {_fmt(oos.get('oos_recall'))}"
+    if oos.get("bank"):
+        line += (
+            f"; nearest of {oos['bank'].get('rows')} replay exemplars ({oos['bank'].get('file')})"
+        )
     if oos.get("note"):
         line += f" ({oos['note']})"
     return line

@@ -420,6 +420,8 @@ def test_show_and_releases_print_the_rule(trained_registry, capsys):
         f"in-scope recall {100 * DEFAULT.target_recall:.1f}%); calibrated on {record['calibration']['in_scope']} held-out utterances "
         "of 5 intents (calibration.json): in-scope recall" in out
     )
+    rows = record["bank"]["rows"]
+    assert f"; nearest of {rows} replay exemplars (oos_bank.safetensors)" in out
     code, out, _ = run(capsys, "releases", "--json", "--registry", trained_registry)
     rows = json.loads(out)
     assert rows[1]["oos"]["threshold"] == record["threshold"]
