@@ -22,7 +22,7 @@ def method(auroc: float, grid: dict[str, tuple[float, float]]) -> dict:
     return {"val": split, "test": split}
 
 
-def test_choose_takes_the_best_val_auroc_among_logit_scores_and_the_safest_target(bench):
+def test_choose_takes_the_best_val_auroc_a_release_can_compute_and_the_safest_target(bench):
     grid = {"0.9": (0.90, 0.99), "0.95": (0.95, 0.90), "0.97": (0.97, 0.86)}
     main = {
         "methods": {
@@ -30,10 +30,13 @@ def test_choose_takes_the_best_val_auroc_among_logit_scores_and_the_safest_targe
             "energy": method(0.98, grid),
             "msp": method(0.96, grid),
             "mahalanobis": method(0.999, grid),  # not a score a release ships: never chosen
+            "energy+knn@1": method(0.999, grid),  # needs every training row: never chosen
         }
     }
     chosen = bench.choose(main)
     assert chosen["score"] == "energy"
+    main["methods"]["energy_knn"] = method(0.985, grid)  # the feature score a release ships
+    assert bench.choose(main)["score"] == "energy_knn"
     # margins: 0.9 -> -0.04, 0.95 -> min(0.01, 0.05) = 0.01, 0.97 -> min(0.03, 0.01) = 0.01
     assert chosen["target_recall"] == 0.95 and chosen["val_margin"] == pytest.approx(0.01)
 
@@ -90,3 +93,6 @@ def test_several_seeds_choose_on_the_mean_and_a_floor_needs_every_seed(bench):
     assert accuracy["value"] == pytest.approx(0.94) and accuracy["per_seed"] == [0.95, 0.93]
     assert accuracy["ok"] is False  # the mean meets 0.94; seed 1 does not
     assert rows["oos recall at the calibrated threshold"]["ok"] is True
+    # The shipped default (OOSConfig) is energy_knn at 0.985, not this choice: a miss.
+    (shipped,) = [r for w, r in rows.items() if w.startswith("shipped default")]
+    assert shipped["bar"] == f"{chosen['score']} @ 0.95" and shipped["ok"] is False
