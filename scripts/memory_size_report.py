@@ -1,0 +1,85 @@
+#!/usr/bin/env python
+"""Replay memory size as a trade-off: P1 accuracy against bytes per intent (issue 19).
+
+Reads bench_incremental results of the same intent order and seed that differ only in
+`replay.per_intent` (the memory kept per intent, which also sizes the out-of-scope exemplar
+bank), and writes <out>.json and <out>.md:
+
+    python scripts/bench_incremental.py --protocols P1 --methods intent-ci --no-retrain \\
+        --no-probe --init-config '{"replay": {"per_intent": 10}}' --seed 0 --split val \\
+        --workdir runs/incremental_mem10 --out runs/bench_incremental_mem10
+    python scripts/memory_size_report.py --run runs/bench_incremental_mem10.json \\
+        --run scripts/results/gate_p1_rerun/bench_incremental_p1.json --run ...
+
+Val decides; test is reported beside it. Bytes per intent: the replay memory's utterances as
+stored (`replay_bytes_per_intent`), and the float16 bank of their pooled features
+(per_intent x hidden x 2 bytes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def summarise(path: Path, hidden: int) -> dict:
+    result = json.loads(path.read_text())
+    per_intent = result["init_config"]["replay"]["per_intent"]
+    releases = result["protocols"]["P1"]["methods"]["intent-ci"]["releases"]
+    last = releases[-1]
+    drops = [
+        r["old_intent_drop_points"]["val"] for r in releases if r.get("old_intent_drop_points")
+    ]
+    examples = [r["cost"]["examples_processed"] for r in releases if r.get("cost")]
+    return {
+        "file": str(path),
+        "command": result["command"],
+        "seed": result["seed"],
+        "per_intent": per_intent,
+        "final_val_accuracy": last["scores"]["val"]["accuracy"],
+        "final_test_accuracy": last["scores"]["test"]["accuracy"],
+        "worst_val_old_intent_drop_points": max(drops) if drops else None,
+        "mean_examples_per_release": sum(examples) / len(examples) if examples else None,
+        "replay_bytes_per_intent": last["replay_bytes_per_intent"],
+        "bank_bytes_per_intent": per_intent * hidden * 2,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", action="append", required=True, metavar="JSON")
+    parser.add_argument("--hidden", type=int, default=384, help="pooled size (MiniLM: 384)")
+    parser.add_argument("--out", default="scripts/results/replay_memory_size")
+    args = parser.parse_args()
+    rows = sorted(
+        (summarise(Path(p), args.hidden) for p in args.run), key=lambda r: r["per_intent"]
+    )
+    seeds = {r["seed"] for r in rows}
+    if len(seeds) != 1:
+        raise SystemExit(f"the runs must share one seed (intent order), got {sorted(seeds)}")
+    out = Path(args.out)
+    out.with_suffix(".json").write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+    lines = [
+        "# Replay memory size on P1 (MiniLM, one intent order)",
+        "",
+        f"Made by `python scripts/memory_size_report.py {' '.join('--run ' + p for p in args.run)}`"
+        f" from bench_incremental runs with seed {seeds.pop()} (commands in the JSON).",
+        "",
+        "| exemplars per intent | final val accuracy | final test accuracy | worst old-intent drop on val (points) | examples per release | replay text bytes / intent | bank bytes / intent |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['per_intent']} | {100 * r['final_val_accuracy']:.2f}% "
+            f"| {100 * r['final_test_accuracy']:.2f}% "
+            f"| {r['worst_val_old_intent_drop_points']:.2f} "
+            f"| {r['mean_examples_per_release']:,.0f} | {r['replay_bytes_per_intent']:,.0f} "
+            f"| {r['bank_bytes_per_intent']:,} |"
+        )
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
