@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from intent_ci.calibration import calibration_rows, threshold_for_recall
 from intent_ci.config import NAME_PATTERN, DiscoverConfig
 from intent_ci.data import _read_utf8, _table_rows, normalise
 from intent_ci.errors import IntentCIError
@@ -272,8 +273,6 @@ def discovery_threshold(classifier: Any, cfg: DiscoverConfig) -> float | None:
     `cfg.target_recall`, set with its own score on its calibration utterances, and never
     below its serving threshold. The serving threshold when `cfg.target_recall` is None or the
     release has no calibration utterances (pulled with ``--no-replay``)."""
-    from intent_ci.calibration import calibration_rows, threshold_for_recall
-
     threshold = classifier.threshold
     calibration = classifier.release.calibration
     if threshold is None or cfg.target_recall is None or calibration is None:
