@@ -305,17 +305,6 @@ def test_out_folder_is_not_overwritten_without_force(tmp_path):
 
 
 # ---- the whole command on a tiny release ------------------------------------------------------------
-def _has_rejection() -> bool:
-    from intent_ci.release import IntentClassifier
-
-    return hasattr(IntentClassifier, "scores") and hasattr(IntentClassifier, "threshold")
-
-
-needs_rejection = pytest.mark.skipif(
-    not _has_rejection(), reason="needs out-of-scope rejection (issue 14) in IntentClassifier"
-)
-
-
 def _traffic_folder(root, data_dir):
     """New-intent utterances (some repeated), known-intent ones, and a redacted serve-log row."""
     folder = root / "traffic"
@@ -338,7 +327,6 @@ def _traffic_folder(root, data_dir):
     return folder, new
 
 
-@needs_rejection
 def test_discover_command_writes_candidates_add_intent_accepts(
     tmp_path, trained_registry, data_dir
 ):
@@ -415,7 +403,6 @@ def test_discover_command_writes_candidates_add_intent_accepts(
     assert set(examples.intents) <= set(Registry(registry).manifest("v2")["intents"])
 
 
-@needs_rejection
 def test_discovery_threshold_widens_the_net_to_its_target_recall(trained_registry, data_dir):
     from intent_ci.calibration import calibration_rows, threshold_for_recall
     from intent_ci.config import DiscoverConfig
@@ -445,7 +432,6 @@ def test_discovery_threshold_widens_the_net_to_its_target_recall(trained_registr
     assert chosen == below | rejected and below - rejected, "the wider net adds accepted rows"
 
 
-@needs_rejection
 def test_nothing_rejected_says_so(tmp_path, tiny_backbone, data_dir, capsys):
     from intent_ci.cli import main
     from intent_ci.config import ReleaseConfig, apply_overrides
