@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Replay memory size as a trade-off: P1 accuracy against bytes per intent (issue 19).
 
-Reads bench_incremental results of the same intent order and seed that differ only in
-`replay.per_intent` (the memory kept per intent, which also sizes the out-of-scope exemplar
-bank), and writes <out>.json and <out>.md:
+Reads bench_incremental results that differ only in `replay.per_intent` (the memory kept per
+intent, which also sizes the out-of-scope exemplar bank), for one or more intent orders, and
+writes <out>.json and <out>.md:
 
     python scripts/bench_incremental.py --protocols P1 --methods intent-ci --no-retrain \\
         --no-probe --init-config '{"replay": {"per_intent": 10}}' --seed 0 --split val \\
@@ -11,9 +11,10 @@ bank), and writes <out>.json and <out>.md:
     python scripts/memory_size_report.py --run runs/bench_incremental_mem10.json \\
         --run scripts/results/gate_p1_rerun/bench_incremental_p1.json --run ...
 
-Val decides; test is reported beside it. Bytes per intent: the replay memory's utterances as
-stored (`replay_bytes_per_intent`), and the float16 bank of their pooled features
-(per_intent x hidden x 2 bytes).
+Val decides; test is reported beside it. With several orders (seeds), each size's figures are
+the mean over the orders it ran on, and each order is listed. Bytes per intent: the replay
+memory's utterances as stored (`replay_bytes_per_intent`), and the float16 bank of their
+pooled features (per_intent x hidden x 2 bytes).
 """
 
 from __future__ import annotations
@@ -21,6 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+import numpy as np
+
+FIELDS = (
+    "final_val_accuracy",
+    "final_test_accuracy",
+    "worst_val_old_intent_drop_points",
+    "mean_examples_per_release",
+    "replay_bytes_per_intent",
+)
 
 
 def summarise(path: Path, hidden: int) -> dict:
@@ -39,8 +50,8 @@ def summarise(path: Path, hidden: int) -> dict:
         "per_intent": per_intent,
         "final_val_accuracy": last["scores"]["val"]["accuracy"],
         "final_test_accuracy": last["scores"]["test"]["accuracy"],
-        "worst_val_old_intent_drop_points": max(drops) if drops else None,
-        "mean_examples_per_release": sum(examples) / len(examples) if examples else None,
+        "worst_val_old_intent_drop_points": max(drops),
+        "mean_examples_per_release": float(np.mean(examples)),
         "replay_bytes_per_intent": last["replay_bytes_per_intent"],
         "bank_bytes_per_intent": per_intent * hidden * 2,
     }
@@ -52,19 +63,33 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=384, help="pooled size (MiniLM: 384)")
     parser.add_argument("--out", default="scripts/results/replay_memory_size")
     args = parser.parse_args()
-    rows = sorted(
-        (summarise(Path(p), args.hidden) for p in args.run), key=lambda r: r["per_intent"]
+    runs = sorted(
+        (summarise(Path(p), args.hidden) for p in args.run),
+        key=lambda r: (r["per_intent"], r["seed"]),
     )
-    seeds = {r["seed"] for r in rows}
-    if len(seeds) != 1:
-        raise SystemExit(f"the runs must share one seed (intent order), got {sorted(seeds)}")
+    sizes: dict[int, list[dict]] = {}
+    for r in runs:
+        sizes.setdefault(r["per_intent"], []).append(r)
+    seeds = {k: sorted(r["seed"] for r in v) for k, v in sizes.items()}
+    if len({tuple(s) for s in seeds.values()}) != 1:
+        raise SystemExit(f"every size must run on the same orders (seeds), got {seeds}")
+    rows = [
+        {
+            "per_intent": k,
+            "seeds": seeds[k],
+            **{f: float(np.mean([r[f] for r in v])) for f in FIELDS},
+            "bank_bytes_per_intent": v[0]["bank_bytes_per_intent"],
+        }
+        for k, v in sizes.items()
+    ]
     out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"rows": rows, "runs": runs}, indent=1) + "\n")
+    orders = ", ".join(map(str, next(iter(seeds.values()))))
     lines = [
-        "# Replay memory size on P1 (MiniLM, one intent order)",
+        f"# Replay memory size on P1 (MiniLM, intent orders {orders})",
         "",
         f"Made by `python scripts/memory_size_report.py {' '.join('--run ' + p for p in args.run)}`"
-        f" from bench_incremental runs with seed {seeds.pop()} (commands in the JSON).",
+        " from bench_incremental runs (commands in the JSON). Mean over the orders; val decides.",
         "",
         "| exemplars per intent | final val accuracy | final test accuracy | worst old-intent drop on val (points) | examples per release | replay text bytes / intent | bank bytes / intent |",
         "|---:|---:|---:|---:|---:|---:|---:|",
@@ -76,6 +101,12 @@ def main() -> None:
             f"| {r['worst_val_old_intent_drop_points']:.2f} "
             f"| {r['mean_examples_per_release']:,.0f} | {r['replay_bytes_per_intent']:,.0f} "
             f"| {r['bank_bytes_per_intent']:,} |"
+        )
+    lines += ["", "Each order (final val / test accuracy):", ""]
+    for r in runs:
+        lines.append(
+            f"- {r['per_intent']} per intent, order {r['seed']}: "
+            f"{100 * r['final_val_accuracy']:.2f}% / {100 * r['final_test_accuracy']:.2f}%"
         )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
