@@ -280,6 +280,9 @@ def test_update_release_records_and_applies_its_changes(updated):
     assert len(calibration["report_damage"]) == held
     assert calibration["opening_hours"] == parent_calibration["opening_hours"]
     assert not set(moved) & {t for ts in calibration.values() for t in ts}
+    # The out-of-scope bank follows the re-chosen memory (corrections moved, new rows added).
+    assert child.bank is not None and len(child.bank) == sum(map(len, child.replay.values()))
+    assert manifest["oos"]["bank"]["rows"] == len(child.bank)
 
 
 def test_cli_understands_an_update_release(updated, tmp_path, capsys):
