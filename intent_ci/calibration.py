@@ -243,12 +243,22 @@ def calibrate(
     return record
 
 
-def exemplar_texts(replay: dict[str, list[str]], intents: list[str]) -> tuple[list[str], list[str]]:
-    """The bank's utterances (`replay` in head-row order), and the intents with no exemplar."""
-    return (
-        [t for intent in intents for t in replay.get(intent, [])],
-        [intent for intent in intents if not replay.get(intent)],
-    )
+def exemplar_texts(
+    score: str, replay: dict[str, list[str]], intents: list[str]
+) -> tuple[list[str], list[str]]:
+    """The utterances whose pooled features make the exemplar bank of `score` (`replay` in
+    head-row order), and the intents with no exemplar.
+
+    No utterances when `score` reads no bank, or when some intent has no exemplar: a bank
+    missing an intent would make that intent's own utterances look out of scope
+    (:func:`calibrate_release_scores` then falls back to ``energy``).
+    """
+    if not needs_bank(score):
+        return [], []
+    missing = [intent for intent in intents if not replay.get(intent)]
+    if missing:
+        return [], missing
+    return [t for intent in intents for t in replay[intent]], []
 
 
 def calibrate_release_scores(

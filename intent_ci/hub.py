@@ -33,7 +33,8 @@ is an error that says where to find it. ``--no-replay`` leaves out ``replay.json
 omission under ``omitted_files``, with each omitted file's sha256. Such a release still rejects
 out-of-scope utterances: its threshold is in the manifest, and ``oos_bank.safetensors`` (pooled
 features of the replay exemplars, no text) is pushed, since the ``energy_knn`` score reads it. A
-team that must not publish even features recalibrates with ``oos.score: energy`` first. A ``--gate-report`` (the ``report.json`` of ``intent-ci check``)
+team that must not publish even features pushes a release made by ``intent-ci calibrate --score
+energy``, which has no bank. A ``--gate-report`` (the ``report.json`` of ``intent-ci check``)
 contributes only its ``verdict``, ``candidate`` and ``baseline`` fields to the card; a report
 whose verdict is ``fail`` stops the push, because the newest tag is what ``latest`` pulls.
 

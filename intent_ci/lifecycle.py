@@ -35,7 +35,6 @@ from intent_ci.calibration import (
     calibration_rows,
     exemplar_texts,
     make_bank,
-    needs_bank,
     read_calibration,
     write_calibration,
 )
@@ -364,10 +363,10 @@ def recalibrate(
     texts = [t for t, _ in rows] + list(oos)
     bank = None
     features = None
-    bank_texts, without = exemplar_texts(replay, keep) if needs_bank(cfg.score) else ([], [])
-    if needs_bank(cfg.score) and not without:
+    bank_texts, without = exemplar_texts(cfg.score, replay, keep)
+    if bank_texts:
         logits, features = classifier.logits_and_features(texts + bank_texts)
-        bank = make_bank(features[len(texts) :]) if bank_texts else None
+        bank = make_bank(features[len(texts) :])
         logits, features = logits[: len(texts)], features[: len(texts)]
     else:
         logits = classifier.logits(texts)

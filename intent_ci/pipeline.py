@@ -27,7 +27,6 @@ from intent_ci.calibration import (
     exemplar_texts,
     holdout_split,
     make_bank,
-    needs_bank,
 )
 from intent_ci.config import ReleaseConfig, apply_overrides
 from intent_ci.data import (
@@ -270,11 +269,7 @@ def _calibrate(
     if not config.oos.enabled:
         return None, None
     rows = calibration_rows(calibration, labels)
-    bank_texts, without = (
-        exemplar_texts(replay, labels) if needs_bank(config.oos.score) else ([], [])
-    )
-    if without:
-        bank_texts = []  # a bank missing some intents is not used (see calibrate_release_scores)
+    bank_texts, without = exemplar_texts(config.oos.score, replay, labels)
     texts = [t for t, _ in rows] + list(oos)
     logits, features = torch.empty(0, len(labels)), None
     bank = None
