@@ -31,6 +31,7 @@ from intent_ci.calibration import (
 from intent_ci.config import ReleaseConfig, apply_overrides
 from intent_ci.data import (
     INTENT,
+    OOS_LABEL,
     SOURCE,
     TEXT,
     IntentData,
@@ -69,6 +70,7 @@ from intent_ci.replay import (
     select_exemplars,
 )
 from intent_ci.training import (
+    OUTLIER_LABEL,
     Features,
     compute_features,
     hold_parent_weights,
@@ -457,6 +459,14 @@ def init_release(
     calibration: dict[str, list[str]] = {}
     for r in held_rows:
         calibration.setdefault(all_intents[r], []).append(all_texts[r])
+    # Outlier exposure trains on most `oos` rows; the held-back rest measures the recall.
+    outliers: list[str] = []
+    if config.train.outlier_weight > 0 and oos_texts:
+        oos_train, oos_held = holdout_split(
+            oos_texts, [OOS_LABEL] * len(oos_texts), config.oos, seed=str(config.train.seed)
+        )
+        outliers = [oos_texts[r] for r in oos_train]
+        oos_texts = [oos_texts[r] for r in oos_held]
     _preflight(
         registry,
         accelerator,
@@ -472,6 +482,15 @@ def init_release(
     index = {label: i for i, label in enumerate(labels)}
     targets = [index[i] for i in intents]
     tokenized = tokenize(backbone.tokenizer, texts, targets, config.model.max_length, accelerator)
+    train_set = tokenized
+    if outliers:
+        train_set = tokenize(
+            backbone.tokenizer,
+            texts + outliers,
+            targets + [OUTLIER_LABEL] * len(outliers),
+            config.model.max_length,
+            accelerator,
+        )
 
     # One forward pass before training gives both the cosine head's starting rows and the
     # replay exemplars (LoRA's B matrices are zero, so this is the frozen encoder's view). The
@@ -496,7 +515,7 @@ def init_release(
             config.train.seed,
         )
 
-    model, stats = train(model, tokenized, backbone.tokenizer, accelerator, config.train)
+    model, stats = train(model, train_set, backbone.tokenizer, accelerator, config.train)
     if trained_exemplars:
         replay = select_exemplars(
             texts,
@@ -512,6 +531,7 @@ def init_release(
     metrics: dict[str, Any] = {
         "train": dataclasses.asdict(stats),
         "train_examples": len(texts),
+        "outlier_examples": len(outliers),
         "calibration_examples": len(held_rows),
         # The feature pass before training, and with `replay.exemplar_features: trained`
         # the one after it.

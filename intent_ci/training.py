@@ -2,9 +2,11 @@
 
 ``loss = cross_entropy(logits, labels)
 + distill.weight * distillation(logits[:, :n_old], teacher_logits)
-+ feature_weight * feature_distillation(pooled, teacher_pooled)``
++ feature_weight * feature_distillation(pooled, teacher_pooled)
++ outlier_weight * outlier_exposure(logits[oos rows])``
 
-`init` uses the first term only; `add-intent` and `update` add the others against the parent
+`init` uses the first term (and the outlier term when it is given `oos` rows and
+`train.outlier_weight` > 0); `add-intent` and `update` add the others against the parent
 release's soft labels and pooled embeddings (`update` on the rows the teacher speaks for only). The parent (the teacher) is frozen and deterministic in eval
 mode, so its outputs are computed once, before training, by :func:`predict_logits_and_pooled`
 over the training set: every
@@ -35,6 +37,10 @@ from intent_ci.modeling import IntentModel
 
 logger = logging.getLogger(__name__)
 
+# The label of an out-of-scope (``oos``) training row: no intent's cross-entropy, only the
+# outlier-exposure term.
+OUTLIER_LABEL = -1
+
 
 def cross_entropy_term(
     logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None
@@ -43,14 +49,25 @@ def cross_entropy_term(
     return F.cross_entropy(logits.float(), labels, weight=class_weights)
 
 
+def outlier_exposure_term(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy from the uniform distribution over the intents, averaged over rows.
+
+    Outlier exposure (Hendrycks et al., 2019) on out-of-scope rows: it pushes their logits
+    flat, so their energy and maximum logit fall below those of in-scope utterances.
+    """
+    return -F.log_softmax(logits.float(), dim=-1).mean(dim=-1).mean()
+
+
 def balanced_class_weights(labels: list[int], num_labels: int) -> torch.Tensor:
     """Weights that give every class present the same total weight (inverse frequency).
 
     In add-intent the new intents have all their examples while each old intent has only its
     few replay exemplars; unweighted cross-entropy then pulls old utterances toward the new
-    intents. Balancing removes that bias toward new intents.
+    intents. Balancing removes that bias toward new intents. Outlier rows
+    (:data:`OUTLIER_LABEL`) are not a class and are left out.
     """
-    counts = torch.bincount(torch.tensor(labels), minlength=num_labels).float()
+    labels = [y for y in labels if y != OUTLIER_LABEL]
+    counts = torch.bincount(torch.tensor(labels, dtype=torch.long), minlength=num_labels).float()
     present = counts > 0
     weights = torch.zeros(num_labels)
     weights[present] = counts.sum() / (present.sum() * counts[present])
@@ -111,7 +128,9 @@ class BatchLoss(NamedTuple):
     ce: torch.Tensor  # this rank's share of the cross-entropy term
     kd: torch.Tensor  # ... of the distillation term
     feature: torch.Tensor  # ... of the feature-distillation term
+    outlier: torch.Tensor  # ... of the outlier-exposure term
     rows: int  # real rows in the global batch
+    outlier_rows: int  # ... of them labelled OUTLIER_LABEL
 
 
 def global_batch_loss(
@@ -127,6 +146,7 @@ def global_batch_loss(
     teacher_pooled: torch.Tensor | None = None,
     feature_weight: float = 0.0,
     teacher_rows: torch.Tensor | None = None,
+    outlier_weight: float = 0.0,
 ) -> BatchLoss:
     """This process's share of the loss over the *global* batch (every rank's real rows).
 
@@ -138,28 +158,37 @@ def global_batch_loss(
     batch, whatever the split, and a run on N processes with per-device batch B computes the
     same steps as one process with batch N x B. On one process this equals
     ``cross_entropy_term + distill.weight * distillation_term
-    + feature_weight * feature_distillation_term`` of the batch.
+    + feature_weight * feature_distillation_term
+    + outlier_weight * outlier_exposure_term`` of the batch.
 
     Args:
         teacher_rows: boolean mask of the rows the teacher speaks for (default: all). The two
             distillation terms are means over these rows only; on the others (an ``update``'s
             corrected utterances and the new examples of the intents it updates) the parent's
             answer is the one being corrected, so it must not pull the student back.
+        outlier_weight: weight of :func:`outlier_exposure_term`, a mean over the rows labelled
+            :data:`OUTLIER_LABEL`; those rows take no part in the cross-entropy.
 
     Returns:
-        a :class:`BatchLoss`: the loss to backpropagate, this rank's shares of the three terms
+        a :class:`BatchLoss`: the loss to backpropagate, this rank's shares of the four terms
         (summing them over ranks gives the global batch's terms) and the global batch's real rows.
     """
     use_kd = teacher_logits is not None and distill is not None
     use_feat = feature_weight > 0 and pooled is not None and teacher_pooled is not None
-    row_weights = keep.float()
+    outliers = keep & (labels == OUTLIER_LABEL)
+    inside = keep & ~outliers
+    row_weights = inside.float()
     if class_weights is not None:
-        row_weights = row_weights * class_weights[labels]
+        row_weights = row_weights * class_weights[labels.clamp(min=0)]
     zero = logits.sum() * 0.0  # keeps every rank's graph connected when it has no real rows
-    ce_sum, kd_sum, feat_sum = zero, zero, zero
+    ce_sum, kd_sum, feat_sum, oe_sum = zero, zero, zero, zero
     taught = keep if teacher_rows is None else keep & teacher_rows
-    if keep.any():
-        ce_sum = cross_entropy_term(logits[keep], labels[keep], class_weights) * row_weights.sum()
+    if inside.any():
+        ce_sum = (
+            cross_entropy_term(logits[inside], labels[inside], class_weights) * row_weights.sum()
+        )
+    if outlier_weight > 0 and outliers.any():
+        oe_sum = outlier_exposure_term(logits[outliers]) * outliers.sum()
     if taught.any():
         if use_kd:
             kd_sum = (
@@ -170,18 +199,31 @@ def global_batch_loss(
             feat_sum = (
                 feature_distillation_term(pooled[taught], teacher_pooled[taught]) * taught.sum()
             )
-    totals = torch.stack([row_weights.sum(), keep.sum().float(), taught.sum().float()]).detach()
+    totals = torch.stack(
+        [row_weights.sum(), keep.sum().float(), taught.sum().float(), outliers.sum().float()]
+    ).detach()
     if accelerator.num_processes > 1:
         totals = accelerator.reduce(totals, reduction="sum")
     ce = ce_sum / totals[0].clamp(min=1e-12)
     kd = kd_sum / totals[2].clamp(min=1e-12)
     feat = feat_sum / totals[2].clamp(min=1e-12)
+    oe = oe_sum / totals[3].clamp(min=1e-12)
     share = ce
     if use_kd:
         share = share + distill.weight * kd
     if use_feat:
         share = share + feature_weight * feat
-    return BatchLoss(share * accelerator.num_processes, ce, kd, feat, int(totals[1].item()))
+    if outlier_weight > 0:
+        share = share + outlier_weight * oe
+    return BatchLoss(
+        share * accelerator.num_processes,
+        ce,
+        kd,
+        feat,
+        oe,
+        int(totals[1].item()),
+        int(totals[3].item()),
+    )
 
 
 @dataclass
@@ -384,7 +426,8 @@ def train(
 
     Args:
         model: the student, not yet prepared; its encoder is frozen apart from LoRA.
-        train_set: tokenized examples with ``labels`` and ``index`` (row number).
+        train_set: tokenized examples with ``labels`` and ``index`` (row number); a row
+            labelled :data:`OUTLIER_LABEL` is an out-of-scope example (see `cfg.outlier_weight`).
         soft_labels: the parent release's logits for every row of `train_set`, in row order
             (see :func:`predict_logits`); the distillation target of row ``i`` is
             ``soft_labels[i]``.
@@ -463,8 +506,9 @@ def train(
     )
     for epoch in range(cfg.epochs):
         model.train()
-        sums = torch.zeros(3, dtype=torch.float64)  # this rank's shares of ce, kd and feature
-        batches = 0
+        # This rank's shares of ce, kd and feature, and of the outlier term x its rows.
+        sums = torch.zeros(4, dtype=torch.float64)
+        batches = outlier_rows = 0
         for batch in loader:
             with accelerator.accumulate(model):
                 inputs = _model_inputs(batch)
@@ -491,6 +535,7 @@ def train(
                     teacher_pooled=teacher,
                     feature_weight=feature_weight if use_feat else 0.0,
                     teacher_rows=None if teacher_rows is None else teacher_rows[batch["index"]],
+                    outlier_weight=cfg.outlier_weight,
                 )
                 accelerator.backward(terms.loss)
                 if accelerator.sync_gradients:
@@ -503,24 +548,38 @@ def train(
                 scheduler.step()
                 optimizer.zero_grad()
             sums += torch.tensor(
-                [terms.ce.item(), terms.kd.item(), terms.feature.item()], dtype=torch.float64
+                [
+                    terms.ce.item(),
+                    terms.kd.item(),
+                    terms.feature.item(),
+                    terms.outlier.item() * terms.outlier_rows,
+                ],
+                dtype=torch.float64,
             )
             stats.examples_trained += terms.rows
+            outlier_rows += terms.outlier_rows
             batches += 1
             stats.steps += 1
             progress.update(1)
             progress.set_postfix(epoch=epoch + 1, loss=f"{terms.loss.item():.3f}")
         if accelerator.num_processes > 1:  # NCCL reduces device tensors only
             sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
-        ce_mean, kd_mean, feat_mean = (sums / max(batches, 1)).tolist()
+        ce_mean, kd_mean, feat_mean = (sums[:3] / max(batches, 1)).tolist()
+        # Most batches hold no outlier row: the term's mean is over the epoch's outlier rows.
+        oe_mean = float(sums[3]) / max(outlier_rows, 1)
         kd_weight = distill.weight if use_kd else 0.0
         feat_weight = feature_weight if use_feat else 0.0
         epoch_means = {
-            "loss": ce_mean + kd_weight * kd_mean + feat_weight * feat_mean,
+            "loss": ce_mean
+            + kd_weight * kd_mean
+            + feat_weight * feat_mean
+            + cfg.outlier_weight * oe_mean,
             "ce": ce_mean,
             "kd": kd_mean,
             "feature": feat_mean,
         }
+        if cfg.outlier_weight > 0:
+            epoch_means["outlier"] = oe_mean
         stats.loss_per_epoch.append({"epoch": epoch + 1, **epoch_means})
         if accelerator.is_main_process:
             logger.info("epoch %d: %s", epoch + 1, epoch_means)

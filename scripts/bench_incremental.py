@@ -269,12 +269,21 @@ LEGACY_CALIBRATION = {"score": "max_logit", "target_recall": 0.95}
 """The out-of-scope defaults every cache made before CALIBRATION_ONLY was keyed with."""
 
 
+# Fields added after caches were made, with the value that trains what the caches hold: at
+# that value a field stays out of the key, so those caches are still found.
+ADDED_LATER = {"train": {"outlier_weight": 0.0}}
+
+
 def init_recipe(config: ReleaseConfig, legacy: bool = False) -> dict:
     """The part of `config` an init release depends on (the cache key of bases and retrains).
 
     `legacy`: the key of a cache made when the out-of-scope score and target were part of it
     (with the defaults of that time, `LEGACY_CALIBRATION`)."""
     recipe = config.to_dict()
+    for section, fields in ADDED_LATER.items():
+        for key, value in fields.items():
+            if recipe[section].get(key) == value:
+                recipe[section].pop(key)
     for section, keys in ADD_INTENT_ONLY.items():
         for key in keys:
             recipe[section].pop(key, None)

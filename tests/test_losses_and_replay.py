@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import evaluate
 import pytest
 import torch
+from accelerate import Accelerator
 
 from intent_ci.config import ReplayConfig
 from intent_ci.errors import IntentCIError
@@ -17,7 +20,13 @@ from intent_ci.replay import (
     replay_per_intent,
     select_exemplars,
 )
-from intent_ci.training import balanced_class_weights, cross_entropy_term
+from intent_ci.training import (
+    OUTLIER_LABEL,
+    balanced_class_weights,
+    cross_entropy_term,
+    global_batch_loss,
+    outlier_exposure_term,
+)
 
 
 def test_balanced_weights_give_each_present_class_equal_total_weight():
@@ -37,6 +46,38 @@ def test_weighted_cross_entropy_differs_from_plain_on_imbalanced_batches():
     plain = cross_entropy_term(logits, labels)
     weighted = cross_entropy_term(logits, labels, balanced_class_weights(labels.tolist(), 3))
     assert not torch.isclose(plain, weighted)
+
+
+def test_outlier_rows_take_only_the_outlier_exposure_term():
+    """Rows labelled OUTLIER_LABEL leave the cross-entropy (and the class weights) alone and are
+    pushed towards the uniform distribution; at weight 0 they do not count at all."""
+    torch.manual_seed(0)
+    accelerator = Accelerator(cpu=True)
+    logits = torch.randn(6, 4, requires_grad=True)
+    labels = torch.tensor([0, 1, OUTLIER_LABEL, 2, OUTLIER_LABEL, 3])
+    keep = torch.ones(6, dtype=torch.bool)
+    inside = labels != OUTLIER_LABEL
+    weights = balanced_class_weights(labels.tolist(), 4)
+    assert weights.tolist() == [1.0, 1.0, 1.0, 1.0]  # outliers are not a class
+
+    terms = global_batch_loss(
+        logits, labels, keep, accelerator, class_weights=weights, outlier_weight=0.5
+    )
+    ce = cross_entropy_term(logits[inside], labels[inside], weights)
+    uniform = torch.full((2, 4), 0.25)
+    oe = torch.nn.functional.cross_entropy(logits[~inside], uniform)
+    assert terms.ce.item() == pytest.approx(ce.item())
+    assert terms.outlier.item() == pytest.approx(oe.item())
+    assert outlier_exposure_term(logits[~inside]).item() == pytest.approx(oe.item())
+    assert terms.loss.item() == pytest.approx(ce.item() + 0.5 * oe.item())
+    assert terms.rows == 6
+
+    off = global_batch_loss(logits, labels, keep, accelerator, class_weights=weights)
+    assert off.loss.item() == pytest.approx(ce.item())
+    (grad,) = torch.autograd.grad(off.loss, logits)
+    assert grad[~inside].abs().sum() == 0
+    # Flat logits are the outlier term's minimum: log(number of intents).
+    assert outlier_exposure_term(torch.zeros(3, 4)).item() == pytest.approx(math.log(4))
 
 
 def test_herding_picks_points_whose_mean_tracks_the_class_mean():

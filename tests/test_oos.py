@@ -264,6 +264,41 @@ def test_oos_rows_calibrate_and_never_train(tmp_path, tiny_backbone, data_dir, c
     assert code == 0 and "4 oos utterances, oos recall" in out
 
 
+def test_outlier_exposure_trains_on_most_oos_rows_and_measures_on_the_rest(
+    tmp_path, tiny_backbone, data_dir
+):
+    """`train.outlier_weight` > 0: 90% of the `oos` rows train (towards flat logits), the held-back
+    rest is the calibration set's out-of-scope part, and the trained rows end flatter than in a
+    release that only calibrates on them (the cross-entropy to uniform, over all 20 rows)."""
+    data = Path(shutil.copytree(data_dir / "base", tmp_path / "data"))
+    oos_rows = [f"{w} {x} please" for w in ("weather", "music", "jokes", "sport") for x in "abcde"]
+    (data / "oos.txt").write_text("\n".join(oos_rows) + "\n", encoding="utf-8")
+    flatness = {}
+    for weight in (0.0, 2.0):
+        config = apply_overrides(
+            ReleaseConfig(),
+            tiny_overrides(tiny_backbone, train={"outlier_weight": weight}),
+            source="test",
+        )
+        registry = tmp_path / f"adapters-{weight:g}"
+        init_release(data, registry, config)
+        manifest = Registry(registry).manifest("v1")
+        _, held = read_calibration(registry / "v1" / "calibration.json")
+        assert manifest["metrics"]["train_examples"] == 4 * 36  # in-scope rows only
+        if weight:
+            assert len(held) == 2 and set(held) < set(oos_rows)  # 10% of 20 held back
+            assert manifest["metrics"]["outlier_examples"] == 18
+            epochs = manifest["metrics"]["train"]["loss_per_epoch"]
+            assert epochs[-1]["outlier"] < epochs[0]["outlier"]
+        else:
+            assert held == oos_rows and manifest["metrics"]["outlier_examples"] == 0
+        assert manifest["oos"]["calibration"]["oos"] == len(held)
+        clf = IntentClassifier.load(registry, "v1")
+        logits = clf.logits(oos_rows)
+        flatness[weight] = float((logits.logsumexp(-1) - logits.mean(-1)).mean())
+    assert flatness[2.0] < flatness[0.0]
+
+
 def test_add_intent_refuses_oos_as_the_intent_to_add(reg, tmp_path, capsys):
     bad = tmp_path / "oos.txt"
     bad.write_text("\n".join(OUT_OF_SCOPE) + "\n", encoding="utf-8")
