@@ -147,7 +147,14 @@ def report(args: argparse.Namespace) -> None:
         raise SystemExit(f"no seed*.json under {args.workdir}: run a seed first")
     weights = list(seeds[0]["arms"])
     base, oe = weights[0], weights[1]
-    metrics = ("auroc", "fpr_at_95", "in_scope_accuracy", "in_scope_recall", "oos_recall")
+    metrics = (
+        "accuracy",
+        "auroc",
+        "fpr_at_95",
+        "in_scope_accuracy",
+        "in_scope_recall",
+        "oos_recall",
+    )
     summary: dict = {}
     for score in SCORES:
         summary[score] = {}
@@ -186,6 +193,7 @@ def report(args: argparse.Namespace) -> None:
         " per-seed commands in the script's docstring), then `--report`. Shipped defaults, "
         f"threshold calibrated on held-out in-scope utterances at target {seeds[0]['target_recall']}. "
         "Val: `val` against `oos_val` (100 rows); test: `test` against `oos_test` (1,000 rows). "
+        "Accuracy: top-1 over in-scope rows, no rejection; in-scope accuracy: accepted and right. "
         f"Outlier exposure trains on 90 of `oos_train`'s 100 rows at `train.outlier_weight: {oe}`.",
         "",
         f"Decision rule (val only): {RULE}.",
@@ -198,8 +206,9 @@ def report(args: argparse.Namespace) -> None:
         lines += [
             f"## Score `{score}`" + (" (shipped)" if score == "energy_knn" else ""),
             "",
-            "| seed | split | arm | AUROC | FPR@95 % | in-scope acc % | in-scope recall % | oos recall % |",
-            "|---|---|---|---|---|---|---|---|",
+            "| seed | split | arm | accuracy % | AUROC | FPR@95 % | in-scope acc % "
+            "| in-scope recall % | oos recall % |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for s in seeds:
             for split in ("val", "test"):
@@ -207,7 +216,8 @@ def report(args: argparse.Namespace) -> None:
                     r = s["arms"][w][score][split]
                     name = "calibration only" if w == base else f"outlier exposure {w}"
                     lines.append(
-                        f"| {s['seed']} | {split} | {name} | {r['auroc']:.4f} | {pct(r['fpr_at_95'])} "
+                        f"| {s['seed']} | {split} | {name} | {pct(r['accuracy'])} | {r['auroc']:.4f} "
+                        f"| {pct(r['fpr_at_95'])} "
                         f"| {pct(r['in_scope_accuracy'])} | {pct(r['in_scope_recall'])} | {pct(r['oos_recall'])} |"
                     )
         for split in ("val", "test"):
@@ -215,7 +225,8 @@ def report(args: argparse.Namespace) -> None:
                 r = summary[score][split][w]
                 name = "calibration only" if w == base else f"outlier exposure {w}"
                 lines.append(
-                    f"| **mean** | {split} | {name} | {r['auroc']:.4f} | {pct(r['fpr_at_95'])} "
+                    f"| **mean** | {split} | {name} | {pct(r['accuracy'])} | {r['auroc']:.4f} "
+                    f"| {pct(r['fpr_at_95'])} "
                     f"| {pct(r['in_scope_accuracy'])} | {pct(r['in_scope_recall'])} | {pct(r['oos_recall'])} |"
                 )
         lines.append("")
