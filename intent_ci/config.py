@@ -370,6 +370,25 @@ class DistillConfig:
             "Hou et al., 2019). 0 disables it."
         },
     )
+    l2_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "L2 to the parent: weight x 1/2 sum (theta - theta_parent)^2 over the LoRA "
+            "parameters, added to the loss of `add-intent` and `update` (independent of "
+            "`enabled`). 0 disables it. Measured on the CLINC150 validation split "
+            "(scripts/bench_incremental.py, docs/benchmarks.md)."
+        },
+    )
+    ewc_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "EWC (Kirkpatrick et al., 2017): like `l2_weight`, with each LoRA parameter's "
+            "squared distance weighted by its diagonal Fisher information, estimated on the "
+            "replayed memory rows with the parent's weights and scaled to mean 1 (so equal "
+            "weights give the two terms the same total pull). Needs `replay.enabled`. 0 "
+            "disables it."
+        },
+    )
 
     def __post_init__(self) -> None:
         _check(
@@ -381,6 +400,10 @@ class DistillConfig:
             "distill",
             "feature_weight",
             f"must be >= 0, got {self.feature_weight}",
+        )
+        _check(self.l2_weight >= 0, "distill", "l2_weight", f"must be >= 0, got {self.l2_weight}")
+        _check(
+            self.ewc_weight >= 0, "distill", "ewc_weight", f"must be >= 0, got {self.ewc_weight}"
         )
 
 

@@ -72,7 +72,9 @@ from intent_ci.replay import (
 from intent_ci.training import (
     OUTLIER_LABEL,
     Features,
+    ParameterAnchor,
     compute_features,
+    diagonal_fisher,
     hold_parent_weights,
     make_loader,
     predict_logits,
@@ -184,6 +186,46 @@ def _feature_pass(
     )
     model.to(accelerator.device)
     return compute_features(model, loader, accelerator)
+
+
+def _parameter_anchor(
+    model: IntentModel,
+    tokenized: datasets.Dataset,
+    replayed: range,
+    backbone: Backbone,
+    accelerator: Accelerator,
+    config: ReleaseConfig,
+) -> ParameterAnchor | None:
+    """The parent's LoRA values and their weighted importance (`distill.l2_weight`, and
+    `distill.ewc_weight` times the diagonal Fisher on the `replayed` rows of `tokenized`, the
+    memory rows this release replays); None when both weights are 0. Call after
+    `hold_parent_weights`, before training.
+
+    Raises:
+        IntentCIError: for EWC without replayed rows to estimate the Fisher information on.
+    """
+    l2, ewc = config.distill.l2_weight, config.distill.ewc_weight
+    if l2 == 0 and ewc == 0:
+        return None
+    names = [f"encoder.{n}" for n, p in model.encoder.named_parameters() if p.requires_grad]
+    params = dict(model.named_parameters())
+    values = {n: params[n].detach().float().clone() for n in names}
+    importance = {n: torch.full_like(v, l2) for n, v in values.items()}
+    if ewc > 0:
+        if len(replayed) == 0:
+            raise IntentCIError(
+                "`distill.ewc_weight` needs replayed memory rows to estimate the Fisher "
+                "information on; set `replay.enabled: true` or `distill.ewc_weight: 0`"
+            )
+        rows = tokenized.select(replayed)
+        loader = accelerator.prepare(
+            make_loader(rows, backbone.tokenizer, config.train.batch_size, shuffle=False)
+        )
+        model.to(accelerator.device)
+        fisher = diagonal_fisher(model, loader, accelerator, names)
+        for n in names:
+            importance[n] = importance[n] + ewc * fisher[n].cpu()
+    return ParameterAnchor(values, importance)
 
 
 def _preflight(
@@ -679,6 +721,11 @@ def _child_release(
             "false` in --config to rely on distillation alone, or train from a release that "
             "has its replay.json"
         )
+    if config.distill.ewc_weight > 0 and not config.replay.enabled:
+        raise IntentCIError(
+            "`distill.ewc_weight` needs replayed memory rows to estimate the Fisher information "
+            "on; set `replay.enabled: true` or `distill.ewc_weight: 0`"
+        )
     old_labels = list(parent_release.labels)
     if updates:
         all_new = (
@@ -890,6 +937,9 @@ def _child_release(
     # LoRA trains; so do the head's rows (old ones restored by the row freezer) and, unless
     # `train.freeze_dense`, its dense layer.
     hold_parent_weights(model, config.train)
+    anchor = _parameter_anchor(
+        model, tokenized, range(len(new_texts), len(texts)), backbone, accelerator, config
+    )
 
     scale = config.train.add_intent_lr_scale
     train_cfg = dataclasses.replace(
@@ -916,6 +966,7 @@ def _child_release(
         if config.train.freeze_old_rows
         else None,
         teacher_rows=teacher_rows,
+        anchor=anchor,
     )
     # Memory of every intent in the file, chosen over its rows plus, for an updated intent, the
     # old exemplars it keeps, by herding on pooled embeddings (the teacher's pass, or with
@@ -960,6 +1011,8 @@ def _child_release(
         # and the teacher's pass over the training set.
         "forward_only_examples": (len(new_texts) + len(stored)) * (2 if trained_exemplars else 1)
         + (len(texts) if use_kd or feature_weight > 0 else 0),
+        # Forward and backward passes over the replayed rows that estimate EWC's Fisher.
+        "fisher_examples": len(replay_texts) if config.distill.ewc_weight > 0 else 0,
         "feature_weight": round(feature_weight, 4),
         # Old intents the parent predicted for each new intent's utterances (share >=
         # replay.neighbour_share): the likeliest confusions to check before deploying.

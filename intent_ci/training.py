@@ -3,11 +3,12 @@
 ``loss = cross_entropy(logits, labels)
 + distill.weight * distillation(logits[:, :n_old], teacher_logits)
 + feature_weight * feature_distillation(pooled, teacher_pooled)
-+ outlier_weight * outlier_exposure(logits[oos rows])``
++ outlier_weight * outlier_exposure(logits[oos rows])
++ anchor(parameters, parent's parameters)``
 
 `init` uses the first term (and the outlier term when it is given `oos` rows and
 `train.outlier_weight` > 0); `add-intent` and `update` add the others against the parent
-release's soft labels and pooled embeddings (`update` on the rows the teacher speaks for only). The parent (the teacher) is frozen and deterministic in eval
+release's soft labels, pooled embeddings and (L2 or EWC, :class:`ParameterAnchor`) weights (`update` on the rows the teacher speaks for only). The parent (the teacher) is frozen and deterministic in eval
 mode, so its outputs are computed once, before training, by :func:`predict_logits_and_pooled`
 over the training set: every
 process scores its own shard, ``gather_for_metrics`` collects them, and the teacher is never
@@ -103,6 +104,63 @@ def feature_distillation_term(
     ).mean()
 
 
+class ParameterAnchor(NamedTuple):
+    """Where a child release's LoRA parameters are pulled back to, and how hard.
+
+    ``importance[name]`` already holds the weights: ``distill.l2_weight`` (L2 to the parent)
+    plus ``distill.ewc_weight`` times the diagonal Fisher information scaled to mean 1 (EWC).
+    """
+
+    values: dict[str, torch.Tensor]  # the parent's value of each anchored parameter
+    importance: dict[str, torch.Tensor]
+
+
+def anchor_term(model: torch.nn.Module, anchor: ParameterAnchor) -> torch.Tensor:
+    """``1/2 sum importance * (theta - theta_parent)^2`` over the anchored parameters of `model`
+    (unwrapped: the names are those of :class:`ParameterAnchor`)."""
+    params = dict(model.named_parameters())
+    total = torch.zeros((), device=next(iter(params.values())).device)
+    for name, value in anchor.values.items():
+        p = params[name]
+        total = total + (anchor.importance[name] * (p.float() - value).square()).sum()
+    return 0.5 * total
+
+
+@torch.enable_grad()
+def diagonal_fisher(
+    model: IntentModel, loader: DataLoader, accelerator: Accelerator, names: list[str]
+) -> dict[str, torch.Tensor]:
+    """Diagonal (empirical) Fisher information of the parameters `names`, scaled to mean 1.
+
+    The mean over batches of the squared gradient of the cross-entropy at the rows' labels, in
+    eval mode (no dropout), as EWC implementations estimate it; each process takes its shard of
+    `loader` (prepared) and the sums are reduced. `model` is unwrapped; its gradients are
+    cleared afterwards.
+    """
+    model.eval()
+    params = dict(model.named_parameters())
+    sums = {n: torch.zeros_like(params[n], dtype=torch.float32) for n in names}
+    batches = torch.zeros((), device=accelerator.device)
+    for batch in tqdm(loader, desc="fisher", disable=not accelerator.is_main_process, leave=False):
+        model.zero_grad(set_to_none=True)
+        keep = real_rows(len(batch["labels"]), accelerator)
+        if not keep.any():
+            continue
+        logits = model(**_model_inputs(batch))
+        F.cross_entropy(logits[keep].float(), batch["labels"][keep]).backward()
+        for n in names:
+            if params[n].grad is not None:
+                sums[n] += params[n].grad.detach().float().square()
+        batches += 1
+    model.zero_grad(set_to_none=True)
+    if accelerator.num_processes > 1:
+        sums = {n: accelerator.reduce(v, reduction="sum") for n, v in sums.items()}
+        batches = accelerator.reduce(batches, reduction="sum")
+    fisher = {n: v / batches.clamp(min=1) for n, v in sums.items()}
+    mean = torch.cat([v.flatten() for v in fisher.values()]).mean().clamp(min=1e-30)
+    return {n: v / mean for n, v in fisher.items()}
+
+
 def real_rows(rows: int, accelerator: Accelerator) -> torch.Tensor:
     """Mask of this process's batch rows that are real examples, not Accelerate's repeats.
 
@@ -129,6 +187,7 @@ class BatchLoss(NamedTuple):
     kd: torch.Tensor  # ... of the distillation term
     feature: torch.Tensor  # ... of the feature-distillation term
     outlier: torch.Tensor  # ... of the outlier-exposure term
+    anchor: torch.Tensor  # ... of the anchor term (L2 or EWC to the parent)
     rows: int  # real rows in the global batch
     outlier_rows: int  # ... of them labelled OUTLIER_LABEL
 
@@ -147,6 +206,7 @@ def global_batch_loss(
     feature_weight: float = 0.0,
     teacher_rows: torch.Tensor | None = None,
     outlier_weight: float = 0.0,
+    anchor: torch.Tensor | None = None,
 ) -> BatchLoss:
     """This process's share of the loss over the *global* batch (every rank's real rows).
 
@@ -168,6 +228,8 @@ def global_batch_loss(
             answer is the one being corrected, so it must not pull the student back.
         outlier_weight: weight of :func:`outlier_exposure_term`, a mean over the rows labelled
             :data:`OUTLIER_LABEL`; those rows take no part in the cross-entropy.
+        anchor: :func:`anchor_term` of the model (already weighted). Every rank computes the
+            same value; each adds 1/N of it, so that summed over ranks it counts once.
 
     Returns:
         a :class:`BatchLoss`: the loss to backpropagate, this rank's shares of the four terms
@@ -215,12 +277,19 @@ def global_batch_loss(
         share = share + feature_weight * feat
     if outlier_weight > 0:
         share = share + outlier_weight * oe
+    held = zero
+    if anchor is not None:
+        # Every rank holds the whole term; each adds 1/N of it, so that after DDP averages the
+        # N ranks' gradients of N x share, the term counts once (as the per-row terms do).
+        held = anchor / accelerator.num_processes
+        share = share + held
     return BatchLoss(
         share * accelerator.num_processes,
         ce,
         kd,
         feat,
         oe,
+        held.detach(),
         int(totals[1].item()),
         int(totals[3].item()),
     )
@@ -421,6 +490,7 @@ def train(
     feature_weight: float = 0.0,
     frozen_rows: list[int] | None = None,
     teacher_rows: torch.Tensor | None = None,
+    anchor: ParameterAnchor | None = None,
 ) -> tuple[IntentModel, TrainStats]:
     """Train LoRA and head with cross-entropy, plus distillation when soft labels are given.
 
@@ -438,6 +508,8 @@ def train(
         frozen_rows: indices of head rows (old intents) that get no updates.
         teacher_rows: boolean mask over the rows of `train_set`, in row order: the rows both
             distillation terms apply to (default: all); see :func:`global_batch_loss`.
+        anchor: the parent's LoRA values and their weighted importance: adds
+            :func:`anchor_term` (L2 to the parent, EWC) to every step's loss.
 
     Returns:
         The trained, unwrapped model and statistics of the run.
@@ -498,6 +570,12 @@ def train(
         teacher_pooled = teacher_pooled.to(accelerator.device)
     if teacher_rows is not None:
         teacher_rows = teacher_rows.to(device=accelerator.device, dtype=torch.bool)
+    if anchor is not None:
+        anchor = ParameterAnchor(
+            {n: v.to(accelerator.device) for n, v in anchor.values.items()},
+            {n: v.to(accelerator.device) for n, v in anchor.importance.items()},
+        )
+    unwrapped = accelerator.unwrap_model(model)
 
     stats = TrainStats()
     start = time.perf_counter()
@@ -506,8 +584,8 @@ def train(
     )
     for epoch in range(cfg.epochs):
         model.train()
-        # This rank's shares of ce, kd and feature, and of the outlier term x its rows.
-        sums = torch.zeros(4, dtype=torch.float64)
+        # This rank's shares of ce, kd, feature, the outlier term x its rows, and the anchor.
+        sums = torch.zeros(5, dtype=torch.float64)
         batches = outlier_rows = 0
         for batch in loader:
             with accelerator.accumulate(model):
@@ -536,6 +614,7 @@ def train(
                     feature_weight=feature_weight if use_feat else 0.0,
                     teacher_rows=None if teacher_rows is None else teacher_rows[batch["index"]],
                     outlier_weight=cfg.outlier_weight,
+                    anchor=None if anchor is None else anchor_term(unwrapped, anchor),
                 )
                 accelerator.backward(terms.loss)
                 if accelerator.sync_gradients:
@@ -553,6 +632,7 @@ def train(
                     terms.kd.item(),
                     terms.feature.item(),
                     terms.outlier.item() * terms.outlier_rows,
+                    terms.anchor.item(),
                 ],
                 dtype=torch.float64,
             )
@@ -567,19 +647,23 @@ def train(
         ce_mean, kd_mean, feat_mean = (sums[:3] / max(batches, 1)).tolist()
         # Most batches hold no outlier row: the term's mean is over the epoch's outlier rows.
         oe_mean = float(sums[3]) / max(outlier_rows, 1)
+        anchor_mean = float(sums[4]) / max(batches, 1)
         kd_weight = distill.weight if use_kd else 0.0
         feat_weight = feature_weight if use_feat else 0.0
         epoch_means = {
             "loss": ce_mean
             + kd_weight * kd_mean
             + feat_weight * feat_mean
-            + cfg.outlier_weight * oe_mean,
+            + cfg.outlier_weight * oe_mean
+            + anchor_mean,
             "ce": ce_mean,
             "kd": kd_mean,
             "feature": feat_mean,
         }
         if cfg.outlier_weight > 0:
             epoch_means["outlier"] = oe_mean
+        if anchor is not None:
+            epoch_means["anchor"] = anchor_mean  # already weighted
         stats.loss_per_epoch.append({"epoch": epoch + 1, **epoch_means})
         if accelerator.is_main_process:
             logger.info("epoch %d: %s", epoch + 1, epoch_means)

@@ -111,6 +111,11 @@ METHODS: dict[str, dict] = {
     "distill-only": {"replay": {"enabled": False}},
     "replay-only": {"distill": {"enabled": False}},
     "naive": {"distill": {"enabled": False}, "replay": {"enabled": False}},
+    # The seed articles' regularisers on top of the recipe, at the weight where the L2 term at
+    # an unregularised P2 release's LoRA step (sum of squares 1.36 on order 0) is 0.68, above
+    # the release's final cross-entropy: a strong pull, one value each.
+    "l2": {"distill": {"l2_weight": 1.0}},
+    "ewc": {"distill": {"ewc_weight": 1.0}},
 }
 
 
@@ -244,7 +249,8 @@ def release_costs(registry: Registry, release: str) -> dict:
         "train_loop_s": round(m["train"]["wall_time_s"], 2),
         "examples_trained": trained,
         "forward_only_examples": m["forward_only_examples"],
-        "examples_processed": trained + m["forward_only_examples"],
+        "fisher_examples": m.get("fisher_examples", 0),
+        "examples_processed": trained + m["forward_only_examples"] + m.get("fisher_examples", 0),
         "replay_examples": m.get("replay_examples", 0),
     }
 
@@ -256,7 +262,7 @@ def config_key(*parts) -> str:
 # Fields only add-intent reads: an init release does not depend on them.
 ADD_INTENT_ONLY = {
     "train": ("add_intent_epochs", "add_intent_lr_scale", "freeze_old_rows", "neighbour_rows"),
-    "distill": ("enabled", "temperature", "weight", "feature_weight"),
+    "distill": ("enabled", "temperature", "weight", "feature_weight", "l2_weight", "ewc_weight"),
     "replay": ("enabled", "train_per_intent", "new_ratio", "neighbour_share"),
 }
 
@@ -800,6 +806,8 @@ def plot(result: dict, path: Path) -> None:
         "distill-only": "#9467bd",
         "replay-only": "#ff7f0e",
         "naive": "#d62728",
+        "l2": "#7f7f7f",
+        "ewc": "#bcbd22",
     }
     for ax, (pname, p) in zip(axes[0], protocols.items(), strict=True):
         for name, m in p["methods"].items():

@@ -22,6 +22,8 @@ from intent_ci.replay import (
 )
 from intent_ci.training import (
     OUTLIER_LABEL,
+    ParameterAnchor,
+    anchor_term,
     balanced_class_weights,
     cross_entropy_term,
     global_batch_loss,
@@ -78,6 +80,30 @@ def test_outlier_rows_take_only_the_outlier_exposure_term():
     assert grad[~inside].abs().sum() == 0
     # Flat logits are the outlier term's minimum: log(number of intents).
     assert outlier_exposure_term(torch.zeros(3, 4)).item() == pytest.approx(math.log(4))
+
+
+def test_anchor_term_is_the_weighted_squared_distance_to_the_parent_and_adds_once():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    parent = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        model.weight.add_(0.5)
+        model.bias.sub_(1.0)
+    importance = {"weight": torch.full((2, 3), 2.0), "bias": torch.tensor([0.0, 4.0])}
+    anchor = ParameterAnchor(parent, importance)
+    # 1/2 (6 x 2 x 0.25 + 4 x 1) = 3.5: the first bias has no importance.
+    term = anchor_term(model, anchor)
+    assert term.item() == pytest.approx(3.5)
+    (grad,) = torch.autograd.grad(term, model.weight)
+    assert torch.allclose(grad, torch.full((2, 3), 1.0))  # importance x distance
+
+    accelerator = Accelerator(cpu=True)
+    logits, labels = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    keep = torch.ones(4, dtype=torch.bool)
+    plain = global_batch_loss(logits, labels, keep, accelerator)
+    held = global_batch_loss(logits, labels, keep, accelerator, anchor=term.detach())
+    assert held.loss.item() == pytest.approx(plain.loss.item() + 3.5)
+    assert held.anchor.item() == pytest.approx(3.5) and plain.anchor.item() == 0
 
 
 def test_herding_picks_points_whose_mean_tracks_the_class_mean():

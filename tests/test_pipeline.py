@@ -325,6 +325,53 @@ def test_frozen_old_rows_and_feature_term_in_add_intent(trained_registry, data_d
     assert not torch.equal(moved.dense.weight, parent_head.dense.weight)
 
 
+def test_l2_and_ewc_to_the_parent_hold_the_lora_weights(trained_registry, data_dir, tmp_path):
+    """`distill.l2_weight` and `distill.ewc_weight` pull the child's LoRA weights back to the
+    parent's: they move less than without, the term is logged per epoch, EWC's Fisher pass is
+    counted, and EWC without a replay memory is refused before anything is written."""
+    import shutil
+
+    from intent_ci.errors import IntentCIError
+    from intent_ci.pipeline import add_intents
+
+    registry = tmp_path / "adapters"
+    shutil.copytree(trained_registry, registry)
+
+    def lora(release: str) -> dict[str, torch.Tensor]:
+        model = load_release(Registry(registry), release).model
+        return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+    parent = lora("v1")
+
+    def moved(release: str) -> float:
+        child = lora(release)
+        return sum(float((child[n] - v).square().sum()) for n, v in parent.items())
+
+    new = data_dir / "new" / "report_damage.txt"
+    free = add_intents(new, registry, "v1")
+    held = {
+        term: add_intents(new, registry, "v1", overrides={"distill": {f"{term}_weight": 50.0}})
+        for term in ("l2", "ewc")
+    }
+    for term, release in held.items():
+        assert moved(release) < 0.5 * moved(free), term
+        metrics = Registry(registry).manifest(release)["metrics"]
+        assert all(e["anchor"] > 0 for e in metrics["train"]["loss_per_epoch"])
+        fisher = metrics["fisher_examples"]
+        assert fisher == (metrics["replay_examples"] if term == "ewc" else 0)
+    assert Registry(registry).manifest(held["ewc"])["metrics"]["replay_examples"] > 0
+
+    before = Registry(registry).releases()
+    with pytest.raises(IntentCIError, match=r"`distill.ewc_weight` needs replayed memory rows"):
+        add_intents(
+            new,
+            registry,
+            "v1",
+            overrides={"distill": {"ewc_weight": 1.0}, "replay": {"enabled": False}},
+        )
+    assert Registry(registry).releases() == before
+
+
 def test_neighbours_replay_their_whole_memory_and_only_their_rows_train(
     trained_registry, data_dir, tmp_path
 ):

@@ -1,0 +1,136 @@
+#!/usr/bin/env python
+"""L2 to the parent and EWC beside the shipped recipe, over intent orders, on val (issue 19).
+
+Reads bench_incremental results of one protocol (any methods, one or more intent orders) and
+writes <out>.json and <out>.md: per method, the final val accuracy, the worst old-intent val
+drop of a single release and the examples processed per release, each order listed and the
+mean over orders. The regularisers were run as methods of their own on the base release the
+shipped recipe's runs used (same cache, same order):
+
+    python scripts/bench_incremental.py --protocols P2 --methods l2 --no-retrain --no-probe \\
+        --seed S --split val --workdir runs/reg/l2_sS --out runs/reg/bench_incremental_p2_l2_sS
+    (the same with --methods ewc), then
+    python scripts/regulariser_report.py --protocol P2 \\
+        --run scripts/results/orders/bench_incremental_p2_seed0.json --run ... \\
+        --out scripts/results/regularisers/p2_val
+
+Rule, fixed before the runs: a regulariser goes on by default only if, over the orders, it
+raises the mean final val accuracy and lowers the mean worst old-intent val drop of the
+shipped recipe (`intent-ci`), and raises the final val accuracy on every order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+BASELINE = "intent-ci"
+
+
+def summarise(path: Path, protocol: str) -> dict[str, dict]:
+    result = json.loads(path.read_text())
+    out = {}
+    for method, run in result["protocols"][protocol]["methods"].items():
+        releases = run["releases"]
+        drops = [
+            r["old_intent_drop_points"]["val"] for r in releases if r.get("old_intent_drop_points")
+        ]
+        examples = [r["cost"]["examples_processed"] for r in releases if r.get("cost")]
+        out[method] = {
+            "file": str(path),
+            "command": result["command"],
+            "seed": result["seed"],
+            "overrides": run["overrides"],
+            "final_val_accuracy": releases[-1]["scores"]["val"]["accuracy"],
+            "worst_val_old_intent_drop_points": max(drops),
+            "mean_examples_per_release": float(np.mean(examples)),
+        }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", action="append", required=True, type=Path)
+    parser.add_argument("--protocol", default="P2")
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args()
+
+    rows: dict[str, dict[int, dict]] = {}
+    for path in args.run:
+        for method, row in summarise(path, args.protocol).items():
+            rows.setdefault(method, {})[row["seed"]] = row
+    if BASELINE not in rows:
+        raise SystemExit(f"no {BASELINE} run among --run: the rule compares against it")
+    seeds = sorted(rows[BASELINE])
+    summary = {}
+    for method, by_seed in rows.items():
+        common = [s for s in seeds if s in by_seed]
+        summary[method] = {
+            "seeds": common,
+            **{
+                field: float(np.mean([by_seed[s][field] for s in common]))
+                for field in (
+                    "final_val_accuracy",
+                    "worst_val_old_intent_drop_points",
+                    "mean_examples_per_release",
+                )
+            },
+        }
+    base = rows[BASELINE]
+    verdicts = {}
+    for method, by_seed in rows.items():
+        if method == BASELINE:
+            continue
+        common = [s for s in seeds if s in by_seed]
+        gains = [by_seed[s]["final_val_accuracy"] - base[s]["final_val_accuracy"] for s in common]
+        base_acc = np.mean([base[s]["final_val_accuracy"] for s in common])
+        base_drop = np.mean([base[s]["worst_val_old_intent_drop_points"] for s in common])
+        verdicts[method] = {
+            "orders": common,
+            "gain_points_per_order": [100 * g for g in gains],
+            "default_on": len(common) == len(seeds)
+            and summary[method]["final_val_accuracy"] > base_acc
+            and summary[method]["worst_val_old_intent_drop_points"] < base_drop
+            and all(g > 0 for g in gains),
+        }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"protocol": args.protocol, "rows": rows, "summary": summary, "verdicts": verdicts}
+    args.out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
+
+    lines = [
+        f"# {args.protocol} on val: L2 to the parent and EWC beside the shipped recipe",
+        "",
+        "Made by `python scripts/regulariser_report.py --protocol "
+        f"{args.protocol} {' '.join(f'--run {p}' for p in args.run)} --out {args.out}`; each "
+        "run's command is in the JSON. Val decides; the base release and intent order of each "
+        "seed are shared by every method.",
+        "",
+        "| method | overrides | orders | final val accuracy % (each order) | mean | worst "
+        "old-intent val drop, points (mean) | examples per release |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method, by_seed in rows.items():
+        s = summary[method]
+        each = ", ".join(f"{100 * by_seed[k]['final_val_accuracy']:.2f}" for k in s["seeds"])
+        overrides = json.dumps(next(iter(by_seed.values()))["overrides"]) or "{}"
+        lines.append(
+            f"| {method} | `{overrides}` | {', '.join(map(str, s['seeds']))} | {each} "
+            f"| {100 * s['final_val_accuracy']:.2f} | {s['worst_val_old_intent_drop_points']:.2f} "
+            f"| {s['mean_examples_per_release']:.0f} |"
+        )
+    lines += ["", "Rule: " + __doc__.split("Rule, fixed before the runs: ")[1].strip(), ""]
+    for method, v in verdicts.items():
+        gains = ", ".join(f"{g:+.2f}" for g in v["gain_points_per_order"])
+        lines.append(
+            f"- **{method}**: {'on' if v['default_on'] else 'off'} by the rule "
+            f"(final val accuracy against {BASELINE}, per order: {gains} points)"
+        )
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
