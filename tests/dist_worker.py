@@ -5,8 +5,9 @@ and writes what it saw to ``<out>/rank<k>.json``; the test compares ranks and ch
 
 * training batches: which ``index`` values each rank trains on in each epoch, before and after
   dropping Accelerate's repeats (`real_rows`);
-* the loss of the epoch's last global batch (which holds repeats): the DDP-averaged gradient of
-  `global_batch_loss` against the gradient of the plain loss over the global batch's real rows;
+* the loss of the epoch's last global batch (which holds repeats), with an L2/EWC anchor term:
+  the DDP-averaged gradient of `global_batch_loss` against the gradient of the plain loss over
+  the global batch's real rows plus the anchor counted once;
 * feature and evaluation passes over a dataset whose size is not a multiple of
   ``processes x batch``: the gathered count and that rows come back in dataset order;
 * FSDP2 (``fully_shard`` over gloo, as Accelerate applies it on GPUs): the sharded model's
@@ -33,6 +34,8 @@ from intent_ci.modeling import IntentModel, attach_lora, build_head, load_backbo
 from intent_ci.pipeline import make_accelerator
 from intent_ci.release import full_state_dict, save_model_files
 from intent_ci.training import (
+    ParameterAnchor,
+    anchor_term,
     balanced_class_weights,
     compute_features,
     cross_entropy_term,
@@ -65,6 +68,21 @@ def main() -> None:
             if "lora_B" in name:
                 p.normal_(0, 0.1)
     reference = copy.deepcopy(model)  # identical on every rank (same seed)
+    # An L2/EWC anchor away from the current LoRA weights (same values on every rank), so its
+    # gradient is not zero: the DDP step must count it once, not once per rank.
+    generator = torch.Generator().manual_seed(1)
+    anchor = ParameterAnchor(
+        {
+            n: p.detach() + 0.1 * torch.randn(p.shape, generator=generator)
+            for n, p in model.named_parameters()
+            if "lora_" in n
+        },
+        {
+            n: torch.rand(p.shape, generator=generator)
+            for n, p in model.named_parameters()
+            if "lora_" in n
+        },
+    )
 
     labels = [i % 3 for i in range(TRAIN_ROWS)]
     train_set = tokenize(backbone.tokenizer, texts(TRAIN_ROWS), labels, 16, accelerator)
@@ -88,7 +106,12 @@ def main() -> None:
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "index")}
     model.zero_grad()
     terms = global_batch_loss(
-        model(**inputs), batch["labels"], keep, accelerator, class_weights=weights
+        model(**inputs),
+        batch["labels"],
+        keep,
+        accelerator,
+        class_weights=weights,
+        anchor=anchor_term(accelerator.unwrap_model(model), anchor),
     )
     accelerator.backward(terms.loss)
     ddp_grads = {
@@ -107,7 +130,7 @@ def main() -> None:
     ginputs = {k: v[real] for k, v in everything.items()}
     reference.zero_grad()
     plain = cross_entropy_term(reference(**ginputs), glabels, weights)
-    plain.backward()
+    (plain + anchor_term(reference, anchor)).backward()
     report["global_rows"] = terms.rows
     report["global_ce"] = float(accelerator.reduce(terms.ce.detach(), reduction="sum"))
     report["plain_ce"] = float(plain)
