@@ -91,10 +91,12 @@ def main() -> None:
         verdicts[method] = {
             "orders": common,
             "gain_points_per_order": [100 * g for g in gains],
-            "default_on": len(common) == len(seeds)
-            and summary[method]["final_val_accuracy"] > base_acc
-            and summary[method]["worst_val_old_intent_drop_points"] < base_drop
-            and all(g > 0 for g in gains),
+            "default_on": bool(
+                len(common) == len(seeds)
+                and summary[method]["final_val_accuracy"] > base_acc
+                and summary[method]["worst_val_old_intent_drop_points"] < base_drop
+                and all(g > 0 for g in gains)
+            ),
         }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"protocol": args.protocol, "rows": rows, "summary": summary, "verdicts": verdicts}
@@ -121,7 +123,8 @@ def main() -> None:
             f"| {100 * s['final_val_accuracy']:.2f} | {s['worst_val_old_intent_drop_points']:.2f} "
             f"| {s['mean_examples_per_release']:.0f} |"
         )
-    lines += ["", "Rule: " + __doc__.split("Rule, fixed before the runs: ")[1].strip(), ""]
+    rule = " ".join(__doc__.split("Rule, fixed before the runs: ")[1].split())
+    lines += ["", f"Rule, fixed before the runs: {rule}", ""]
     for method, v in verdicts.items():
         gains = ", ".join(f"{g:+.2f}" for g in v["gain_points_per_order"])
         lines.append(
