@@ -375,8 +375,9 @@ class DistillConfig:
         metadata={
             "help": "L2 to the parent: weight x 1/2 sum (theta - theta_parent)^2 over the LoRA "
             "parameters, added to the loss of `add-intent` and `update` (independent of "
-            "`enabled`). 0 disables it. Measured on the CLINC150 validation split "
-            "(scripts/bench_incremental.py, docs/benchmarks.md)."
+            "`enabled`). 0 disables it. Off by default: at 1.0 on the CLINC150 validation "
+            "split it helped P2 (one intent per release) on every intent order but not P1 "
+            "(scripts/regulariser_report.py, docs/benchmarks.md)."
         },
     )
     ewc_weight: float = field(

@@ -8,12 +8,13 @@
 
 `init` uses the first term (and the outlier term when it is given `oos` rows and
 `train.outlier_weight` > 0); `add-intent` and `update` add the others against the parent
-release's soft labels, pooled embeddings and (L2 or EWC, :class:`ParameterAnchor`) weights (`update` on the rows the teacher speaks for only). The parent (the teacher) is frozen and deterministic in eval
-mode, so its outputs are computed once, before training, by :func:`predict_logits_and_pooled`
-over the training set: every
-process scores its own shard, ``gather_for_metrics`` collects them, and the teacher is never
-passed to ``accelerator.prepare``. One teacher pass instead of one per epoch, and the teacher
-can be freed before the student trains.
+release's soft labels, pooled embeddings and LoRA weights (L2 or EWC, :class:`ParameterAnchor`;
+`update` distils on the rows the teacher speaks for only). The parent (the teacher) is frozen
+and deterministic in eval mode, so its outputs are computed once, before training, by
+:func:`predict_logits_and_pooled` over the training set: every process scores its own shard,
+``gather_for_metrics`` collects them, and the teacher is never passed to
+``accelerator.prepare``. One teacher pass instead of one per epoch, and the teacher can be
+freed before the student trains.
 """
 
 from __future__ import annotations
@@ -219,7 +220,7 @@ def global_batch_loss(
     same steps as one process with batch N x B. On one process this equals
     ``cross_entropy_term + distill.weight * distillation_term
     + feature_weight * feature_distillation_term
-    + outlier_weight * outlier_exposure_term`` of the batch.
+    + outlier_weight * outlier_exposure_term + anchor`` of the batch.
 
     Args:
         teacher_rows: boolean mask of the rows the teacher speaks for (default: all). The two
@@ -232,7 +233,7 @@ def global_batch_loss(
             same value; each adds 1/N of it, so that summed over ranks it counts once.
 
     Returns:
-        a :class:`BatchLoss`: the loss to backpropagate, this rank's shares of the four terms
+        a :class:`BatchLoss`: the loss to backpropagate, this rank's shares of the five terms
         (summing them over ranks gives the global batch's terms) and the global batch's real rows.
     """
     use_kd = teacher_logits is not None and distill is not None
