@@ -188,6 +188,12 @@ def _feature_pass(
     return compute_features(model, loader, accelerator)
 
 
+EWC_NEEDS_REPLAY = (
+    "`distill.ewc_weight` needs replayed memory rows to estimate the Fisher information on; set "
+    "`replay.enabled: true` or `distill.ewc_weight: 0`"
+)
+
+
 def _parameter_anchor(
     model: IntentModel,
     tokenized: datasets.Dataset,
@@ -213,10 +219,7 @@ def _parameter_anchor(
     importance = {n: torch.full_like(v, l2) for n, v in values.items()}
     if ewc > 0:
         if len(replayed) == 0:
-            raise IntentCIError(
-                "`distill.ewc_weight` needs replayed memory rows to estimate the Fisher "
-                "information on; set `replay.enabled: true` or `distill.ewc_weight: 0`"
-            )
+            raise IntentCIError(EWC_NEEDS_REPLAY)
         rows = tokenized.select(replayed)
         loader = accelerator.prepare(
             make_loader(rows, backbone.tokenizer, config.train.batch_size, shuffle=False)
@@ -722,10 +725,7 @@ def _child_release(
             "has its replay.json"
         )
     if config.distill.ewc_weight > 0 and not config.replay.enabled:
-        raise IntentCIError(
-            "`distill.ewc_weight` needs replayed memory rows to estimate the Fisher information "
-            "on; set `replay.enabled: true` or `distill.ewc_weight: 0`"
-        )
+        raise IntentCIError(EWC_NEEDS_REPLAY)
     old_labels = list(parent_release.labels)
     if updates:
         all_new = (
