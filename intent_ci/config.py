@@ -1292,6 +1292,18 @@ class DiscoverConfig:
         default=100,
         metadata={"help": "At most this many candidates, the largest; the rest count as noise."},
     )
+    merge_similarity: float | None = field(
+        default=0.6,
+        metadata={
+            "help": "After clustering, candidates whose centres have at least this cosine "
+            "similarity merge into one (complete linkage over the centres: every pair of merged "
+            "pieces is that similar), so an intent that clustering split into pieces becomes one "
+            "candidate. Chosen on CLINC150 val traffic over 3 seeds: at 0.6 ACC rose from 86.4 "
+            "to 91.9 and ARI from 89.3 to 93.4 (mean), with as many held-out intents recovered "
+            "on every seed; below 0.6 distinct intents merged and fewer were recovered "
+            "(scripts/results/bench_discover.md). None: no merging."
+        },
+    )
     join_similarity: float | None = field(
         default=0.45,
         metadata={
@@ -1343,6 +1355,12 @@ class DiscoverConfig:
 
     def __post_init__(self) -> None:
         s = "discover"
+        _check(
+            self.merge_similarity is None or -1 <= self.merge_similarity <= 1,
+            s,
+            "merge_similarity",
+            f"must be a cosine similarity in [-1, 1] or null, got {self.merge_similarity}",
+        )
         _check(
             self.join_similarity is None or -1 <= self.join_similarity <= 1,
             s,

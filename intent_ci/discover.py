@@ -9,7 +9,8 @@ The stages, in the order data flows:
                      margin or a low score (DiscoverConfig.max_margin, .min_score)
     embed            the frozen backbone's or the release's own pooled features
     cluster          no K: community detection, HDBSCAN or agglomerative clustering; noise stays
-                     unclustered; at most DiscoverConfig.max_candidates
+                     unclustered; pieces with similar centres merge (DiscoverConfig.merge_similarity);
+                     at most DiscoverConfig.max_candidates
     describe         c-TF-IDF keywords and a valid intent name, representatives, near duplicates
                      folded and counted, cohesion, the nearest existing intent
     write_candidates <name>.txt per candidate (what `add-intent --data` reads), candidates.json,
@@ -580,6 +581,33 @@ def _near_duplicate_groups(x: np.ndarray, counts: np.ndarray, threshold: float) 
     return groups
 
 
+def merge_candidates(x: np.ndarray, labels: np.ndarray, threshold: float) -> np.ndarray:
+    """Cluster labels after merging candidates whose centres are at least `threshold` similar.
+
+    Complete-linkage agglomerative clustering of the candidates' centres (scikit-learn), cut at
+    cosine distance ``1 - threshold``: every pair of pieces that merge is that similar, so merging
+    does not chain. Noise (-1) stays noise; the merged candidates are numbered 0, 1, ... in the
+    order of their first piece.
+
+    Args:
+        x: unit-length embeddings, one row per label.
+        labels: cluster labels (0, 1, ...; -1 = noise).
+    """
+    k = int(labels.max()) + 1 if len(labels) else 0
+    if k < 2:
+        return labels
+    from sklearn.cluster import AgglomerativeClustering
+
+    groups = AgglomerativeClustering(
+        n_clusters=None, metric="cosine", linkage="complete", distance_threshold=1 - threshold
+    ).fit_predict(_centres(x, labels, k))
+    renumber = {int(g): r for r, g in enumerate(dict.fromkeys(groups.tolist()))}
+    merged = labels.copy()
+    keep = labels >= 0
+    merged[keep] = [renumber[int(groups[c])] for c in labels[keep]]
+    return merged
+
+
 def join_candidates(
     x: np.ndarray, centres: np.ndarray, known: np.ndarray | None, threshold: float
 ) -> np.ndarray:
@@ -781,6 +809,8 @@ def discover(classifier: Any, traffic: Traffic, cfg: DiscoverConfig | None = Non
         )
     )
     labels = cluster(x, cfg)
+    if cfg.merge_similarity is not None:
+        labels = merge_candidates(x, labels, cfg.merge_similarity)
     n_clusters = int(labels.max()) + 1 if len(labels) else 0
     if n_clusters > cfg.max_candidates:
         sizes = np.array([cand_counts[labels == k].sum() for k in range(n_clusters)])

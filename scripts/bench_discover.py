@@ -440,7 +440,7 @@ def run_seed(args: argparse.Namespace, raw: dict, seed: int) -> dict:
     traffic = read_traffic(traffic_file, progress=False)
     truth = truth_of(split["traffic"])
     true_of = [truth[dedup_key(t)] for t in traffic.texts]
-    cfg = DiscoverConfig()
+    cfg = DiscoverConfig(**json.loads(args.discover_overrides or "{}"))
 
     # the shipped defaults, end to end through the same functions the CLI runs
     out = workdir / f"seed{seed}" / "candidates"
@@ -513,12 +513,13 @@ def run_seed(args: argparse.Namespace, raw: dict, seed: int) -> dict:
         )[0]
 
     m = cluster_metrics(labels_of(written), true_of, held)
+    # every recovered candidate (>= 5 utterances, >= 70% from one held-out intent); an intent
+    # split into two recovered candidates brings both files, each mapped to it for scoring
     recovered_files: dict[str, str] = {}
     for cand in sorted(written, key=lambda c: -majority(c)[1]):
         top, n = majority(cand)
         if cand.distinct >= 5 and n / cand.distinct >= 0.7 and top in held:
-            if top not in recovered_files.values():
-                recovered_files[cand.name] = top
+            recovered_files[cand.name] = top
     result["discovery"] = {
         "candidates_written": len(written),
         "flagged_existing": [
@@ -531,8 +532,9 @@ def run_seed(args: argparse.Namespace, raw: dict, seed: int) -> dict:
             for c in discovery.candidates
             if c.belongs_to
         ],
-        "recovered": sorted(recovered_files.values()),
-        "recovered_share": len(recovered_files) / len(held),
+        "recovered": sorted(set(recovered_files.values())),
+        "recovered_share": len(set(recovered_files.values())) / len(held),
+        "recovered_files": len(recovered_files),
         "acc": m["acc"],
         "nmi": m["nmi"],
         "ari": m["ari"],
@@ -564,6 +566,8 @@ def run_seed(args: argparse.Namespace, raw: dict, seed: int) -> dict:
 
 
 JOIN_GRID = (None, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75)
+MERGE_GRID = (None, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)
+"""`DiscoverConfig.merge_similarity` values tried on val traffic (None: no merging)."""
 TARGET_GRID = (None, 0.9, 0.93, 0.95, 0.97)
 """`DiscoverConfig.target_recall` values tried on val traffic (None: the release's own rule)."""
 SUMMARY_KEYS = (
@@ -623,13 +627,24 @@ def val_runs(args: argparse.Namespace, raw: dict, seeds: list[int], name: str, g
 
 
 def choose_join(args: argparse.Namespace, raw: dict, seeds: list[int]) -> dict:
-    """`DiscoverConfig.join_similarity` chosen on val traffic (`val_runs`).
+    """`DiscoverConfig.join_similarity` chosen on val traffic (`choose_usable`)."""
+    return choose_usable(args, raw, seeds, "join_similarity", JOIN_GRID)
+
+
+def choose_merge(args: argparse.Namespace, raw: dict, seeds: list[int]) -> dict:
+    """`DiscoverConfig.merge_similarity` chosen on val traffic (`choose_usable`), with the
+    shipped out-of-scope rule and every other field at its default."""
+    return choose_usable(args, raw, seeds, "merge_similarity", MERGE_GRID)
+
+
+def choose_usable(args: argparse.Namespace, raw: dict, seeds: list[int], name: str, grid) -> dict:
+    """DiscoverConfig field `name` chosen on val traffic (`val_runs`); grid[0] is None (off).
 
     Rule, fixed before the run: the value with the largest mean usable share (held-out
     utterances in a candidate matched to their own intent: covered share x ACC), provided the
-    mean noise share stays <= 5% and the mean recovered share does not fall below no joining.
+    mean noise share stays <= 5% and the mean recovered share does not fall below None's.
     """
-    runs = val_runs(args, raw, seeds, "join_similarity", JOIN_GRID)
+    runs = val_runs(args, raw, seeds, name, grid)
     summary = runs["summary"]
     none = summary[0]
     eligible = [
@@ -642,10 +657,11 @@ def choose_join(args: argparse.Namespace, raw: dict, seeds: list[int]) -> dict:
         "command": " ".join(["python scripts/bench_discover.py", *sys.argv[1:]]),
         "base_epochs": args.base_epochs,
         "seeds": seeds,
+        "oos": asdict(OOSConfig()),
         "rule": "largest mean usable share (covered x ACC) with mean noise <= 5% and mean "
-        "recovered share >= no joining",
+        f"recovered share >= {name} none",
         **runs,
-        "chosen": chosen["join_similarity"],
+        "chosen": chosen[name],
     }
 
 
@@ -871,7 +887,13 @@ def markdown(result: dict, out: Path) -> str:
         lines.append(f"| {f['floor']} | {f['values']} | {'yes' if f['met'] else '**no**'} |")
     lines += [
         "",
-        "## Per seed (shipped defaults)",
+        "## Per seed ("
+        + (
+            f"DiscoverConfig overrides `{json.dumps(result['discover_overrides'])}`"
+            if result.get("discover_overrides")
+            else "shipped defaults"
+        )
+        + ")",
         "",
         "| seed | held-out rejected | known rejected | recovered | ACC | NMI | ARI | noise in candidates | k-means true K ACC / NMI / ARI |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
@@ -893,8 +915,10 @@ def markdown(result: dict, out: Path) -> str:
             "## End to end: add-intent with the discovered files vs the true labels",
             "",
             "Test accuracy on the recovered held-out intents after `add-intent` with: the "
-            "discovered files as written (auto-named, each name mapped to its majority intent "
-            "for scoring only); the same utterances under their true labels; every traffic "
+            "discovered files as written (every recovered candidate, auto-named, each name "
+            "mapped to its majority intent for scoring only; files per seed in brackets after "
+            "the intents, where the run recorded them); the same utterances under their true "
+            "labels; every traffic "
             "utterance of those intents under its true label (training utterances per arm in "
             "brackets). The floor's gap is against the last.",
             "",
@@ -905,7 +929,13 @@ def markdown(result: dict, out: Path) -> str:
             e = s["end_to_end"]
             same = e.get("same_utterances")
             lines.append(
-                f"| {s['seed']} | {len(s['discovery']['recovered'])} | {e['test_utterances']} | "
+                f"| {s['seed']} | {len(s['discovery']['recovered'])}"
+                + (
+                    f" ({s['discovery']['recovered_files']})"
+                    if "recovered_files" in s["discovery"]
+                    else ""
+                )
+                + f" | {e['test_utterances']} | "
                 f"{pct(e['discovered']['new_intents_test_accuracy'])} "
                 f"({e['discovered']['train_utterances']}) | "
                 + (
@@ -932,6 +962,21 @@ def markdown(result: dict, out: Path) -> str:
             "their own intent (covered x ACC).",
             "",
             *val_choice_table(jc["summary"], "join_similarity"),
+        ]
+    if result.get("merge_choice"):
+        mc = result["merge_choice"]
+        lines += [
+            "",
+            "## Merging pieces of one intent: `merge_similarity`, chosen on val traffic",
+            "",
+            f"`{mc['command']}`: each seed's base release ({mc['base_epochs']} epoch(s)) with "
+            f"the shipped out-of-scope rule ({mc['oos']['score']} at {mc['oos']['target_recall']}) "
+            "and every other field at its default, traffic = the `val` utterances of all 150 "
+            "intents + `oos_val` (never the benchmark's traffic, never test); mean over seeds "
+            f"{', '.join(map(str, mc['seeds']))}. Rule, fixed before the run: {mc['rule']}. "
+            f"Chosen: **{mc['chosen']}** (none: no merging).",
+            "",
+            *val_choice_table(mc["summary"], "merge_similarity"),
         ]
     if result.get("target_choice"):
         tc = result["target_choice"]
@@ -1101,6 +1146,11 @@ def main() -> None:
         "--choose-only", action="store_true", help="only the method choice on val (no release)"
     )
     parser.add_argument(
+        "--choose-merge",
+        action="store_true",
+        help="only the choice of merge_similarity on val traffic (the seeds' base releases)",
+    )
+    parser.add_argument(
         "--choose-join",
         action="store_true",
         help="only the choice of join_similarity on val traffic (the seeds' base releases)",
@@ -1113,6 +1163,12 @@ def main() -> None:
     parser.add_argument("--no-e2e", action="store_true", help="skip the add-intent comparison")
     parser.add_argument(
         "--add-epochs", type=int, default=None, help="add_intent_epochs of the end-to-end arms"
+    )
+    parser.add_argument(
+        "--discover-overrides",
+        metavar="JSON",
+        help="DiscoverConfig fields for the per-seed discover run instead of the shipped "
+        "defaults, e.g. '{\"merge_similarity\": null}' (an ablation: the floors then describe it)",
     )
     parser.add_argument(
         "--scale", type=int, default=100_000, help="utterances of the timing run (0: skip)"
@@ -1157,6 +1213,11 @@ def main() -> None:
         (workdir / "join_choice.json").write_text(json.dumps(choice, indent=1))
         print(f"join_similarity chosen on val: {choice['chosen']}", flush=True)
         return
+    if args.choose_merge:
+        choice = choose_merge(args, raw, args.seeds)
+        (workdir / "merge_choice.json").write_text(json.dumps(choice, indent=1))
+        print(f"merge_similarity chosen on val: {choice['chosen']}", flush=True)
+        return
     if args.choose_target:
         choice = choose_target(args, raw, args.seeds)
         (workdir / "target_choice.json").write_text(json.dumps(choice, indent=1))
@@ -1167,7 +1228,8 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "backbone": args.backbone,
         "base_epochs": args.base_epochs,
-        "config": asdict(DiscoverConfig()),
+        "config": asdict(DiscoverConfig(**json.loads(args.discover_overrides or "{}"))),
+        "discover_overrides": json.loads(args.discover_overrides or "{}"),
         "seeds": [],
     }
     choice = workdir / "method_choice.json"
@@ -1176,6 +1238,9 @@ def main() -> None:
     join_choice = workdir / "join_choice.json"
     if join_choice.is_file():
         result["join_choice"] = json.loads(join_choice.read_text())
+    merge_choice = workdir / "merge_choice.json"
+    if merge_choice.is_file():
+        result["merge_choice"] = json.loads(merge_choice.read_text())
     target_choice = workdir / "target_choice.json"
     if target_choice.is_file():
         result["target_choice"] = json.loads(target_choice.read_text())

@@ -20,6 +20,8 @@ Add-intent methods, all started from the same base release of a protocol:
     replay-only     intent-ci without distillation
     naive           no distillation, no replay: sequential fine-tuning on the new intents only
                     (old head rows stay fixed, as in intent-ci; only LoRA and new rows train)
+    l2, ewc         intent-ci plus an L2 or EWC pull of the LoRA weights to the parent's (1.0)
+    distill-1       intent-ci with distillation weight 1.0 instead of 3.0
 
 Baselines: a full retrain (`init` with the same recipe on everything seen so far) at the final
 step of each protocol, and logistic regression on frozen mean-pooled embeddings at every step.
@@ -116,6 +118,10 @@ METHODS: dict[str, dict] = {
     # the release's final cross-entropy: a strong pull, one value each.
     "l2": {"distill": {"l2_weight": 1.0}},
     "ewc": {"distill": {"ewc_weight": 1.0}},
+    # Distillation at a third of the shipped weight (3.0): on P1 val replay alone ended higher
+    # than the recipe but with a larger worst old-intent drop, so a weaker pull is the one
+    # point between them that was tried.
+    "distill-1": {"distill": {"weight": 1.0}},
 }
 
 

@@ -143,9 +143,11 @@ def test_config_rejects_bad_values_and_unknown_keys(tmp_path):
     path.write_text("discover:\n  min_score: fast\n")
     with pytest.raises(IntentCIError, match=r"`discover.min_score`: expected a number"):
         load_discover_config(path)
-    path.write_text("discover:\n  similarity: 0.6\n  min_score: 3\n")
+    with pytest.raises(IntentCIError, match=r"`discover.merge_similarity`: must be a cosine"):
+        DiscoverConfig(merge_similarity=1.5)
+    path.write_text("discover:\n  similarity: 0.6\n  min_score: 3\n  merge_similarity: null\n")
     cfg = load_discover_config(path)
-    assert cfg.similarity == 0.6 and cfg.min_score == 3.0
+    assert cfg.similarity == 0.6 and cfg.min_score == 3.0 and cfg.merge_similarity is None
 
 
 # ---- clustering and naming ------------------------------------------------------------------------
@@ -248,6 +250,23 @@ def test_join_candidates_needs_the_threshold_and_to_beat_every_existing_intent()
     assert join_candidates(x, centres, known, 0.9).tolist() == [0, -1, -1, -1]
     assert join_candidates(x, centres, None, 0.5).tolist() == [0, 1, 0, -1]
     assert join_candidates(x[:0], centres, known, 0.5).tolist() == []
+
+
+def test_merge_candidates_joins_the_pieces_of_one_group_and_does_not_chain():
+    from intent_ci.discover import merge_candidates
+
+    e = np.eye(4, dtype=np.float32)
+    a = e[0]
+    b = 0.9 * e[0] + np.sqrt(1 - 0.81) * e[1]  # cos(a, b) = 0.9
+    c = 0.87 * b + np.sqrt(1 - 0.87**2) * e[2]  # cos(b, c) = 0.87, cos(a, c) = 0.78
+    x = np.stack([a, a, b, b, c, c, e[3], e[3], e[3]]).astype(np.float32)
+    labels = np.array([0, 0, 1, 1, 2, 2, 3, 3, -1])
+    # complete linkage: a+b merge at 0.85; c is 0.87 from b but 0.78 from a, so it stays apart
+    # (single linkage would chain it in); noise stays noise
+    assert merge_candidates(x, labels, 0.85).tolist() == [0, 0, 0, 0, 1, 1, 2, 2, -1]
+    assert merge_candidates(x, labels, 0.75).tolist() == [0, 0, 0, 0, 0, 0, 1, 1, -1]
+    assert merge_candidates(x, labels, 0.95).tolist() == labels.tolist()
+    assert merge_candidates(x[:2], np.array([0, -1]), 0.5).tolist() == [0, -1]
 
 
 def test_joined_utterances_count_but_do_not_name_or_represent_a_candidate():
