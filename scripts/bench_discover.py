@@ -442,7 +442,7 @@ def run_seed(args: argparse.Namespace, raw: dict, seed: int) -> dict:
     true_of = [truth[dedup_key(t)] for t in traffic.texts]
     cfg = DiscoverConfig(**json.loads(args.discover_overrides or "{}"))
 
-    # the shipped defaults, end to end through the same functions the CLI runs
+    # the shipped defaults (or --discover-overrides), end to end through the functions the CLI runs
     out = workdir / f"seed{seed}" / "candidates"
     reset_peak_rss()
     started = time.perf_counter()
@@ -642,7 +642,8 @@ def choose_usable(args: argparse.Namespace, raw: dict, seeds: list[int], name: s
 
     Rule, fixed before the run: the value with the largest mean usable share (held-out
     utterances in a candidate matched to their own intent: covered share x ACC), provided the
-    mean noise share stays <= 5% and the mean recovered share does not fall below None's.
+    mean noise share stays <= 5% and the mean recovered share does not fall below that of the
+    field switched off (None).
     """
     runs = val_runs(args, raw, seeds, name, grid)
     summary = runs["summary"]
