@@ -858,6 +858,30 @@ def val_choice_table(summary: list[dict], name: str) -> list[str]:
     return lines
 
 
+def val_choice_section(choice: dict, title: str, name: str, off: str) -> list[str]:
+    """Markdown for one `choose_usable` / `choose_target` result: how it ran, its rule, its grid."""
+    oos = choice.get("oos")
+    return [
+        "",
+        f"## {title}: `{name}`, chosen on val traffic",
+        "",
+        f"`{choice.get('command', 'bench_discover.py')}`: each seed's base release "
+        f"({choice.get('base_epochs', '?')} epoch(s))"
+        + (
+            f" with the shipped out-of-scope rule ({oos['score']} at {oos['target_recall']})"
+            if oos
+            else ""
+        )
+        + ", every other field at its default; traffic = the `val` utterances of all 150 intents + "
+        "`oos_val` (never the benchmark's traffic, never test); mean over seeds "
+        f"{', '.join(map(str, choice['seeds']))}. Rule, fixed before the run: {choice['rule']}. "
+        f"Chosen: **{choice['chosen']}** (none: {off}). Usable = held-out utterances in a "
+        "candidate matched to their own intent (covered x ACC).",
+        "",
+        *val_choice_table(choice["summary"], name),
+    ]
+
+
 def markdown(result: dict, out: Path) -> str:
     lines = [
         "# Intent discovery on CLINC150 (`intent-ci discover`)",
@@ -948,52 +972,18 @@ def markdown(result: dict, out: Path) -> str:
                 f"({e['true_labels']['train_utterances']}) | {e['gap_points']:.1f} | "
                 f"{pct(e['discovered']['old_intents_test_accuracy'])} / {pct(e['true_labels']['old_intents_test_accuracy'])} |"
             )
-    if result.get("join_choice"):
-        jc = result["join_choice"]
-        lines += [
-            "",
-            "## Joining after clustering: `join_similarity`, chosen on val traffic",
-            "",
-            f"`{jc.get('command', 'bench_discover.py --choose-join')}`: each seed's base "
-            f"release ({jc.get('base_epochs', '?')} epoch(s)), traffic = the `val` utterances "
-            "of all 150 intents + `oos_val` (never the benchmark's traffic, never test); mean "
-            f"over seeds {', '.join(map(str, jc['seeds']))}. Rule, fixed before the run: "
-            f"{jc['rule']}. "
-            f"Chosen: **{jc['chosen']}**. Usable = held-out utterances in a candidate matched to "
-            "their own intent (covered x ACC).",
-            "",
-            *val_choice_table(jc["summary"], "join_similarity"),
-        ]
-    if result.get("merge_choice"):
-        mc = result["merge_choice"]
-        lines += [
-            "",
-            "## Merging pieces of one intent: `merge_similarity`, chosen on val traffic",
-            "",
-            f"`{mc['command']}`: each seed's base release ({mc['base_epochs']} epoch(s)) with "
-            f"the shipped out-of-scope rule ({mc['oos']['score']} at {mc['oos']['target_recall']}) "
-            "and every other field at its default, traffic = the `val` utterances of all 150 "
-            "intents + `oos_val` (never the benchmark's traffic, never test); mean over seeds "
-            f"{', '.join(map(str, mc['seeds']))}. Rule, fixed before the run: {mc['rule']}. "
-            f"Chosen: **{mc['chosen']}** (none: no merging).",
-            "",
-            *val_choice_table(mc["summary"], "merge_similarity"),
-        ]
-    if result.get("target_choice"):
-        tc = result["target_choice"]
-        lines += [
-            "",
-            "## How far down discovery looks: `target_recall`, chosen on val traffic",
-            "",
-            f"`{tc['command']}`: each seed's base release ({tc['base_epochs']} epoch(s)) with "
-            f"the shipped out-of-scope rule ({tc['oos']['score']} at {tc['oos']['target_recall']}), "
-            "traffic = the `val` utterances of all 150 intents + `oos_val` (never the "
-            f"benchmark's traffic, never test); mean over seeds {', '.join(map(str, tc['seeds']))}. "
-            f"Rule, fixed before the run: {tc['rule']}. Chosen: **{tc['chosen']}** (none: the "
-            "release's own threshold only).",
-            "",
-            *val_choice_table(tc["summary"], "target_recall"),
-        ]
+    for key, title, name, off in (
+        ("join_choice", "Joining after clustering", "join_similarity", "no joining"),
+        ("merge_choice", "Merging pieces of one intent", "merge_similarity", "no merging"),
+        (
+            "target_choice",
+            "How far down discovery looks",
+            "target_recall",
+            "the release's own threshold only",
+        ),
+    ):
+        if result.get(key):
+            lines += val_choice_section(result[key], title, name, off)
     if result.get("method_choice"):
         lines += [
             "",
