@@ -440,7 +440,7 @@ def run_seed(args: argparse.Namespace, raw: dict, seed: int) -> dict:
     traffic = read_traffic(traffic_file, progress=False)
     truth = truth_of(split["traffic"])
     true_of = [truth[dedup_key(t)] for t in traffic.texts]
-    cfg = DiscoverConfig(**json.loads(args.discover_overrides or "{}"))
+    cfg = DiscoverConfig(**args.discover_overrides)
 
     # the shipped defaults (or --discover-overrides), end to end through the functions the CLI runs
     out = workdir / f"seed{seed}" / "candidates"
@@ -1158,6 +1158,8 @@ def main() -> None:
     parser.add_argument(
         "--discover-overrides",
         metavar="JSON",
+        type=json.loads,
+        default={},
         help="DiscoverConfig fields for the per-seed discover run instead of the shipped "
         "defaults, e.g. '{\"merge_similarity\": null}' (an ablation: the floors then describe it)",
     )
@@ -1219,8 +1221,8 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "backbone": args.backbone,
         "base_epochs": args.base_epochs,
-        "config": asdict(DiscoverConfig(**json.loads(args.discover_overrides or "{}"))),
-        "discover_overrides": json.loads(args.discover_overrides or "{}"),
+        "config": asdict(DiscoverConfig(**args.discover_overrides)),
+        "discover_overrides": args.discover_overrides,
         "seeds": [],
     }
     choice = workdir / "method_choice.json"

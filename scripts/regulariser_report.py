@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Variants of the shipped recipe (L2 to the parent, EWC, replay without distillation) over
-intent orders, on val (issue 19).
+"""Variants of the shipped recipe (L2 to the parent, EWC, replay without distillation, a
+smaller distillation weight) over intent orders, on val (issue 19).
 
 Reads bench_incremental results of one protocol (any methods, one or more intent orders) and
 writes <out>.json and <out>.md: per method, the final val accuracy, the worst old-intent val
@@ -10,7 +10,7 @@ shipped recipe's runs used (same cache, same order):
 
     python scripts/bench_incremental.py --protocols P2 --methods l2 --no-retrain --no-probe \\
         --seed S --split val --workdir runs/reg/l2_sS --out runs/reg/bench_incremental_p2_l2_sS
-    (the same with --methods ewc and --methods replay-only), then
+    (the same with --methods ewc, replay-only or distill-1), then
     python scripts/regulariser_report.py --protocol P2 \\
         --run scripts/results/orders/bench_incremental_p2_seed0.json --run ... \\
         --out scripts/results/regularisers/p2_val
