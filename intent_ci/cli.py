@@ -141,6 +141,25 @@ def _neighbour_lines(metrics: dict) -> list[str]:
     ]
 
 
+def _fallback_line(manifest: dict) -> str | None:
+    """What `init`'s comparison with the head alone found, or that the line trains the head alone."""
+    record = (manifest.get("metrics") or {}).get("fallback")
+    if record:
+        verdict = (
+            "kept fine-tuning"
+            if record["chosen"] == "fine-tuned"
+            else "shipped the head alone on the frozen encoder (the line trains the head alone)"
+        )
+        return (
+            f"fine-tuned {record['fine_tuned_accuracy']:.2f}% vs head alone "
+            f"{record['head_only_accuracy']:.2f}% on {record['held_back_examples']} held-out "
+            f"utterances: {verdict}"
+        )
+    if ((manifest.get("config") or {}).get("train") or {}).get("lora") is False:
+        return "head alone on the frozen encoder (train.lora: false)"
+    return None
+
+
 def _report_release(registry: str, release: str) -> None:
     if int(os.environ.get("RANK", "0")) != 0:
         return
@@ -156,6 +175,8 @@ def _report_release(registry: str, release: str) -> None:
         echo(f"  {line}")
     for line in _neighbour_lines(metrics):
         echo(f"  parent took {line}")
+    if (fallback := _fallback_line(manifest)) is not None:
+        echo(f"  fallback: {fallback}")
     echo(f"  out of scope: {_oos_line(manifest)}")
     ev = metrics.get("eval")
     if ev:
@@ -316,6 +337,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         )
     for line in _neighbour_lines(m):
         echo(f"neighbour {line}")
+    if (fallback := _fallback_line(manifest)) is not None:
+        echo(f"fallback  {fallback}")
     ev = m.get("eval")
     if ev:
         echo(

@@ -283,6 +283,15 @@ class TrainConfig:
     eval_batch_size: int = field(
         default=128, metadata={"help": "Examples per device in feature and eval passes."}
     )
+    lora: bool = field(
+        default=True,
+        metadata={
+            "help": "Train the LoRA weights. false: the encoder stays as the release starts it "
+            "(`init`: the frozen backbone; add-intent and update: the parent's) and only the "
+            "head trains. `init` sets it to false in the release it writes when it falls back "
+            "to the head alone (see `fallback`), so the release line keeps to the head."
+        },
+    )
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train", "epochs", f"must be >= 1, got {self.epochs}")
@@ -588,6 +597,57 @@ class OOSConfig:
 
 
 @dataclass
+class FallbackConfig:
+    """`init`'s check that fine-tuning earns its place, on the held-out calibration utterances.
+
+    After training, `init` also fits the head alone on the frozen encoder's embeddings of the
+    same rows (the frozen probe, in the release's own head) and scores both on the calibration
+    utterances, which neither trained on. Fine-tuning is kept when it is at least `min_gain`
+    points better; otherwise the release is the frozen encoder with the head alone, and it
+    records ``train.lora: false`` so the rest of the line trains the head alone too. The
+    manifest's ``metrics.fallback`` holds both accuracies and the choice.
+    """
+
+    enabled: bool = field(
+        default=True,
+        metadata={
+            "help": "Compare the fine-tuned release with the head alone on the calibration "
+            "utterances in `init`, and ship the better. Needs calibration utterances "
+            "(`oos.enabled` and `oos.holdout_share` > 0); without them nothing is compared."
+        },
+    )
+    head_epochs: int = field(
+        default=80,
+        metadata={
+            "help": "Passes of the head-alone fit over the frozen embeddings (computed once, so "
+            "a pass costs no encoder work). Chosen on the CLINC150 validation split "
+            "(scripts/bench_fallback.py)."
+        },
+    )
+    min_gain: float = field(
+        default=0.0,
+        metadata={
+            "help": "Points of calibration accuracy fine-tuning must gain over the head alone to "
+            "be kept (0: a tie keeps fine-tuning)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        _check(
+            self.head_epochs >= 1,
+            "fallback",
+            "head_epochs",
+            f"must be >= 1, got {self.head_epochs}",
+        )
+        _check(
+            -100 <= self.min_gain <= 100,
+            "fallback",
+            "min_gain",
+            f"must be in [-100, 100] (points of accuracy), got {self.min_gain}",
+        )
+
+
+@dataclass
 class ReleaseConfig:
     """Everything that defines how a release is trained; stored, resolved, in its manifest."""
 
@@ -597,6 +657,7 @@ class ReleaseConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     oos: OOSConfig = field(default_factory=OOSConfig)
+    fallback: FallbackConfig = field(default_factory=FallbackConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -842,7 +903,8 @@ def apply_overrides(
     """
     if not isinstance(values, dict):
         raise IntentCIError(
-            f"{source}: expected a mapping of sections (data, model, train, distill, replay, oos)"
+            f"{source}: expected a mapping of sections (data, model, train, distill, replay, oos, "
+            "fallback)"
         )
     sections = {f.name: f for f in fields(ReleaseConfig)}
     updated: dict[str, Any] = {}

@@ -7,6 +7,7 @@ main process writes the registry. The release id is decided there and broadcast 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -42,6 +43,7 @@ from intent_ci.data import (
 )
 from intent_ci.errors import IntentCIError, LatestMovedError
 from intent_ci.evaluation import group_accuracy, score
+from intent_ci.fallback import HEAD_ONLY, fit_head, head_alone, judge, lora_state
 from intent_ci.modeling import (
     Backbone,
     IntentModel,
@@ -560,7 +562,45 @@ def init_release(
             config.train.seed,
         )
 
+    if not config.train.lora:
+        model.encoder.requires_grad_(False)
+    judging = config.fallback.enabled and config.train.lora and bool(held_rows)
+    if judging:
+        start_lora, start_head = lora_state(model), copy.deepcopy(model.head)
     model, stats = train(model, train_set, backbone.tokenizer, accelerator, config.train)
+    fallback_record, fallback_examples = None, 0
+    if judging:
+        judge_started = time.perf_counter()
+        head_only = fit_head(
+            start_head, start.pooled, targets, config.train, config.fallback.head_epochs
+        )
+        judgement = judge(
+            model,
+            head_only,
+            [(all_texts[r], index[all_intents[r]]) for r in held_rows],
+            backbone.tokenizer,
+            accelerator,
+            config.train,
+            config.fallback,
+            config.model.max_length,
+        )
+        fallback_record, fallback_examples = judgement.record, judgement.forward_examples
+        fallback_record["seconds"] = round(time.perf_counter() - judge_started, 2)
+        if judgement.chosen == HEAD_ONLY:
+            head_alone(model, start_lora, head_only)
+            # The release line keeps to the head: children read `train.lora` from here.
+            config = dataclasses.replace(
+                config, train=dataclasses.replace(config.train, lora=False)
+            )
+            if accelerator.is_main_process:
+                logger.warning(
+                    "fine-tuning scored %.2f%% on %d held-out utterances against %.2f%% for the "
+                    "head alone on the frozen encoder: the release is the head alone, and its "
+                    "line trains the head alone (train.lora: false)",
+                    fallback_record["fine_tuned_accuracy"],
+                    len(held_rows),
+                    fallback_record["head_only_accuracy"],
+                )
     if trained_exemplars:
         replay = select_exemplars(
             texts,
@@ -578,9 +618,11 @@ def init_release(
         "train_examples": len(texts),
         "outlier_examples": len(outliers),
         "calibration_examples": len(held_rows),
-        # The feature pass before training, and with `replay.exemplar_features: trained`
-        # the one after it.
-        "forward_only_examples": len(texts) * (2 if trained_exemplars else 1),
+        # The feature pass before training, with `replay.exemplar_features: trained` the one
+        # after it, and the fallback's two passes over the calibration utterances.
+        "forward_only_examples": len(texts) * (2 if trained_exemplars else 1) + fallback_examples,
+        # Fine-tuned against the head alone on the calibration utterances (intent_ci.fallback).
+        "fallback": fallback_record,
         # Feature pass, exemplar choice and training (loading and writing excluded).
         "compute_s": round(time.perf_counter() - compute_started, 2),
         "eval": _evaluate(model, labels, evaluation, labels, backbone, accelerator, config),

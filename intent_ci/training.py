@@ -448,14 +448,15 @@ def predict_logits_and_pooled(
 def hold_parent_weights(model: IntentModel, cfg: TrainConfig) -> None:
     """Mark what a child release (add-intent, update) trains: LoRA and the head, not the rest.
 
-    The encoder trains its LoRA weights only. With `cfg.freeze_dense` the head's dense layer
+    The encoder trains its LoRA weights only, and none with ``cfg.lora`` off (a line that
+    `init` put on the head alone, see `intent_ci.fallback`). With `cfg.freeze_dense` the head's dense layer
     (cls pooling) is frozen as well: it feeds every intent's logit, so with it training the old
     intents' logits would move even with their rows frozen (:class:`_RowFreezer`). Frozen
     parameters stay out of the optimizer, so AdamW's weight decay cannot move them either.
     Call after the head is widened and before :func:`train` builds the optimizer.
     """
     for name, p in model.encoder.named_parameters():
-        p.requires_grad_("lora_" in name)
+        p.requires_grad_(cfg.lora and "lora_" in name)
     if model.head.dense is not None:
         model.head.dense.requires_grad_(not cfg.freeze_dense)
 

@@ -1,0 +1,167 @@
+"""Does fine-tuning earn its place? `init`'s comparison with the head alone on held-out rows.
+
+A LoRA adapter is worth its cost only where it beats what the frozen encoder already gives. On
+some data it does not: with few utterances per intent, or an encoder whose embeddings already
+separate the intents, a probe on frozen embeddings scores as well or better. `init` therefore
+fits a second candidate, the head alone on the frozen encoder's embeddings of the same training
+rows (computed once, in the feature pass `init` makes anyway), and scores both on the
+calibration utterances, which neither trained on (`intent_ci.calibration.holdout_split`).
+Fine-tuning is kept when it is at least ``fallback.min_gain`` points better; otherwise the
+release is the frozen encoder (LoRA weights as initialised: B = 0) with the head alone.
+
+The head-alone fit is a probe in the release's own head: same kind (cosine or linear, with the
+dense layer where there is one), same class-balanced cross-entropy, started from the same
+class-mean prototypes, so a fallen-back release is an ordinary release that every command
+reads. Its loop runs over fixed embeddings, so it is separate from `intent_ci.training.train`,
+which runs the encoder; the loss terms are the same functions.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from transformers import PreTrainedTokenizerBase, get_scheduler
+
+from .config import FallbackConfig, TrainConfig
+from .modeling import IntentHead, IntentModel
+from .training import (
+    balanced_class_weights,
+    cross_entropy_term,
+    make_loader,
+    predict_logits,
+    tokenize,
+)
+
+FINE_TUNED = "fine-tuned"
+HEAD_ONLY = "head-only"
+
+
+def fit_head(
+    head: IntentHead,
+    pooled: torch.Tensor,
+    labels: list[int],
+    cfg: TrainConfig,
+    epochs: int,
+) -> IntentHead:
+    """A copy of `head` trained alone on fixed pooled embeddings; `head` is left as it is.
+
+    Class-balanced cross-entropy (as `cfg.class_balanced`), AdamW at `cfg.head_lr` with the
+    linear warm-up schedule of :func:`intent_ci.training.train`, `cfg.batch_size` rows a step,
+    shuffled with `cfg.seed`; the head's dropout is on while it trains. Every process fits the
+    same head from the same gathered embeddings, so no gradients are exchanged.
+    """
+    fitted = copy.deepcopy(head).to(pooled.device)
+    fitted.requires_grad_(True)
+    fitted.train()
+    targets = torch.tensor(labels, dtype=torch.long, device=pooled.device)
+    weights = (
+        balanced_class_weights(labels, fitted.num_labels).to(pooled.device)
+        if cfg.class_balanced
+        else None
+    )
+    optimizer = torch.optim.AdamW(
+        fitted.parameters(), lr=cfg.head_lr, weight_decay=cfg.weight_decay
+    )
+    steps_per_epoch = math.ceil(len(labels) / cfg.batch_size)
+    total = steps_per_epoch * epochs
+    scheduler = get_scheduler(
+        "linear",
+        optimizer,
+        num_warmup_steps=int(cfg.warmup_ratio * total),
+        num_training_steps=total,
+    )
+    generator = torch.Generator().manual_seed(cfg.seed)
+    for _ in range(epochs):
+        order = torch.randperm(len(labels), generator=generator).to(pooled.device)
+        for start in range(0, len(labels), cfg.batch_size):
+            rows = order[start : start + cfg.batch_size]
+            loss = cross_entropy_term(fitted(pooled[rows]), targets[rows], weights)
+            loss.backward()
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(fitted.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+    return fitted.eval().requires_grad_(False)
+
+
+def lora_state(model: IntentModel) -> dict[str, torch.Tensor]:
+    """A copy of the encoder's LoRA weights (what :func:`head_alone` puts back)."""
+    return {
+        name: p.detach().clone() for name, p in model.encoder.named_parameters() if "lora_" in name
+    }
+
+
+@dataclass
+class Judgement:
+    """What :func:`judge` found; `record` goes into the manifest as ``metrics.fallback``."""
+
+    chosen: str  # FINE_TUNED or HEAD_ONLY
+    record: dict[str, Any]
+    forward_examples: int  # rows through a forward-only pass to judge
+
+
+def _accuracy(logits: torch.Tensor, targets: list[int]) -> float:
+    if not targets:
+        return float("nan")
+    right = (logits.argmax(-1) == torch.tensor(targets)).sum().item()
+    return 100.0 * right / len(targets)
+
+
+def judge(
+    model: IntentModel,
+    head_only: IntentHead,
+    held_back: list[tuple[str, int]],
+    tokenizer: PreTrainedTokenizerBase,
+    accelerator: Accelerator,
+    train_cfg: TrainConfig,
+    cfg: FallbackConfig,
+    max_length: int,
+) -> Judgement:
+    """Score the fine-tuned `model` and the frozen encoder with `head_only` on `held_back`.
+
+    Args:
+        held_back: ``(text, target row)`` of utterances neither candidate trained on.
+
+    Returns:
+        a :class:`Judgement`; ``HEAD_ONLY`` when fine-tuning's accuracy is below the head
+        alone's plus `cfg.min_gain` points.
+    """
+    texts = [t for t, _ in held_back]
+    targets = [y for _, y in held_back]
+    tokenized = tokenize(tokenizer, texts, targets, max_length, accelerator)
+    loader = accelerator.prepare(
+        make_loader(tokenized, tokenizer, train_cfg.eval_batch_size, shuffle=False)
+    )
+    tuned = _accuracy(predict_logits(model, loader, accelerator, desc="fallback"), targets)
+    frozen_model = IntentModel(
+        model.encoder, head_only.to(model.head.out_proj.weight.device), model.pooling
+    )
+    with model.encoder.disable_adapter():
+        alone = _accuracy(
+            predict_logits(frozen_model, loader, accelerator, desc="fallback"), targets
+        )
+    chosen = FINE_TUNED if tuned >= alone + cfg.min_gain else HEAD_ONLY
+    record = {
+        "held_back_examples": len(held_back),
+        "fine_tuned_accuracy": round(tuned, 2),
+        "head_only_accuracy": round(alone, 2),
+        "min_gain": cfg.min_gain,
+        "chosen": chosen,
+    }
+    return Judgement(chosen, record, forward_examples=2 * len(held_back))
+
+
+def head_alone(model: IntentModel, start_lora: dict[str, torch.Tensor], head: IntentHead) -> None:
+    """Turn `model` into the head-alone candidate, in place: LoRA weights back to `start_lora`
+    (the adapter as initialised, whose output is the frozen encoder's) and `head` as its head."""
+    params = dict(model.encoder.named_parameters())
+    with torch.no_grad():
+        for name, value in start_lora.items():
+            params[name].copy_(value)
+    model.head = head.to(params[next(iter(start_lora))].device) if start_lora else head

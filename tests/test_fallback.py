@@ -1,0 +1,141 @@
+"""`init`'s fallback to the head alone when fine-tuning does not beat it on held-out rows.
+
+The head fit is tested alone on fixed embeddings; end to end on the tiny RoBERTa, the rule is
+checked in both directions (forced by `fallback.min_gain`, and found on its own when a broken
+fine-tune loses), and a fallen-back release must be exactly the head-alone candidate it scored:
+LoRA weights as initialised, the recorded accuracy reproduced from the written release, and a
+line whose children train the head alone.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from intent_ci.cli import main
+from intent_ci.config import ReleaseConfig, TrainConfig, apply_overrides
+from intent_ci.errors import IntentCIError
+from intent_ci.fallback import FINE_TUNED, HEAD_ONLY, fit_head
+from intent_ci.modeling import IntentHead
+from intent_ci.pipeline import add_intents, init_release
+from intent_ci.registry import Registry
+from intent_ci.release import IntentClassifier, load_release
+from tests.conftest import tiny_overrides
+
+
+def test_fit_head_learns_fixed_embeddings_and_leaves_the_given_head_alone():
+    torch.manual_seed(0)
+    centres = torch.randn(3, 8) * 3
+    labels = [c for c in range(3) for _ in range(20)]
+    pooled = centres[labels] + 0.3 * torch.randn(60, 8)
+    head = IntentHead(8, 3, kind="cosine", scale=20.0, dropout=0.0)
+    before = head.out_proj.weight.detach().clone()
+    fitted = fit_head(head, pooled, labels, TrainConfig(batch_size=8), epochs=10)
+    assert torch.equal(head.out_proj.weight, before)  # the given head is a starting point only
+    assert not any(p.requires_grad for p in fitted.parameters())
+    right = (fitted(pooled).argmax(-1) == torch.tensor(labels)).float().mean().item()
+    assert right == 1.0
+
+
+def _config(tiny_backbone, **fallback) -> ReleaseConfig:
+    overrides = tiny_overrides(tiny_backbone, fallback={"enabled": True, **fallback})
+    return apply_overrides(ReleaseConfig(), overrides, source="test")
+
+
+def _lora(registry, release):
+    model = load_release(registry, release).model
+    return {n: p.detach().clone() for n, p in model.encoder.named_parameters() if "lora_" in n}
+
+
+def _calibration_accuracy(registry, release) -> float:
+    """Accuracy of the written release on its own calibration utterances (no threshold)."""
+    loaded = load_release(registry, release)
+    in_scope, _ = loaded.calibration
+    texts = [t for ts in in_scope.values() for t in ts]
+    truth = [i for i, ts in in_scope.items() for _ in ts]
+    preds = IntentClassifier.load(registry, release).predict(texts, reject=False)
+    return 100.0 * sum(p.intent == t for p, t in zip(preds, truth, strict=True)) / len(truth)
+
+
+def test_a_fallen_back_release_is_the_head_alone_and_its_line_keeps_to_it(
+    tmp_path, tiny_backbone, data_dir, capsys
+):
+    registry = Registry(tmp_path / "adapters")
+    # A gain no fine-tune can reach forces the fallback, whatever the two scores are.
+    init_release(data_dir / "base", registry, _config(tiny_backbone, min_gain=100.0))
+    manifest = registry.manifest("v1")
+    record = manifest["metrics"]["fallback"]
+    assert record["chosen"] == HEAD_ONLY
+    assert record["held_back_examples"] == manifest["metrics"]["calibration_examples"] > 0
+    assert manifest["config"]["train"]["lora"] is False
+    lora = _lora(registry, "v1")
+    b_weights = [v for n, v in lora.items() if "lora_B" in n]
+    assert b_weights and all(torch.count_nonzero(v) == 0 for v in b_weights)
+    # The shipped model is the candidate that was scored: same accuracy on the same rows.
+    assert _calibration_accuracy(registry, "v1") == pytest.approx(record["head_only_accuracy"])
+
+    add_intents(data_dir / "new" / "refund_status.txt", registry, "v1")
+    child = load_release(registry, "v2")
+    assert child.config.train.lora is False
+    # The child trained its head (the new row) and left the encoder as the frozen backbone.
+    assert all(torch.equal(v, _lora(registry, "v2")[n]) for n, v in lora.items())
+    assert child.manifest["metrics"]["train"]["optimizer_steps"] > 0
+
+    # `show` says what happened, on the release that fell back and on its child.
+    capsys.readouterr()
+    assert main(["show", "--registry", str(registry.root), "v1"]) == 0
+    shown = capsys.readouterr().out
+    assert "held-out utterances: shipped the head alone" in shown
+    assert main(["show", "--registry", str(registry.root), "v2"]) == 0
+    assert (
+        "fallback  head alone on the frozen encoder (train.lora: false)" in capsys.readouterr().out
+    )
+
+
+def test_a_broken_fine_tune_is_caught_on_held_out_rows(tmp_path, tiny_backbone, data_dir):
+    registry = Registry(tmp_path / "adapters")
+    config = _config(tiny_backbone)
+    # A LoRA learning rate this large wrecks the encoder; the head alone (its own rate) does not.
+    config = apply_overrides(config, {"train": {"lr": 50.0, "max_grad_norm": 0.0}}, source="test")
+    init_release(data_dir / "base", registry, config)
+    record = registry.manifest("v1")["metrics"]["fallback"]
+    assert record["fine_tuned_accuracy"] < record["head_only_accuracy"]
+    assert record["chosen"] == HEAD_ONLY
+    assert _calibration_accuracy(registry, "v1") == pytest.approx(record["head_only_accuracy"])
+
+
+def test_fine_tuning_is_kept_when_it_is_good_enough(tmp_path, tiny_backbone, data_dir):
+    registry = Registry(tmp_path / "adapters")
+    init_release(data_dir / "base", registry, _config(tiny_backbone, min_gain=-100.0))
+    manifest = registry.manifest("v1")
+    record = manifest["metrics"]["fallback"]
+    assert record["chosen"] == FINE_TUNED
+    assert manifest["config"]["train"]["lora"] is True
+    assert any(
+        torch.count_nonzero(v) > 0 for n, v in _lora(registry, "v1").items() if "lora_B" in n
+    )
+    assert _calibration_accuracy(registry, "v1") == pytest.approx(record["fine_tuned_accuracy"])
+
+
+def test_without_calibration_utterances_nothing_is_compared(tmp_path, tiny_backbone, data_dir):
+    registry = Registry(tmp_path / "adapters")
+    config = apply_overrides(
+        _config(tiny_backbone, min_gain=100.0), {"oos": {"enabled": False}}, source="test"
+    )
+    init_release(data_dir / "base", registry, config)
+    manifest = registry.manifest("v1")
+    assert manifest["metrics"]["fallback"] is None
+    assert manifest["config"]["train"]["lora"] is True
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"head_epochs": 0}, "`fallback.head_epochs`: must be >= 1, got 0"),
+        ({"min_gain": 150}, r"`fallback.min_gain`: must be in \[-100, 100\]"),
+        ({"nope": 1}, "unknown"),
+    ],
+)
+def test_bad_fallback_config_names_the_field(values, message):
+    with pytest.raises(IntentCIError, match=message):
+        apply_overrides(ReleaseConfig(), {"fallback": values}, source="test")
