@@ -19,7 +19,10 @@ which runs the encoder; the loss terms are the same functions.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,15 +30,17 @@ import torch
 from accelerate import Accelerator
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
-from .config import FallbackConfig, TrainConfig
-from .modeling import IntentHead, IntentModel
-from .training import (
+from intent_ci.config import FallbackConfig, ReleaseConfig, TrainConfig
+from intent_ci.modeling import IntentHead, IntentModel
+from intent_ci.training import (
     balanced_class_weights,
     cross_entropy_term,
     make_loader,
     predict_logits,
     tokenize,
 )
+
+logger = logging.getLogger(__name__)
 
 FINE_TUNED = "fine-tuned"
 HEAD_ONLY = "head-only"
@@ -155,6 +160,56 @@ def judge(
         "chosen": chosen,
     }
     return Judgement(chosen, record, forward_examples=2 * len(held_back))
+
+
+def fall_back_if_better(
+    model: IntentModel,
+    start_lora: dict[str, torch.Tensor],
+    start_head: IntentHead,
+    start_pooled: torch.Tensor,
+    targets: list[int],
+    held_back: list[tuple[str, int]],
+    tokenizer: PreTrainedTokenizerBase,
+    accelerator: Accelerator,
+    config: ReleaseConfig,
+) -> tuple[dict[str, Any], int, ReleaseConfig]:
+    """Fit the head alone (:func:`fit_head` from `start_head` on the frozen encoder's
+    `start_pooled` embeddings of the training rows, labelled `targets`), :func:`judge` it
+    against the fine-tuned `model`, and if it wins, make `model` the head alone (in place).
+
+    Returns:
+        The manifest's ``metrics.fallback`` record (with the seconds the fit and the judging
+        took), the rows passed forward to judge, and the config to record: `config`, or with
+        the head alone ``train.lora: false``, so that the line's children train the head alone.
+    """
+    started = time.perf_counter()
+    head_only = fit_head(
+        start_head, start_pooled, targets, config.train, config.fallback.head_epochs
+    )
+    judgement = judge(
+        model,
+        head_only,
+        held_back,
+        tokenizer,
+        accelerator,
+        config.train,
+        config.fallback,
+        config.model.max_length,
+    )
+    record = {**judgement.record, "seconds": round(time.perf_counter() - started, 2)}
+    if judgement.chosen == HEAD_ONLY:
+        head_alone(model, start_lora, head_only)
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, lora=False))
+        if accelerator.is_main_process:
+            logger.warning(
+                "fine-tuning scored %.2f%% on %d held-out utterances against %.2f%% for the "
+                "head alone on the frozen encoder: the release is the head alone, and its line "
+                "trains the head alone (train.lora: false)",
+                record["fine_tuned_accuracy"],
+                len(held_back),
+                record["head_only_accuracy"],
+            )
+    return record, judgement.forward_examples, config
 
 
 def head_alone(model: IntentModel, start_lora: dict[str, torch.Tensor], head: IntentHead) -> None:

@@ -43,7 +43,7 @@ from intent_ci.data import (
 )
 from intent_ci.errors import IntentCIError, LatestMovedError
 from intent_ci.evaluation import group_accuracy, score
-from intent_ci.fallback import HEAD_ONLY, fit_head, head_alone, judge, lora_state
+from intent_ci.fallback import fall_back_if_better, lora_state
 from intent_ci.modeling import (
     Backbone,
     IntentModel,
@@ -570,37 +570,17 @@ def init_release(
     model, stats = train(model, train_set, backbone.tokenizer, accelerator, config.train)
     fallback_record, fallback_examples = None, 0
     if judging:
-        judge_started = time.perf_counter()
-        head_only = fit_head(
-            start_head, start.pooled, targets, config.train, config.fallback.head_epochs
-        )
-        judgement = judge(
+        fallback_record, fallback_examples, config = fall_back_if_better(
             model,
-            head_only,
+            start_lora,
+            start_head,
+            start.pooled,
+            targets,
             [(all_texts[r], index[all_intents[r]]) for r in held_rows],
             backbone.tokenizer,
             accelerator,
-            config.train,
-            config.fallback,
-            config.model.max_length,
+            config,
         )
-        fallback_record, fallback_examples = judgement.record, judgement.forward_examples
-        fallback_record["seconds"] = round(time.perf_counter() - judge_started, 2)
-        if judgement.chosen == HEAD_ONLY:
-            head_alone(model, start_lora, head_only)
-            # The release line keeps to the head: children read `train.lora` from here.
-            config = dataclasses.replace(
-                config, train=dataclasses.replace(config.train, lora=False)
-            )
-            if accelerator.is_main_process:
-                logger.warning(
-                    "fine-tuning scored %.2f%% on %d held-out utterances against %.2f%% for the "
-                    "head alone on the frozen encoder: the release is the head alone, and its "
-                    "line trains the head alone (train.lora: false)",
-                    fallback_record["fine_tuned_accuracy"],
-                    len(held_rows),
-                    fallback_record["head_only_accuracy"],
-                )
     if trained_exemplars:
         replay = select_exemplars(
             texts,
