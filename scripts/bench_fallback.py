@@ -13,12 +13,11 @@ choose      `fallback.head_epochs` on the **val** split: the head alone is fitte
 
 guarantee   for N in --sizes and each seed: `init` with the shipped config on N utterances per
             intent. Reported: the two held-out accuracies and the choice from the manifest;
-            on **test**, the release, its fine-tuned arm (the same release when fine-tuning
-            was kept; else a second `init` with `fallback.enabled: false`, identical up to
-            the choice because training comes first), the head-alone arm (the library's
-            `fit_head` refitted here on the release's training rows) and the probe on all N
-            utterances per intent (C chosen on val), which the issue asks the release never
-            to lose to.
+            on **test**, the release, its fine-tuned and head-alone arms (the arm not chosen
+            is made by the same `init` with the choice forced the other way:
+            `fallback.enabled: false` or `fallback.min_gain: 100`; training comes before the
+            choice, so it is the same training) and the probe on all N utterances per intent
+            (C chosen on val), which the issue asks the release never to lose to.
 
     python scripts/bench_fallback.py --choose --sizes 10 50 100   # embeddings are cached
     python scripts/bench_fallback.py --choose --sizes 10 50 100 --epochs-grid 160 \
@@ -53,7 +52,7 @@ from intent_ci.cli import _quiet_libraries  # noqa: E402
 from intent_ci.config import PACKAGED_MINILM, ReleaseConfig, apply_overrides  # noqa: E402
 from intent_ci.fallback import fit_head  # noqa: E402
 from intent_ci.modeling import build_head, class_prototypes  # noqa: E402
-from intent_ci.release import IntentClassifier, load_release  # noqa: E402
+from intent_ci.release import IntentClassifier  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WITHIN = 0.1  # points: the choice rule's tolerance
@@ -153,28 +152,16 @@ def guarantee(emb: Embedded, raw: dict, args, config: ReleaseConfig) -> list[dic
             manifest = registry.manifest("v1")
             record = manifest["metrics"]["fallback"]
             release = accuracy(IntentClassifier.load(registry, "v1"), raw["test"])
+            # The arm not chosen, made exactly: the same init (training comes before the
+            # choice, so it is the same training) with the choice forced the other way.
             if record["chosen"] == "head-only":
-                off = apply_overrides(cfg, {"fallback": {"enabled": False}}, source="bench")
-                tuned_reg, _ = bi.cached_init(
-                    workdir / f"n{n}_seed{seed}", "fine-tuned", data, off, True
-                )
-                tuned = accuracy(IntentClassifier.load(tuned_reg, "v1"), raw["test"])
+                other, force = "fine-tuned", {"enabled": False}
             else:
-                tuned = release
-            # The head-alone arm on the rows the release trained on (calibration rows left out).
-            held = {
-                t
-                for ts in (load_release(registry, "v1").calibration or ({}, []))[0].values()
-                for t in ts
-            }
-            trained = [r for r in rows if raw["train"][r][0] not in held]
-            alone = head_alone(
-                emb,
-                emb.x["train"][trained],
-                [raw["train"][r][1] for r in trained],
-                cfg,
-                cfg.fallback.head_epochs,
-            )
+                other, force = "head-only", {"min_gain": 100.0}
+            forced = apply_overrides(cfg, {"fallback": force}, source="bench")
+            other_reg, _ = bi.cached_init(workdir / f"n{n}_seed{seed}", other, data, forced, True)
+            other_acc = accuracy(IntentClassifier.load(other_reg, "v1"), raw["test"])
+            tuned, alone = (release, other_acc) if other == "head-only" else (other_acc, release)
             line = {
                 "size": n,
                 "seed": seed,
@@ -182,7 +169,7 @@ def guarantee(emb: Embedded, raw: dict, args, config: ReleaseConfig) -> list[dic
                 "test": {
                     "release": release,
                     "fine_tuned": tuned,
-                    "head_alone": alone["test"],
+                    "head_alone": alone,
                     "probe_all_data": probe(emb, rows)["test"],
                 },
                 "init_cost": cost,
@@ -287,7 +274,23 @@ def main() -> None:
         help="frozen embeddings cache shared with scripts/bench_baselines.py",
     )
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--report-from",
+        metavar="JSON",
+        nargs="+",
+        help="train nothing: one report from the lines of several results files (runs of "
+        "different --sizes or --seeds made in parallel)",
+    )
     args = parser.parse_args()
+    if args.report_from:
+        parts = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.report_from]
+        result = {**parts[0], "lines": [ln for part in parts for ln in part["lines"]]}
+        result["command"] = " and ".join(f"`{part['command']}`" for part in parts).strip("`")
+        out = Path(args.out or REPO / "scripts" / "results" / "bench_fallback")
+        out.with_suffix(".json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+        out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
+        print(markdown(result))
+        return
     _quiet_libraries()
     raw = bi.load_clinc(Path(args.data))
     emb = Embedded(raw, args.backbone, Path(args.embeddings))
