@@ -165,9 +165,6 @@ def tiny_overrides(backbone: Path, **sections) -> dict:
             "eval_batch_size": 32,
         },
         "replay": {"per_intent": 8, "train_per_intent": 8},
-        # The random tiny encoder makes the head alone a coin toss against a short fine-tune;
-        # tests of what fine-tuning does keep it, and tests/test_fallback.py turns it on.
-        "fallback": {"enabled": False},
     }
     for section, fields in sections.items():
         values.setdefault(section, {}).update(fields)
