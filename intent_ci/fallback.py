@@ -2,10 +2,11 @@
 
 A LoRA adapter is worth its cost only where it beats what the frozen encoder already gives. On
 some data it does not: with few utterances per intent, or an encoder whose embeddings already
-separate the intents, a probe on frozen embeddings scores as well or better. `init` therefore
-fits a second candidate, the head alone on the frozen encoder's embeddings of the same training
-rows (computed once, in the feature pass `init` makes anyway), and scores both on the
-calibration utterances, which neither trained on (`intent_ci.calibration.holdout_split`).
+separate the intents, a probe on frozen embeddings scores as well or better. With
+``fallback.enabled`` (off by default; docs/benchmarks.md says why), `init` fits a second
+candidate, the head alone on the frozen encoder's embeddings of the same training rows
+(computed once, in the feature pass `init` makes anyway), and scores both on the calibration
+utterances, which neither trained on (`intent_ci.calibration.holdout_split`).
 Fine-tuning is kept when it is at least ``fallback.min_gain`` points better; otherwise the
 release is the frozen encoder (LoRA weights as initialised: B = 0) with the head alone.
 
