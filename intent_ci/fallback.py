@@ -24,7 +24,6 @@ import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -103,18 +102,7 @@ def lora_state(model: IntentModel) -> dict[str, torch.Tensor]:
     }
 
 
-@dataclass
-class Judgement:
-    """What :func:`judge` found; `record` goes into the manifest as ``metrics.fallback``."""
-
-    chosen: str  # FINE_TUNED or HEAD_ONLY
-    record: dict[str, Any]
-    forward_examples: int  # rows through a forward-only pass to judge
-
-
 def _accuracy(logits: torch.Tensor, targets: list[int]) -> float:
-    if not targets:
-        return float("nan")
     right = (logits.argmax(-1) == torch.tensor(targets)).sum().item()
     return 100.0 * right / len(targets)
 
@@ -128,15 +116,16 @@ def judge(
     train_cfg: TrainConfig,
     cfg: FallbackConfig,
     max_length: int,
-) -> Judgement:
+) -> dict[str, Any]:
     """Score the fine-tuned `model` and the frozen encoder with `head_only` on `held_back`.
 
     Args:
         held_back: ``(text, target row)`` of utterances neither candidate trained on.
 
     Returns:
-        a :class:`Judgement`; ``HEAD_ONLY`` when fine-tuning's accuracy is below the head
-        alone's plus `cfg.min_gain` points.
+        The manifest's ``metrics.fallback`` record: both accuracies (%) and ``chosen``,
+        ``HEAD_ONLY`` when fine-tuning's accuracy is below the head alone's plus
+        `cfg.min_gain` points. Judging passes every held-back row forward twice.
     """
     texts = [t for t, _ in held_back]
     targets = [y for _, y in held_back]
@@ -152,15 +141,13 @@ def judge(
         alone = _accuracy(
             predict_logits(frozen_model, loader, accelerator, desc="fallback"), targets
         )
-    chosen = FINE_TUNED if tuned >= alone + cfg.min_gain else HEAD_ONLY
-    record = {
+    return {
         "held_back_examples": len(held_back),
         "fine_tuned_accuracy": round(tuned, 2),
         "head_only_accuracy": round(alone, 2),
         "min_gain": cfg.min_gain,
-        "chosen": chosen,
+        "chosen": FINE_TUNED if tuned >= alone + cfg.min_gain else HEAD_ONLY,
     }
-    return Judgement(chosen, record, forward_examples=2 * len(held_back))
 
 
 def fall_back_if_better(
@@ -187,7 +174,7 @@ def fall_back_if_better(
     head_only = fit_head(
         start_head, start_pooled, targets, config.train, config.fallback.head_epochs
     )
-    judgement = judge(
+    record = judge(
         model,
         head_only,
         held_back,
@@ -197,8 +184,8 @@ def fall_back_if_better(
         config.fallback,
         config.model.max_length,
     )
-    record = {**judgement.record, "seconds": round(time.perf_counter() - started, 2)}
-    if judgement.chosen == HEAD_ONLY:
+    record["seconds"] = round(time.perf_counter() - started, 2)
+    if record["chosen"] == HEAD_ONLY:
         head_alone(model, start_lora, head_only)
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, lora=False))
         if accelerator.is_main_process:
@@ -210,7 +197,7 @@ def fall_back_if_better(
                 len(held_back),
                 record["head_only_accuracy"],
             )
-    return record, judgement.forward_examples, config
+    return record, 2 * len(held_back), config
 
 
 def head_alone(model: IntentModel, start_lora: dict[str, torch.Tensor], head: IntentHead) -> None:
@@ -220,4 +207,4 @@ def head_alone(model: IntentModel, start_lora: dict[str, torch.Tensor], head: In
     with torch.no_grad():
         for name, value in start_lora.items():
             params[name].copy_(value)
-    model.head = head.to(params[next(iter(start_lora))].device) if start_lora else head
+    model.head = head.to(model.head.out_proj.weight.device)

@@ -139,3 +139,17 @@ def test_without_calibration_utterances_nothing_is_compared(tmp_path, tiny_backb
 def test_bad_fallback_config_names_the_field(values, message):
     with pytest.raises(IntentCIError, match=message):
         apply_overrides(ReleaseConfig(), {"fallback": values}, source="test")
+
+
+def test_init_with_lora_off_trains_the_head_alone(tmp_path, tiny_backbone, data_dir):
+    registry = Registry(tmp_path / "adapters")
+    config = apply_overrides(
+        ReleaseConfig(), tiny_overrides(tiny_backbone, train={"lora": False}), source="test"
+    )
+    init_release(data_dir / "base", registry, config)
+    manifest = registry.manifest("v1")
+    assert manifest["config"]["train"]["lora"] is False
+    assert manifest["metrics"]["fallback"] is None  # nothing to compare: no fine-tuning ran
+    b_weights = [v for n, v in _lora(registry, "v1").items() if "lora_B" in n]
+    assert b_weights and all(torch.count_nonzero(v) == 0 for v in b_weights)
+    assert manifest["metrics"]["train"]["optimizer_steps"] > 0
