@@ -204,6 +204,13 @@ class TrainConfig:
             "trained parent, so it needs fewer (scripts/bench_incremental.py)."
         },
     )
+    update_epochs: int | None = field(
+        default=None,
+        metadata={
+            "help": "Passes over the file's rows + replay in `update`; null: `add_intent_epochs`. "
+            "An update mostly adds examples of intents the parent already knows."
+        },
+    )
     batch_size: int = field(default=32, metadata={"help": "Examples per device per step."})
     gradient_accumulation_steps: int = field(
         default=1, metadata={"help": "Steps accumulated per update."}
@@ -300,6 +307,12 @@ class TrainConfig:
             "train",
             "add_intent_epochs",
             f"must be >= 1, got {self.add_intent_epochs}",
+        )
+        _check(
+            self.update_epochs is None or self.update_epochs >= 1,
+            "train",
+            "update_epochs",
+            f"must be >= 1 or null, got {self.update_epochs}",
         )
         _check(self.batch_size >= 1, "train", "batch_size", f"must be >= 1, got {self.batch_size}")
         _check(
@@ -893,6 +906,8 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
         return coerce(value, bool, where)
     if "float" in text:
         return coerce(value, float, where)
+    if "int" in text:
+        return coerce(value, int, where)
     if "str" in text:
         return coerce(value, str, where)
     return value

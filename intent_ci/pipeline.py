@@ -190,6 +190,37 @@ def _feature_pass(
     return compute_features(model, loader, accelerator)
 
 
+def _teacher_targets(
+    model: IntentModel,
+    scored: tuple[torch.Tensor, torch.Tensor],
+    tokenized: datasets.Dataset,
+    backbone: Backbone,
+    accelerator: Accelerator,
+    config: ReleaseConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The parent's logits and pooled embeddings of every training row, in row order.
+
+    `scored` holds them for the first rows (the file's, from the parent's feature pass: the
+    head on those features gives the same logits as the model); the rest (the replay rows) get
+    a teacher pass, sharded over processes and gathered in row order.
+    """
+    logits, pooled = scored
+    if len(logits) == len(tokenized):
+        return logits, pooled
+    rest = tokenized.select(range(len(logits), len(tokenized)))
+    rest = rest.remove_columns("index").add_column("index", list(range(len(rest))))
+    loader = accelerator.prepare(
+        make_loader(
+            rest,
+            backbone.tokenizer,
+            config.train.eval_batch_size,
+            shuffle=False,
+        )
+    )
+    more_logits, more_pooled = predict_logits_and_pooled(model, loader, accelerator)
+    return torch.cat([logits, more_logits]), torch.cat([pooled.float(), more_pooled])
+
+
 EWC_NEEDS_REPLAY = (
     "`distill.ewc_weight` needs replayed memory rows to estimate the Fisher information on; set "
     "`replay.enabled: true` or `distill.ewc_weight: 0`"
@@ -868,9 +899,8 @@ def _child_release(
 
     with torch.no_grad():
         head_device = model.head.out_proj.weight.device
-        parent_says = [
-            old_labels[i] for i in model.head.classify(features.to(head_device)).argmax(-1).tolist()
-        ]
+        parent_logits = model.head.classify(features.to(head_device)).float().cpu()
+    parent_says = [old_labels[i] for i in parent_logits.argmax(-1).tolist()]
     corrections = (
         find_corrections(
             list(new_texts),
@@ -929,7 +959,8 @@ def _child_release(
 
     # The parent's soft labels for every training row, computed once: the teacher is frozen
     # and deterministic (eval mode), so this equals scoring each batch on the fly, epochs times
-    # cheaper. Each rank scores its own shard; gather_for_metrics collects them in row order.
+    # cheaper. The file's rows (the first ones) were scored by the parent's feature pass already;
+    # only the replay rows get a teacher pass.
     use_kd = config.distill.enabled and config.distill.weight > 0
     changed = len(new_labels) + len(updated)
     feature_weight = (
@@ -939,10 +970,14 @@ def _child_release(
     )
     soft_labels = teacher_pooled = None
     if use_kd or feature_weight > 0:
-        loader = accelerator.prepare(
-            make_loader(tokenized, backbone.tokenizer, config.train.eval_batch_size, shuffle=False)
+        soft_labels, teacher_pooled = _teacher_targets(
+            model,
+            (parent_logits, parent_pass.pooled[: len(new_texts)]),
+            tokenized,
+            backbone,
+            accelerator,
+            config,
         )
-        soft_labels, teacher_pooled = predict_logits_and_pooled(model, loader, accelerator)
     # The teacher speaks for the replay rows and the new intents' rows, not for corrected
     # rows or rows of updated intents: there the parent's answer is what is being changed.
     silenced = {c.row for c in corrections}
@@ -968,7 +1003,9 @@ def _child_release(
         config.train,
         lr=config.train.lr * scale,
         head_lr=config.train.head_lr * scale,
-        epochs=config.train.add_intent_epochs,
+        epochs=config.train.update_epochs
+        if updates and config.train.update_epochs is not None
+        else config.train.add_intent_epochs,
     )
     model, stats = train(
         model,
@@ -1029,10 +1066,11 @@ def _child_release(
         "calibration_examples": len(held_rows),
         "replay_examples": len(replay_texts),
         # Forward passes without a backward: the feature pass over the new utterances
-        # (prototypes and exemplar choice; twice with `replay.exemplar_features: trained`)
-        # and the teacher's pass over the training set.
+        # (prototypes, the parent's answers, the teacher on those rows and exemplar choice;
+        # twice with `replay.exemplar_features: trained`) and the teacher's pass over the
+        # replayed rows.
         "forward_only_examples": (len(new_texts) + len(stored)) * (2 if trained_exemplars else 1)
-        + (len(texts) if use_kd or feature_weight > 0 else 0),
+        + (len(replay_texts) if use_kd or feature_weight > 0 else 0),
         # Forward and backward passes over the replayed rows that estimate EWC's Fisher.
         "fisher_examples": len(replay_texts) if config.distill.ewc_weight > 0 else 0,
         "feature_weight": round(feature_weight, 4),

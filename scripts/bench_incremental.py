@@ -267,7 +267,13 @@ def config_key(*parts) -> str:
 
 # Fields only add-intent reads: an init release does not depend on them.
 ADD_INTENT_ONLY = {
-    "train": ("add_intent_epochs", "add_intent_lr_scale", "freeze_old_rows", "neighbour_rows"),
+    "train": (
+        "add_intent_epochs",
+        "update_epochs",
+        "add_intent_lr_scale",
+        "freeze_old_rows",
+        "neighbour_rows",
+    ),
     "distill": ("enabled", "temperature", "weight", "feature_weight", "l2_weight", "ewc_weight"),
     "replay": ("enabled", "train_per_intent", "new_ratio", "neighbour_share"),
 }
@@ -283,7 +289,10 @@ LEGACY_CALIBRATION = {"score": "max_logit", "target_recall": 0.95}
 
 # Fields added after caches were made, with the value that trains what the caches hold: at
 # that value a field stays out of the key, so those caches are still found.
-ADDED_LATER = {"train": {"outlier_weight": 0.0}}
+ADDED_LATER = {
+    "train": {"outlier_weight": 0.0, "lora": True},
+    "fallback": {"enabled": False, "head_epochs": 80, "min_gain": 0.0},
+}
 
 
 def init_recipe(config: ReleaseConfig, legacy: bool = False) -> dict:
@@ -296,6 +305,8 @@ def init_recipe(config: ReleaseConfig, legacy: bool = False) -> dict:
         for key, value in fields.items():
             if recipe[section].get(key) == value:
                 recipe[section].pop(key)
+        if not recipe[section]:
+            recipe.pop(section)  # a section added later, at the values the caches were made with
     for section, keys in ADD_INTENT_ONLY.items():
         for key in keys:
             recipe[section].pop(key, None)

@@ -19,7 +19,12 @@ Compared in one run:
                     seconds are the final retrain's seconds per example times those examples
 
 Reported per update: the updated intents' test accuracy before and after, the untouched
-intents' change, and cost (compute seconds, examples processed) against the retrains.
+intents' change, and cost (compute seconds, examples processed) against the retrains. The same
+accuracies on the val split are recorded beside them (never used for the corrections when a
+choice is made: run choices with --no-corrections), so update defaults can be chosen on val:
+
+    python scripts/bench_update.py --seeds 0 --methods intent-ci --no-corrections \
+        --method epochs-1='{"train": {"update_epochs": 1}}' --out runs/update_choice/seed0
 
 Corrections: the base release's misclassified *val* utterances, with their true labels, in one
 update of the base; test accuracy of the intents involved (true and predicted intents of those
@@ -141,6 +146,7 @@ def run_updates(
     base_test: dict,
     workdir: Path,
     into: dict,
+    base_val: dict | None = None,
 ) -> None:
     root = workdir / name
     if root.exists():
@@ -148,7 +154,7 @@ def run_updates(
     shutil.copytree(base.root, root / "adapters")
     registry = Registry(root / "adapters")
     everything = sorted(ordered)
-    before = base_test
+    before, before_val = base_test, base_val
     steps: list[dict] = []
     into[name] = {"overrides": overrides, "updates": steps}  # filled as updates finish
     for k, group in enumerate(groups, start=1):
@@ -161,7 +167,9 @@ def run_updates(
         wall = time.perf_counter() - started
         cost = release_costs(registry, release)
         cost.update(wall_s=round(wall, 2), peak_rss_mb=peak_rss_mb())
-        after = per_intent(IntentClassifier.load(registry, release), raw["test"])
+        clf = IntentClassifier.load(registry, release)
+        after = per_intent(clf, raw["test"])
+        after_val = per_intent(clf, raw["val"]) if before_val is not None else None
         untouched = [i for i in everything if i not in set(group)]
         manifest = registry.manifest(release)
         step = {
@@ -179,6 +187,16 @@ def run_updates(
         }
         step["updated_change_points"] = points(step["updated_after"], step["updated_before"])
         step["untouched_change_points"] = points(step["untouched_after"], step["untouched_before"])
+        if after_val is not None:
+            step["val"] = {
+                "accuracy": pooled(after_val, everything),
+                "updated_change_points": points(
+                    pooled(after_val, group), pooled(before_val, group)
+                ),
+                "untouched_change_points": points(
+                    pooled(after_val, untouched), pooled(before_val, untouched)
+                ),
+            }
         steps.append(step)
         print(
             f"  {name} update {k} ({release}): updated {100 * step['updated_before']:.2f} -> "
@@ -187,7 +205,7 @@ def run_updates(
             f"{cost['examples_processed']} examples",
             flush=True,
         )
-        before = after
+        before, before_val = after, after_val
 
 
 def run_corrections(
@@ -260,6 +278,20 @@ def retrain_costs(config: ReleaseConfig, rows: list[int], measured: dict) -> lis
     return out
 
 
+def methods(args: argparse.Namespace) -> dict[str, dict]:
+    """The update override sets to run: the named built-ins, then every --method NAME=JSON."""
+    chosen = {name: METHODS[name] for name in args.methods}
+    for spec in args.method:
+        name, sep, value = spec.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--method {spec!r}: expected NAME=JSON")
+        try:
+            chosen[name] = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"--method {name}: not JSON ({err})") from None
+    return chosen
+
+
 def run_seed(
     seed: int, raw: dict, config: ReleaseConfig, args: argparse.Namespace, result: dict
 ) -> None:
@@ -275,20 +307,26 @@ def run_seed(
     }
     result.update(seed=seed, groups=groups, methods={})
     rows = [len(base_data) + args.step * len(g) * (k + 1) for k, g in enumerate(groups)]
-    if args.methods or not args.no_corrections:
+    if methods(args) or not args.no_corrections:
         base, base_cost = cached_init(workdir, "base", base_data, config, args.reuse)
-        base_test = per_intent(IntentClassifier.load(base, "v1"), raw["test"])
-        result["base"] = {"cost": base_cost, "accuracy": pooled(base_test, everything)}
+        base_clf = IntentClassifier.load(base, "v1")
+        base_test = per_intent(base_clf, raw["test"])
+        base_val = per_intent(base_clf, raw["val"])
+        result["base"] = {
+            "cost": base_cost,
+            "accuracy": pooled(base_test, everything),
+            "accuracy_val": pooled(base_val, everything),
+        }
         print(f"  base: test acc {100 * result['base']['accuracy']:.2f}", flush=True)
         # The base is an `init` with the retrain's recipe: its seconds per example give the
         # retrains' seconds when they are not run (--no-retrain).
         result["retrain_per_update_from_base"] = retrain_costs(config, rows, base_cost)
     if not args.no_corrections:
         result["corrections"] = run_corrections(base, raw, base_test, workdir, everything)
-    for name in args.methods:
+    for name, overrides in methods(args).items():
         run_updates(
             name,
-            METHODS[name],
+            overrides,
             base,
             groups,
             ordered,
@@ -297,13 +335,19 @@ def run_seed(
             base_test,
             workdir,
             result["methods"],
+            base_val,
         )
     if not args.no_retrain:
         retrain, cost = cached_init(
             workdir, "retrain", rows_for(ordered, final_counts), config, args.reuse
         )
-        retrain_test = per_intent(IntentClassifier.load(retrain, "v1"), raw["test"])
-        result["full_retrain"] = {"cost": cost, "accuracy": pooled(retrain_test, everything)}
+        retrain_clf = IntentClassifier.load(retrain, "v1")
+        retrain_test = per_intent(retrain_clf, raw["test"])
+        result["full_retrain"] = {
+            "cost": cost,
+            "accuracy": pooled(retrain_test, everything),
+            "accuracy_val": pooled(per_intent(retrain_clf, raw["val"]), everything),
+        }
         print(
             f"  full retrain: test acc {100 * result['full_retrain']['accuracy']:.2f}", flush=True
         )
@@ -336,6 +380,21 @@ def summarise(result: dict) -> dict:
             }
             if retrain and len(steps) == result["setup"]["updates"]:
                 row["vs_retrain_points"] = points(steps[-1]["accuracy"], retrain["accuracy"])
+            if all("val" in s for s in steps):
+                row["val"] = {
+                    "final_accuracy": steps[-1]["val"]["accuracy"],
+                    "worst_untouched_change_points": min(
+                        s["val"]["untouched_change_points"] for s in steps
+                    ),
+                }
+                if (
+                    retrain
+                    and "accuracy_val" in retrain
+                    and len(steps) == result["setup"]["updates"]
+                ):
+                    row["val"]["vs_retrain_points"] = points(
+                        steps[-1]["val"]["accuracy"], retrain["accuracy_val"]
+                    )
             if per_update:
                 final = per_update[-1]
                 row["retrain_cost_from"] = "final retrain" if measured else "base release"
@@ -517,6 +576,7 @@ def markdown(result: dict, out: Path) -> str:
                 f"({pts(c['untouched_change_points'])} pts); cost {c['cost']['compute_s']:.0f} s, "
                 f"{c['cost']['examples_processed']} examples.",
             ]
+    lines += val_table(result)
     lines += [
         "",
         "Cost is the release's compute: feature pass, teacher pass, replay draw, training and "
@@ -525,6 +585,39 @@ def markdown(result: dict, out: Path) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def val_table(result: dict) -> list[str]:
+    """Per method and seed, the val split's final accuracy, gap to the retrain, worst untouched
+    change and examples per update: what update defaults are chosen on. Empty for results
+    made before val was scored."""
+    rows = [
+        (name, seed, row)
+        for name, per_seed in result["summary"].items()
+        for seed, row in per_seed.items()
+        if "val" in row
+    ]
+    if not rows:
+        return []
+    by_seed = {str(s["seed"]): s for s in result["seeds"]}
+    lines = [
+        "",
+        "## Val split (what update defaults are chosen on)",
+        "",
+        "| method | seed | after the updates | − full retrain (pts) | worst untouched change in one update (pts) | examples per update |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, seed, row in rows:
+        v = row["val"]
+        steps = by_seed[seed]["methods"][name]["updates"]
+        gap = v.get("vs_retrain_points")
+        lines.append(
+            f"| {name} | {seed} | {100 * v['final_accuracy']:.2f}% | "
+            f"{'n/a' if gap is None else f'{gap:+.2f}'} | "
+            f"{v['worst_untouched_change_points']:+.2f} | "
+            f"{', '.join(str(s['cost']['examples_processed']) for s in steps)} |"
+        )
+    return lines
 
 
 def plot(result: dict, path: Path) -> None:
@@ -596,6 +689,13 @@ def main() -> None:
     parser.add_argument("--backbone", default=PACKAGED_MINILM)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument(
+        "--method",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="an extra update override set, run beside --methods",
+    )
     parser.add_argument("--start", type=int, default=20, help="utterances per intent in the base")
     parser.add_argument("--step", type=int, default=30, help="utterances added per updated intent")
     parser.add_argument("--updates", type=int, default=3)

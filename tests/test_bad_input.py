@@ -435,6 +435,14 @@ def write_yaml(tmp_path: Path, values) -> Path:
         ({"trian": {"epochs": 3}}, r"unknown section `trian`. Did you mean `train`\? Valid keys: "),
         ({"train": {"epochs": "three"}}, r"`train.epochs`: expected an integer, got 'three'$"),
         ({"train": {"lr": True}}, r"`train.lr`: expected a number, got True$"),
+        (
+            {"train": {"update_epochs": 1.5}},
+            r"`train.update_epochs`: expected an integer, got 1.5$",
+        ),
+        (
+            {"train": {"update_epochs": 0}},
+            r"config field `train.update_epochs`: must be >= 1 or null, got 0$",
+        ),
         ({"model": {"backbone": None}}, r"`model.backbone`: expected a string, got None$"),
         ({"train": [1, 2]}, r"section `train` must be a mapping of key: value$"),
         ({"train": {"freeze_dense": "maybe"}}, r"`train.freeze_dense`: expected true or false"),

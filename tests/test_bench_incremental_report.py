@@ -73,3 +73,17 @@ def test_a_gap_of_exactly_one_point_is_on_the_bar(bench, result, fewer, met):
         c for c in bench.targets(tie) if c["target"] == "P1 final accuracy vs full retrain (points)"
     )
     assert check["value"] == pytest.approx(-fewer / 45) and check["met"] is met
+
+
+def test_fields_added_later_at_their_old_behaviour_keep_the_cache_key(bench):
+    """A cached base stays found when a config field is added at the value that trains what the
+    cache holds (fallback off, LoRA on), and any other value makes a new key."""
+    from intent_ci.config import ReleaseConfig, apply_overrides
+
+    recipe = bench.init_recipe(ReleaseConfig())
+    assert "fallback" not in recipe
+    assert "lora" not in recipe["train"]
+    on = apply_overrides(ReleaseConfig(), {"fallback": {"enabled": True}}, source="test")
+    assert bench.init_recipe(on)["fallback"] == {"enabled": True}
+    head_alone = apply_overrides(ReleaseConfig(), {"train": {"lora": False}}, source="test")
+    assert bench.init_recipe(head_alone)["train"]["lora"] is False

@@ -494,5 +494,34 @@ def test_add_intent_can_herd_new_exemplars_on_the_trained_student(
     assert child.replay["report_damage"] == expected["report_damage"]
     assert child.replay["card_lost"] == load_release(Registry(registry), "v1").replay["card_lost"]
     metrics = child.manifest["metrics"]
-    teacher = metrics["train_examples"]  # the teacher's pass over the training set
+    teacher = metrics["replay_examples"]  # the teacher's pass over the replayed rows
     assert metrics["forward_only_examples"] == 2 * len(texts) + teacher
+
+
+def test_the_teacher_pass_reuses_the_parent_feature_pass(trained_registry, one_torch_thread):
+    """A child release scores only its replay rows with the teacher: the file's rows take the
+    parent's head on the feature pass it made anyway, and the result equals a teacher pass
+    over every training row (logits and pooled embeddings, row order kept)."""
+    from accelerate import Accelerator
+
+    from intent_ci.pipeline import _feature_pass, _teacher_targets
+    from intent_ci.training import make_loader, predict_logits_and_pooled, tokenize
+    from tests.conftest import make_utterances
+
+    release = load_release(Registry(trained_registry), "v1")
+    model, backbone, config = release.model.eval(), release.backbone, release.config
+    accelerator = Accelerator(cpu=True)
+    texts = make_utterances("card_lost", 9, seed=4) + make_utterances("opening_hours", 14, seed=6)
+    rows = tokenize(backbone.tokenizer, texts, [0] * len(texts), 64, accelerator)
+    first = _feature_pass(model, rows.select(range(9)), backbone, accelerator, config)
+    with torch.no_grad():
+        scored = (model.head.classify(first.features), first.pooled)
+    logits, pooled = _teacher_targets(model, scored, rows, backbone, accelerator, config)
+    loader = accelerator.prepare(make_loader(rows, backbone.tokenizer, 5, shuffle=False))
+    want_logits, want_pooled = predict_logits_and_pooled(model, loader, accelerator)
+    torch.testing.assert_close(logits, want_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pooled, want_pooled, atol=1e-5, rtol=1e-5)
+    # Every row already scored: no pass, the given tensors back.
+    full = (want_logits, want_pooled)
+    same = _teacher_targets(model, full, rows, backbone, accelerator, config)
+    assert same[0] is want_logits and same[1] is want_pooled

@@ -348,6 +348,34 @@ def test_update_with_only_more_examples_keeps_the_label_map(trained_registry, tm
     assert load_release(Registry(registry), release).model.head.num_labels == len(BASE_INTENTS)
 
 
+def test_update_epochs_sets_the_passes_of_update_and_not_of_add_intent(trained_registry, tmp_path):
+    """`train.update_epochs` trains an update that many passes; `add-intent` keeps
+    `add_intent_epochs`; unset, an update trains `add_intent_epochs` passes."""
+    from intent_ci.pipeline import add_intents, update_release
+
+    registry = Registry(shutil.copytree(trained_registry, tmp_path / "adapters"))
+    add_epochs = registry.manifest("v1")["config"]["train"]["add_intent_epochs"]
+    rows = [(t, "transfer_money") for t in make_utterances("transfer_money", 70, seed=11)[-4:]]
+    more = write_csv(tmp_path / "more.csv", rows)
+    new = write_csv(
+        tmp_path / "new.csv",
+        [(t, "report_damage") for t in make_utterances("report_damage", 20, seed=5)],
+    )
+    one = {"train": {"update_epochs": 1}}
+    runs = [
+        update_release(more, registry, "v1", overrides=one),
+        update_release(more, registry, "v1"),
+        add_intents(new, registry, "v1", overrides=one),
+    ]
+
+    def passes(release: str) -> float:
+        metrics = registry.manifest(release)["metrics"]
+        return metrics["train"]["examples_trained"] / metrics["train_examples"]
+
+    assert [passes(r) for r in runs] == [1, add_epochs, add_epochs]
+    assert add_epochs != 1
+
+
 def test_push_and_pull_an_update_release(updated, hub, tmp_path):  # noqa: F811
     """An update release and its parent go to a (stand-in) Hub and come back verified, with
     the same predictions; the model card says what the update changed."""
