@@ -15,8 +15,9 @@ Compared in one run:
                     rows only (add-intent-style; untouched head rows stay fixed)
     full retrain    `init` on the final data (50 per intent), the same recipe as the base
     retrain/update  what retraining after every update would cost: `init` on 20+30k rows per
-                    intent. Its examples are exact (rows x epochs + one feature pass); its
-                    seconds are the final retrain's seconds per example times those examples
+                    intent. Its examples are exact (the rows `init` trains on, each intent's
+                    less its out-of-scope calibration hold-out, x (epochs + one feature pass));
+                    its seconds are the final retrain's seconds per example times those
 
 Reported per update: the updated intents' test accuracy before and after, the untouched
 intents' change, and cost (compute seconds, examples processed) against the retrains. The same
@@ -66,6 +67,7 @@ from bench_incremental import (  # noqa: E402
     reset_peak_rss,
 )
 
+from intent_ci.calibration import holdout_split  # noqa: E402
 from intent_ci.cli import _quiet_libraries  # noqa: E402
 from intent_ci.config import PACKAGED_MINILM, ReleaseConfig, apply_overrides  # noqa: E402
 from intent_ci.data import read_examples  # noqa: E402
@@ -262,20 +264,56 @@ def run_corrections(
     return result
 
 
-def retrain_costs(config: ReleaseConfig, rows: list[int], measured: dict) -> list[dict]:
-    """Cost of an `init` on each row count: exact examples, seconds scaled from `measured`."""
+def retrain_costs(config: ReleaseConfig, counts: list[list[int]], measured: dict) -> list[dict]:
+    """Cost of an `init` on each data size (every intent's utterance count): exact examples,
+    seconds scaled from `measured` (an `init` with the same recipe).
+
+    `init` trains on each intent's utterances less its out-of-scope calibration hold-out
+    (`holdout_split`, the split `init` makes), `epochs` passes, plus one feature pass."""
     per_example = measured["compute_s"] / measured["examples_processed"]
     out = []
-    for n in rows:
-        examples = n * config.train.epochs + n  # training passes + the feature pass
+    for per_intent in counts:
+        trained = sum(
+            len(holdout_split([str(j) for j in range(n)], ["x"] * n, config.oos, "count")[0])
+            for n in per_intent
+        )
+        examples = trained * (config.train.epochs + 1)
         out.append(
             {
-                "rows": n,
+                "rows": sum(per_intent),
+                "trained_rows": trained,
                 "examples_processed": examples,
                 "compute_s": round(per_example * examples, 2),
             }
         )
     return out
+
+
+def refresh_retrain_costs(result: dict) -> None:
+    """Each seed's retrain-after-every-update costs, from the setup, its update groups and the
+    measured full retrain (else base release): computed when the report is written, so a
+    rebuilt report (--report-from) uses the same arithmetic."""
+    config = apply_overrides(
+        ReleaseConfig(),
+        {"oos": result["config"]["oos"], "train": {"epochs": result["config"]["train"]["epochs"]}},
+        source="results JSON",
+    )
+    start, step = result["setup"]["start"], result["setup"]["step"]
+    for seed_result in result["seeds"]:
+        groups = seed_result.get("groups")
+        if not groups:
+            continue
+        intents = seed_result.get("intents", sum(len(g) for g in groups))
+        counts = []
+        for k in range(len(groups)):
+            grown = sum(len(g) for g in groups[: k + 1])
+            counts.append([start + step] * grown + [start] * (intents - grown))
+        for key, measured in (
+            ("retrain_per_update", seed_result.get("full_retrain")),
+            ("retrain_per_update_from_base", seed_result.get("base")),
+        ):
+            if measured:
+                seed_result[key] = retrain_costs(config, counts, measured["cost"])
 
 
 def methods(args: argparse.Namespace) -> dict[str, dict]:
@@ -305,8 +343,7 @@ def run_seed(
     final_counts = {
         i: (0, args.start + (args.step if any(i in g for g in groups) else 0)) for i in everything
     }
-    result.update(seed=seed, groups=groups, methods={})
-    rows = [len(base_data) + args.step * len(g) * (k + 1) for k, g in enumerate(groups)]
+    result.update(seed=seed, groups=groups, intents=len(everything), methods={})
     if methods(args) or not args.no_corrections:
         base, base_cost = cached_init(workdir, "base", base_data, config, args.reuse)
         base_clf = IntentClassifier.load(base, "v1")
@@ -318,9 +355,6 @@ def run_seed(
             "accuracy_val": pooled(base_val, everything),
         }
         print(f"  base: test acc {100 * result['base']['accuracy']:.2f}", flush=True)
-        # The base is an `init` with the retrain's recipe: its seconds per example give the
-        # retrains' seconds when they are not run (--no-retrain).
-        result["retrain_per_update_from_base"] = retrain_costs(config, rows, base_cost)
     if not args.no_corrections:
         result["corrections"] = run_corrections(base, raw, base_test, workdir, everything)
     for name, overrides in methods(args).items():
@@ -351,7 +385,6 @@ def run_seed(
         print(
             f"  full retrain: test acc {100 * result['full_retrain']['accuracy']:.2f}", flush=True
         )
-        result["retrain_per_update"] = retrain_costs(config, rows, cost)
 
 
 # ---- summary and report -----------------------------------------------------------------------
@@ -556,7 +589,8 @@ def markdown(result: dict, out: Path) -> str:
                 "",
                 "Retraining after every update instead: "
                 + ", ".join(
-                    f"{r['rows']} rows = {r['examples_processed']} examples (~{r['compute_s']:.0f} s)"
+                    f"{r['rows']} rows ({r['trained_rows']} trained) = {r['examples_processed']} "
+                    f"examples (~{r['compute_s']:.0f} s)"
                     for r in per_update
                 )
                 + f"; {total} examples in all (exact), seconds scaled from {source}. The cost "
@@ -672,6 +706,9 @@ def merge(parts: list[dict]) -> dict:
 
 
 def write_outputs(result: dict, out: Path) -> None:
+    # The base is an `init` with the retrain's recipe: its seconds per example give the
+    # retrains' seconds when they are not run (--no-retrain).
+    refresh_retrain_costs(result)
     result["summary"] = summarise(result)
     result["floors"] = floors(result)
     out.parent.mkdir(parents=True, exist_ok=True)
