@@ -503,7 +503,7 @@ def markdown(result: dict, out: Path) -> str:
     lines = [
         "# Updating existing intents on CLINC150: `intent-ci update` against a retrain",
         "",
-        f"Backbone `{result['backbone']}`, seeds {', '.join(str(s['seed']) for s in result['seeds'])}, "
+        f"Backbone `{result['backbone']}`, seeds {', '.join(str(s['seed']) for s in result['seeds'])}; "
         f"{result['machine']['cpu_count']} CPU cores, {result['date']}. Produced by "
         + (
             " and ".join(f"`{c}`" for c in result["command"])
@@ -511,8 +511,8 @@ def markdown(result: dict, out: Path) -> str:
             if isinstance(result["command"], list)
             else f"`{result['command']}`"
         )
-        + f"; {out.name}.json has every number. All accuracies are on the "
-        "CLINC150 **test** split (in-scope intents).",
+        + f"; {out.name}.json has every number. Accuracies are on the CLINC150 **test** split "
+        "(in-scope intents), except in the val section at the end.",
         "",
         f"Thin start: {result['setup']['start']} utterances for each of the 150 intents; then "
         f"{result['setup']['updates']} updates of +{result['setup']['step']} utterances for 50 "
