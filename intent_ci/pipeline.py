@@ -210,12 +210,7 @@ def _teacher_targets(
     rest = tokenized.select(range(len(logits), len(tokenized)))
     rest = rest.remove_columns("index").add_column("index", list(range(len(rest))))
     loader = accelerator.prepare(
-        make_loader(
-            rest,
-            backbone.tokenizer,
-            config.train.eval_batch_size,
-            shuffle=False,
-        )
+        make_loader(rest, backbone.tokenizer, config.train.eval_batch_size, shuffle=False)
     )
     more_logits, more_pooled = predict_logits_and_pooled(model, loader, accelerator)
     return torch.cat([logits, more_logits]), torch.cat([pooled.float(), more_pooled])

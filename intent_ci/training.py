@@ -450,8 +450,9 @@ def hold_parent_weights(model: IntentModel, cfg: TrainConfig) -> None:
 
     The encoder trains its LoRA weights only, and none with ``cfg.lora`` off (a line that
     `init` put on the head alone, see `intent_ci.fallback`). With `cfg.freeze_dense` the head's
-    dense layer (cls pooling) is frozen as well: it feeds every intent's logit, so with it training the old
-    intents' logits would move even with their rows frozen (:class:`_RowFreezer`). Frozen
+    dense layer (cls pooling) is frozen as well: it feeds every intent's logit, so with it
+    training the old intents' logits would move even with their rows frozen
+    (:class:`_RowFreezer`). Frozen
     parameters stay out of the optimizer, so AdamW's weight decay cannot move them either.
     Call after the head is widened and before :func:`train` builds the optimizer.
     """

@@ -12,7 +12,8 @@ choose      `fallback.head_epochs` on the **val** split: the head alone is fitte
             over sizes and seeds is within 0.1 points of the best.
 
 guarantee   for N in --sizes and each seed: `init` with the shipped config and
-            `fallback.enabled: true` on N utterances per intent. Reported: the two held-out accuracies and the choice from the manifest;
+            `fallback.enabled: true` on N utterances per intent. Reported: the two held-out
+            accuracies and the choice from the manifest;
             on **test**, the release, its fine-tuned and head-alone arms (the arm not chosen
             is made by the same `init` with the choice forced the other way:
             `fallback.enabled: false` or `fallback.min_gain: 100`; training comes before the
@@ -25,7 +26,8 @@ guarantee   for N in --sizes and each seed: `init` with the shipped config and
     python scripts/bench_fallback.py --sizes 10 50 --seeds 0 1 2
 
 Writes <out>.json and <out>.md (default scripts/results/bench_fallback; the choice goes to
-scripts/results/fallback_head_epochs). CLINC150 (CC BY 3.0) is read from ../shared/datasets/clinc150/.
+scripts/results/fallback_head_epochs). CLINC150 (CC BY 3.0) is read from
+../shared/datasets/clinc150/.
 """
 
 from __future__ import annotations

@@ -159,7 +159,6 @@ def tiny_overrides(backbone: Path, **sections) -> dict:
         "train": {
             "epochs": 10,
             "add_intent_epochs": 10,
-            "update_epochs": 10,
             "batch_size": 16,
             "lr": 1e-2,
             "head_lr": 5e-2,
