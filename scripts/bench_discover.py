@@ -570,6 +570,8 @@ MERGE_GRID = (None, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)
 """`DiscoverConfig.merge_similarity` values tried on val traffic (None: no merging)."""
 TARGET_GRID = (None, 0.9, 0.93, 0.95, 0.97)
 """`DiscoverConfig.target_recall` values tried on val traffic (None: the release's own rule)."""
+SIMILARITY_GRID = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75)
+"""`DiscoverConfig.similarity` values tried on val traffic (the whole shipped pipeline)."""
 SUMMARY_KEYS = (
     "recovered_share",
     "held_out_covered_share",
@@ -667,13 +669,27 @@ def choose_usable(args: argparse.Namespace, raw: dict, seeds: list[int], name: s
 
 
 def choose_target(args: argparse.Namespace, raw: dict, seeds: list[int]) -> dict:
-    """`DiscoverConfig.target_recall` chosen on val traffic (`val_runs`), with the shipped
-    out-of-scope rule on each base release.
+    """`DiscoverConfig.target_recall` chosen on val traffic (`choose_recovered`), with the
+    shipped out-of-scope rule on each base release."""
+    return choose_recovered(args, raw, seeds, "target_recall", TARGET_GRID)
+
+
+def choose_similarity(args: argparse.Namespace, raw: dict, seeds: list[int]) -> dict:
+    """`DiscoverConfig.similarity` chosen on val traffic (`choose_recovered`) through the whole
+    shipped pipeline (release features, target_recall, merging, joining), where the method
+    choice had used frozen embeddings and no rejection step."""
+    return choose_recovered(args, raw, seeds, "similarity", SIMILARITY_GRID)
+
+
+def choose_recovered(
+    args: argparse.Namespace, raw: dict, seeds: list[int], name: str, grid
+) -> dict:
+    """DiscoverConfig field `name` chosen on val traffic (`val_runs`).
 
     Rule, fixed before the run: the largest mean recovered share with mean noise share <= 5%;
     ties go to the larger mean ARI.
     """
-    runs = val_runs(args, raw, seeds, "target_recall", TARGET_GRID)
+    runs = val_runs(args, raw, seeds, name, grid)
     eligible = [x for x in runs["summary"] if x["noise_share"] <= 0.05] or runs["summary"]
     chosen = max(eligible, key=lambda x: (round(x["recovered_share"], 6), x["ari"]))
     return {
@@ -683,7 +699,7 @@ def choose_target(args: argparse.Namespace, raw: dict, seeds: list[int]) -> dict
         "oos": asdict(OOSConfig()),
         "rule": "largest mean recovered share with mean noise <= 5%, ties to the larger mean ARI",
         **runs,
-        "chosen": chosen["target_recall"],
+        "chosen": chosen[name],
     }
 
 
@@ -981,6 +997,12 @@ def markdown(result: dict, out: Path) -> str:
             "target_recall",
             "the release's own threshold only",
         ),
+        (
+            "similarity_choice",
+            "What holds a cluster together",
+            "similarity",
+            "no setting is off; the shipped value before the choice was 0.65",
+        ),
     ):
         if result.get(key):
             lines += val_choice_section(result[key], title, name, off)
@@ -1151,6 +1173,11 @@ def main() -> None:
         action="store_true",
         help="only the choice of target_recall on val traffic (the seeds' base releases)",
     )
+    parser.add_argument(
+        "--choose-similarity",
+        action="store_true",
+        help="only the choice of similarity on val traffic (the seeds' base releases)",
+    )
     parser.add_argument("--no-e2e", action="store_true", help="skip the add-intent comparison")
     parser.add_argument(
         "--add-epochs", type=int, default=None, help="add_intent_epochs of the end-to-end arms"
@@ -1201,21 +1228,17 @@ def main() -> None:
         choice = choose_method(raw, args.backbone, [100, 101, 102])
         (workdir / "method_choice.json").write_text(json.dumps(choice, indent=1))
         return
-    if args.choose_join:
-        choice = choose_join(args, raw, args.seeds)
-        (workdir / "join_choice.json").write_text(json.dumps(choice, indent=1))
-        print(f"join_similarity chosen on val: {choice['chosen']}", flush=True)
-        return
-    if args.choose_merge:
-        choice = choose_merge(args, raw, args.seeds)
-        (workdir / "merge_choice.json").write_text(json.dumps(choice, indent=1))
-        print(f"merge_similarity chosen on val: {choice['chosen']}", flush=True)
-        return
-    if args.choose_target:
-        choice = choose_target(args, raw, args.seeds)
-        (workdir / "target_choice.json").write_text(json.dumps(choice, indent=1))
-        print(f"target_recall chosen on val: {choice['chosen']}", flush=True)
-        return
+    for flag, choose, name in (
+        ("choose_join", choose_join, "join"),
+        ("choose_merge", choose_merge, "merge"),
+        ("choose_target", choose_target, "target"),
+        ("choose_similarity", choose_similarity, "similarity"),
+    ):
+        if getattr(args, flag):
+            choice = choose(args, raw, args.seeds)
+            (workdir / f"{name}_choice.json").write_text(json.dumps(choice, indent=1))
+            print(f"{name}: chosen on val: {choice['chosen']}", flush=True)
+            return
     result: dict = {
         "command": " ".join(["python scripts/bench_discover.py", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d"),
@@ -1228,15 +1251,10 @@ def main() -> None:
     choice = workdir / "method_choice.json"
     if choice.is_file():
         result["method_choice"] = json.loads(choice.read_text())
-    join_choice = workdir / "join_choice.json"
-    if join_choice.is_file():
-        result["join_choice"] = json.loads(join_choice.read_text())
-    merge_choice = workdir / "merge_choice.json"
-    if merge_choice.is_file():
-        result["merge_choice"] = json.loads(merge_choice.read_text())
-    target_choice = workdir / "target_choice.json"
-    if target_choice.is_file():
-        result["target_choice"] = json.loads(target_choice.read_text())
+    for name in ("join", "merge", "target", "similarity"):
+        choice_file = workdir / f"{name}_choice.json"
+        if choice_file.is_file():
+            result[f"{name}_choice"] = json.loads(choice_file.read_text())
     partial = workdir / "partial.json"
     for path in args.seeds_from:
         earlier = json.loads(Path(path).read_text())
