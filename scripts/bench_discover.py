@@ -891,7 +891,9 @@ def val_choice_section(choice: dict, title: str, name: str, off: str) -> list[st
         + ", every other field at its default; traffic = the `val` utterances of all 150 intents + "
         "`oos_val` (never the benchmark's traffic, never test); mean over seeds "
         f"{', '.join(map(str, choice['seeds']))}. Rule, fixed before the run: {choice['rule']}. "
-        f"Chosen: **{choice['chosen']}** (none: {off}). Usable = held-out utterances in a "
+        f"Chosen: **{choice['chosen']}**"
+        + (f" (none: {off})" if off else "")
+        + ". Usable = held-out utterances in a "
         "candidate matched to their own intent (covered x ACC).",
         "",
         *val_choice_table(choice["summary"], name),
@@ -955,7 +957,11 @@ def markdown(result: dict, out: Path) -> str:
             "",
             "## End to end: add-intent with the discovered files vs the true labels",
             "",
-            "Test accuracy on the recovered held-out intents after `add-intent` with: the "
+            "Test accuracy on the recovered held-out intents after `add-intent` ("
+            + ", ".join(
+                sorted({f"{s['end_to_end'].get('add_intent_epochs', '?')} epoch(s)" for s in e2e})
+            )
+            + ", every arm) with: the "
             "discovered files as written (every recovered candidate, auto-named, each name "
             "mapped to its majority intent for scoring only; files per seed in brackets after "
             "the intents, where the run recorded them); the same utterances under their true "
@@ -1001,7 +1007,7 @@ def markdown(result: dict, out: Path) -> str:
             "similarity_choice",
             "What holds a cluster together",
             "similarity",
-            "no setting is off; the shipped value before the choice was 0.65",
+            "",
         ),
     ):
         if result.get(key):
@@ -1260,6 +1266,7 @@ def main() -> None:
         earlier = json.loads(Path(path).read_text())
         result["seeds"] += earlier["seeds"]
         result.setdefault("merged_from", []).append({"file": path, "command": earlier["command"]})
+    result["seeds"].sort(key=lambda s: s["seed"])
     if args.scale_from:
         earlier = json.loads(Path(args.scale_from).read_text())
         result["scale"] = earlier["scale"]
