@@ -632,6 +632,54 @@ def join_candidates(
     return np.where(ok, best, -1).astype(np.int64)
 
 
+def join_by_neighbours(
+    x: np.ndarray,
+    members: np.ndarray,
+    member_labels: np.ndarray,
+    known: np.ndarray | None,
+    centres: np.ndarray,
+    threshold: float,
+    k: int,
+    chunk: int = 1024,
+) -> np.ndarray:
+    """The candidate each row of `x` joins, or -1, by its `k` nearest neighbours.
+
+    The neighbours are looked up among the candidates' members and the existing intents' replay
+    exemplars. A row joins the candidate that holds more than half of them, when its cosine
+    similarity to that candidate's centre is at least `threshold`.
+
+    Args:
+        x: unit-length embeddings of the utterances outside every candidate.
+        members: unit-length embeddings of the candidates' members; member_labels their
+            candidates (0, 1, ...).
+        known: unit-length embeddings of the existing intents' exemplars, or None.
+        centres: unit-length centres of the candidates, one row each.
+        chunk: rows of `x` per matrix product (bounds memory).
+    """
+    out = np.full(len(x), -1, dtype=np.int64)
+    if not len(x) or not len(members):
+        return out
+    pool = members if known is None or not len(known) else np.concatenate([members, known])
+    pool_labels = np.concatenate(
+        [member_labels.astype(np.int64), np.full(len(pool) - len(members), -1, dtype=np.int64)]
+    )
+    k = min(k, len(pool))
+    for start in range(0, len(x), chunk):
+        block = x[start : start + chunk]
+        sims = block @ pool.T
+        nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        votes = pool_labels[nearest]
+        for row, v in enumerate(votes):
+            v = v[v >= 0]
+            if not len(v):
+                continue
+            counts = np.bincount(v)
+            best = int(counts.argmax())
+            if counts[best] * 2 > k and float(block[row] @ centres[best]) >= threshold:
+                out[start + row] = best
+    return out
+
+
 def _centres(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     centres = np.stack([x[labels == c].mean(axis=0) for c in range(k)])
     return centres / np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
@@ -732,12 +780,13 @@ def describe(
 
 def intent_prototypes(
     classifier: Any, features: str, batch_size: int
-) -> tuple[dict[str, np.ndarray], list[list[str]]]:
-    """Unit-length mean embedding of each existing intent's replay exemplars, and the exemplars."""
+) -> tuple[dict[str, np.ndarray], list[list[str]], np.ndarray | None]:
+    """Unit-length mean embedding of each existing intent's replay exemplars, the exemplars, and
+    their unit-length embeddings (None when there are none)."""
     memory = classifier.release.replay
     intents = [i for i in classifier.intents if memory.get(i)]
     if not intents:
-        return {}, []
+        return {}, [], None
     texts = [t for i in intents for t in memory[i]]
     x = embed(classifier, texts, features, batch_size, desc="embedding existing intents")
     out, at = {}, 0
@@ -746,7 +795,7 @@ def intent_prototypes(
         centre = x[at : at + n].mean(axis=0)
         out[intent] = centre / max(np.linalg.norm(centre), 1e-12)
         at += n
-    return out, [memory[i] for i in intents]
+    return out, [memory[i] for i in intents], x
 
 
 def discover(classifier: Any, traffic: Traffic, cfg: DiscoverConfig | None = None) -> Discovery:
@@ -820,19 +869,35 @@ def discover(classifier: Any, traffic: Traffic, cfg: DiscoverConfig | None = Non
             sum(len(np.flatnonzero(labels == k)) for k in range(n_clusters) if k not in remap)
         )
         labels = np.array([remap.get(int(c), -1) for c in labels])
-    prototypes, exemplars = intent_prototypes(classifier, cfg.features, cfg.batch_size)
+    prototypes, exemplars, exemplar_x = intent_prototypes(classifier, cfg.features, cfg.batch_size)
     rows, joined = chosen, np.zeros(len(chosen), dtype=bool)
     n_kept = int(labels.max()) + 1 if len(labels) and labels.max() >= 0 else 0
     if cfg.join_similarity is not None and n_kept:
         centres = _centres(x, labels, n_kept)
         known = np.stack(list(prototypes.values())) if prototypes else None
+        clustered = np.flatnonzero(labels >= 0)
+        members, member_labels = x[clustered], labels[clustered]
+
+        def join(y: np.ndarray) -> np.ndarray:
+            if cfg.join_neighbours is None:
+                return join_candidates(y, centres, known, cfg.join_similarity)
+            return join_by_neighbours(
+                y,
+                members,
+                member_labels,
+                exemplar_x,
+                centres,
+                cfg.join_similarity,
+                cfg.join_neighbours,
+            )
+
         labels = labels.copy()
         noise = np.flatnonzero(labels < 0)
-        labels[noise] = join_candidates(x[noise], centres, known, cfg.join_similarity)
+        labels[noise] = join(x[noise])
         joined[noise[labels[noise] >= 0]] = True
         if scored.features is not None:  # release features: accepted utterances may join too
             outside = np.setdiff1d(np.arange(len(texts)), chosen)
-            to = join_candidates(scored.features[outside], centres, known, cfg.join_similarity)
+            to = join(scored.features[outside])
             add = outside[to >= 0]
             rows = np.concatenate([chosen, add])
             labels = np.concatenate([labels, to[to >= 0]])

@@ -566,6 +566,8 @@ def run_seed(args: argparse.Namespace, raw: dict, seed: int) -> dict:
 
 
 JOIN_GRID = (None, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75)
+NEIGHBOURS_GRID = (None, 1, 3, 5, 9)
+"""`DiscoverConfig.join_neighbours` values tried on val traffic (None: joining by centres)."""
 MERGE_GRID = (None, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)
 """`DiscoverConfig.merge_similarity` values tried on val traffic (None: no merging)."""
 TARGET_GRID = (None, 0.9, 0.93, 0.95, 0.97)
@@ -631,6 +633,12 @@ def val_runs(args: argparse.Namespace, raw: dict, seeds: list[int], name: str, g
 def choose_join(args: argparse.Namespace, raw: dict, seeds: list[int]) -> dict:
     """`DiscoverConfig.join_similarity` chosen on val traffic (`choose_usable`)."""
     return choose_usable(args, raw, seeds, "join_similarity", JOIN_GRID)
+
+
+def choose_neighbours(args: argparse.Namespace, raw: dict, seeds: list[int]) -> dict:
+    """`DiscoverConfig.join_neighbours` chosen on val traffic (`choose_usable`): joining by the
+    nearest neighbours against joining by centres (None)."""
+    return choose_usable(args, raw, seeds, "join_neighbours", NEIGHBOURS_GRID)
 
 
 def choose_merge(args: argparse.Namespace, raw: dict, seeds: list[int]) -> dict:
@@ -1004,6 +1012,12 @@ def markdown(result: dict, out: Path) -> str:
             "the release's own threshold only",
         ),
         (
+            "neighbours_choice",
+            "Joining by neighbours or by centres",
+            "join_neighbours",
+            "joining by centres",
+        ),
+        (
             "similarity_choice",
             "What holds a cluster together",
             "similarity",
@@ -1184,6 +1198,11 @@ def main() -> None:
         action="store_true",
         help="only the choice of similarity on val traffic (the seeds' base releases)",
     )
+    parser.add_argument(
+        "--choose-neighbours",
+        action="store_true",
+        help="only the choice of join_neighbours on val traffic (the seeds' base releases)",
+    )
     parser.add_argument("--no-e2e", action="store_true", help="skip the add-intent comparison")
     parser.add_argument(
         "--add-epochs", type=int, default=None, help="add_intent_epochs of the end-to-end arms"
@@ -1239,6 +1258,7 @@ def main() -> None:
         ("choose_merge", choose_merge, "merge"),
         ("choose_target", choose_target, "target"),
         ("choose_similarity", choose_similarity, "similarity"),
+        ("choose_neighbours", choose_neighbours, "neighbours"),
     ):
         if getattr(args, flag):
             choice = choose(args, raw, args.seeds)
@@ -1257,7 +1277,7 @@ def main() -> None:
     choice = workdir / "method_choice.json"
     if choice.is_file():
         result["method_choice"] = json.loads(choice.read_text())
-    for name in ("join", "merge", "target", "similarity"):
+    for name in ("join", "merge", "target", "similarity", "neighbours"):
         choice_file = workdir / f"{name}_choice.json"
         if choice_file.is_file():
             result[f"{name}_choice"] = json.loads(choice_file.read_text())

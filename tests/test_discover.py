@@ -145,6 +145,12 @@ def test_config_rejects_bad_values_and_unknown_keys(tmp_path):
         load_discover_config(path)
     with pytest.raises(IntentCIError, match=r"`discover.merge_similarity`: must be a cosine"):
         DiscoverConfig(merge_similarity=1.5)
+    path.write_text("discover:\n  join_neighbours: 0\n")
+    with pytest.raises(IntentCIError, match=r"`discover.join_neighbours`: must be a number of"):
+        load_discover_config(path)
+    path.write_text("discover:\n  join_neighbours: 2.5\n")
+    with pytest.raises(IntentCIError, match=r"`discover.join_neighbours`"):
+        load_discover_config(path)
     path.write_text("discover:\n  similarity: 0.6\n  min_score: 3\n  merge_similarity: null\n")
     cfg = load_discover_config(path)
     assert cfg.similarity == 0.6 and cfg.min_score == 3.0 and cfg.merge_similarity is None
@@ -250,6 +256,52 @@ def test_join_candidates_needs_the_threshold_and_to_beat_every_existing_intent()
     assert join_candidates(x, centres, known, 0.9).tolist() == [0, -1, -1, -1]
     assert join_candidates(x, centres, None, 0.5).tolist() == [0, 1, 0, -1]
     assert join_candidates(x[:0], centres, known, 0.5).tolist() == []
+
+
+def test_join_by_neighbours_follows_the_majority_of_the_nearest_points():
+    from intent_ci.discover import join_by_neighbours
+
+    e = np.eye(4, dtype=np.float32)
+
+    def unit(v):
+        return (v / np.linalg.norm(v)).astype(np.float32)
+
+    # candidate 0's members sit around e0, candidate 1's around e1; an existing intent's
+    # exemplars sit around e2, close to candidate 0's side
+    members = np.stack([unit(e[0] + d * e[3]) for d in (0.0, 0.1, 0.2)] + [e[1], e[1]])
+    member_labels = np.array([0, 0, 0, 1, 1])
+    known = np.stack([unit(e[2] + d * e[3]) for d in (0.0, 0.1, 0.2)])
+    centres = np.stack([e[0], e[1]])
+    x = np.stack(
+        [
+            unit(e[0] + 0.15 * e[3]),  # among candidate 0's members
+            unit(0.4 * e[0] + e[2]),  # nearer the exemplars: they hold the majority
+            unit(e[0] + 0.9 * e[2]),  # nearest candidate 0, but 0.74 to its centre
+            e[3],  # equally far from everything, nearest the exemplars
+        ]
+    )
+    assert join_by_neighbours(x, members, member_labels, known, centres, 0.5, 3).tolist() == [
+        0,
+        -1,
+        0,
+        -1,
+    ]
+    # the centre threshold still applies
+    assert join_by_neighbours(x, members, member_labels, known, centres, 0.8, 3).tolist() == [
+        0,
+        -1,
+        -1,
+        -1,
+    ]
+    # a tie is no majority: one of two neighbours from each side joins nothing
+    tie = unit(e[0] + e[2])[None]
+    assert join_by_neighbours(tie, members, member_labels, known, centres, 0.0, 2).tolist() == [-1]
+    # no exemplars: only the members vote, so the second row joins too; chunking changes nothing
+    assert join_by_neighbours(x, members, member_labels, known, centres, 0.3, 3).tolist()[1] == -1
+    assert join_by_neighbours(
+        x, members, member_labels, None, centres, 0.3, 3, chunk=1
+    ).tolist() == [0, 0, 0, -1]
+    assert join_by_neighbours(x[:0], members, member_labels, known, centres, 0.5, 3).tolist() == []
 
 
 def test_merge_candidates_joins_the_pieces_of_one_group_and_does_not_chain():
