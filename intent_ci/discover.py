@@ -875,20 +875,14 @@ def discover(classifier: Any, traffic: Traffic, cfg: DiscoverConfig | None = Non
     if cfg.join_similarity is not None and n_kept:
         centres = _centres(x, labels, n_kept)
         known = np.stack(list(prototypes.values())) if prototypes else None
-        clustered = np.flatnonzero(labels >= 0)
-        members, member_labels = x[clustered], labels[clustered]
+        # the members as clustered, before anything joins (neighbour joining only)
+        members = (x[labels >= 0], labels[labels >= 0]) if cfg.join_neighbours else None
 
         def join(y: np.ndarray) -> np.ndarray:
-            if cfg.join_neighbours is None:
+            if members is None:
                 return join_candidates(y, centres, known, cfg.join_similarity)
             return join_by_neighbours(
-                y,
-                members,
-                member_labels,
-                exemplar_x,
-                centres,
-                cfg.join_similarity,
-                cfg.join_neighbours,
+                y, *members, exemplar_x, centres, cfg.join_similarity, cfg.join_neighbours
             )
 
         labels = labels.copy()
