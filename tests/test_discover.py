@@ -277,7 +277,7 @@ def test_join_by_neighbours_follows_the_majority_of_the_nearest_points():
             unit(e[0] + 0.15 * e[3]),  # among candidate 0's members
             unit(0.4 * e[0] + e[2]),  # nearer the exemplars: they hold the majority
             unit(e[0] + 0.9 * e[2]),  # nearest candidate 0, but 0.74 to its centre
-            e[3],  # equally far from everything, nearest the exemplars
+            e[3],  # far from every centre: the threshold keeps it out
         ]
     )
     assert join_by_neighbours(x, members, member_labels, known, centres, 0.5, 3).tolist() == [
