@@ -151,14 +151,24 @@ def score_rows(
     )
 
 
+def holdout_count(n: int, cfg: OOSConfig) -> int:
+    """Calibration rows an intent with `n` utterances gives: ``min(floor(n * holdout_share),
+    holdout_max_per_intent)``, never leaving fewer than ``holdout_min_train`` to train on; 0
+    with the calibration off."""
+    if not cfg.enabled:
+        return 0
+    return max(
+        0, min(int(n * cfg.holdout_share), cfg.holdout_max_per_intent, n - cfg.holdout_min_train)
+    )
+
+
 def holdout_split(
     texts: list[str], intents: list[str], cfg: OOSConfig, seed: str
 ) -> tuple[list[int], list[int]]:
     """Seeded per-intent split of rows into training rows and held-out calibration rows.
 
-    Each intent with ``n`` utterances gives ``min(floor(n * holdout_share),
-    holdout_max_per_intent)`` calibration rows, never leaving fewer than ``holdout_min_train``
-    to train on. The choice depends only on `seed`, the intent and its utterances.
+    Each intent gives `holdout_count` calibration rows. The choice depends only on `seed`, the
+    intent and its utterances.
 
     Returns:
         ``(train_rows, calibration_rows)``: row indices into `texts`, each in row order.
@@ -170,9 +180,8 @@ def holdout_split(
         by_intent.setdefault(intent, []).append(row)
     held: set[int] = set()
     for intent, rows in by_intent.items():
-        n = len(rows)
-        k = min(int(n * cfg.holdout_share), cfg.holdout_max_per_intent, n - cfg.holdout_min_train)
-        if k <= 0:
+        k = holdout_count(len(rows), cfg)
+        if k == 0:
             continue
         ordered = sorted(rows, key=lambda r: texts[r])  # independent of input row order
         held.update(random.Random(f"{seed}-{intent}").sample(ordered, k))

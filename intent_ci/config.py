@@ -621,9 +621,10 @@ class FallbackConfig:
     With `enabled` (off by default), after training `init` also fits the head alone on the
     frozen encoder's embeddings of the same rows (the frozen probe, in the release's own head)
     and scores both on the calibration utterances, which neither trained on. Fine-tuning is
-    kept when it is at least `min_gain` points better; otherwise the release is the frozen encoder with the head alone, and it
-    records ``train.lora: false`` so the rest of the line trains the head alone too. The
-    manifest's ``metrics.fallback`` holds both accuracies and the choice.
+    kept when it is at least `min_gain` points better; otherwise the release is the frozen
+    encoder with the head alone, and it records ``train.lora: false`` so the rest of the line
+    trains the head alone too. The manifest's ``metrics.fallback`` holds both accuracies and
+    the choice.
     """
 
     enabled: bool = field(

@@ -452,8 +452,8 @@ def hold_parent_weights(model: IntentModel, cfg: TrainConfig) -> None:
     `init` put on the head alone, see `intent_ci.fallback`). With `cfg.freeze_dense` the head's
     dense layer (cls pooling) is frozen as well: it feeds every intent's logit, so with it
     training the old intents' logits would move even with their rows frozen
-    (:class:`_RowFreezer`). Frozen
-    parameters stay out of the optimizer, so AdamW's weight decay cannot move them either.
+    (:class:`_RowFreezer`). Frozen parameters stay out of the optimizer, so AdamW's weight
+    decay cannot move them either.
     Call after the head is widened and before :func:`train` builds the optimizer.
     """
     for name, p in model.encoder.named_parameters():

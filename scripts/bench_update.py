@@ -18,6 +18,7 @@ Compared in one run:
                     intent. Its examples are exact (the rows `init` trains on, each intent's
                     less its out-of-scope calibration hold-out, x (epochs + one feature pass));
                     its seconds are the final retrain's seconds per example times those
+                    examples
 
 Reported per update: the updated intents' test accuracy before and after, the untouched
 intents' change, and cost (compute seconds, examples processed) against the retrains. The same
@@ -67,7 +68,7 @@ from bench_incremental import (  # noqa: E402
     reset_peak_rss,
 )
 
-from intent_ci.calibration import holdout_split  # noqa: E402
+from intent_ci.calibration import holdout_count  # noqa: E402
 from intent_ci.cli import _quiet_libraries  # noqa: E402
 from intent_ci.config import PACKAGED_MINILM, ReleaseConfig, apply_overrides  # noqa: E402
 from intent_ci.data import read_examples  # noqa: E402
@@ -269,14 +270,11 @@ def retrain_costs(config: ReleaseConfig, counts: list[list[int]], measured: dict
     seconds scaled from `measured` (an `init` with the same recipe).
 
     `init` trains on each intent's utterances less its out-of-scope calibration hold-out
-    (`holdout_split`, the split `init` makes), `epochs` passes, plus one feature pass."""
+    (`holdout_count`), `epochs` passes, plus one feature pass."""
     per_example = measured["compute_s"] / measured["examples_processed"]
     out = []
     for per_intent in counts:
-        trained = sum(
-            len(holdout_split([str(j) for j in range(n)], ["x"] * n, config.oos, "count")[0])
-            for n in per_intent
-        )
+        trained = sum(n - holdout_count(n, config.oos) for n in per_intent)
         examples = trained * (config.train.epochs + 1)
         out.append(
             {
@@ -291,8 +289,9 @@ def retrain_costs(config: ReleaseConfig, counts: list[list[int]], measured: dict
 
 def refresh_retrain_costs(result: dict) -> None:
     """Each seed's retrain-after-every-update costs, from the setup, its update groups and the
-    measured full retrain (else base release): computed when the report is written, so a
-    rebuilt report (--report-from) uses the same arithmetic."""
+    measured full retrain (else the base release, an `init` with the retrain's recipe, when the
+    retrain was not run): computed when the report is written, so a rebuilt report
+    (--report-from) uses the same arithmetic."""
     config = apply_overrides(
         ReleaseConfig(),
         {"oos": result["config"]["oos"], "train": {"epochs": result["config"]["train"]["epochs"]}},
@@ -706,8 +705,6 @@ def merge(parts: list[dict]) -> dict:
 
 
 def write_outputs(result: dict, out: Path) -> None:
-    # The base is an `init` with the retrain's recipe: its seconds per example give the
-    # retrains' seconds when they are not run (--no-retrain).
     refresh_retrain_costs(result)
     result["summary"] = summarise(result)
     result["floors"] = floors(result)

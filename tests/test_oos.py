@@ -15,6 +15,7 @@ import torch
 from intent_ci import pipeline
 from intent_ci.calibration import (
     calibrate_release_scores,
+    holdout_count,
     holdout_split,
     make_bank,
     read_calibration,
@@ -170,6 +171,9 @@ def test_holdout_is_seeded_per_intent_disjoint_and_leaves_enough_to_train():
     assert sorted(texts[order[r]] for r in held_rev) == sorted(texts[r] for r in held)
     assert holdout_split(texts, intents, cfg, seed="1")[1] != held
     assert holdout_split(texts, intents, OOSConfig(enabled=False), "0")[1] == []
+    # holdout_count is the same rule, for a count without the rows (benchmarks' cost arithmetic)
+    assert [holdout_count(n, cfg) for n in (40, 3)] == [held_by["a"], held_by["c"]]
+    assert holdout_count(40, OOSConfig(enabled=False)) == 0
 
 
 def test_oos_config_fields_are_checked():
