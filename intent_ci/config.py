@@ -1361,12 +1361,12 @@ class DiscoverConfig:
         },
     )
     similarity: float = field(
-        default=0.6,
+        default=0.55,
         metadata={
             "help": "Cosine similarity that holds a cluster together (community, agglomerative). "
-            "Chosen on CLINC150 val traffic over 3 seeds through the whole pipeline: 78.9% of "
-            "held-out intents recovered at 0.6, 75.6% at 0.65, 76.7% at 0.55; 0.5 let 5.8% "
-            "noise through (scripts/results/bench_discover.md)."
+            "Chosen on CLINC150 val traffic over 3 seeds through the whole pipeline (merging at "
+            "0.65): 83.3% of held-out intents recovered at 0.55, 81.1% at 0.6, 75.6% at 0.65; "
+            "0.5 let 5.7% noise through (docs/benchmarks.md, Intent discovery)."
         },
     )
     min_cluster_size: int = field(
@@ -1384,30 +1384,32 @@ class DiscoverConfig:
         metadata={"help": "At most this many candidates, the largest; the rest count as noise."},
     )
     merge_similarity: float | None = field(
-        default=0.65,
+        default=None,
         metadata={
             "help": "After clustering, candidates whose centres have at least this cosine "
             "similarity merge into one (complete linkage over the centres: every pair of merged "
             "pieces is that similar), so an intent that clustering split into pieces becomes one "
-            "candidate. Chosen on CLINC150 val traffic over 3 seeds at clustering similarity "
-            "0.6: at 0.65 ACC 91.4 and ARI 92.2 against 89.9 and 90.9 without merging (mean), "
-            "as many held-out intents recovered (81.1%); at 0.6 and below distinct intents "
-            "merged and fewer were recovered (scripts/results/bench_discover.md). None: no "
-            "merging."
+            "candidate. None: no merging. Chosen on CLINC150 val traffic over 3 seeds at "
+            "clustering similarity 0.55: 0.65 and above merged nothing there (a tie with no "
+            "merging, which the rule takes), and 0.4-0.6 merged distinct intents and recovered "
+            "fewer (71-77% of held-out intents against 83.3%). At the looser clusterings of "
+            "similarity 0.6 and 0.65, 0.65 and 0.6 had won (docs/benchmarks.md, Intent "
+            "discovery); set it if one intent comes out in several candidates."
         },
     )
     join_similarity: float | None = field(
-        default=0.45,
+        default=0.4,
         metadata={
             "help": "After clustering, a traffic utterance outside every candidate (left "
             "unclustered, or, with `features: release`, accepted by the release) joins the "
             "candidate whose centre is most similar to it, when that cosine similarity is at "
             "least this AND higher than its similarity to every existing intent's centre. The "
             "candidate files then also hold the new intent's utterances that the release "
-            "answered with an old intent. Chosen on CLINC150 val traffic over 3 seeds: at 0.45 "
-            "the candidates cover 58% of the held-out intents' utterances instead of 38%, with "
-            "ACC 89.6 instead of 88.3 and 2.2% noise instead of 1.5% "
-            "(scripts/results/bench_discover.md). None: no joining."
+            "answered with an old intent. Chosen on CLINC150 val traffic over 3 seeds at "
+            "clustering similarity 0.55: at 0.4 the candidates cover 76.7% of the held-out "
+            "intents' utterances instead of 60.8% without joining, ACC 92.6 instead of 93.1, "
+            "noise 4.2% instead of 2.4%; 0.3 let 5.9% noise through (docs/benchmarks.md, "
+            "Intent discovery). None: no joining."
         },
     )
     join_neighbours: int | None = field(

@@ -586,8 +586,9 @@ SUMMARY_KEYS = (
 
 def val_runs(args: argparse.Namespace, raw: dict, seeds: list[int], name: str, grid) -> dict:
     """`discover` on val traffic with every value of `grid` for DiscoverConfig field `name`
-    (the others at their defaults): for each seed's base release, the `val` utterances of all
-    150 intents plus `oos_val` (never the benchmark's traffic, never test).
+    (the others at their defaults, or at `--discover-overrides`): for each seed's base release,
+    the `val` utterances of all 150 intents plus `oos_val` (never the benchmark's traffic, never
+    test).
 
     Returns ``rows`` (one per seed and value) and ``summary`` (the mean over seeds per value).
     """
@@ -607,7 +608,8 @@ def val_runs(args: argparse.Namespace, raw: dict, seeds: list[int], name: str, g
         true_of = [truth[dedup_key(t)] for t in traffic.texts]
         index = {dedup_key(t): i for i, t in enumerate(traffic.texts)}
         for value in grid:
-            discovery = discover(clf, traffic, DiscoverConfig(**{name: value}))
+            cfg = DiscoverConfig(**{**args.discover_overrides, name: value})
+            discovery = discover(clf, traffic, cfg)
             labels = np.full(len(traffic.texts), -1)
             for k, cand in enumerate(c for c in discovery.candidates if c.belongs_to is None):
                 for u in cand.utterances:
@@ -617,7 +619,16 @@ def val_runs(args: argparse.Namespace, raw: dict, seeds: list[int], name: str, g
             m["usable_share"] = m["held_out_covered_share"] * m.get("acc", 0.0)
             rows.append({"seed": seed, name: value, **m})
             print(f"  {name} choice seed {seed}: {rows[-1]}", flush=True)
-    summary = [
+    return {
+        "rows": rows,
+        "summary": summarise(rows, name, grid),
+        "overrides": dict(args.discover_overrides),
+    }
+
+
+def summarise(rows: list[dict], name: str, grid) -> list[dict]:
+    """The mean over seeds of `SUMMARY_KEYS` for each value of `grid` (`val_runs`' rows)."""
+    return [
         {
             name: value,
             **{
@@ -627,35 +638,60 @@ def val_runs(args: argparse.Namespace, raw: dict, seeds: list[int], name: str, g
         }
         for value in grid
     ]
-    return {"rows": rows, "summary": summary}
 
 
-def choose_join(args: argparse.Namespace, raw: dict, seeds: list[int]) -> dict:
+def merged_runs(paths: list[str], name: str, grid) -> tuple[dict, list[int]]:
+    """`val_runs`' result put together from choice files of separate processes (one per seed,
+    say), with the summary recomputed over all their rows; and the seeds they cover."""
+    rows, sources, overrides = [], [], None
+    for path in paths:
+        earlier = json.loads(Path(path).read_text())
+        if earlier["rows"] and name not in earlier["rows"][0]:
+            raise SystemExit(f"{path}: a choice of another field, not {name}")
+        if overrides is not None and earlier.get("overrides", {}) != overrides:
+            raise SystemExit(f"{path}: DiscoverConfig overrides differ from {paths[0]}'s")
+        overrides = earlier.get("overrides", {})
+        rows += earlier["rows"]
+        sources.append({"file": path, "command": earlier["command"]})
+    seeds = sorted({r["seed"] for r in rows})
+    runs = {
+        "rows": sorted(rows, key=lambda r: r["seed"]),
+        "summary": summarise(rows, name, grid),
+        "overrides": overrides or {},
+        "merged_from": sources,
+    }
+    return runs, seeds
+
+
+def choose_join(args: argparse.Namespace, raw: dict, seeds: list[int], runs=None) -> dict:
     """`DiscoverConfig.join_similarity` chosen on val traffic (`choose_usable`)."""
-    return choose_usable(args, raw, seeds, "join_similarity", JOIN_GRID)
+    return choose_usable(args, raw, seeds, "join_similarity", JOIN_GRID, runs)
 
 
-def choose_neighbours(args: argparse.Namespace, raw: dict, seeds: list[int]) -> dict:
+def choose_neighbours(args: argparse.Namespace, raw: dict, seeds: list[int], runs=None) -> dict:
     """`DiscoverConfig.join_neighbours` chosen on val traffic (`choose_usable`): joining by the
     nearest neighbours against joining by centres (None)."""
-    return choose_usable(args, raw, seeds, "join_neighbours", NEIGHBOURS_GRID)
+    return choose_usable(args, raw, seeds, "join_neighbours", NEIGHBOURS_GRID, runs)
 
 
-def choose_merge(args: argparse.Namespace, raw: dict, seeds: list[int]) -> dict:
+def choose_merge(args: argparse.Namespace, raw: dict, seeds: list[int], runs=None) -> dict:
     """`DiscoverConfig.merge_similarity` chosen on val traffic (`choose_usable`), with the
     shipped out-of-scope rule and every other field at its default."""
-    return choose_usable(args, raw, seeds, "merge_similarity", MERGE_GRID)
+    return choose_usable(args, raw, seeds, "merge_similarity", MERGE_GRID, runs)
 
 
-def choose_usable(args: argparse.Namespace, raw: dict, seeds: list[int], name: str, grid) -> dict:
-    """DiscoverConfig field `name` chosen on val traffic (`val_runs`); grid[0] is None (off).
+def choose_usable(
+    args: argparse.Namespace, raw: dict, seeds: list[int], name: str, grid, runs=None
+) -> dict:
+    """DiscoverConfig field `name` chosen on val traffic (`val_runs`, or `runs` already made);
+    grid[0] is None (off).
 
     Rule, fixed before the run: the value with the largest mean usable share (held-out
     utterances in a candidate matched to their own intent: covered share x ACC), provided the
     mean noise share stays <= 5% and the mean recovered share does not fall below that of the
-    field switched off (None).
+    field switched off (None). Ties go to the value earliest in `grid` (None first).
     """
-    runs = val_runs(args, raw, seeds, name, grid)
+    runs = runs or val_runs(args, raw, seeds, name, grid)
     summary = runs["summary"]
     none = summary[0]
     eligible = [
@@ -676,28 +712,28 @@ def choose_usable(args: argparse.Namespace, raw: dict, seeds: list[int], name: s
     }
 
 
-def choose_target(args: argparse.Namespace, raw: dict, seeds: list[int]) -> dict:
+def choose_target(args: argparse.Namespace, raw: dict, seeds: list[int], runs=None) -> dict:
     """`DiscoverConfig.target_recall` chosen on val traffic (`choose_recovered`), with the
     shipped out-of-scope rule on each base release."""
-    return choose_recovered(args, raw, seeds, "target_recall", TARGET_GRID)
+    return choose_recovered(args, raw, seeds, "target_recall", TARGET_GRID, runs)
 
 
-def choose_similarity(args: argparse.Namespace, raw: dict, seeds: list[int]) -> dict:
+def choose_similarity(args: argparse.Namespace, raw: dict, seeds: list[int], runs=None) -> dict:
     """`DiscoverConfig.similarity` chosen on val traffic (`choose_recovered`) through the whole
     shipped pipeline (release features, target_recall, merging, joining), where the method
     choice had used frozen embeddings and no rejection step."""
-    return choose_recovered(args, raw, seeds, "similarity", SIMILARITY_GRID)
+    return choose_recovered(args, raw, seeds, "similarity", SIMILARITY_GRID, runs)
 
 
 def choose_recovered(
-    args: argparse.Namespace, raw: dict, seeds: list[int], name: str, grid
+    args: argparse.Namespace, raw: dict, seeds: list[int], name: str, grid, runs=None
 ) -> dict:
-    """DiscoverConfig field `name` chosen on val traffic (`val_runs`).
+    """DiscoverConfig field `name` chosen on val traffic (`val_runs`, or `runs` already made).
 
     Rule, fixed before the run: the largest mean recovered share with mean noise share <= 5%;
     ties go to the larger mean ARI.
     """
-    runs = val_runs(args, raw, seeds, name, grid)
+    runs = runs or val_runs(args, raw, seeds, name, grid)
     eligible = [x for x in runs["summary"] if x["noise_share"] <= 0.05] or runs["summary"]
     chosen = max(eligible, key=lambda x: (round(x["recovered_share"], 6), x["ari"]))
     return {
@@ -896,9 +932,22 @@ def val_choice_section(choice: dict, title: str, name: str, off: str) -> list[st
             if oos
             else ""
         )
+        + (
+            f", DiscoverConfig overrides `{json.dumps(choice['overrides'])}`"
+            if choice.get("overrides")
+            else ""
+        )
         + ", every other field at its default; traffic = the `val` utterances of all 150 intents + "
         "`oos_val` (never the benchmark's traffic, never test); mean over seeds "
-        f"{', '.join(map(str, choice['seeds']))}. Rule, fixed before the run: {choice['rule']}. "
+        f"{', '.join(map(str, choice['seeds']))}"
+        + (
+            " (the runs of "
+            + "; ".join(f"`{m['command']}`" for m in choice["merged_from"])
+            + ", put together)"
+            if choice.get("merged_from")
+            else ""
+        )
+        + f". Rule, fixed before the run: {choice['rule']}. "
         f"Chosen: **{choice['chosen']}**"
         + (f" (none: {off})" if off else "")
         + ". Usable = held-out utterances in a "
@@ -1213,7 +1262,8 @@ def main() -> None:
         type=json.loads,
         default={},
         help="DiscoverConfig fields for the per-seed discover run instead of the shipped "
-        "defaults, e.g. '{\"merge_similarity\": null}' (an ablation: the floors then describe it)",
+        "defaults, e.g. '{\"merge_similarity\": null}' (an ablation: the floors then describe it); "
+        "with a --choose-* flag, the other fields' values while that one is chosen",
     )
     parser.add_argument(
         "--scale", type=int, default=100_000, help="utterances of the timing run (0: skip)"
@@ -1241,6 +1291,14 @@ def main() -> None:
     parser.add_argument(
         "--scale-from", metavar="JSON", help="take the timing run from an earlier results file"
     )
+    parser.add_argument(
+        "--choices-from",
+        nargs="*",
+        default=[],
+        metavar="JSON",
+        help="with a --choose-* flag: apply its rule to the val runs of earlier choice files "
+        "of that field (one process per seed, say) instead of running them",
+    )
     parser.add_argument("--out", default=str(REPO / "scripts" / "results" / "bench_discover"))
     args = parser.parse_args()
     from intent_ci.cli import _quiet_libraries
@@ -1253,15 +1311,20 @@ def main() -> None:
         choice = choose_method(raw, args.backbone, [100, 101, 102])
         (workdir / "method_choice.json").write_text(json.dumps(choice, indent=1))
         return
-    for flag, choose, name in (
-        ("choose_join", choose_join, "join"),
-        ("choose_merge", choose_merge, "merge"),
-        ("choose_target", choose_target, "target"),
-        ("choose_similarity", choose_similarity, "similarity"),
-        ("choose_neighbours", choose_neighbours, "neighbours"),
+    for flag, choose, name, field_name, grid in (
+        ("choose_join", choose_join, "join", "join_similarity", JOIN_GRID),
+        ("choose_merge", choose_merge, "merge", "merge_similarity", MERGE_GRID),
+        ("choose_target", choose_target, "target", "target_recall", TARGET_GRID),
+        ("choose_similarity", choose_similarity, "similarity", "similarity", SIMILARITY_GRID),
+        ("choose_neighbours", choose_neighbours, "neighbours", "join_neighbours", NEIGHBOURS_GRID),
     ):
         if getattr(args, flag):
-            choice = choose(args, raw, args.seeds)
+            runs, seeds = (
+                merged_runs(args.choices_from, field_name, grid)
+                if args.choices_from
+                else (None, args.seeds)
+            )
+            choice = choose(args, raw, seeds, runs)
             (workdir / f"{name}_choice.json").write_text(json.dumps(choice, indent=1))
             print(f"{name}: chosen on val: {choice['chosen']}", flush=True)
             return

@@ -151,9 +151,10 @@ def test_config_rejects_bad_values_and_unknown_keys(tmp_path):
     path.write_text("discover:\n  join_neighbours: 2.5\n")
     with pytest.raises(IntentCIError, match=r"`discover.join_neighbours`"):
         load_discover_config(path)
-    path.write_text("discover:\n  similarity: 0.6\n  min_score: 3\n  merge_similarity: null\n")
+    path.write_text("discover:\n  similarity: 0.7\n  min_score: 3\n  merge_similarity: 0.75\n")
     cfg = load_discover_config(path)
-    assert cfg.similarity == 0.6 and cfg.min_score == 3.0 and cfg.merge_similarity is None
+    assert cfg.similarity == 0.7 and cfg.min_score == 3.0 and cfg.merge_similarity == 0.75
+    assert DiscoverConfig().similarity != 0.7 and DiscoverConfig().merge_similarity != 0.75
 
 
 # ---- clustering and naming ------------------------------------------------------------------------
