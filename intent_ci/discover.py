@@ -9,8 +9,7 @@ The stages, in the order data flows:
                      margin or a low score (DiscoverConfig.max_margin, .min_score)
     embed            the frozen backbone's or the release's own pooled features
     cluster          no K: community detection, HDBSCAN or agglomerative clustering; noise stays
-                     unclustered; optionally, pieces with similar centres merge
-                     (DiscoverConfig.merge_similarity);
+                     unclustered; pieces with similar centres merge (DiscoverConfig.merge_similarity);
                      at most DiscoverConfig.max_candidates
     describe         c-TF-IDF keywords and a valid intent name, representatives, near duplicates
                      folded and counted, cohesion, the nearest existing intent

@@ -574,6 +574,8 @@ TARGET_GRID = (None, 0.9, 0.93, 0.95, 0.97)
 """`DiscoverConfig.target_recall` values tried on val traffic (None: the release's own rule)."""
 SIMILARITY_GRID = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75)
 """`DiscoverConfig.similarity` values tried on val traffic (the whole shipped pipeline)."""
+CHOSEN_ON_VAL = ("target_recall", "similarity", "merge_similarity", "join_similarity")
+"""The DiscoverConfig fields chosen on val traffic; a choice file records the others' values."""
 SUMMARY_KEYS = (
     "recovered_share",
     "held_out_covered_share",
@@ -623,6 +625,11 @@ def val_runs(args: argparse.Namespace, raw: dict, seeds: list[int], name: str, g
         "rows": rows,
         "summary": summarise(rows, name, grid),
         "overrides": dict(args.discover_overrides),
+        "others": {
+            k: v
+            for k, v in asdict(DiscoverConfig(**args.discover_overrides)).items()
+            if k in CHOSEN_ON_VAL and k != name
+        },
     }
 
 
@@ -643,14 +650,18 @@ def summarise(rows: list[dict], name: str, grid) -> list[dict]:
 def merged_runs(paths: list[str], name: str, grid) -> tuple[dict, list[int]]:
     """`val_runs`' result put together from choice files of separate processes (one per seed,
     say), with the summary recomputed over all their rows; and the seeds they cover."""
-    rows, sources, overrides = [], [], None
+    rows, sources, overrides, others = [], [], None, None
     for path in paths:
         earlier = json.loads(Path(path).read_text())
         if earlier["rows"] and name not in earlier["rows"][0]:
             raise SystemExit(f"{path}: a choice of another field, not {name}")
-        if overrides is not None and earlier.get("overrides", {}) != overrides:
-            raise SystemExit(f"{path}: DiscoverConfig overrides differ from {paths[0]}'s")
+        if overrides is not None and (earlier.get("overrides", {}), earlier.get("others")) != (
+            overrides,
+            others,
+        ):
+            raise SystemExit(f"{path}: the other DiscoverConfig fields differ from {paths[0]}'s")
         overrides = earlier.get("overrides", {})
+        others = earlier.get("others")
         rows += earlier["rows"]
         sources.append({"file": path, "command": earlier["command"]})
     seeds = sorted({r["seed"] for r in rows})
@@ -659,6 +670,7 @@ def merged_runs(paths: list[str], name: str, grid) -> tuple[dict, list[int]]:
         "summary": summarise(rows, name, grid),
         "overrides": overrides or {},
         "merged_from": sources,
+        **({"others": others} if others else {}),
     }
     return runs, seeds
 
@@ -689,7 +701,8 @@ def choose_usable(
     Rule, fixed before the run: the value with the largest mean usable share (held-out
     utterances in a candidate matched to their own intent: covered share x ACC), provided the
     mean noise share stays <= 5% and the mean recovered share does not fall below that of the
-    field switched off (None). Ties go to the value earliest in `grid` (None first).
+    field switched off (None). A tie keeps the field's shipped default (a default changes only
+    when val favours another value), and otherwise goes to the value earliest in `grid`.
     """
     runs = runs or val_runs(args, raw, seeds, name, grid)
     summary = runs["summary"]
@@ -699,14 +712,21 @@ def choose_usable(
         for x in summary
         if x["noise_share"] <= 0.05 and x["recovered_share"] >= none["recovered_share"]
     ]
-    chosen = max(eligible, key=lambda x: x["usable_share"]) if eligible else none
+    if eligible:
+        best = max(x["usable_share"] for x in eligible)
+        tied = [x for x in eligible if x["usable_share"] == best]
+        default = getattr(DiscoverConfig(), name)
+        chosen = next((x for x in tied if x[name] == default), tied[0])
+    else:
+        chosen = none
     return {
         "command": " ".join(["python scripts/bench_discover.py", *sys.argv[1:]]),
         "base_epochs": args.base_epochs,
         "seeds": seeds,
         "oos": asdict(OOSConfig()),
         "rule": "largest mean usable share (covered x ACC) with mean noise <= 5% and mean "
-        f"recovered share >= {name} none",
+        f"recovered share >= {name} none; a tie keeps the default "
+        f"({getattr(DiscoverConfig(), name)})",
         **runs,
         "chosen": chosen[name],
     }
@@ -935,6 +955,11 @@ def val_choice_section(choice: dict, title: str, name: str, off: str) -> list[st
         + (
             f", DiscoverConfig overrides `{json.dumps(choice['overrides'])}`"
             if choice.get("overrides")
+            else ""
+        )
+        + (
+            " (" + ", ".join(f"{k} {v}" for k, v in choice["others"].items()) + ")"
+            if choice.get("others")
             else ""
         )
         + ", every other field at its default; traffic = the `val` utterances of all 150 intents + "
