@@ -1391,10 +1391,10 @@ class DiscoverConfig:
             "pieces is that similar), so an intent that clustering split into pieces becomes one "
             "candidate. None: no merging. Chosen on CLINC150 val traffic over 3 seeds at "
             "clustering similarity 0.6 (ACC 91.4 and ARI 92.2 against 89.9 and 90.9 without "
-            "merging); at 0.55 it merged nothing on val (20 utterances per intent) and 0.4-0.6 "
-            "merged distinct intents, so it stays. On the benchmark's denser traffic (40 per "
-            "intent) it keeps each intent in one candidate (docs/benchmarks.md, Intent "
-            "discovery)."
+            "merging); at 0.55 it merged nothing on val (20 utterances per intent; a tie, so "
+            "the default stays) and 0.4-0.6 merged distinct intents. On the benchmark's traffic "
+            "(40 per intent) turning it off split intents into more candidates and cost 3.5-5.6 "
+            "ARI points (docs/benchmarks.md, Intent discovery)."
         },
     )
     join_similarity: float | None = field(

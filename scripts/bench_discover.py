@@ -650,7 +650,7 @@ def summarise(rows: list[dict], name: str, grid) -> list[dict]:
 def merged_runs(paths: list[str], name: str, grid) -> tuple[dict, list[int]]:
     """`val_runs`' result put together from choice files of separate processes (one per seed,
     say), with the summary recomputed over all their rows; and the seeds they cover."""
-    rows, sources, overrides, others = [], [], None, None
+    rows, sources, overrides, others, epochs = [], [], None, None, set()
     for path in paths:
         earlier = json.loads(Path(path).read_text())
         if earlier["rows"] and name not in earlier["rows"][0]:
@@ -663,6 +663,7 @@ def merged_runs(paths: list[str], name: str, grid) -> tuple[dict, list[int]]:
         overrides = earlier.get("overrides", {})
         others = earlier.get("others")
         rows += earlier["rows"]
+        epochs.add(earlier.get("base_epochs"))
         sources.append({"file": path, "command": earlier["command"]})
     seeds = sorted({r["seed"] for r in rows})
     runs = {
@@ -670,6 +671,7 @@ def merged_runs(paths: list[str], name: str, grid) -> tuple[dict, list[int]]:
         "summary": summarise(rows, name, grid),
         "overrides": overrides or {},
         "merged_from": sources,
+        "base_epochs": epochs.pop() if len(epochs) == 1 else sorted(epochs),
         **({"others": others} if others else {}),
     }
     return runs, seeds
@@ -912,7 +914,7 @@ def floors(result: dict) -> list[dict]:
         {
             "floor": "100,000 utterances in <= 10 min and <= 4 GB on this machine",
             "values": [scale["wall_s"], scale["peak_rss_mb"]] if scale else None,
-            "met": bool(scale) and scale["within_10_min"] and scale["within_4_gb"],
+            "met": (scale["within_10_min"] and scale["within_4_gb"]) if scale else None,
         }
     )
     return out
@@ -1009,15 +1011,18 @@ def markdown(result: dict, out: Path) -> str:
         "|---|---|---|",
     ]
     for f in result["floors"]:
-        lines.append(f"| {f['floor']} | {f['values']} | {'yes' if f['met'] else '**no**'} |")
+        met = "not run" if f["met"] is None else "yes" if f["met"] else "**no**"
+        lines.append(f"| {f['floor']} | {f['values']} | {met} |")
     lines += [
         "",
         "## Per seed ("
         + (
             f"DiscoverConfig overrides `{json.dumps(result['discover_overrides'])}`"
             if result.get("discover_overrides")
-            else "shipped defaults"
+            else "the defaults of the commit that ran it"
         )
+        + ": "
+        + ", ".join(f"{k} {result['config'][k]}" for k in CHOSEN_ON_VAL if k in result["config"])
         + ")",
         "",
         "| seed | held-out rejected | known rejected | recovered | ACC | NMI | ARI | noise in candidates | k-means true K ACC / NMI / ARI |",
@@ -1372,8 +1377,15 @@ def main() -> None:
     partial = workdir / "partial.json"
     for path in args.seeds_from:
         earlier = json.loads(Path(path).read_text())
+        if earlier["seeds"] and earlier["config"] != result.get("seeds_config", earlier["config"]):
+            raise SystemExit(
+                f"{path}: ran with other DiscoverConfig values than {args.seeds_from[0]}"
+            )
+        result["seeds_config"] = earlier["config"]
         result["seeds"] += earlier["seeds"]
         result.setdefault("merged_from", []).append({"file": path, "command": earlier["command"]})
+    if "seeds_config" in result:  # the per-seed runs' discover settings, not this process's
+        result["config"] = result.pop("seeds_config")
     result["seeds"].sort(key=lambda s: s["seed"])
     if args.scale_from:
         earlier = json.loads(Path(args.scale_from).read_text())
