@@ -22,8 +22,14 @@ own pooled features against the frozen backbone's; these chose DiscoverConfig's 
 
 Scale: 100,000 traffic utterances through the whole discover command, timed with peak memory.
 
+Coverage: where the recovered intents' traffic utterances went (their own file, another
+candidate, left unclustered, accepted and not joined), the part of the end-to-end gap that the
+files miss.
+
     python scripts/bench_discover.py --seeds 0            # one seed
     python scripts/bench_discover.py --seeds 0 1 2        # the issue's three seeds
+    python scripts/bench_discover.py --choose-join        # a DiscoverConfig field on val traffic
+    python scripts/bench_discover.py --coverage-only      # the coverage alone, no e2e arms
 
 Writes <out>.json, <out>.md and <out>.png. Base releases are cached per seed under --workdir.
 CLINC150 (CC BY 3.0) is read from ../shared/datasets/clinc150/.
@@ -513,13 +519,7 @@ def run_seed(args: argparse.Namespace, raw: dict, seed: int) -> dict:
         )[0]
 
     m = cluster_metrics(labels_of(written), true_of, held)
-    # every recovered candidate (>= 5 utterances, >= 70% from one held-out intent); an intent
-    # split into two recovered candidates brings both files, each mapped to it for scoring
-    recovered_files: dict[str, str] = {}
-    for cand in sorted(written, key=lambda c: -majority(c)[1]):
-        top, n = majority(cand)
-        if cand.distinct >= 5 and n / cand.distinct >= 0.7 and top in held:
-            recovered_files[cand.name] = top
+    recovered_files = recovered_files_of(written, true_of, index, held)
     result["discovery"] = {
         "candidates_written": len(written),
         "flagged_existing": [
@@ -558,11 +558,156 @@ def run_seed(args: argparse.Namespace, raw: dict, seed: int) -> dict:
         x_held, [k for k in true_of if k in held], len(held), seed
     )
     print(f"seed {seed}: k-means {result['kmeans_true_k']}", flush=True)
+    result["coverage"] = coverage(clf, discovery, traffic.texts, true_of, recovered_files)
+    print(f"seed {seed}: coverage {result['coverage']}", flush=True)
     if not args.no_e2e and recovered_files:
         result["end_to_end"] = end_to_end(
             workdir, registry, out, recovered_files, split, raw, seed, args.add_epochs
         )
     return result
+
+
+def recovered_files_of(
+    written: list, true_of: list[str], index: dict[str, int], held: set[str]
+) -> dict[str, str]:
+    """Every recovered candidate's file name -> its held-out intent: >= 5 utterances, >= 70% of
+    them from that intent. An intent split into two recovered candidates brings both files,
+    each mapped to it for scoring only."""
+
+    def majority(cand) -> tuple[str, int]:
+        votes = Counter(true_of[index[dedup_key(u["text"])]] for u in cand.utterances)
+        return votes.most_common(1)[0]
+
+    out: dict[str, str] = {}
+    for cand in sorted(written, key=lambda c: -majority(c)[1]):
+        top, n = majority(cand)
+        if cand.distinct >= 5 and n / cand.distinct >= 0.7 and top in held:
+            out[cand.name] = top
+    return out
+
+
+def coverage(
+    clf, discovery, texts: list[str], true_of: list[str], recovered_files: dict[str, str]
+) -> dict:
+    """Where the recovered intents' traffic utterances went, the part the end-to-end step's
+    discovered arm misses against all their traffic under true labels (distinct utterances).
+
+    own_file         in a recovered file mapped to their intent
+    other_candidate  in another candidate's file (another intent's, or one not recovered)
+    unclustered      considered (rejected, below the discovery threshold or a low margin),
+                     clustered nowhere and not joined
+    accepted         accepted by the release with a clear margin and not joined
+    For the last two: the share whose most similar candidate centre is a file of their own
+    intent, the median cosine to that centre, and the share nearer it than every existing
+    intent's centre (joining needs both that and `join_similarity`).
+    """
+    from intent_ci.discover import intent_prototypes
+
+    n = len(texts)  # the distinct traffic utterances, in discover's order
+    where = np.full(n, -1)
+    cands = [c for c in discovery.candidates if c.file]
+    index = {dedup_key(t): i for i, t in enumerate(texts)}
+    for k, cand in enumerate(cands):
+        for u in cand.utterances:
+            where[index[dedup_key(u["text"])]] = k
+    intents = set(recovered_files.values())
+    mine = np.array([t in intents for t in true_of])
+    considered = np.zeros(n, dtype=bool)
+    considered[discovery.chosen] = True
+    own = np.array(
+        [
+            where[i] >= 0 and recovered_files.get(cands[where[i]].name) == true_of[i]
+            for i in range(n)
+        ]
+    )
+    kinds = {
+        "own_file": mine & own,
+        "other_candidate": mine & (where >= 0) & ~own,
+        "unclustered": mine & (where < 0) & considered,
+        "accepted": mine & (where < 0) & ~considered,
+    }
+    out: dict = {"utterances": int(mine.sum())}
+    out.update({k: int(v.sum()) for k, v in kinds.items()})
+    x = discovery.scored.features
+    if x is None or not cands:
+        return out
+    centres = np.stack(
+        [x[[index[dedup_key(u["text"])] for u in c.utterances]].mean(0) for c in cands]
+    )
+    centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+    prototypes, _, _ = intent_prototypes(clf, "release", 64)
+    known = np.stack(list(prototypes.values()))
+    for kind in ("unclustered", "accepted"):
+        rows = np.flatnonzero(kinds[kind])
+        if not len(rows):
+            continue
+        sims = x[rows] @ centres.T
+        best = sims.argmax(axis=1)
+        top = sims[np.arange(len(rows)), best]
+        own_best = np.array(
+            [
+                recovered_files.get(cands[b].name) == true_of[r]
+                for b, r in zip(best, rows, strict=True)
+            ]
+        )
+        out[f"{kind}_nearest_own"] = round(float(own_best.mean()), 4)
+        out[f"{kind}_median_cosine"] = round(float(np.median(top)), 4)
+        out[f"{kind}_nearer_than_known"] = round(
+            float((top > (x[rows] @ known.T).max(axis=1)).mean()), 4
+        )
+    return out
+
+
+def coverage_only(args: argparse.Namespace, raw: dict, seed: int) -> dict:
+    """`coverage` of the shipped (or overridden) discover run on one seed's benchmark traffic,
+    without the ablations, k-means or the end-to-end arms (discover is deterministic given the
+    base release and the traffic, so this matches `run_seed`'s candidates)."""
+    workdir = Path(args.workdir)
+    split = seed_split(raw, seed)
+    base, _ = base_release(workdir, split, args.backbone, seed, args.base_epochs)
+    clf = IntentClassifier.load(calibrated_base(workdir, base, split, raw, seed), "latest")
+    path = workdir / f"seed{seed}" / "traffic.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(t for t, _ in split["traffic"]) + "\n", encoding="utf-8")
+    traffic = read_traffic(path, progress=False)
+    truth = truth_of(split["traffic"])
+    true_of = [truth[dedup_key(t)] for t in traffic.texts]
+    discovery = discover(clf, traffic, DiscoverConfig(**args.discover_overrides))
+    write_candidates(discovery, workdir / f"seed{seed}" / "candidates", force=True)
+    index = {dedup_key(t): i for i, t in enumerate(traffic.texts)}
+    written = [c for c in discovery.candidates if c.file]
+    files = recovered_files_of(written, true_of, index, set(split["held_out"]))
+    return {
+        "seed": seed,
+        "recovered": len(set(files.values())),
+        "recovered_files": len(files),
+        **coverage(clf, discovery, traffic.texts, true_of, files),
+    }
+
+
+def coverage_table(rows: list[dict]) -> list[str]:
+    """Markdown: where each seed's recovered intents' traffic went (`coverage`)."""
+    lines = [
+        "| seed | recovered intents: traffic utterances | in their own file | in another "
+        "candidate | considered, left unclustered | accepted, not joined | left out: nearest "
+        "centre their own / median cosine / nearer than every existing intent |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        c = r["coverage"] if "coverage" in r else r
+        n = max(c["utterances"], 1)
+        left = [
+            f"{kind}: {pct(c[kind + '_nearest_own'])}% / {c[kind + '_median_cosine']:.2f} / "
+            f"{pct(c[kind + '_nearer_than_known'])}%"
+            for kind in ("unclustered", "accepted")
+            if kind + "_nearest_own" in c
+        ]
+        lines.append(
+            f"| {r['seed']} | {c['utterances']} | {c['own_file']} ({pct(c['own_file'] / n)}%) | "
+            f"{c['other_candidate']} | {c['unclustered']} | {c['accepted']} | "
+            f"{'; '.join(left)} |"
+        )
+    return lines
 
 
 JOIN_GRID = (None, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75)
@@ -1081,6 +1226,18 @@ def markdown(result: dict, out: Path) -> str:
                 f"({e['true_labels']['train_utterances']}) | {e['gap_points']:.1f} | "
                 f"{pct(e['discovered']['old_intents_test_accuracy'])} / {pct(e['true_labels']['old_intents_test_accuracy'])} |"
             )
+    covered = [s for s in result["seeds"] if "coverage" in s]
+    if covered:
+        lines += [
+            "",
+            "## Where the recovered intents' traffic went",
+            "",
+            "Distinct traffic utterances of the intents each seed recovers: the discovered arm "
+            "above trains on those in their own file; `coverage` in the script says how the rest "
+            "are counted.",
+            "",
+            *coverage_table(covered),
+        ]
     for key, title, name, off in (
         ("join_choice", "Joining after clustering", "join_similarity", "no joining"),
         ("merge_choice", "Merging pieces of one intent", "merge_similarity", "no merging"),
@@ -1284,6 +1441,12 @@ def main() -> None:
     )
     parser.add_argument("--no-e2e", action="store_true", help="skip the add-intent comparison")
     parser.add_argument(
+        "--coverage-only",
+        action="store_true",
+        help="only where the recovered intents' traffic went (discover per seed, no ablations, "
+        "k-means or end-to-end arms); writes --out .json and .md",
+    )
+    parser.add_argument(
         "--add-epochs", type=int, default=None, help="add_intent_epochs of the end-to-end arms"
     )
     parser.add_argument(
@@ -1358,6 +1521,32 @@ def main() -> None:
             (workdir / f"{name}_choice.json").write_text(json.dumps(choice, indent=1))
             print(f"{name}: chosen on val: {choice['chosen']}", flush=True)
             return
+    if args.coverage_only:
+        rows = [coverage_only(args, raw, seed) for seed in args.seeds]
+        command = " ".join(["python scripts/bench_discover.py", *sys.argv[1:]])
+        config = asdict(DiscoverConfig(**args.discover_overrides))
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(
+            json.dumps({"command": command, "config": config, "seeds": rows}, indent=1)
+        )
+        out.with_suffix(".md").write_text(
+            "\n".join(
+                [
+                    "# Where the recovered intents' traffic went (`intent-ci discover`)",
+                    "",
+                    f"Command: `{command}`; base releases {args.base_epochs} epoch(s); "
+                    + ", ".join(f"{k} {config[k]}" for k in CHOSEN_ON_VAL)
+                    + ". Distinct traffic utterances of the intents each seed recovers: what the "
+                    "end-to-end step's discovered arm has (its own file) and where the rest went.",
+                    "",
+                    *coverage_table(rows),
+                    "",
+                ]
+            )
+        )
+        print(json.dumps(rows), flush=True)
+        return
     result: dict = {
         "command": " ".join(["python scripts/bench_discover.py", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d"),
