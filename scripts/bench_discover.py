@@ -335,6 +335,16 @@ def truth_of(traffic_rows: list[tuple[str, str]]) -> dict[str, str]:
     return out
 
 
+def traffic_file(path: Path, rows: list[tuple[str, str]]) -> tuple:
+    """Write `rows`' texts to `path` as a traffic file (one utterance per line) and read it back
+    the way `intent-ci discover` does: the distinct utterances, and each one's true intent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(t for t, _ in rows) + "\n", encoding="utf-8")
+    traffic = read_traffic(path, progress=False)
+    truth = truth_of(rows)
+    return traffic, [truth[dedup_key(t)] for t in traffic.texts]
+
+
 def kmeans_reference(x: np.ndarray, truth: list[str], k: int, seed: int) -> dict:
     """k-means told the true K, on the held-out utterances only (perfect rejection)."""
     from sklearn.cluster import KMeans
@@ -440,12 +450,7 @@ def run_seed(args: argparse.Namespace, raw: dict, seed: int) -> dict:
         "held_out": split["held_out"],
         "base": {"release": str(registry.root), "cost": base_cost, "oos": clf.manifest.get("oos")},
     }
-    traffic_file = workdir / f"seed{seed}" / "traffic.txt"
-    traffic_file.parent.mkdir(parents=True, exist_ok=True)
-    traffic_file.write_text("\n".join(t for t, _ in split["traffic"]) + "\n", encoding="utf-8")
-    traffic = read_traffic(traffic_file, progress=False)
-    truth = truth_of(split["traffic"])
-    true_of = [truth[dedup_key(t)] for t in traffic.texts]
+    traffic, true_of = traffic_file(workdir / f"seed{seed}" / "traffic.txt", split["traffic"])
     cfg = DiscoverConfig(**args.discover_overrides)
 
     # the shipped defaults (or --discover-overrides), end to end through the functions the CLI runs
@@ -666,12 +671,7 @@ def coverage_only(args: argparse.Namespace, raw: dict, seed: int) -> dict:
     split = seed_split(raw, seed)
     base, _ = base_release(workdir, split, args.backbone, seed, args.base_epochs)
     clf = IntentClassifier.load(calibrated_base(workdir, base, split, raw, seed), "latest")
-    path = workdir / f"seed{seed}" / "traffic.txt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(t for t, _ in split["traffic"]) + "\n", encoding="utf-8")
-    traffic = read_traffic(path, progress=False)
-    truth = truth_of(split["traffic"])
-    true_of = [truth[dedup_key(t)] for t in traffic.texts]
+    traffic, true_of = traffic_file(workdir / f"seed{seed}" / "traffic.txt", split["traffic"])
     discovery = discover(clf, traffic, DiscoverConfig(**args.discover_overrides))
     write_candidates(discovery, workdir / f"seed{seed}" / "candidates", force=True)
     index = {dedup_key(t): i for i, t in enumerate(traffic.texts)}
@@ -747,12 +747,7 @@ def val_runs(args: argparse.Namespace, raw: dict, seeds: list[int], name: str, g
         base, _ = base_release(workdir, split, args.backbone, seed, args.base_epochs)
         clf = IntentClassifier.load(calibrated_base(workdir, base, split, raw, seed), "latest")
         val = list(raw["val"]) + [(t, "oos") for t, _ in raw["oos_val"]]
-        path = workdir / f"seed{seed}" / "val_traffic.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n".join(t for t, _ in val) + "\n", encoding="utf-8")
-        traffic = read_traffic(path, progress=False)
-        truth = truth_of(val)
-        true_of = [truth[dedup_key(t)] for t in traffic.texts]
+        traffic, true_of = traffic_file(workdir / f"seed{seed}" / "val_traffic.txt", val)
         index = {dedup_key(t): i for i, t in enumerate(traffic.texts)}
         for value in grid:
             cfg = DiscoverConfig(**{**args.discover_overrides, name: value})
@@ -1232,9 +1227,9 @@ def markdown(result: dict, out: Path) -> str:
             "",
             "## Where the recovered intents' traffic went",
             "",
-            "Distinct traffic utterances of the intents each seed recovers: the discovered arm "
-            "above trains on those in their own file; `coverage` in the script says how the rest "
-            "are counted.",
+            "Distinct traffic utterances of the intents each seed recovers: those in their own "
+            "file are what the discovered arm above has of them; `coverage` in the script says "
+            "how the rest are counted.",
             "",
             *coverage_table(covered),
         ]
@@ -1537,8 +1532,9 @@ def main() -> None:
                     "",
                     f"Command: `{command}`; base releases {args.base_epochs} epoch(s); "
                     + ", ".join(f"{k} {config[k]}" for k in CHOSEN_ON_VAL)
-                    + ". Distinct traffic utterances of the intents each seed recovers: what the "
-                    "end-to-end step's discovered arm has (its own file) and where the rest went.",
+                    + ". Distinct traffic utterances of the intents each seed recovers: those in "
+                    "their own file are what the end-to-end step's discovered arm has of them; "
+                    "where the rest went.",
                     "",
                     *coverage_table(rows),
                     "",

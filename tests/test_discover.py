@@ -151,10 +151,9 @@ def test_config_rejects_bad_values_and_unknown_keys(tmp_path):
     path.write_text("discover:\n  join_neighbours: 2.5\n")
     with pytest.raises(IntentCIError, match=r"`discover.join_neighbours`"):
         load_discover_config(path)
-    path.write_text("discover:\n  similarity: 0.7\n  min_score: 3\n  merge_similarity: 0.75\n")
+    path.write_text("discover:\n  similarity: 0.6\n  min_score: 3\n  merge_similarity: null\n")
     cfg = load_discover_config(path)
-    assert cfg.similarity == 0.7 and cfg.min_score == 3.0 and cfg.merge_similarity == 0.75
-    assert DiscoverConfig().similarity != 0.7 and DiscoverConfig().merge_similarity != 0.75
+    assert cfg.similarity == 0.6 and cfg.min_score == 3.0 and cfg.merge_similarity is None
 
 
 # ---- clustering and naming ------------------------------------------------------------------------
