@@ -868,7 +868,8 @@ def choose_usable(
         "oos": asdict(OOSConfig()),
         "rule": "largest mean usable share (covered x ACC) with mean noise <= 5% and mean "
         f"recovered share >= {name} none; a tie keeps the default "
-        f"({getattr(DiscoverConfig(), name)})",
+        f"({getattr(DiscoverConfig(), name)}; this clause since 2026-12-01, added after a "
+        "benchmark run with a tie given to none)",
         **runs,
         "chosen": chosen[name],
     }
