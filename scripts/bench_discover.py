@@ -719,6 +719,8 @@ TARGET_GRID = (None, 0.9, 0.93, 0.95, 0.97)
 """`DiscoverConfig.target_recall` values tried on val traffic (None: the release's own rule)."""
 SIMILARITY_GRID = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75)
 """`DiscoverConfig.similarity` values tried on val traffic (the whole shipped pipeline)."""
+MIN_SIZE_GRID = (3, 4, 5, 6, 8, 10)
+"""`DiscoverConfig.min_cluster_size` values tried on val traffic (the whole shipped pipeline)."""
 CHOSEN_ON_VAL = ("target_recall", "similarity", "merge_similarity", "join_similarity")
 """The DiscoverConfig fields chosen on val traffic; a choice file records the others' values."""
 SUMMARY_KEYS = (
@@ -886,6 +888,12 @@ def choose_similarity(args: argparse.Namespace, raw: dict, seeds: list[int], run
     shipped pipeline (release features, target_recall, merging, joining), where the method
     choice had used frozen embeddings and no rejection step."""
     return choose_recovered(args, raw, seeds, "similarity", SIMILARITY_GRID, runs)
+
+
+def choose_min_size(args: argparse.Namespace, raw: dict, seeds: list[int], runs=None) -> dict:
+    """`DiscoverConfig.min_cluster_size` chosen on val traffic (`choose_recovered`) through the
+    whole shipped pipeline; it was set to 5 with the method, on frozen embeddings."""
+    return choose_recovered(args, raw, seeds, "min_cluster_size", MIN_SIZE_GRID, runs)
 
 
 def choose_recovered(
@@ -1255,6 +1263,7 @@ def markdown(result: dict, out: Path) -> str:
             "similarity",
             "",
         ),
+        ("min_size_choice", "The smallest candidate", "min_cluster_size", ""),
     ):
         if result.get(key):
             lines += val_choice_section(result[key], title, name, off)
@@ -1435,6 +1444,11 @@ def main() -> None:
         action="store_true",
         help="only the choice of join_neighbours on val traffic (the seeds' base releases)",
     )
+    parser.add_argument(
+        "--choose-min-size",
+        action="store_true",
+        help="only the choice of min_cluster_size on val traffic (the seeds' base releases)",
+    )
     parser.add_argument("--no-e2e", action="store_true", help="skip the add-intent comparison")
     parser.add_argument(
         "--coverage-only",
@@ -1506,6 +1520,7 @@ def main() -> None:
         ("choose_target", choose_target, "target", "target_recall", TARGET_GRID),
         ("choose_similarity", choose_similarity, "similarity", "similarity", SIMILARITY_GRID),
         ("choose_neighbours", choose_neighbours, "neighbours", "join_neighbours", NEIGHBOURS_GRID),
+        ("choose_min_size", choose_min_size, "min_size", "min_cluster_size", MIN_SIZE_GRID),
     ):
         if getattr(args, flag):
             runs, seeds = (
@@ -1556,7 +1571,7 @@ def main() -> None:
     choice = workdir / "method_choice.json"
     if choice.is_file():
         result["method_choice"] = json.loads(choice.read_text())
-    for name in ("join", "merge", "target", "similarity", "neighbours"):
+    for name in ("join", "merge", "target", "similarity", "neighbours", "min_size"):
         choice_file = workdir / f"{name}_choice.json"
         if choice_file.is_file():
             result[f"{name}_choice"] = json.loads(choice_file.read_text())
