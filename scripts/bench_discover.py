@@ -519,9 +519,7 @@ def run_seed(args: argparse.Namespace, raw: dict, seed: int) -> dict:
         return labels
 
     def majority(cand) -> tuple[str, int]:
-        return Counter(true_of[index[dedup_key(u["text"])]] for u in cand.utterances).most_common(
-            1
-        )[0]
+        return majority_of(cand, true_of, index)
 
     m = cluster_metrics(labels_of(written), true_of, held)
     recovered_files = recovered_files_of(written, true_of, index, held)
@@ -563,7 +561,7 @@ def run_seed(args: argparse.Namespace, raw: dict, seed: int) -> dict:
         x_held, [k for k in true_of if k in held], len(held), seed
     )
     print(f"seed {seed}: k-means {result['kmeans_true_k']}", flush=True)
-    result["coverage"] = coverage(clf, discovery, traffic.texts, true_of, recovered_files)
+    result["coverage"] = coverage(discovery, traffic.texts, true_of, recovered_files)
     print(f"seed {seed}: coverage {result['coverage']}", flush=True)
     if not args.no_e2e and recovered_files:
         result["end_to_end"] = end_to_end(
@@ -572,27 +570,28 @@ def run_seed(args: argparse.Namespace, raw: dict, seed: int) -> dict:
     return result
 
 
+def majority_of(cand, true_of: list[str], index: dict[str, int]) -> tuple[str, int]:
+    """A candidate's most common true intent and how many of its utterances have it."""
+    votes = Counter(true_of[index[dedup_key(u["text"])]] for u in cand.utterances)
+    return votes.most_common(1)[0]
+
+
 def recovered_files_of(
     written: list, true_of: list[str], index: dict[str, int], held: set[str]
 ) -> dict[str, str]:
     """Every recovered candidate's file name -> its held-out intent: >= 5 utterances, >= 70% of
     them from that intent. An intent split into two recovered candidates brings both files,
     each mapped to it for scoring only."""
-
-    def majority(cand) -> tuple[str, int]:
-        votes = Counter(true_of[index[dedup_key(u["text"])]] for u in cand.utterances)
-        return votes.most_common(1)[0]
-
     out: dict[str, str] = {}
-    for cand in sorted(written, key=lambda c: -majority(c)[1]):
-        top, n = majority(cand)
+    for cand in sorted(written, key=lambda c: -majority_of(c, true_of, index)[1]):
+        top, n = majority_of(cand, true_of, index)
         if cand.distinct >= 5 and n / cand.distinct >= 0.7 and top in held:
             out[cand.name] = top
     return out
 
 
 def coverage(
-    clf, discovery, texts: list[str], true_of: list[str], recovered_files: dict[str, str]
+    discovery, texts: list[str], true_of: list[str], recovered_files: dict[str, str]
 ) -> dict:
     """Where the recovered intents' traffic utterances went, the part the end-to-end step's
     discovered arm misses against all their traffic under true labels (distinct utterances).
@@ -606,8 +605,6 @@ def coverage(
     intent, the median cosine to that centre, and the share nearer it than every existing
     intent's centre (joining needs both that and `join_similarity`).
     """
-    from intent_ci.discover import intent_prototypes
-
     n = len(texts)  # the distinct traffic utterances, in discover's order
     where = np.full(n, -1)
     cands = [c for c in discovery.candidates if c.file]
@@ -634,14 +631,13 @@ def coverage(
     out: dict = {"utterances": int(mine.sum())}
     out.update({k: int(v.sum()) for k, v in kinds.items()})
     x = discovery.scored.features
-    if x is None or not cands:
+    if x is None or not cands or not (discovery.plot or {}).get("prototypes"):
         return out
     centres = np.stack(
         [x[[index[dedup_key(u["text"])] for u in c.utterances]].mean(0) for c in cands]
     )
     centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
-    prototypes, _, _ = intent_prototypes(clf, "release", 64)
-    known = np.stack(list(prototypes.values()))
+    known = np.stack(list(discovery.plot["prototypes"].values()))  # discover's own centres
     for kind in ("unclustered", "accepted"):
         rows = np.flatnonzero(kinds[kind])
         if not len(rows):
@@ -681,7 +677,7 @@ def coverage_only(args: argparse.Namespace, raw: dict, seed: int) -> dict:
         "seed": seed,
         "recovered": len(set(files.values())),
         "recovered_files": len(files),
-        **coverage(clf, discovery, traffic.texts, true_of, files),
+        **coverage(discovery, traffic.texts, true_of, files),
     }
 
 
