@@ -212,9 +212,15 @@ def run_updates(
 
 
 def run_corrections(
-    base: Registry, raw: dict, base_test: dict, workdir: Path, everything: list[str]
+    base: Registry,
+    raw: dict,
+    base_test: dict,
+    workdir: Path,
+    everything: list[str],
+    overrides: dict | None = None,
 ) -> dict:
-    """Send the base release's misclassified val utterances, correctly labelled, as one update."""
+    """Send the base release's misclassified val utterances, correctly labelled, as one update
+    (with `overrides` of the update's config, e.g. a recipe being compared; None: as shipped)."""
     clf = IntentClassifier.load(base, "v1")
     preds = [p.label for p in clf.predict([t for t, _ in raw["val"]], batch_size=256)]
     wrong = [(t, i, p) for (t, i), p in zip(raw["val"], preds, strict=True) if p != i]
@@ -230,7 +236,9 @@ def run_corrections(
     )
     reset_peak_rss()
     started = time.perf_counter()
-    release = update_release(read_examples(data, known_intents=everything), registry, "v1")
+    release = update_release(
+        read_examples(data, known_intents=everything), registry, "v1", overrides=overrides
+    )
     wall = time.perf_counter() - started
     cost = release_costs(registry, release)
     cost.update(wall_s=round(wall, 2), peak_rss_mb=peak_rss_mb())
@@ -251,6 +259,7 @@ def run_corrections(
         "accuracy_before": pooled(base_test, everything),
         "accuracy_after": pooled(after, everything),
         "cost": cost,
+        "overrides": overrides or {},
     }
     result["involved_change_points"] = points(result["involved_after"], result["involved_before"])
     result["untouched_change_points"] = points(
@@ -355,7 +364,9 @@ def run_seed(
         }
         print(f"  base: test acc {100 * result['base']['accuracy']:.2f}", flush=True)
     if not args.no_corrections:
-        result["corrections"] = run_corrections(base, raw, base_test, workdir, everything)
+        result["corrections"] = run_corrections(
+            base, raw, base_test, workdir, everything, args.corrections_overrides
+        )
     for name, overrides in methods(args).items():
         run_updates(
             name,
@@ -599,7 +610,13 @@ def markdown(result: dict, out: Path) -> str:
         if c:
             lines += [
                 "",
-                f"Corrections: {c['corrected_utterances']} val utterances the base release got "
+                "Corrections"
+                + (
+                    f" (update overrides `{json.dumps(c['overrides'])}`)"
+                    if c.get("overrides")
+                    else ""
+                )
+                + f": {c['corrected_utterances']} val utterances the base release got "
                 f"wrong, sent with their true labels in one update ({c['corrections_listed']} "
                 f"listed as corrections; {c['corrected_now_right']} predicted right afterwards). "
                 f"Test accuracy of the {c['involved_intents']} intents involved: "
@@ -735,6 +752,14 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=3)
     parser.add_argument("--no-retrain", action="store_true")
     parser.add_argument("--no-corrections", action="store_true")
+    parser.add_argument(
+        "--corrections-overrides",
+        metavar="JSON",
+        type=json.loads,
+        default=None,
+        help="config overrides of the corrections update (default: the shipped recipe), e.g. "
+        '\'{"distill": {"enabled": false}}\'',
+    )
     parser.add_argument(
         "--reuse",
         action=argparse.BooleanOptionalAction,
