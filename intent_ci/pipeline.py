@@ -975,8 +975,15 @@ def _child_release(
         )
     # The teacher speaks for the replay rows and the new intents' rows, not for corrected
     # rows or rows of updated intents: there the parent's answer is what is being changed.
+    # Without `distill.updated_exemplars` it is silent on the updated intents' replayed
+    # exemplars too.
     silenced = {c.row for c in corrections}
     silenced |= {j for j, intent in enumerate(new_intents) if intent in set(updated)}
+    if not config.distill.updated_exemplars:
+        replay_intents = [intent for intent in old_labels for _ in replayed.get(intent, [])]
+        silenced |= {
+            len(new_texts) + k for k, intent in enumerate(replay_intents) if intent in set(updated)
+        }
     teacher_rows = None
     if silenced:
         teacher_rows = torch.ones(len(texts), dtype=torch.bool)
@@ -1054,12 +1061,15 @@ def _child_release(
         )
         oos["note"] = f"{note}; {oos['note']}" if oos.get("note") else note
     compute_s = time.perf_counter() - compute_started
+    distilled = 0 if not use_kd else len(texts) if teacher_rows is None else int(teacher_rows.sum())
     metrics: dict[str, Any] = {
         "train": dataclasses.asdict(stats),
         "train_examples": len(texts),
         "new_examples": len(new_texts),
         "calibration_examples": len(held_rows),
         "replay_examples": len(replay_texts),
+        # Training rows the teacher speaks for (distillation), after the rows it is silent on.
+        "distilled_examples": distilled,
         # Forward passes without a backward: the feature pass over the new utterances
         # (prototypes, the parent's answers, the teacher on those rows and exemplar choice;
         # twice with `replay.exemplar_features: trained`) and the teacher's pass over the

@@ -274,7 +274,15 @@ ADD_INTENT_ONLY = {
         "freeze_old_rows",
         "neighbour_rows",
     ),
-    "distill": ("enabled", "temperature", "weight", "feature_weight", "l2_weight", "ewc_weight"),
+    "distill": (
+        "enabled",
+        "temperature",
+        "weight",
+        "feature_weight",
+        "l2_weight",
+        "ewc_weight",
+        "updated_exemplars",
+    ),
     "replay": ("enabled", "train_per_intent", "new_ratio", "neighbour_share"),
 }
 

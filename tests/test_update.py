@@ -377,6 +377,32 @@ def test_update_epochs_sets_the_passes_of_update_and_not_of_add_intent(trained_r
     assert add_epochs not in (1, 2)
 
 
+def test_updated_exemplars_decides_whether_the_teacher_holds_the_updated_intents(
+    trained_registry, tmp_path
+):
+    """The teacher is never heard on the file's rows of an updated intent; on that intent's
+    replayed exemplars it is by default, and `distill.updated_exemplars: false` silences it
+    there too. Every other training row keeps its teacher either way."""
+    from intent_ci.pipeline import update_release
+
+    registry = Registry(shutil.copytree(trained_registry, tmp_path / "adapters"))
+    rows = [(t, "transfer_money") for t in make_utterances("transfer_money", 70, seed=11)[-4:]]
+    more = write_csv(tmp_path / "more.csv", rows)
+    heard = update_release(more, registry, "v1")
+    silent = update_release(
+        more, registry, "v1", overrides={"distill": {"updated_exemplars": False}}
+    )
+    exemplars = len(load_release(registry, "v1").replay["transfer_money"])
+    a, b = registry.manifest(heard)["metrics"], registry.manifest(silent)["metrics"]
+    assert a["train_examples"] == b["train_examples"] == a["new_examples"] + a["replay_examples"]
+    # The default: every row but the file's four.
+    assert a["distilled_examples"] == a["train_examples"] - a["new_examples"]
+    # Silenced: the updated intent's replayed exemplars (its whole memory) too.
+    assert exemplars > 0
+    assert b["distilled_examples"] == a["distilled_examples"] - exemplars
+    assert registry.manifest(silent)["config"]["distill"]["updated_exemplars"] is False
+
+
 def test_push_and_pull_an_update_release(updated, hub, tmp_path):  # noqa: F811
     """An update release and its parent go to a (stand-in) Hub and come back verified, with
     the same predictions; the model card says what the update changed."""
