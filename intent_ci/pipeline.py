@@ -977,12 +977,13 @@ def _child_release(
     # rows or rows of updated intents: there the parent's answer is what is being changed.
     # Without `distill.updated_exemplars` it is silent on the updated intents' replayed
     # exemplars too.
+    changing = set(updated)
     silenced = {c.row for c in corrections}
-    silenced |= {j for j, intent in enumerate(new_intents) if intent in set(updated)}
+    silenced |= {j for j, intent in enumerate(new_intents) if intent in changing}
     if not config.distill.updated_exemplars:
         replay_intents = [intent for intent in old_labels for _ in replayed.get(intent, [])]
         silenced |= {
-            len(new_texts) + k for k, intent in enumerate(replay_intents) if intent in set(updated)
+            len(new_texts) + k for k, intent in enumerate(replay_intents) if intent in changing
         }
     teacher_rows = None
     if silenced:

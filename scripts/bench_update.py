@@ -30,7 +30,9 @@ choice is made: run choices with --no-corrections), so update defaults can be ch
 
 Corrections: the base release's misclassified *val* utterances, with their true labels, in one
 update of the base; test accuracy of the intents involved (true and predicted intents of those
-utterances) and of the untouched ones, before and after.
+utterances) and of the untouched ones, before and after. With --corrections-from train the
+corrected utterances are instead the base's misclassified training utterances that no release
+of the run trains on, scored on val as well, so a corrections recipe can be chosen on val.
 
     python scripts/bench_update.py --seeds 0           # one seed, ~1 h on 2 shared CPU cores
     python scripts/bench_update.py --seeds 0 1 2       # the issue's three seeds
@@ -218,12 +220,19 @@ def run_corrections(
     workdir: Path,
     everything: list[str],
     overrides: dict | None = None,
+    pool: list[tuple[str, str]] | None = None,
+    base_val: dict | None = None,
 ) -> dict:
     """Send the base release's misclassified val utterances, correctly labelled, as one update
-    (with `overrides` of the update's config, e.g. a recipe being compared; None: as shipped)."""
+    (with `overrides` of the update's config, e.g. a recipe being compared; None: as shipped).
+
+    `pool`: labelled utterances to take the misclassified ones from instead of val (training
+    utterances no release of the run trains on); the corrections' effect is then scored on
+    val too (`base_val`), so a corrections recipe can be chosen there."""
     clf = IntentClassifier.load(base, "v1")
-    preds = [p.label for p in clf.predict([t for t, _ in raw["val"]], batch_size=256)]
-    wrong = [(t, i, p) for (t, i), p in zip(raw["val"], preds, strict=True) if p != i]
+    source = raw["val"] if pool is None else pool
+    preds = [p.label for p in clf.predict([t for t, _ in source], batch_size=256)]
+    wrong = [(t, i, p) for (t, i), p in zip(source, preds, strict=True) if p != i]
     involved = sorted({i for _, i, _ in wrong} | {p for _, _, p in wrong})
     untouched = [i for i in everything if i not in set(involved)]
     root = workdir / "corrections"
@@ -260,13 +269,22 @@ def run_corrections(
         "accuracy_after": pooled(after, everything),
         "cost": cost,
         "overrides": overrides or {},
+        "source": "val" if pool is None else "held-back train",
     }
+    if pool is not None and base_val is not None:
+        after_val = per_intent(new, raw["val"])
+        result["involved_change_points_val"] = points(
+            pooled(after_val, involved), pooled(base_val, involved)
+        )
+        result["untouched_change_points_val"] = points(
+            pooled(after_val, untouched), pooled(base_val, untouched)
+        )
     result["involved_change_points"] = points(result["involved_after"], result["involved_before"])
     result["untouched_change_points"] = points(
         result["untouched_after"], result["untouched_before"]
     )
     print(
-        f"  corrections: {len(wrong)} val utterances, involved {result['involved_change_points']:+.2f}"
+        f"  corrections: {len(wrong)} {result['source']} utterances, involved {result['involved_change_points']:+.2f}"
         f" pts, untouched {result['untouched_change_points']:+.2f} pts; "
         f"{result['corrected_now_right']} of them now right",
         flush=True,
@@ -364,8 +382,20 @@ def run_seed(
         }
         print(f"  base: test acc {100 * result['base']['accuracy']:.2f}", flush=True)
     if not args.no_corrections:
+        held_back = (
+            [(t, i) for i in everything for t in ordered[i][args.start + args.step :]]
+            if args.corrections_from == "train"
+            else None
+        )
         result["corrections"] = run_corrections(
-            base, raw, base_test, workdir, everything, args.corrections_overrides
+            base,
+            raw,
+            base_test,
+            workdir,
+            everything,
+            args.corrections_overrides,
+            held_back,
+            base_val,
         )
     for name, overrides in methods(args).items():
         run_updates(
@@ -491,7 +521,7 @@ def floors(result: dict) -> list[dict]:
                     worst <= FLOORS["cost_ratio"],
                 )
         c = seed_result.get("corrections")
-        if c:
+        if c and c.get("source", "val") == "val":  # the issue's experiment
             add(
                 f"seed {seed}: corrections raise the involved intents (points)",
                 c["involved_change_points"],
@@ -616,7 +646,8 @@ def markdown(result: dict, out: Path) -> str:
                     if c.get("overrides")
                     else ""
                 )
-                + f": {c['corrected_utterances']} val utterances the base release got "
+                + f": {c['corrected_utterances']} {c.get('source', 'val')} utterances the base "
+                "release got "
                 f"wrong, sent with their true labels in one update ({c['corrections_listed']} "
                 f"listed as corrections; {c['corrected_now_right']} predicted right afterwards). "
                 f"Test accuracy of the {c['involved_intents']} intents involved: "
@@ -624,7 +655,13 @@ def markdown(result: dict, out: Path) -> str:
                 f"({pts(c['involved_change_points'])} pts); the {c['untouched_intents']} untouched "
                 f"intents: {pct(c['untouched_before'])} -> {pct(c['untouched_after'])} "
                 f"({pts(c['untouched_change_points'])} pts); cost {c['cost']['compute_s']:.0f} s, "
-                f"{c['cost']['examples_processed']} examples.",
+                f"{c['cost']['examples_processed']} examples."
+                + (
+                    f" On val: involved {pts(c['involved_change_points_val'])} pts, untouched "
+                    f"{pts(c['untouched_change_points_val'])} pts."
+                    if c.get("untouched_change_points_val") is not None
+                    else ""
+                ),
             ]
     lines += val_table(result)
     lines += [
@@ -752,6 +789,15 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=3)
     parser.add_argument("--no-retrain", action="store_true")
     parser.add_argument("--no-corrections", action="store_true")
+    parser.add_argument(
+        "--corrections-from",
+        choices=("val", "train"),
+        default="val",
+        help="where the corrected utterances come from: the base's misclassified val utterances "
+        "(the issue's experiment, test-only) or its misclassified training utterances that no "
+        "release of the run trains on (each intent's beyond --start + --step), scored on val "
+        "too so that a corrections recipe can be chosen on val",
+    )
     parser.add_argument(
         "--corrections-overrides",
         metavar="JSON",
