@@ -981,10 +981,8 @@ def _child_release(
     silenced = {c.row for c in corrections}
     silenced |= {j for j, intent in enumerate(new_intents) if intent in changing}
     if not config.distill.updated_exemplars:
-        replay_intents = [intent for intent in old_labels for _ in replayed.get(intent, [])]
-        silenced |= {
-            len(new_texts) + k for k, intent in enumerate(replay_intents) if intent in changing
-        }
+        rows_of = {index[intent] for intent in changing}
+        silenced |= {len(new_texts) + k for k, t in enumerate(replay_targets) if t in rows_of}
     teacher_rows = None
     if silenced:
         teacher_rows = torch.ones(len(texts), dtype=torch.bool)

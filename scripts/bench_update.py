@@ -284,8 +284,8 @@ def run_corrections(
         result["untouched_after"], result["untouched_before"]
     )
     print(
-        f"  corrections: {len(wrong)} {result['source']} utterances, involved {result['involved_change_points']:+.2f}"
-        f" pts, untouched {result['untouched_change_points']:+.2f} pts; "
+        f"  corrections: {len(wrong)} {result['source']} utterances, involved "
+        f"{result['involved_change_points']:+.2f} pts, untouched {result['untouched_change_points']:+.2f} pts; "
         f"{result['corrected_now_right']} of them now right",
         flush=True,
     )
