@@ -150,10 +150,11 @@ def _fallback_line(manifest: dict) -> str | None:
             if record["chosen"] == "fine-tuned"
             else "shipped the head alone on the frozen encoder (the line trains the head alone)"
         )
+        test = f", McNemar p = {record['p_value']:.3g}" if "p_value" in record else ""
         return (
             f"fine-tuned {record['fine_tuned_accuracy']:.2f}% vs head alone "
             f"{record['head_only_accuracy']:.2f}% on {record['held_back_examples']} held-out "
-            f"utterances: {verdict}"
+            f"utterances{test}: {verdict}"
         )
     if ((manifest.get("config") or {}).get("train") or {}).get("lora") is False:
         return "head alone on the frozen encoder (train.lora: false)"

@@ -633,11 +633,12 @@ class FallbackConfig:
 
     With `enabled` (off by default), after training `init` also fits the head alone on the
     frozen encoder's embeddings of the same rows (the frozen probe, in the release's own head)
-    and scores both on the calibration utterances, which neither trained on. Fine-tuning is
-    kept when it is at least `min_gain` points better; otherwise the release is the frozen
-    encoder with the head alone, and it records ``train.lora: false`` so the rest of the line
-    trains the head alone too. The manifest's ``metrics.fallback`` holds both accuracies and
-    the choice.
+    and scores both on the calibration utterances, which neither trained on. The release falls
+    back to the frozen encoder with the head alone only when fine-tuning scores below the head
+    alone plus `min_gain` points and the head alone's advantage is more than chance (one-sided
+    exact McNemar test, p <= `significance`); it then records ``train.lora: false`` so the rest
+    of the line trains the head alone too. The manifest's ``metrics.fallback`` holds both
+    accuracies, the rows where only one candidate was right, the p-value and the choice.
     """
 
     enabled: bool = field(
@@ -647,10 +648,10 @@ class FallbackConfig:
             "utterances in `init`, and ship the better. Needs calibration utterances "
             "(`oos.enabled` and `oos.holdout_share` > 0); without them nothing is compared. "
             "Off by default: on CLINC150 the two differ by less than the calibration set can "
-            "resolve, and at 50 utterances per intent the check fell back on a one-utterance "
-            "difference and cost 0.73 test points (scripts/bench_fallback.py, "
-            "docs/benchmarks.md). Turn it on where fine-tuning may not help (an encoder whose "
-            "embeddings already separate the intents, or a recipe change to guard against)."
+            "resolve (with `significance` the check keeps fine-tuning at 10 and 50 utterances "
+            "per intent; scripts/bench_fallback.py, docs/benchmarks.md). Turn it on where "
+            "fine-tuning may not help (an encoder whose embeddings already separate the "
+            "intents, or a recipe change to guard against)."
         },
     )
     head_epochs: int = field(
@@ -665,7 +666,16 @@ class FallbackConfig:
         default=0.0,
         metadata={
             "help": "Points of calibration accuracy fine-tuning must gain over the head alone to "
-            "be kept (0: a tie keeps fine-tuning)."
+            "be kept (0: a tie keeps fine-tuning). Binds on its own only with `significance: 1`: "
+            "otherwise the head alone must also be significantly better."
+        },
+    )
+    significance: float = field(
+        default=0.05,
+        metadata={
+            "help": "Fall back only if the one-sided exact McNemar test on the calibration rows "
+            "where exactly one candidate is right gives p at or below this: the head alone must be "
+            "better by more than chance. 1 turns the test off (the plain comparison)."
         },
     )
 
@@ -681,6 +691,12 @@ class FallbackConfig:
             "fallback",
             "min_gain",
             f"must be in [-100, 100] (points of accuracy), got {self.min_gain}",
+        )
+        _check(
+            0 < self.significance <= 1,
+            "fallback",
+            "significance",
+            f"must be in (0, 1] (a p-value threshold), got {self.significance}",
         )
 
 

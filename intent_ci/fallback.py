@@ -7,8 +7,12 @@ separate the intents, a probe on frozen embeddings scores as well or better. Wit
 candidate, the head alone on the frozen encoder's embeddings of the same training rows
 (computed once, in the feature pass `init` makes anyway), and scores both on the calibration
 utterances, which neither trained on (`intent_ci.calibration.holdout_split`).
-Fine-tuning is kept when it is at least ``fallback.min_gain`` points better; otherwise the
-release is the frozen encoder (LoRA weights as initialised: B = 0) with the head alone.
+The release falls back to the frozen encoder (LoRA weights as initialised: B = 0) with the
+head alone only when the head alone is better by more than chance: fine-tuning scores below the
+head alone plus ``fallback.min_gain`` points, and the one-sided exact McNemar test on the rows
+where exactly one candidate is right gives p at most ``fallback.significance``. A few hundred
+held-out rows cannot tell a one-utterance difference from noise, and the test keeps such a tie
+from deciding the release.
 
 The head-alone fit is a probe in the release's own head: same kind (cosine or linear, with the
 dense layer where there is one), same class-balanced cross-entropy, started from the same
@@ -31,6 +35,7 @@ from accelerate import Accelerator
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
 from intent_ci.config import FallbackConfig, ReleaseConfig, TrainConfig
+from intent_ci.metrics.intent_regression.intent_regression import mcnemar_one_sided
 from intent_ci.modeling import IntentHead, IntentModel
 from intent_ci.training import (
     balanced_class_weights,
@@ -102,9 +107,33 @@ def lora_state(model: IntentModel) -> dict[str, torch.Tensor]:
     }
 
 
-def _accuracy(logits: torch.Tensor, targets: list[int]) -> float:
-    right = (logits.argmax(-1) == torch.tensor(targets)).sum().item()
-    return 100.0 * right / len(targets)
+def decide(tuned_right: torch.Tensor, alone_right: torch.Tensor, cfg: FallbackConfig) -> dict:
+    """The fallback's verdict from per-row correctness (bool tensors, one entry per held-back row).
+
+    Returns:
+        Both accuracies (%), the discordant row counts, the McNemar p-value and ``chosen``:
+        ``HEAD_ONLY`` when fine-tuning's accuracy is below the head alone's plus `cfg.min_gain`
+        points and p is at most `cfg.significance`, else ``FINE_TUNED``.
+    """
+    n = len(tuned_right)
+    tuned = 100.0 * tuned_right.sum().item() / n
+    alone = 100.0 * alone_right.sum().item() / n
+    head_wins = int((alone_right & ~tuned_right).sum().item())
+    tuned_wins = int((tuned_right & ~alone_right).sum().item())
+    # The gate's test: rows the head alone gets right that fine-tuning breaks, against the reverse.
+    p_value = mcnemar_one_sided(head_wins, tuned_wins)
+    worse = tuned < alone + cfg.min_gain and p_value <= cfg.significance
+    return {
+        "held_back_examples": n,
+        "fine_tuned_accuracy": round(tuned, 2),
+        "head_only_accuracy": round(alone, 2),
+        "only_head_right": head_wins,
+        "only_fine_tuned_right": tuned_wins,
+        "p_value": round(p_value, 6),
+        "min_gain": cfg.min_gain,
+        "significance": cfg.significance,
+        "chosen": HEAD_ONLY if worse else FINE_TUNED,
+    }
 
 
 def judge(
@@ -123,31 +152,22 @@ def judge(
         held_back: ``(text, target row)`` of utterances neither candidate trained on.
 
     Returns:
-        The manifest's ``metrics.fallback`` record: both accuracies (%) and ``chosen``,
-        ``HEAD_ONLY`` when fine-tuning's accuracy is below the head alone's plus
-        `cfg.min_gain` points. Judging passes every held-back row forward twice.
+        The manifest's ``metrics.fallback`` record (:func:`decide`). Judging passes every
+        held-back row forward twice.
     """
     texts = [t for t, _ in held_back]
-    targets = [y for _, y in held_back]
-    tokenized = tokenize(tokenizer, texts, targets, max_length, accelerator)
+    targets = torch.tensor([y for _, y in held_back])
+    tokenized = tokenize(tokenizer, texts, targets.tolist(), max_length, accelerator)
     loader = accelerator.prepare(
         make_loader(tokenized, tokenizer, train_cfg.eval_batch_size, shuffle=False)
     )
-    tuned = _accuracy(predict_logits(model, loader, accelerator, desc="fallback"), targets)
+    tuned = predict_logits(model, loader, accelerator, desc="fallback").argmax(-1).cpu()
     frozen_model = IntentModel(
         model.encoder, head_only.to(model.head.out_proj.weight.device), model.pooling
     )
     with model.encoder.disable_adapter():
-        alone = _accuracy(
-            predict_logits(frozen_model, loader, accelerator, desc="fallback"), targets
-        )
-    return {
-        "held_back_examples": len(held_back),
-        "fine_tuned_accuracy": round(tuned, 2),
-        "head_only_accuracy": round(alone, 2),
-        "min_gain": cfg.min_gain,
-        "chosen": FINE_TUNED if tuned >= alone + cfg.min_gain else HEAD_ONLY,
-    }
+        alone = predict_logits(frozen_model, loader, accelerator, desc="fallback").argmax(-1).cpu()
+    return decide(tuned == targets, alone == targets, cfg)
 
 
 def fall_back_if_better(
@@ -191,11 +211,12 @@ def fall_back_if_better(
         if accelerator.is_main_process:
             logger.warning(
                 "fine-tuning scored %.2f%% on %d held-out utterances against %.2f%% for the "
-                "head alone on the frozen encoder: the release is the head alone, and its line "
-                "trains the head alone (train.lora: false)",
+                "head alone on the frozen encoder (McNemar p = %.3g): the release is the head "
+                "alone, and its line trains the head alone (train.lora: false)",
                 record["fine_tuned_accuracy"],
                 len(held_back),
                 record["head_only_accuracy"],
+                record["p_value"],
             )
     return record, 2 * len(held_back), config
 

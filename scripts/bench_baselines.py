@@ -256,6 +256,24 @@ def retrains_from_bench_oos(path: str, protocols: list[str]) -> dict:
     return out
 
 
+def setfit_finals(paths: list[str], protocols: list[str]) -> dict:
+    """{head: {(condition, protocol, seed): {split: accuracy}}} from bench_setfit results: SetFit
+    trains on every intent's data at once, so its one run per condition and seed is the final
+    point of every protocol (P1 and P2 end on the same rows)."""
+    out: dict = {}
+    for path in paths:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        for key, run in data["runs"].items():
+            condition, seed = key.split("/")
+            for head, scores in run["heads"].items():
+                for pname in protocols:
+                    out.setdefault(head, {})[f"{condition}/{pname}/{seed}"] = {
+                        **{s: scores[s] for s in bi.SPLITS},
+                        "file": path,
+                    }
+    return out
+
+
 def summarise(result: dict) -> list[dict]:
     """Mean and 95% interval over seeds, per condition, protocol and method (test and val)."""
     rows = []
@@ -393,6 +411,14 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def write_report(result: dict, out: Path, render) -> None:
+    """`out`.json (every number) and `out`.md (`render(result)`)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    out.with_suffix(".md").write_text(render(result), encoding="utf-8")
+    print(f"wrote {out.with_suffix('.md')}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(bi.DEFAULT_DATA), help="CLINC150 data_full.json")
@@ -413,6 +439,13 @@ def main() -> None:
         "--retrain-from",
         metavar="BENCH_OOS_JSON",
         help="the full retrain per seed: bench_oos.json's per-seed 150-intent releases",
+    )
+    parser.add_argument(
+        "--setfit",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="a bench_setfit results file: SetFit on all data, beside the probe on all data",
     )
     parser.add_argument("--workdir", default=str(REPO / "runs" / "bench_baselines"))
     parser.add_argument("--out", default=str(REPO / "scripts" / "results" / "bench_baselines"))
@@ -476,20 +509,18 @@ def main() -> None:
         result["intent_ci"].setdefault("full retrain", {}).update(
             retrains_from_bench_oos(args.retrain_from, args.protocols)
         )
+    setfit = setfit_finals(args.setfit, args.protocols)
+    methods = [name for name in result["intent_ci"] if name != "full retrain"]
+    result["intent_ci"].update(setfit)
     result["summary"] = summarise(result)
     result["gaps"] = []
-    for name in result["intent_ci"]:
-        if name == "full retrain":
-            continue
-        for b in ("probe, all data", "probe, memory", "probe, memory, balanced", "full retrain"):
+    for name in methods:
+        for b in (*METHODS, "full retrain", *setfit):
             result["gaps"] += gaps(result, name, b)
     if "full retrain" in result["intent_ci"]:
-        result["gaps"] += gaps(result, "full retrain", "probe, all data")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1), encoding="utf-8")
-    out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
-    print(f"wrote {out.with_suffix('.md')}")
+        for b in ("probe, all data", *setfit):
+            result["gaps"] += gaps(result, "full retrain", b)
+    write_report(result, Path(args.out), markdown)
 
 
 if __name__ == "__main__":

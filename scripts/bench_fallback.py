@@ -16,9 +16,10 @@ guarantee   for N in --sizes and each seed: `init` with the shipped config and
             accuracies and the choice from the manifest;
             on **test**, the release, its fine-tuned and head-alone arms (the arm not chosen
             is made by the same `init` with the choice forced the other way:
-            `fallback.enabled: false` or `fallback.min_gain: 100`; training comes before the
-            choice, so it is the same training) and the probe on all N utterances per intent
-            (C chosen on val), which the issue asks the release never to lose to.
+            `fallback.enabled: false`, or `fallback.min_gain: 100` with `significance: 1`;
+            training comes before the choice, so it is the same training) and the probe on
+            all N utterances per intent (C chosen on val), which the issue asks the release
+            never to lose to; the arms on **val** too.
 
     python scripts/bench_fallback.py --choose --sizes 10 50 100   # embeddings are cached
     python scripts/bench_fallback.py --choose --sizes 10 50 100 --epochs-grid 160 \
@@ -156,26 +157,32 @@ def guarantee(emb: Embedded, raw: dict, args, config: ReleaseConfig) -> list[dic
             registry, cost = bi.cached_init(workdir / f"n{n}_seed{seed}", "init", data, cfg, True)
             manifest = registry.manifest("v1")
             record = manifest["metrics"]["fallback"]
-            release = accuracy(IntentClassifier.load(registry, "v1"), raw["test"])
+            clf = IntentClassifier.load(registry, "v1")
+            release = {s: accuracy(clf, raw[s]) for s in bi.SPLITS}
             # The arm not chosen, made exactly: the same init (training comes before the
             # choice, so it is the same training) with the choice forced the other way.
             if record["chosen"] == "head-only":
                 other, force = "fine-tuned", {"enabled": False}
             else:
-                other, force = "head-only", {"min_gain": 100.0}
+                other, force = "head-only", {"min_gain": 100.0, "significance": 1.0}
             forced = apply_overrides(cfg, {"fallback": force}, source="bench")
             other_reg, _ = bi.cached_init(workdir / f"n{n}_seed{seed}", other, data, forced, True)
-            other_acc = accuracy(IntentClassifier.load(other_reg, "v1"), raw["test"])
+            other_clf = IntentClassifier.load(other_reg, "v1")
+            other_acc = {s: accuracy(other_clf, raw[s]) for s in bi.SPLITS}
             tuned, alone = (release, other_acc) if other == "head-only" else (other_acc, release)
+            fitted_probe = probe(emb, rows)
             line = {
                 "size": n,
                 "seed": seed,
                 "fallback": record,
-                "test": {
-                    "release": release,
-                    "fine_tuned": tuned,
-                    "head_alone": alone,
-                    "probe_all_data": probe(emb, rows)["test"],
+                **{
+                    s: {
+                        "release": release[s],
+                        "fine_tuned": tuned[s],
+                        "head_alone": alone[s],
+                        "probe_all_data": fitted_probe[s],
+                    }
+                    for s in bi.SPLITS
                 },
                 "init_cost": cost,
                 "wall_s": round(time.perf_counter() - started, 1),
@@ -223,18 +230,32 @@ def markdown(result: dict) -> str:
         "# `init`'s fallback to the head alone, against the frozen probe (CLINC150)",
         "",
         f"Backbone `{result['backbone']}`, {result['date']}. Produced by `{result['command']}`; "
-        "bench_fallback.json has every number. Held-out: `init`'s calibration utterances "
+        "the JSON file of the same name has every number. Held-out: `init`'s calibration utterances "
         "(10% of each intent, at most 20). Test: CLINC150's in-scope test split, no rejection.",
         "",
-        "| N per intent | seed | held-out: fine-tuned | held-out: head alone | chosen | test: "
-        "release | fine-tuned | head alone | probe, all data | release - probe |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "`only FT / only head`: held-out rows only the fine-tuned release / only the head alone "
+        "got right; p: the one-sided exact McNemar test that the head alone is better, which must "
+        f"be at most `fallback.significance` ({result['config'].get('significance', 'n/a')}) "
+        "to fall back.",
+        "",
+        "| N per intent | seed | held-out: fine-tuned | head alone | only FT / only head | p | "
+        "chosen | val: fine-tuned / head alone | test: release | fine-tuned | head alone | "
+        "probe, all data | release - probe |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for ln in lines:
-        f, t = ln["fallback"], ln["test"]
+        f, t, v = ln["fallback"], ln["test"], ln.get("val")
+        counts = (
+            f"{f['only_fine_tuned_right']} / {f['only_head_right']}"
+            if "only_head_right" in f
+            else "n/a"
+        )
+        p = f"{f['p_value']:.3g}" if "p_value" in f else "n/a"
+        val = f"{v['fine_tuned']:.2f} / {v['head_alone']:.2f}" if v else "n/a"
         out.append(
             f"| {ln['size']} | {ln['seed']} | {f['fine_tuned_accuracy']:.2f} "
-            f"({f['held_back_examples']}) | {f['head_only_accuracy']:.2f} | {f['chosen']} | "
+            f"({f['held_back_examples']}) | {f['head_only_accuracy']:.2f} | {counts} | {p} | "
+            f"{f['chosen']} | {val} | "
             f"{t['release']:.2f} | {t['fine_tuned']:.2f} | {t['head_alone']:.2f} | "
             f"{t['probe_all_data']:.2f} | {t['release'] - t['probe_all_data']:+.2f} |"
         )

@@ -309,7 +309,11 @@ def init_recipe(config: ReleaseConfig, legacy: bool = False) -> dict:
     `legacy`: the key of a cache made when the out-of-scope score and target were part of it
     (with the defaults of that time, `LEGACY_CALIBRATION`)."""
     recipe = config.to_dict()
+    if not config.fallback.enabled:
+        recipe.pop("fallback")  # nothing else in it trains anything while the check is off
     for section, fields in ADDED_LATER.items():
+        if section not in recipe:
+            continue
         for key, value in fields.items():
             if recipe[section].get(key) == value:
                 recipe[section].pop(key)

@@ -1,8 +1,9 @@
 """`init`'s fallback to the head alone when fine-tuning does not beat it on held-out rows.
 
 The head fit is tested alone on fixed embeddings; end to end on the tiny RoBERTa, the rule is
-checked in both directions (forced by `fallback.min_gain`, and found on its own when a broken
-fine-tune loses), and a fallen-back release must be exactly the head-alone candidate it scored:
+checked in both directions (forced by `fallback.min_gain` with the significance test off, and
+found on its own when a broken fine-tune loses), the decision on per-row outcomes (a difference
+of a few rows is not enough to fall back), and a fallen-back release must be exactly the head-alone candidate it scored:
 LoRA weights as initialised, the recorded accuracy reproduced from the written release, and a
 line whose children train the head alone.
 """
@@ -13,9 +14,9 @@ import pytest
 import torch
 
 from intent_ci.cli import main
-from intent_ci.config import ReleaseConfig, TrainConfig, apply_overrides
+from intent_ci.config import FallbackConfig, ReleaseConfig, TrainConfig, apply_overrides
 from intent_ci.errors import IntentCIError
-from intent_ci.fallback import FINE_TUNED, HEAD_ONLY, fit_head
+from intent_ci.fallback import FINE_TUNED, HEAD_ONLY, decide, fit_head
 from intent_ci.modeling import IntentHead
 from intent_ci.pipeline import add_intents, init_release
 from intent_ci.registry import Registry
@@ -35,6 +36,37 @@ def test_fit_head_learns_fixed_embeddings_and_leaves_the_given_head_alone():
     assert not any(p.requires_grad for p in fitted.parameters())
     right = (fitted(pooled).argmax(-1) == torch.tensor(labels)).float().mean().item()
     assert right == 1.0
+
+
+def _rows(both: int, neither: int, only_tuned: int, only_head: int):
+    """Per-row correctness of the two candidates with the given counts of each outcome."""
+    tuned = [True] * both + [False] * neither + [True] * only_tuned + [False] * only_head
+    alone = [True] * both + [False] * neither + [False] * only_tuned + [True] * only_head
+    return torch.tensor(tuned), torch.tensor(alone)
+
+
+def test_a_one_row_difference_does_not_decide_the_release():
+    # bench_fallback's 50-per-intent case: 750 held-out rows, the head alone right on one more.
+    tuned, alone = _rows(both=720, neither=7, only_tuned=11, only_head=12)
+    record = decide(tuned, alone, FallbackConfig(enabled=True))
+    assert record["head_only_accuracy"] > record["fine_tuned_accuracy"]
+    assert record["p_value"] > 0.4
+    assert record["chosen"] == FINE_TUNED
+    # Without the test (significance 1) the plain comparison falls back on that one row.
+    assert decide(tuned, alone, FallbackConfig(significance=1.0))["chosen"] == HEAD_ONLY
+
+
+def test_a_clear_loss_falls_back_and_the_record_counts_the_rows():
+    tuned, alone = _rows(both=100, neither=10, only_tuned=5, only_head=25)
+    record = decide(tuned, alone, FallbackConfig(enabled=True))
+    assert (record["only_head_right"], record["only_fine_tuned_right"]) == (25, 5)
+    assert record["held_back_examples"] == 140
+    assert record["fine_tuned_accuracy"] == pytest.approx(100 * 105 / 140, abs=0.01)
+    assert record["p_value"] == pytest.approx(0.000162, abs=1e-6)  # P(X >= 25), X ~ Bin(30, 1/2)
+    assert record["chosen"] == HEAD_ONLY
+    # A negative min_gain tolerates a loss of that many points, significant or not.
+    kept = decide(tuned, alone, FallbackConfig(min_gain=-20.0))
+    assert kept["chosen"] == FINE_TUNED
 
 
 def _config(tiny_backbone, **fallback) -> ReleaseConfig:
@@ -61,8 +93,11 @@ def test_a_fallen_back_release_is_the_head_alone_and_its_line_keeps_to_it(
     tmp_path, tiny_backbone, data_dir, capsys
 ):
     registry = Registry(tmp_path / "adapters")
-    # A gain no fine-tune can reach forces the fallback, whatever the two scores are.
-    init_release(data_dir / "base", registry, _config(tiny_backbone, min_gain=100.0))
+    # A gain no fine-tune can reach forces the fallback, whatever the two scores are, once the
+    # significance test is off.
+    init_release(
+        data_dir / "base", registry, _config(tiny_backbone, min_gain=100.0, significance=1.0)
+    )
     manifest = registry.manifest("v1")
     record = manifest["metrics"]["fallback"]
     assert record["chosen"] == HEAD_ONLY
@@ -85,7 +120,8 @@ def test_a_fallen_back_release_is_the_head_alone_and_its_line_keeps_to_it(
     capsys.readouterr()
     assert main(["show", "--registry", str(registry.root), "v1"]) == 0
     shown = capsys.readouterr().out
-    assert "held-out utterances: shipped the head alone" in shown
+    assert "held-out utterances, McNemar p = " in shown
+    assert "shipped the head alone on the frozen encoder" in shown
     assert main(["show", "--registry", str(registry.root), "v2"]) == 0
     assert (
         "fallback  head alone on the frozen encoder (train.lora: false)" in capsys.readouterr().out
@@ -133,6 +169,7 @@ def test_without_calibration_utterances_nothing_is_compared(tmp_path, tiny_backb
     [
         ({"head_epochs": 0}, "`fallback.head_epochs`: must be >= 1, got 0"),
         ({"min_gain": 150}, r"`fallback.min_gain`: must be in \[-100, 100\]"),
+        ({"significance": 0}, r"`fallback.significance`: must be in \(0, 1\]"),
         ({"nope": 1}, "unknown"),
     ],
 )
