@@ -28,7 +28,7 @@ SetFit's own randomness (pair sampling, shuffling).
     python scripts/bench_setfit.py --conditions full small --seeds 0 1 2
     python scripts/bench_setfit.py --smoke          # 12 intents, a few steps: checks it runs
 
-Writes scripts/results/bench_setfit.{json,md}. Needs the `setfit` package (the `bench` extra).
+Writes <out>.{json,md} (--out, default scripts/results/bench_setfit). Needs the `setfit` package (the `bench` extra).
 CLINC150 (CC BY 3.0) is read from ../shared/datasets/clinc150/.
 """
 
@@ -134,7 +134,7 @@ def markdown(result: dict) -> str:
         "# SetFit on the same backbone: every intent's data at once (CLINC150)",
         "",
         f"Backbone `{result['backbone']}`, {result['machine']}, {result['date']}. Produced by "
-        f"`{result['command']}`; bench_setfit.json has every number. Accuracy in % on the 150 "
+        f"`{result['command']}`; the JSON file of the same name has every number. Accuracy in % on the 150 "
         "in-scope intents after training on every training utterance of the condition (what "
         "the full retrain and the probe on all data see after the last release of P1 and P2).",
         "",
@@ -183,15 +183,15 @@ def main() -> None:
     )
     parser.add_argument("--workdir", default=str(REPO / "runs" / "bench_setfit"))
     parser.add_argument("--out", default=str(REPO / "scripts" / "results" / "bench_setfit"))
-    parser.add_argument(
-        "--merge",
-        nargs="*",
-        default=[],
-        metavar="JSON",
-        help="earlier bench_setfit results whose runs go into this report (runs made now win)",
-    )
     parser.add_argument("--smoke", action="store_true", help="12 intents, 8 steps")
+    parser.add_argument(
+        "--report-from", metavar="JSON", help="train nothing: rewrite the report of this file"
+    )
     args = parser.parse_args()
+    if args.report_from:
+        result = json.loads(Path(args.report_from).read_text(encoding="utf-8"))
+        bb.write_report(result, Path(args.out), markdown)
+        return
     _quiet_libraries()
     if args.smoke:
         args.max_steps = args.max_steps or 8
@@ -206,8 +206,6 @@ def main() -> None:
         "conditions": args.conditions,
         "runs": {},
     }
-    for path in args.merge:
-        result["runs"].update(json.loads(Path(path).read_text(encoding="utf-8"))["runs"])
     for condition in args.conditions:
         per_intent = bi.CONDITIONS[condition]
         if args.smoke and per_intent:
@@ -223,7 +221,7 @@ def main() -> None:
                 + ", ".join(f"{h} test {100 * run['heads'][h]['test']:.2f}" for h in HEADS),
                 flush=True,
             )
-    bb.write_report(result, Path(args.out), markdown)
+            bb.write_report(result, Path(args.out), markdown)  # after every run: nothing lost
 
 
 if __name__ == "__main__":
