@@ -1,11 +1,11 @@
 """`init`'s fallback to the head alone when fine-tuning does not beat it on held-out rows.
 
-The head fit is tested alone on fixed embeddings; end to end on the tiny RoBERTa, the rule is
-checked in both directions (forced by `fallback.min_gain` with the significance test off, and
-found on its own when a broken fine-tune loses), the decision on per-row outcomes (a difference
-of a few rows is not enough to fall back), and a fallen-back release must be exactly the head-alone candidate it scored:
-LoRA weights as initialised, the recorded accuracy reproduced from the written release, and a
-line whose children train the head alone.
+The head fit is tested alone on fixed embeddings, and the decision on per-row outcomes (a
+difference of a few rows is not enough to fall back). End to end on the tiny RoBERTa, the rule
+is checked in both directions (forced by `fallback.min_gain` with the significance test off,
+and found on its own when a broken fine-tune loses), and a fallen-back release must be exactly
+the head-alone candidate it scored: LoRA weights as initialised, the recorded accuracy
+reproduced from the written release, and a line whose children train the head alone.
 """
 
 from __future__ import annotations
