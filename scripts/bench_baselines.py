@@ -106,6 +106,17 @@ def fit(x: np.ndarray, y: np.ndarray, c: float, balanced: bool):
     ).fit(x, y)
 
 
+def fit_c_on_val(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray):
+    """(C, model): the probe on `x`, `y` whose C in `C_GRID` scores best on `x_val`, `y_val`."""
+    best = None
+    for c in C_GRID:
+        model = fit(x, y, c, balanced=False)
+        acc = float((model.predict(x_val) == y_val).mean())
+        if best is None or acc > best[0]:
+            best = (acc, c, model)
+    return best[1], best[2]
+
+
 def score(model, emb: Embedded, known: set[str], old: set[str]) -> dict:
     out = {}
     for split in bi.SPLITS:

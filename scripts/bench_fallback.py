@@ -49,7 +49,7 @@ import bench_incremental as bi  # noqa: E402
 import datasets  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from bench_baselines import C_GRID, Embedded, fit, t_interval  # noqa: E402
+from bench_baselines import Embedded, fit_c_on_val, t_interval  # noqa: E402
 
 from intent_ci.cli import _quiet_libraries  # noqa: E402
 from intent_ci.config import PACKAGED_MINILM, ReleaseConfig, apply_overrides  # noqa: E402
@@ -72,15 +72,11 @@ def sample(emb: Embedded, raw: dict, n: int, seed: int) -> list[int]:
 def probe(emb: Embedded, rows: list[int]) -> dict:
     """Logistic regression on frozen embeddings of `rows`, C chosen on val; val and test."""
     x, y = emb.x["train"][rows], emb.y["train"][rows]
-    best = None
-    for c in C_GRID:
-        model = fit(x, y, c, balanced=False)
-        val = float((model.predict(emb.x["val"]) == emb.y["val"]).mean())
-        if best is None or val > best[0]:
-            best = (val, c, model)
-    val, c, model = best
-    test = float((model.predict(emb.x["test"]) == emb.y["test"]).mean())
-    return {"C": c, "val": 100 * val, "test": 100 * test}
+    c, model = fit_c_on_val(x, y, emb.x["val"], emb.y["val"])
+    return {
+        "C": c,
+        **{s: 100 * float((model.predict(emb.x[s]) == emb.y[s]).mean()) for s in bi.SPLITS},
+    }
 
 
 def head_alone(

@@ -299,7 +299,7 @@ LEGACY_CALIBRATION = {"score": "max_logit", "target_recall": 0.95}
 # that value a field stays out of the key, so those caches are still found.
 ADDED_LATER = {
     "train": {"outlier_weight": 0.0, "lora": True},
-    "fallback": {"enabled": False, "head_epochs": 80, "min_gain": 0.0},
+    "fallback": {"head_epochs": 80, "min_gain": 0.0},  # (off, the section leaves the key)
 }
 
 

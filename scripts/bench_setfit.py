@@ -79,7 +79,8 @@ def run_one(
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
 
-    max_steps = args.max_steps or math.ceil(retrain_passes(rows) / (2 * args.batch_size))
+    passes = retrain_passes(rows)
+    max_steps = args.max_steps or math.ceil(passes / (2 * args.batch_size))
     model = SetFitModel.from_pretrained(backbone)
     training = TrainingArguments(
         output_dir=str(workdir),
@@ -108,7 +109,7 @@ def run_one(
         "batch_size": args.batch_size,
         "pairs": max_steps * args.batch_size,
         "encoder_passes": 2 * max_steps * args.batch_size,
-        "retrain_encoder_passes": retrain_passes(rows),
+        "retrain_encoder_passes": passes,
         "train_s": round(train_s, 1),
         "heads": {},
     }
@@ -119,13 +120,11 @@ def run_one(
     x_train = np.asarray(model.encode([t for t, _ in rows]))
     y_train = np.array([i for _, i in rows])
     x = {s: np.asarray(model.encode(texts[s])) for s in bi.SPLITS}
-    best = None
-    for c in bb.C_GRID:
-        probe = bb.fit(x_train, y_train, c, balanced=False)
-        scores = {s: accuracy(probe.predict(x[s]), truth[s]) for s in bi.SPLITS}
-        if best is None or scores["val"] > best[1]["val"]:
-            best = (c, scores)
-    out["heads"]["SetFit, C on val"] = {**best[1], "C": best[0]}
+    c, probe = bb.fit_c_on_val(x_train, y_train, x["val"], np.array(truth["val"]))
+    out["heads"]["SetFit, C on val"] = {
+        **{s: accuracy(probe.predict(x[s]), truth[s]) for s in bi.SPLITS},
+        "C": c,
+    }
     return out
 
 
