@@ -117,6 +117,14 @@ def cmd_update(args: argparse.Namespace) -> int:
 def _update_lines(manifest: dict) -> list[str]:
     """An update release's changes: updated intents, corrections, replay memory changes."""
     lines = []
+    mode = (manifest.get("metrics") or {}).get("update_mode")
+    if mode == "head":
+        lines.append(
+            "trained   the head alone, on the parent's embeddings (train.update_mode: head); "
+            "the encoder is the parent's"
+        )
+    elif mode == "lora":
+        lines.append("trained   LoRA and head (train.update_mode: lora)")
     if manifest.get("updated_intents"):
         lines.append(f"updated   {', '.join(manifest['updated_intents'])}")
     for c in manifest.get("corrections") or []:

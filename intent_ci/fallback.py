@@ -17,87 +17,31 @@ from deciding the release.
 The head-alone fit is a probe in the release's own head: same kind (cosine or linear, with the
 dense layer where there is one), same class-balanced cross-entropy, started from the same
 class-mean prototypes, so a fallen-back release is an ordinary release that every command
-reads. Its loop runs over fixed embeddings, so it is separate from `intent_ci.training.train`,
-which runs the encoder; the loss terms are the same functions.
+reads. It is fitted by `intent_ci.training.fit_head`, the loop over fixed embeddings (the one
+`update` uses with ``train.update_mode: head``), which shares its loss terms with
+`intent_ci.training.train`.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
-import math
 import time
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from transformers import PreTrainedTokenizerBase, get_scheduler
+from transformers import PreTrainedTokenizerBase
 
 from intent_ci.config import FallbackConfig, ReleaseConfig, TrainConfig
 from intent_ci.metrics.intent_regression.intent_regression import mcnemar_one_sided
 from intent_ci.modeling import IntentHead, IntentModel
-from intent_ci.training import (
-    balanced_class_weights,
-    cross_entropy_term,
-    make_loader,
-    predict_logits,
-    tokenize,
-)
+from intent_ci.training import fit_head, make_loader, predict_logits, tokenize
 
 logger = logging.getLogger(__name__)
 
 FINE_TUNED = "fine-tuned"
 HEAD_ONLY = "head-only"
-
-
-def fit_head(
-    head: IntentHead,
-    pooled: torch.Tensor,
-    labels: list[int],
-    cfg: TrainConfig,
-    epochs: int,
-) -> IntentHead:
-    """A copy of `head` trained alone on fixed pooled embeddings; `head` is left as it is.
-
-    Class-balanced cross-entropy (as `cfg.class_balanced`), AdamW at `cfg.head_lr` with the
-    linear warm-up schedule of :func:`intent_ci.training.train`, `cfg.batch_size` rows a step,
-    shuffled with `cfg.seed`; the head's dropout is on while it trains. Every process fits the
-    same head from the same gathered embeddings, so no gradients are exchanged.
-    """
-    fitted = copy.deepcopy(head).to(pooled.device)
-    fitted.requires_grad_(True)
-    fitted.train()
-    targets = torch.tensor(labels, dtype=torch.long, device=pooled.device)
-    weights = (
-        balanced_class_weights(labels, fitted.num_labels).to(pooled.device)
-        if cfg.class_balanced
-        else None
-    )
-    optimizer = torch.optim.AdamW(
-        fitted.parameters(), lr=cfg.head_lr, weight_decay=cfg.weight_decay
-    )
-    steps_per_epoch = math.ceil(len(labels) / cfg.batch_size)
-    total = steps_per_epoch * epochs
-    scheduler = get_scheduler(
-        "linear",
-        optimizer,
-        num_warmup_steps=int(cfg.warmup_ratio * total),
-        num_training_steps=total,
-    )
-    generator = torch.Generator().manual_seed(cfg.seed)
-    for _ in range(epochs):
-        order = torch.randperm(len(labels), generator=generator).to(pooled.device)
-        for start in range(0, len(labels), cfg.batch_size):
-            rows = order[start : start + cfg.batch_size]
-            loss = cross_entropy_term(fitted(pooled[rows]), targets[rows], weights)
-            loss.backward()
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(fitted.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-    return fitted.eval().requires_grad_(False)
 
 
 def lora_state(model: IntentModel) -> dict[str, torch.Tensor]:
@@ -181,7 +125,7 @@ def fall_back_if_better(
     accelerator: Accelerator,
     config: ReleaseConfig,
 ) -> tuple[dict[str, Any], int, ReleaseConfig]:
-    """Fit the head alone (:func:`fit_head` from `start_head` on the frozen encoder's
+    """Fit the head alone (`intent_ci.training.fit_head` from `start_head` on the frozen encoder's
     `start_pooled` embeddings of the training rows, labelled `targets`), :func:`judge` it
     against the fine-tuned `model`, and if it wins, make `model` the head alone (in place).
 
@@ -191,8 +135,13 @@ def fall_back_if_better(
         the head alone ``train.lora: false``, so that the line's children train the head alone.
     """
     started = time.perf_counter()
-    head_only = fit_head(
-        start_head, start_pooled, targets, config.train, config.fallback.head_epochs
+    head_only, _ = fit_head(
+        start_head,
+        start_pooled,
+        targets,
+        config.train,
+        config.fallback.head_epochs,
+        main_process=accelerator.is_main_process,
     )
     record = judge(
         model,

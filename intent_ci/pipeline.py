@@ -57,6 +57,7 @@ from intent_ci.modeling import (
 from intent_ci.preflight import estimate_release_bytes, preflight
 from intent_ci.registry import Registry
 from intent_ci.release import (
+    LoadedRelease,
     adapter_config_of,
     full_state_dict,
     library_versions,
@@ -77,6 +78,7 @@ from intent_ci.training import (
     ParameterAnchor,
     compute_features,
     diagonal_fisher,
+    fit_head,
     hold_parent_weights,
     make_loader,
     predict_logits,
@@ -88,6 +90,7 @@ from intent_ci.update import (
     FROM_MEMORY,
     check_relabels,
     find_corrections,
+    known_embeddings,
     memory_changes,
     memory_index,
     without_moved,
@@ -216,6 +219,46 @@ def _teacher_targets(
     return torch.cat([logits, more_logits]), torch.cat([pooled.float(), more_pooled])
 
 
+def _parent_embeddings(
+    model: IntentModel,
+    parent: LoadedRelease,
+    computed_rows: list[tuple[str, str]],
+    computed_pooled: torch.Tensor,
+    memory: dict[str, list[str]],
+    backbone: Backbone,
+    accelerator: Accelerator,
+    config: ReleaseConfig,
+) -> tuple[dict[tuple[str, str], torch.Tensor], int]:
+    """The parent's pooled embeddings, by ``(intent, text)``, of the `computed_rows` (``(text,
+    intent)`` in the order of `computed_pooled`: the feature pass's) and of every exemplar of
+    `memory`, for ``train.update_mode: head``.
+
+    Memory exemplars come from the parent's exemplar bank where the head reads unit-length
+    embeddings as it reads the raw ones (a cosine head without a dense layer); the rest from
+    one forward pass of `model` (the parent).
+
+    Returns:
+        The embeddings and the number of rows passed forward for them.
+    """
+    computed = {(i, t): computed_pooled[k] for k, (t, i) in enumerate(computed_rows)}
+    head = model.head
+    bank = parent.bank if head.kind == "cosine" and head.dense is None else None
+    found, _ = known_embeddings(parent.replay, parent.labels, bank, computed)
+    missing = [(i, t) for i in parent.labels for t in memory.get(i, []) if (i, t) not in found]
+    if missing:
+        index = {label: k for k, label in enumerate(parent.labels)}
+        tokenized = tokenize(
+            backbone.tokenizer,
+            [t for _, t in missing],
+            [index[i] for i, _ in missing],
+            config.model.max_length,
+            accelerator,
+        )
+        pooled = _feature_pass(model, tokenized, backbone, accelerator, config).pooled
+        found.update(zip(missing, pooled, strict=True))
+    return found, len(missing)
+
+
 EWC_NEEDS_REPLAY = (
     "`distill.ewc_weight` needs replayed memory rows to estimate the Fisher information on; set "
     "`replay.enabled: true` or `distill.ewc_weight: 0`"
@@ -333,8 +376,14 @@ def _calibrate(
     backbone: Backbone,
     accelerator: Accelerator,
     config: ReleaseConfig,
+    bank_pooled: torch.Tensor | None = None,
 ) -> tuple[dict[str, Any] | None, torch.Tensor | None]:
     """Score the calibration utterances with the trained `model`.
+
+    Args:
+        bank_pooled: `model`'s pooled embeddings of the exemplar bank's utterances (the
+            `replay` memory in head-row order), when already known: those utterances then skip
+            the forward pass.
 
     Returns:
         The manifest's ``oos`` record, and the exemplar bank to store with the release (the
@@ -345,9 +394,15 @@ def _calibrate(
         return None, None
     rows = calibration_rows(calibration, labels)
     bank_texts, without = exemplar_texts(config.oos.score, replay, labels)
+    bank = None
+    if bank_texts and bank_pooled is not None:
+        if len(bank_pooled) != len(bank_texts):
+            raise IntentCIError(
+                f"internal: {len(bank_pooled)} bank embeddings for {len(bank_texts)} exemplars"
+            )
+        bank, bank_texts = make_bank(bank_pooled), []
     texts = [t for t, _ in rows] + list(oos)
     logits, features = torch.empty(0, len(labels)), None
-    bank = None
     if texts or bank_texts:
         index = {label: i for i, label in enumerate(labels)}
         targets = [index[i] for _, i in rows] + [0] * (len(oos) + len(bank_texts))
@@ -357,14 +412,17 @@ def _calibrate(
         loader = accelerator.prepare(
             make_loader(tokenized, backbone.tokenizer, config.train.eval_batch_size, shuffle=False)
         )
-        if bank_texts:
+        if bank_texts or bank is not None:
             logits, features = predict_logits_and_pooled(
                 model, loader, accelerator, desc="calibration", leave=True
             )
-            bank = make_bank(features[len(texts) :])
-            logits, features = logits[: len(texts)], features[: len(texts)]
+            if bank_texts:
+                bank = make_bank(features[len(texts) :])
+                logits, features = logits[: len(texts)], features[: len(texts)]
         else:
             logits = predict_logits(model, loader, accelerator, desc="calibration", leave=True)
+    if bank is not None and features is None:
+        features = torch.empty(0, bank.shape[-1])
     record = calibrate_release_scores(
         logits,
         features,
@@ -722,12 +780,15 @@ def update_release(
 
     `data` may mix new intents (added as by :func:`add_intents`), more examples of intents the
     parent has, and corrections: utterances the parent's replay memory files under another
-    intent, or that the parent predicts as another intent. It is the same job as
-    :func:`add_intents` with three differences: distillation skips the corrected rows and the
+    intent, or that the parent predicts as another intent. With ``train.update_mode: head``
+    (the default) the head alone trains, on the parent's pooled embeddings of the file's rows
+    and of its whole replay memory, and the encoder stays the parent's; with ``lora`` it is the
+    same job as :func:`add_intents`. Either way distillation skips the corrected rows and the
     rows of updated intents (the parent's answer there is what is being changed); the head rows
     of updated intents train; and updated intents re-choose their replay memory over their old
     exemplars plus the new rows, with corrected utterances moved to their new intent. The
-    manifest lists ``updated_intents``, ``new_intents``, ``corrections`` and ``memory_changes``.
+    manifest lists ``updated_intents``, ``new_intents``, ``corrections`` and ``memory_changes``,
+    and ``metrics.update_mode``.
 
     Raises:
         IntentCIError: for bad data (the same utterance under two intents, a correction to the
@@ -934,45 +995,75 @@ def _child_release(
     # Updated intents replay their whole (old) memory beside their new rows and train their
     # head rows: they are meant to move.
     whole = neighbour_set | set(updated)
+    # `update_mode: head`: the head alone trains, on embeddings the encoder gives whatever the
+    # head does, so every exemplar replays (its embedding costs no training pass).
+    head_mode = updates and config.train.update_mode == "head"
 
-    replayed = (
-        draw_replay(
+    if not config.replay.enabled:
+        replayed = {}
+    elif head_mode:
+        replayed = memory
+    else:
+        replayed = draw_replay(
             memory,
             old_labels,
             replay_per_intent(config.replay, len(new_texts), len(old_labels)),
             seed=f"{config.train.seed}-{parent_release.name}",
             whole=whole,
         )
-        if config.replay.enabled
-        else {}
-    )
     replay_texts = [t for intent in old_labels for t in replayed.get(intent, [])]
     replay_targets = [index[intent] for intent in old_labels for _ in replayed.get(intent, [])]
     texts = list(new_texts) + replay_texts
     targets = new_targets + replay_targets
-    tokenized = tokenize(backbone.tokenizer, texts, targets, config.model.max_length, accelerator)
 
-    # The parent's soft labels for every training row, computed once: the teacher is frozen
-    # and deterministic (eval mode), so this equals scoring each batch on the fly, epochs times
-    # cheaper. The file's rows (the first ones) were scored by the parent's feature pass already;
-    # only the replay rows get a teacher pass.
-    use_kd = config.distill.enabled and config.distill.weight > 0
-    changed = len(new_labels) + len(updated)
-    feature_weight = (
-        config.distill.feature_weight * math.sqrt(len(old_labels) / changed)
-        if config.distill.enabled
-        else 0.0
-    )
-    soft_labels = teacher_pooled = None
-    if use_kd or feature_weight > 0:
-        soft_labels, teacher_pooled = _teacher_targets(
+    distill = config.distill
+    if head_mode and distill.update_head_weight is not None:
+        distill = dataclasses.replace(distill, weight=distill.update_head_weight)
+    use_kd = distill.enabled and distill.weight > 0
+    soft_labels = teacher_pooled = tokenized = None
+    feature_weight = 0.0
+    memory_forward = 0
+    if head_mode:
+        embeddings, memory_forward = _parent_embeddings(
             model,
-            (parent_logits, parent_pass.pooled[: len(new_texts)]),
-            tokenized,
+            parent_release,
+            list(zip(new_texts, new_intents, strict=True)) + stored,
+            parent_pass.pooled,
+            memory,
             backbone,
             accelerator,
             config,
         )
+        train_pooled = torch.stack(
+            [embeddings[(i, t)] for t, i in zip(new_texts, new_intents, strict=True)]
+            + [embeddings[(i, t)] for i in old_labels for t in replayed.get(i, [])]
+        ).to(model.head.out_proj.weight.device, torch.float32)
+        if use_kd:
+            with torch.no_grad():
+                soft_labels = model.head.eval()(train_pooled).float()
+    else:
+        tokenized = tokenize(
+            backbone.tokenizer, texts, targets, config.model.max_length, accelerator
+        )
+        # The parent's soft labels for every training row, computed once: the teacher is
+        # frozen and deterministic (eval mode), so this equals scoring each batch on the fly,
+        # epochs times cheaper. The file's rows (the first ones) were scored by the parent's
+        # feature pass already; only the replay rows get a teacher pass.
+        changed = len(new_labels) + len(updated)
+        feature_weight = (
+            config.distill.feature_weight * math.sqrt(len(old_labels) / changed)
+            if config.distill.enabled
+            else 0.0
+        )
+        if use_kd or feature_weight > 0:
+            soft_labels, teacher_pooled = _teacher_targets(
+                model,
+                (parent_logits, parent_pass.pooled[: len(new_texts)]),
+                tokenized,
+                backbone,
+                accelerator,
+                config,
+            )
     # The teacher speaks for the replay rows and the new intents' rows, not for corrected
     # rows or rows of updated intents: there the parent's answer is what is being changed.
     # Without `distill.updated_exemplars` it is silent on the updated intents' replayed
@@ -980,7 +1071,8 @@ def _child_release(
     changing = set(updated)
     silenced = {c.row for c in corrections}
     silenced |= {j for j, intent in enumerate(new_intents) if intent in changing}
-    if not config.distill.updated_exemplars:
+    # With the head alone it is silent there always: it would hold the head rows that move.
+    if not config.distill.updated_exemplars or head_mode:
         rows_of = {index[intent] for intent in changing}
         silenced |= {len(new_texts) + k for k, t in enumerate(replay_targets) if t in rows_of}
     teacher_rows = None
@@ -992,49 +1084,67 @@ def _child_release(
     # exactly. Surgery happens before the optimizer and `prepare` exist.
     if new_labels:
         model.head = widen_head(model.head, len(new_labels), rows)
-    # LoRA trains; so do the head's rows (old ones restored by the row freezer) and, unless
-    # `train.freeze_dense`, its dense layer.
-    hold_parent_weights(model, config.train)
-    anchor = _parameter_anchor(
-        model, tokenized, range(len(new_texts), len(texts)), backbone, accelerator, config
-    )
-
-    scale = config.train.add_intent_lr_scale
-    train_cfg = dataclasses.replace(
-        config.train,
-        lr=config.train.lr * scale,
-        head_lr=config.train.head_lr * scale,
-        epochs=config.train.update_epochs
-        if updates and config.train.update_epochs is not None
-        else config.train.add_intent_epochs,
-    )
-    model, stats = train(
-        model,
-        tokenized,
-        backbone.tokenizer,
-        accelerator,
-        train_cfg,
-        soft_labels=soft_labels if use_kd else None,
-        distill=config.distill,
-        teacher_pooled=teacher_pooled,
-        feature_weight=feature_weight,
-        frozen_rows=[
-            i
-            for i, label in enumerate(old_labels)
-            if label not in updated and not (config.train.neighbour_rows and label in neighbour_set)
-        ]
-        if config.train.freeze_old_rows
-        else None,
-        teacher_rows=teacher_rows,
-        anchor=anchor,
-    )
+    if head_mode:
+        # The encoder stays the parent's; every head row trains (each intent's exemplars are
+        # in the batch), the dense layer only without `train.freeze_dense`.
+        model.head, stats = fit_head(
+            model.head,
+            train_pooled,
+            targets,
+            config.train,
+            config.train.update_head_epochs,
+            lr=config.train.head_lr,
+            teacher_logits=soft_labels,
+            distill=distill if use_kd else None,
+            teacher_rows=teacher_rows,
+            train_dense=not config.train.freeze_dense,
+            main_process=accelerator.is_main_process,
+        )
+    else:
+        # LoRA trains; so do the head's rows (old ones restored by the row freezer) and,
+        # unless `train.freeze_dense`, its dense layer.
+        hold_parent_weights(model, config.train)
+        anchor = _parameter_anchor(
+            model, tokenized, range(len(new_texts), len(texts)), backbone, accelerator, config
+        )
+        scale = config.train.add_intent_lr_scale
+        train_cfg = dataclasses.replace(
+            config.train,
+            lr=config.train.lr * scale,
+            head_lr=config.train.head_lr * scale,
+            epochs=config.train.update_epochs
+            if updates and config.train.update_epochs is not None
+            else config.train.add_intent_epochs,
+        )
+        model, stats = train(
+            model,
+            tokenized,
+            backbone.tokenizer,
+            accelerator,
+            train_cfg,
+            soft_labels=soft_labels if use_kd else None,
+            distill=config.distill,
+            teacher_pooled=teacher_pooled,
+            feature_weight=feature_weight,
+            frozen_rows=[
+                i
+                for i, label in enumerate(old_labels)
+                if label not in updated
+                and not (config.train.neighbour_rows and label in neighbour_set)
+            ]
+            if config.train.freeze_old_rows
+            else None,
+            teacher_rows=teacher_rows,
+            anchor=anchor,
+        )
     # Memory of every intent in the file, chosen over its rows plus, for an updated intent, the
     # old exemplars it keeps, by herding on pooled embeddings (the teacher's pass, or with
     # `replay.exemplar_features: trained` the trained student's); corrected utterances first.
     keeps = [j for j, (t, i) in enumerate(stored) if t in set(memory.get(i, []))]
     kept = [stored[j] for j in keeps]
     pool = list(range(len(new_texts))) + [len(new_texts) + j for j in keeps]
-    trained_exemplars = config.replay.exemplar_features == "trained"
+    # With the head alone the encoder is the parent's, so its embeddings are the trained ones.
+    trained_exemplars = config.replay.exemplar_features == "trained" and not head_mode
     exemplar_pass = (
         _feature_pass(model, tokenized_new, backbone, accelerator, config)
         if trained_exemplars
@@ -1050,8 +1160,12 @@ def _child_release(
         forced=frozenset(c.row for c in corrections),
     )
     replay = {**memory, **new_memory}
+    bank_pooled = None
+    if head_mode and exemplar_texts(config.oos.score, replay, labels)[0]:
+        # Every exemplar's embedding is known and the encoder did not move: no bank pass.
+        bank_pooled = torch.stack([embeddings[(i, t)] for i in labels for t in replay[i]])
     oos, bank = _calibrate(
-        model, labels, calibration, oos_texts, replay, backbone, accelerator, config
+        model, labels, calibration, oos_texts, replay, backbone, accelerator, config, bank_pooled
     )
     if oos is not None and parent_release.calibration is None:
         note = (
@@ -1072,12 +1186,18 @@ def _child_release(
         # Forward passes without a backward: the feature pass over the new utterances
         # (prototypes, the parent's answers, the teacher on those rows and exemplar choice;
         # twice with `replay.exemplar_features: trained`) and the teacher's pass over the
-        # replayed rows.
+        # replayed rows; with `update_mode: head` instead the pass over the memory exemplars
+        # whose embedding the parent's bank does not give.
         "forward_only_examples": (len(new_texts) + len(stored)) * (2 if trained_exemplars else 1)
-        + (len(replay_texts) if use_kd or feature_weight > 0 else 0),
+        + (len(replay_texts) if not head_mode and (use_kd or feature_weight > 0) else 0)
+        + memory_forward,
         # Forward and backward passes over the replayed rows that estimate EWC's Fisher.
         "fisher_examples": len(replay_texts) if config.distill.ewc_weight > 0 else 0,
         "feature_weight": round(feature_weight, 4),
+        # `update`: lora (training passes go through the encoder) or head (the head alone, on
+        # fixed embeddings: `train.examples_trained` rows through the head, none through the
+        # encoder).
+        **({"update_mode": config.train.update_mode} if updates else {}),
         # Old intents the parent predicted for each new intent's utterances (share >=
         # replay.neighbour_share): the likeliest confusions to check before deploying.
         "neighbours": neighbours,

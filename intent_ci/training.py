@@ -15,10 +15,15 @@ and deterministic in eval mode, so its outputs are computed once, before trainin
 ``gather_for_metrics`` collects them, and the teacher is never passed to
 ``accelerator.prepare``. One teacher pass instead of one per epoch, and the teacher can be
 freed before the student trains.
+
+:func:`fit_head` is the loop over fixed pooled embeddings, with the same cross-entropy and
+distillation terms, for what trains the head alone: `init`'s head-alone candidate
+(`intent_ci.fallback`) and `update` with ``train.update_mode: head``.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -35,7 +40,7 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase, get_s
 
 from intent_ci.config import DistillConfig, TrainConfig
 from intent_ci.errors import IntentCIError
-from intent_ci.modeling import IntentModel
+from intent_ci.modeling import IntentHead, IntentModel
 
 logger = logging.getLogger(__name__)
 
@@ -673,3 +678,101 @@ def train(
     progress.close()
     stats.wall_time_s = time.perf_counter() - start
     return accelerator.unwrap_model(model), stats
+
+
+def fit_head(
+    head: IntentHead,
+    pooled: torch.Tensor,
+    labels: list[int],
+    cfg: TrainConfig,
+    epochs: int,
+    *,
+    lr: float | None = None,
+    teacher_logits: torch.Tensor | None = None,
+    distill: DistillConfig | None = None,
+    teacher_rows: torch.Tensor | None = None,
+    train_dense: bool = True,
+    main_process: bool = True,
+) -> tuple[IntentHead, TrainStats]:
+    """A copy of `head` trained alone on fixed pooled embeddings; `head` is left as it is.
+
+    The loop for what needs no encoder pass: `init`'s head-alone candidate
+    (`intent_ci.fallback`) and `update` with ``train.update_mode: head``. The loss is the
+    same terms as :func:`train`'s: class-balanced cross-entropy (as `cfg.class_balanced`), plus
+    ``distill.weight * distillation_term`` against `teacher_logits` on the rows `teacher_rows`
+    marks (default: all) when both are given. AdamW at `lr` (default `cfg.head_lr`) with the
+    linear warm-up schedule of :func:`train`, `cfg.batch_size` rows a step, shuffled with
+    `cfg.seed`; the head's dropout is on while it trains. Every process fits the same head from
+    the same gathered embeddings, so no gradients are exchanged.
+
+    Args:
+        train_dense: whether the head's dense layer (where it has one) trains.
+        main_process: shows the progress bar.
+    """
+    fitted = copy.deepcopy(head).to(pooled.device)
+    fitted.requires_grad_(True)
+    if fitted.dense is not None and not train_dense:
+        fitted.dense.requires_grad_(False)
+    fitted.train()
+    targets = torch.tensor(labels, dtype=torch.long, device=pooled.device)
+    weights = (
+        balanced_class_weights(labels, fitted.num_labels).to(pooled.device)
+        if cfg.class_balanced
+        else None
+    )
+    use_kd = teacher_logits is not None and distill is not None and distill.weight > 0
+    if use_kd:
+        teacher_logits = teacher_logits.to(pooled.device)
+        taught_rows = (
+            torch.ones(len(labels), dtype=torch.bool)
+            if teacher_rows is None
+            else teacher_rows.bool()
+        ).to(pooled.device)
+    trainable = [p for p in fitted.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        trainable, lr=cfg.head_lr if lr is None else lr, weight_decay=cfg.weight_decay
+    )
+    steps_per_epoch = math.ceil(len(labels) / cfg.batch_size)
+    total = steps_per_epoch * epochs
+    scheduler = get_scheduler(
+        "linear",
+        optimizer,
+        num_warmup_steps=int(cfg.warmup_ratio * total),
+        num_training_steps=total,
+    )
+    generator = torch.Generator().manual_seed(cfg.seed)
+    stats = TrainStats()
+    started = time.perf_counter()
+    for epoch in tqdm(range(epochs), desc="head", disable=not main_process, leave=False):
+        order = torch.randperm(len(labels), generator=generator).to(pooled.device)
+        ce_sum = kd_sum = 0.0
+        for start in range(0, len(labels), cfg.batch_size):
+            rows = order[start : start + cfg.batch_size]
+            logits = fitted(pooled[rows])
+            ce = cross_entropy_term(logits, targets[rows], weights)
+            loss = ce
+            if use_kd:
+                taught = taught_rows[rows]
+                if taught.any():
+                    kd = distillation_term(
+                        logits[taught], teacher_logits[rows][taught], distill.temperature
+                    )
+                    loss = loss + distill.weight * kd
+                    kd_sum += kd.item()
+            loss.backward()
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            ce_sum += ce.item()
+            stats.steps += 1
+            stats.optimizer_steps += 1
+            stats.examples_trained += len(rows)
+        means = {"ce": ce_sum / steps_per_epoch, "kd": kd_sum / steps_per_epoch}
+        kd_weight = distill.weight if use_kd else 0.0
+        stats.loss_per_epoch.append(
+            {"epoch": epoch + 1, "loss": means["ce"] + kd_weight * means["kd"], **means}
+        )
+    stats.wall_time_s = time.perf_counter() - started
+    return fitted.eval().requires_grad_(False), stats

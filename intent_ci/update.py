@@ -9,12 +9,18 @@ An ``update`` file mixes three kinds of rows, told apart against the parent rele
 
 The functions here are pure: they take the rows, the parent's memory and its predictions, and
 return the plan, so the pipeline can list the corrections before any training starts.
+
+With ``train.update_mode: head`` an update trains the head alone on the parent's pooled
+embeddings; :func:`known_embeddings` collects the ones the release already has, so that only
+the rest need an encoder pass.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+
+import torch
 
 from intent_ci.data import normalise
 from intent_ci.errors import IntentCIError
@@ -131,3 +137,32 @@ def memory_changes(
         if added or removed:
             changes[intent] = {"added": added, "removed": removed}
     return changes
+
+
+def known_embeddings(
+    memory: dict[str, list[str]],
+    intents: list[str],
+    bank: torch.Tensor | None,
+    computed: dict[tuple[str, str], torch.Tensor],
+) -> tuple[dict[tuple[str, str], torch.Tensor], list[tuple[str, str]]]:
+    """The parent's pooled embeddings of `memory`'s exemplars that need no encoder pass.
+
+    Args:
+        memory: the parent's replay memory, as its exemplar bank was made from it.
+        intents: the parent's intents in head-row order (the bank's row order).
+        bank: the parent's exemplar bank (unit-length pooled embeddings of `memory`, intent by
+            intent in `intents` order), or None where the head cannot use it: unit length is
+            the same embedding only for a cosine head without a dense layer.
+        computed: embeddings already at hand, by ``(intent, text)`` (the feature pass's).
+
+    Returns:
+        ``(intent, text) -> embedding`` for every exemplar found in `computed` or the bank,
+        and the ``(intent, text)`` pairs of `memory` found in neither (in memory order). A
+        bank whose row count does not match `memory` is not used.
+    """
+    found = dict(computed)
+    keys = [(intent, t) for intent in intents for t in memory.get(intent, [])]
+    if bank is not None and len(bank) == len(keys):
+        for key, row in zip(keys, bank, strict=True):
+            found.setdefault(key, row)
+    return found, [k for k in keys if k not in found]

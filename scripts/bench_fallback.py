@@ -53,9 +53,9 @@ from bench_baselines import Embedded, fit_c_on_val, t_interval  # noqa: E402
 
 from intent_ci.cli import _quiet_libraries  # noqa: E402
 from intent_ci.config import PACKAGED_MINILM, ReleaseConfig, apply_overrides  # noqa: E402
-from intent_ci.fallback import fit_head  # noqa: E402
 from intent_ci.modeling import build_head, class_prototypes  # noqa: E402
 from intent_ci.release import IntentClassifier  # noqa: E402
+from intent_ci.training import fit_head  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WITHIN = 0.1  # points: the choice rule's tolerance
@@ -91,7 +91,7 @@ def head_alone(
     head = build_head(config.model, pooled.shape[1], len(intents), "mean")
     with torch.no_grad():
         head.out_proj.weight.copy_(class_prototypes(pooled, torch.tensor(targets), len(intents)))
-    fitted = fit_head(head, pooled, targets, config.train, epochs)
+    fitted, _ = fit_head(head, pooled, targets, config.train, epochs)
     out = {}
     with torch.no_grad():
         for split in bi.SPLITS:

@@ -247,13 +247,18 @@ def score(clf: IntentClassifier, raw: dict, known: list[str], old: set[str]) -> 
 
 
 def release_costs(registry: Registry, release: str) -> dict:
+    """A release's compute from its manifest. Examples are rows through the encoder: an
+    `update` with `train.update_mode: head` trains the head alone on fixed embeddings, so its
+    training rows (`head_examples_trained`) pass no encoder and count in seconds only."""
     m = registry.manifest(release)["metrics"]
-    trained = m["train"]["examples_trained"]
+    head_only = m.get("update_mode") == "head"
+    trained = 0 if head_only else m["train"]["examples_trained"]
     return {
         "compute_s": m["compute_s"],
         "job_s": m["wall_time_s"],
         "train_loop_s": round(m["train"]["wall_time_s"], 2),
         "examples_trained": trained,
+        "head_examples_trained": m["train"]["examples_trained"] if head_only else 0,
         "forward_only_examples": m["forward_only_examples"],
         "fisher_examples": m.get("fisher_examples", 0),
         "examples_processed": trained + m["forward_only_examples"] + m.get("fisher_examples", 0),
@@ -270,6 +275,8 @@ ADD_INTENT_ONLY = {
     "train": (
         "add_intent_epochs",
         "update_epochs",
+        "update_mode",
+        "update_head_epochs",
         "add_intent_lr_scale",
         "freeze_old_rows",
         "neighbour_rows",
@@ -282,6 +289,7 @@ ADD_INTENT_ONLY = {
         "l2_weight",
         "ewc_weight",
         "updated_exemplars",
+        "update_head_weight",
     ),
     "replay": ("enabled", "train_per_intent", "new_ratio", "neighbour_share"),
 }

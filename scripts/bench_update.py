@@ -9,9 +9,13 @@ Setup (per seed; every intent's 100 training utterances in a seeded order):
 
 Compared in one run:
 
-    intent-ci       `update` with the shipped defaults (distillation off the updated rows,
-                    replay, updated head rows train)
-    naive           the same updates without distillation or replay: fine-tuning on the new
+    intent-ci       `update` with the shipped defaults (`train.update_mode: head`: the head
+                    alone on the parent's embeddings of the new rows and of its whole replay
+                    memory, distillation on the untouched intents' rows)
+    lora            `update_mode: lora`: LoRA and head on the new rows plus replayed exemplars
+                    through the encoder (distillation off the updated rows, updated head rows
+                    train), as `add-intent` trains
+    naive           the lora updates without distillation or replay: fine-tuning on the new
                     rows only (add-intent-style; untouched head rows stay fixed)
     full retrain    `init` on the final data (50 per intent), the same recipe as the base
     retrain/update  what retraining after every update would cost: `init` on 20+30k rows per
@@ -81,7 +85,12 @@ from intent_ci.release import IntentClassifier  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 METHODS = {
     "intent-ci": {},
-    "naive": {"distill": {"enabled": False}, "replay": {"enabled": False}},
+    "lora": {"train": {"update_mode": "lora"}},
+    "naive": {
+        "train": {"update_mode": "lora"},
+        "distill": {"enabled": False},
+        "replay": {"enabled": False},
+    },
 }
 FLOORS = {
     "final_vs_retrain_points": -0.5,  # final accuracy at most 0.5 points below the retrain
@@ -547,7 +556,12 @@ def markdown(result: dict, out: Path) -> str:
         f"{result['machine']['cpu_count']} CPU cores, {result['date']}. Produced by "
         + (
             " and ".join(f"`{c}`" for c in result["command"])
-            + " (in parallel, merged with `--report-from`)"
+            + (
+                " (in parallel)" * (len(result["command"]) > 1)
+                + f", reported by `{result['report_command']}`"
+                if result.get("report_command")
+                else " (in parallel, merged with `--report-from`)"
+            )
             if isinstance(result["command"], list)
             else f"`{result['command']}`"
         )
@@ -742,10 +756,31 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def renamed(part: dict, spec: str) -> dict:
+    """`part` with method OLD called NEW in every seed (`spec` is ``FILE:OLD=NEW``); the
+    command that made the merged report records the renaming."""
+    old, _, new = spec.rpartition(":")[2].partition("=")
+    if not old or not new:
+        raise SystemExit(f"--rename {spec!r}: expected FILE:OLD=NEW")
+    seeds = []
+    for s in part["seeds"]:
+        found = s.get("methods", {})
+        if old not in found:
+            raise SystemExit(f"--rename {spec!r}: seed {s['seed']} has no method {old!r}")
+        seeds.append({**s, "methods": {new if k == old else k: v for k, v in found.items()}})
+    return {**part, "seeds": seeds}
+
+
 def merge(parts: list[dict]) -> dict:
     """One result from parts run in parallel: seeds matched by number, methods united, every
     other per-seed entry (base, full retrain, corrections) taken from the part that has it."""
-    result = {**parts[0], "seeds": [], "command": [p["command"] for p in parts]}
+    commands = [
+        c
+        for p in parts
+        for c in (p["command"] if isinstance(p["command"], list) else [p["command"]])
+    ]
+    result = {**parts[0], "seeds": [], "command": list(dict.fromkeys(commands))}
+    result.pop("report_command", None)
     by_seed: dict[int, dict] = {}
     for part in parts:
         for s in part["seeds"]:
@@ -825,10 +860,24 @@ def main() -> None:
         "made in parallel processes, e.g. --methods naive --no-retrain --no-corrections) are "
         "merged seed by seed",
     )
+    parser.add_argument(
+        "--rename",
+        action="append",
+        default=[],
+        metavar="FILE:OLD=NEW",
+        help="with --report-from: call method OLD of the part read from FILE NEW (e.g. a line "
+        "run as `intent-ci` under an earlier default, beside the current one)",
+    )
     args = parser.parse_args()
     if args.report_from:
         parts = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.report_from]
-        write_outputs(merge(parts), Path(args.out))
+        for spec in args.rename:
+            parts[args.report_from.index(spec.rpartition(":")[0])] = renamed(
+                parts[args.report_from.index(spec.rpartition(":")[0])], spec
+            )
+        merged = merge(parts)
+        merged["report_command"] = " ".join(["python scripts/bench_update.py", *sys.argv[1:]])
+        write_outputs(merged, Path(args.out))
         return
     _quiet_libraries()
     raw = load_clinc(Path(args.data), smoke=args.smoke)

@@ -443,6 +443,14 @@ def write_yaml(tmp_path: Path, values) -> Path:
             {"train": {"update_epochs": 0}},
             r"config field `train.update_epochs`: must be >= 1 or null, got 0$",
         ),
+        (
+            {"train": {"update_mode": "encoder"}},
+            r"config field `train.update_mode`: expected one of lora, head; got 'encoder'$",
+        ),
+        (
+            {"train": {"update_head_epochs": 0}},
+            r"config field `train.update_head_epochs`: must be >= 1, got 0$",
+        ),
         ({"model": {"backbone": None}}, r"`model.backbone`: expected a string, got None$"),
         ({"train": [1, 2]}, r"section `train` must be a mapping of key: value$"),
         ({"train": {"freeze_dense": "maybe"}}, r"`train.freeze_dense`: expected true or false"),

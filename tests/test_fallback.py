@@ -14,28 +14,13 @@ import pytest
 import torch
 
 from intent_ci.cli import main
-from intent_ci.config import FallbackConfig, ReleaseConfig, TrainConfig, apply_overrides
+from intent_ci.config import FallbackConfig, ReleaseConfig, apply_overrides
 from intent_ci.errors import IntentCIError
-from intent_ci.fallback import FINE_TUNED, HEAD_ONLY, decide, fit_head
-from intent_ci.modeling import IntentHead
+from intent_ci.fallback import FINE_TUNED, HEAD_ONLY, decide
 from intent_ci.pipeline import add_intents, init_release
 from intent_ci.registry import Registry
 from intent_ci.release import IntentClassifier, load_release
 from tests.conftest import tiny_overrides
-
-
-def test_fit_head_learns_fixed_embeddings_and_leaves_the_given_head_alone():
-    torch.manual_seed(0)
-    centres = torch.randn(3, 8) * 3
-    labels = [c for c in range(3) for _ in range(20)]
-    pooled = centres[labels] + 0.3 * torch.randn(60, 8)
-    head = IntentHead(8, 3, kind="cosine", scale=20.0, dropout=0.0)
-    before = head.out_proj.weight.detach().clone()
-    fitted = fit_head(head, pooled, labels, TrainConfig(batch_size=8), epochs=10)
-    assert torch.equal(head.out_proj.weight, before)  # the given head is a starting point only
-    assert not any(p.requires_grad for p in fitted.parameters())
-    right = (fitted(pooled).argmax(-1) == torch.tensor(labels)).float().mean().item()
-    assert right == 1.0
 
 
 def _rows(both: int, neither: int, only_tuned: int, only_head: int):

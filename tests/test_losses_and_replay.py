@@ -9,9 +9,10 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from intent_ci.config import ReplayConfig
+from intent_ci.config import DistillConfig, ReplayConfig, TrainConfig
 from intent_ci.errors import IntentCIError
 from intent_ci.metrics import INTENT_ACCURACY
+from intent_ci.modeling import IntentHead
 from intent_ci.replay import (
     draw_replay,
     find_neighbours,
@@ -26,6 +27,7 @@ from intent_ci.training import (
     anchor_term,
     balanced_class_weights,
     cross_entropy_term,
+    fit_head,
     global_batch_loss,
     outlier_exposure_term,
 )
@@ -185,3 +187,65 @@ def test_draw_replay_gives_neighbours_their_whole_memory():
     drawn = draw_replay(memory, ["a", "b", "c"], 5, seed="0-v1", whole={"b", "c"})
     assert {k: len(v) for k, v in drawn.items()} == {"a": 5, "b": 20, "c": 1}
     assert sorted(drawn["b"]) == sorted(memory["b"])
+
+
+def _clusters(seed: int = 0):
+    torch.manual_seed(seed)
+    centres = torch.randn(3, 8) * 3
+    labels = [c for c in range(3) for _ in range(20)]
+    return centres[labels] + 0.3 * torch.randn(60, 8), labels
+
+
+def test_fit_head_learns_fixed_embeddings_and_leaves_the_given_head_alone():
+    pooled, labels = _clusters()
+    head = IntentHead(8, 3, kind="cosine", scale=20.0, dropout=0.0)
+    before = head.out_proj.weight.detach().clone()
+    fitted, stats = fit_head(head, pooled, labels, TrainConfig(batch_size=8), epochs=10)
+    assert torch.equal(head.out_proj.weight, before)  # the given head is a starting point only
+    assert not any(p.requires_grad for p in fitted.parameters())
+    right = (fitted(pooled).argmax(-1) == torch.tensor(labels)).float().mean().item()
+    assert right == 1.0
+    assert stats.examples_trained == 10 * 60 and stats.steps == 10 * math.ceil(60 / 8)
+    assert len(stats.loss_per_epoch) == 10
+
+
+def test_fit_head_distils_only_on_the_rows_the_teacher_speaks_for():
+    """Relabel class 2 as class 1: where the teacher (trained on the old labels) speaks, a heavy
+    distillation weight keeps its answer; where it is silent, the new label wins."""
+    pooled, labels = _clusters()
+    cfg = TrainConfig(batch_size=8, seed=0)
+    teacher, _ = fit_head(
+        IntentHead(8, 3, kind="cosine", scale=20.0, dropout=0.0), pooled, labels, cfg, epochs=10
+    )
+    with torch.no_grad():
+        teacher_logits = teacher(pooled)
+    moved = torch.tensor([y == 2 for y in labels])
+    relabelled = [1 if y == 2 else y for y in labels]
+    distill = DistillConfig(weight=20.0, temperature=2.0)
+
+    def fitted_predictions(teacher_rows):
+        child, _ = fit_head(
+            teacher,
+            pooled,
+            relabelled,
+            cfg,
+            epochs=10,
+            teacher_logits=teacher_logits,
+            distill=distill,
+            teacher_rows=teacher_rows,
+        )
+        return child(pooled[moved]).argmax(-1)
+
+    assert (fitted_predictions(None) == 2).float().mean().item() >= 0.9
+    assert (fitted_predictions(~moved) == 1).float().mean().item() == 1.0
+
+
+def test_fit_head_can_hold_the_dense_layer():
+    pooled, labels = _clusters()
+    head = IntentHead(8, 3, kind="cosine", dense=True, dropout=0.0)
+    cfg = TrainConfig(batch_size=8)
+    held, _ = fit_head(head, pooled, labels, cfg, epochs=2, train_dense=False)
+    trained, _ = fit_head(head, pooled, labels, cfg, epochs=2)
+    assert torch.equal(held.dense.weight, head.dense.weight)
+    assert not torch.equal(trained.dense.weight, head.dense.weight)
+    assert not torch.equal(held.out_proj.weight, head.out_proj.weight)

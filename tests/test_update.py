@@ -181,10 +181,14 @@ def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
     return path
 
 
+LORA = {"train": {"update_mode": "lora"}}
+
+
 @pytest.fixture(scope="module")
 def updated(tmp_path_factory, tiny_backbone, data_dir):
     """v1 learns six check_balance utterances under card_lost (a labelling mistake; the memory
-    keeps every utterance, so they are in it). v2 = update of v1: those six corrected to
+    keeps every utterance, so they are in it). v2 = update of v1 with `update_mode: lora` (what
+    the LoRA path guarantees; the head alone is tested below): those six corrected to
     check_balance, 8 more opening_hours examples, and a new intent report_damage."""
     from intent_ci.pipeline import init_release, update_release
 
@@ -220,7 +224,7 @@ def updated(tmp_path_factory, tiny_backbone, data_dir):
     rows += [(t, "opening_hours") for t in make_utterances("opening_hours", 60, seed=7)[-8:]]
     rows += [(t, "report_damage") for t in make_utterances("report_damage", 20, seed=5)]
     fixes = write_csv(root / "fixes.csv", rows)
-    release = update_release(fixes, registry, "v1", eval_data=test)
+    release = update_release(fixes, registry, "v1", eval_data=test, overrides=LORA)
     return registry, release, mistakes, fixes
 
 
@@ -349,8 +353,8 @@ def test_update_with_only_more_examples_keeps_the_label_map(trained_registry, tm
 
 
 def test_update_epochs_sets_the_passes_of_update_and_not_of_add_intent(trained_registry, tmp_path):
-    """`train.update_epochs` trains an update that many passes; `add-intent` keeps
-    `add_intent_epochs`; null, an update trains `add_intent_epochs` passes."""
+    """`train.update_epochs` trains an update (`update_mode: lora`) that many passes;
+    `add-intent` keeps `add_intent_epochs`; null, an update trains `add_intent_epochs` passes."""
     from intent_ci.pipeline import add_intents, update_release
 
     registry = Registry(shutil.copytree(trained_registry, tmp_path / "adapters"))
@@ -361,8 +365,8 @@ def test_update_epochs_sets_the_passes_of_update_and_not_of_add_intent(trained_r
         tmp_path / "new.csv",
         [(t, "report_damage") for t in make_utterances("report_damage", 20, seed=5)],
     )
-    one = {"train": {"update_epochs": 1}}
-    null = {"train": {"update_epochs": None, "add_intent_epochs": 2}}
+    one = {"train": {"update_epochs": 1, "update_mode": "lora"}}
+    null = {"train": {"update_epochs": None, "add_intent_epochs": 2, "update_mode": "lora"}}
     runs = [
         update_release(more, registry, "v1", overrides=one),
         update_release(more, registry, "v1", overrides=null),
@@ -380,17 +384,18 @@ def test_update_epochs_sets_the_passes_of_update_and_not_of_add_intent(trained_r
 def test_updated_exemplars_decides_whether_the_teacher_holds_the_updated_intents(
     trained_registry, tmp_path
 ):
-    """The teacher is never heard on the file's rows of an updated intent; on that intent's
-    replayed exemplars it is by default, and `distill.updated_exemplars: false` silences it
-    there too. Every other training row keeps its teacher either way."""
+    """With `update_mode: lora` the teacher is never heard on the file's rows of an updated
+    intent; on that intent's replayed exemplars it is by default, and
+    `distill.updated_exemplars: false` silences it there too. Every other training row keeps
+    its teacher either way."""
     from intent_ci.pipeline import update_release
 
     registry = Registry(shutil.copytree(trained_registry, tmp_path / "adapters"))
     rows = [(t, "transfer_money") for t in make_utterances("transfer_money", 70, seed=11)[-4:]]
     more = write_csv(tmp_path / "more.csv", rows)
-    heard = update_release(more, registry, "v1")
+    heard = update_release(more, registry, "v1", overrides=LORA)
     silent = update_release(
-        more, registry, "v1", overrides={"distill": {"updated_exemplars": False}}
+        more, registry, "v1", overrides={**LORA, "distill": {"updated_exemplars": False}}
     )
     exemplars = len(load_release(registry, "v1").replay["transfer_money"])
     a, b = registry.manifest(heard)["metrics"], registry.manifest(silent)["metrics"]
@@ -401,6 +406,116 @@ def test_updated_exemplars_decides_whether_the_teacher_holds_the_updated_intents
     assert exemplars > 0
     assert b["distilled_examples"] == a["distilled_examples"] - exemplars
     assert registry.manifest(silent)["config"]["distill"]["updated_exemplars"] is False
+
+
+# ---- train.update_mode: head -------------------------------------------------------------------
+HEAD_ONLY = {"train": {"update_mode": "head"}}
+
+
+def test_a_head_only_update_moves_the_head_alone(updated, tmp_path, capsys):
+    """`update_mode: head` on the correction fixture (first-token pooling and a dense layer):
+    the LoRA weights and the dense layer stay the parent's bit for bit, corrections move,
+    every memory exemplar replays, and, since the bank cannot stand in for embeddings through
+    a dense layer, the memory exemplars the feature pass did not cover pass forward once."""
+    from intent_ci.pipeline import update_release
+
+    source, _, moved, fixes = updated
+    registry = Registry(shutil.copytree(source, tmp_path / "adapters"))
+    release = update_release(fixes, registry, "v1", overrides=HEAD_ONLY)
+    manifest = registry.manifest(release)
+    metrics = manifest["metrics"]
+    assert metrics["update_mode"] == "head"
+    assert manifest["updated_intents"] == ["check_balance", "opening_hours"]
+    assert manifest["new_intents"] == ["report_damage"]
+    adapter = "adapter_model.safetensors"
+    assert (registry.path(release) / adapter).read_bytes() == (
+        registry.path("v1") / adapter
+    ).read_bytes()
+    parent, child = load_release(registry, "v1"), load_release(registry, release)
+    assert torch.equal(child.model.head.dense.weight, parent.model.head.dense.weight)
+    assert not torch.equal(
+        child.model.head.out_proj.weight[: len(parent.labels)], parent.model.head.out_proj.weight
+    )
+    # The head alone moves the corrections only as far as the parent's embeddings allow (this
+    # parent's LoRA learned them as card_lost); it still moves them.
+    before = [p.label for p in IntentClassifier(parent).predict(moved)]
+    after = [p.label for p in IntentClassifier(child).predict(moved)]
+    assert after.count("check_balance") > before.count("check_balance"), (before, after)
+
+    updated_intents = manifest["updated_intents"]
+    memory = {i: [t for t in ts if t not in moved] for i, ts in parent.replay.items()}
+    stored = sum(len(parent.replay[i]) for i in updated_intents)
+    untouched = sum(len(ts) for i, ts in memory.items() if i not in updated_intents)
+    assert metrics["replay_examples"] == sum(map(len, memory.values()))
+    assert metrics["train_examples"] == metrics["new_examples"] + metrics["replay_examples"]
+    epochs = manifest["config"]["train"]["update_head_epochs"]
+    assert metrics["train"]["examples_trained"] == epochs * metrics["train_examples"]
+    assert metrics["forward_only_examples"] == metrics["new_examples"] + stored + untouched
+    # The teacher is silent on every row of the updated intents (the file's 6 corrections and
+    # 8 opening_hours rows, and their memory): it holds the other intents' rows.
+    updated_memory = sum(len(memory[i]) for i in updated_intents)
+    assert metrics["distilled_examples"] == (
+        metrics["replay_examples"] - updated_memory + metrics["new_examples"] - 14
+    )
+    assert child.bank is not None and len(child.bank) == sum(map(len, child.replay.values()))
+    capsys.readouterr()
+    assert main(["show", release, "--registry", str(registry.root)]) == 0
+    assert "trained   the head alone, on the parent's embeddings" in capsys.readouterr().out
+    assert main(["show", "v2", "--registry", str(registry.root)]) == 0
+    assert "trained   LoRA and head (train.update_mode: lora)" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def mean_pooled(tmp_path_factory, tiny_backbone, data_dir):
+    """v1: the four base intents on the tiny RoBERTa with mean pooling (a cosine head without a
+    dense layer, so its exemplar bank holds the embeddings the head reads)."""
+    from intent_ci.pipeline import init_release
+
+    registry = tmp_path_factory.mktemp("mean") / "adapters"
+    config = apply_overrides(
+        ReleaseConfig(), tiny_overrides(tiny_backbone, model={"pooling": "mean"}), source="test"
+    )
+    init_release(data_dir / "base", registry, config, eval_data=None)
+    return registry
+
+
+def test_a_head_only_update_reads_the_memory_from_the_bank(mean_pooled, tmp_path):
+    """With a cosine head on mean pooling the parent's bank gives every memory embedding: the
+    only encoder pass is the feature pass over the file's rows and the updated intent's old
+    exemplars, and the child's bank still equals what its encoder gives its memory."""
+    from intent_ci.discover import encode
+    from intent_ci.pipeline import update_release
+
+    registry = Registry(shutil.copytree(mean_pooled, tmp_path / "adapters"))
+    rows = [(t, "transfer_money") for t in make_utterances("transfer_money", 70, seed=11)[-6:]]
+    release = update_release(
+        write_csv(tmp_path / "more.csv", rows), registry, "v1", overrides=HEAD_ONLY
+    )
+    metrics = registry.manifest(release)["metrics"]
+    parent, child = load_release(registry, "v1"), load_release(registry, release)
+    stored = len(parent.replay["transfer_money"])
+    assert metrics["forward_only_examples"] == len(rows) + stored
+    assert child.replay["opening_hours"] == parent.replay["opening_hours"]
+    texts = [t for i in child.labels for t in child.replay[i]]
+    fresh, _ = encode(IntentClassifier(child), texts, "release")
+    assert torch.allclose(child.bank, torch.from_numpy(fresh), atol=2e-3)
+    # The teacher holds the other intents' exemplars, at `distill.update_head_weight` when set.
+    others = sum(len(ts) for i, ts in parent.replay.items() if i != "transfer_money")
+    assert metrics["distilled_examples"] == others
+    assert metrics["train"]["loss_per_epoch"][-1]["kd"] > 0
+    unheld = update_release(
+        write_csv(tmp_path / "more.csv", rows),
+        registry,
+        "v1",
+        overrides={**HEAD_ONLY, "distill": {"update_head_weight": 0.0}},
+    )
+    assert registry.manifest(unheld)["metrics"]["distilled_examples"] == 0
+    # The head moved; the encoder did not.
+    assert not torch.equal(child.model.head.out_proj.weight, parent.model.head.out_proj.weight)
+    lora = {n: p for n, p in child.model.encoder.named_parameters() if "lora_" in n}
+    for name, value in parent.model.encoder.named_parameters():
+        if "lora_" in name:
+            assert torch.equal(lora[name], value), name
 
 
 def test_push_and_pull_an_update_release(updated, hub, tmp_path):  # noqa: F811

@@ -1,0 +1,255 @@
+#!/usr/bin/env python
+"""Choose the settings of `update` with `train.update_mode: head` on the CLINC150 **val** split.
+
+With the head alone an update never passes a training row through the encoder: the head
+trains on the parent's pooled embeddings, which stay fixed. So its three settings (passes,
+learning rate, distillation weight) can be compared on embeddings computed once per seed,
+in a minute a setting, where a full `intent-ci update` line takes several. This script
+replays `scripts/bench_update.py`'s setup on those fixed embeddings:
+
+    base         the cached base release of bench_update's seed (20 utterances for each of the
+                 150 intents; --workdir as bench_update's), whose replay memory it starts from
+    3 updates    the same seeded groups: +30 utterances for 50 intents each
+    each update  the library's `intent_ci.training.fit_head` from the parent's head on the
+                 embeddings of every memory exemplar plus the new rows, class-balanced
+                 cross-entropy plus distillation from the parent's head on the rows of the
+                 intents the update does not touch (as `update` does in head mode; one
+                 setting lets the teacher speak for the updated intents' old exemplars too);
+                 the updated intents' memory is then re-chosen by herding over their old
+                 exemplars and new rows
+
+Only the val split is scored. Rule, fixed before the runs: the setting with the highest mean
+final val accuracy over the seeds among those whose untouched intents lose at most 0.3 val
+points in every update of every seed. `scripts/bench_update.py --method
+head='{"train": {"update_mode": "head"}}'` then measures the chosen setting through the real
+`update` (val and test).
+
+    python scripts/sweep_update_head.py --seeds 0 1 2 --workdir runs/update
+
+Writes <out>.json and <out>.md (default scripts/results/update_head/sweep).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+from bench_incremental import DEFAULT_DATA, load_clinc  # noqa: E402
+from bench_update import plan  # noqa: E402
+
+from intent_ci.cli import _quiet_libraries  # noqa: E402
+from intent_ci.config import DistillConfig, TrainConfig  # noqa: E402
+from intent_ci.discover import encode  # noqa: E402
+from intent_ci.registry import Registry  # noqa: E402
+from intent_ci.release import IntentClassifier  # noqa: E402
+from intent_ci.replay import herding  # noqa: E402
+from intent_ci.training import fit_head  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+# name: (passes, learning rate, distillation weight, whether the teacher also speaks for the
+# updated intents' old exemplars, as `distill.updated_exemplars` makes it in lora mode)
+SETTINGS = {
+    "30 passes, lr 0.01, weight 3": (30, 0.01, 3.0, False),
+    "30 passes, lr 0.01, weight 1": (30, 0.01, 1.0, False),
+    "30 passes, lr 0.01, weight 10": (30, 0.01, 10.0, False),
+    "30 passes, lr 0.005, weight 3": (30, 0.005, 3.0, False),
+    "30 passes, lr 0.005, weight 1": (30, 0.005, 1.0, False),
+    "80 passes, lr 0.01, weight 3": (80, 0.01, 3.0, False),
+    "30 passes, lr 0.01, weight 1, teacher on updated exemplars": (30, 0.01, 1.0, True),
+}
+UNTOUCHED_FLOOR = -0.3  # val points the untouched intents may lose in one update
+
+
+def embeddings(clf: IntentClassifier, ordered: dict, raw: dict, cache: Path, end: int) -> dict:
+    """Unit-length pooled embeddings of every intent's first `end` training utterances and of
+    the val split, from the base release; cached in `cache`."""
+    if cache.is_file():
+        return torch.load(cache)
+    texts = [t for i in clf.intents for t in ordered[i][:end]]
+    train, _ = encode(clf, texts, "release", 128)
+    val, _ = encode(clf, [t for t, _ in raw["val"]], "release", 128)
+    out = {
+        "train": torch.from_numpy(train).view(len(clf.intents), end, -1),
+        "val": torch.from_numpy(val),
+    }
+    torch.save(out, cache)
+    return out
+
+
+def run_setting(
+    setting: tuple[int, float, float, bool], seed: int, clf, feats, ordered, groups, raw, args
+) -> list[dict]:
+    epochs, lr, weight, updated_exemplars = setting
+    intents = clf.intents
+    index = {n: k for k, n in enumerate(intents)}
+    cfg = TrainConfig(seed=seed)
+    distill = DistillConfig(weight=weight)
+    truth = torch.tensor([index[i] for _, i in raw["val"]])
+
+    def accuracy(head, keep=None) -> float:
+        with torch.no_grad():
+            right = head(feats["val"]).argmax(-1) == truth
+        if keep is not None:
+            right = right[torch.tensor([i in keep for _, i in raw["val"]])]
+        return 100 * right.float().mean().item()
+
+    # Memory as positions in each intent's ordered utterances.
+    memory = {
+        i: [ordered[i][: args.start].index(t) for t in clf.release.replay[i]] for i in intents
+    }
+    head = copy.deepcopy(clf.model.head).float().eval()
+    steps = []
+    for group in groups:
+        changing = set(group)
+        rows = []
+        for i in intents:
+            new = set(range(args.start, args.start + args.step)) if i in changing else set()
+            rows += [
+                (index[i], j, i not in changing or (updated_exemplars and j in memory[i]))
+                for j in sorted(set(memory[i]) | new)
+            ]
+        pooled = torch.stack([feats["train"][c, j] for c, j, _ in rows])
+        labels = [c for c, _, _ in rows]
+        taught = torch.tensor([t for _, _, t in rows])
+        with torch.no_grad():
+            teacher = head(pooled)
+        before = accuracy(head, set(intents) - changing)
+        head, _ = fit_head(
+            head,
+            pooled,
+            labels,
+            cfg,
+            epochs,
+            lr=lr,
+            teacher_logits=teacher,
+            distill=distill,
+            teacher_rows=taught,
+            main_process=False,
+        )
+        steps.append(
+            {
+                "val_accuracy": accuracy(head),
+                "untouched_change_points": accuracy(head, set(intents) - changing) - before,
+            }
+        )
+        for i in group:
+            pool = sorted(set(memory[i]) | set(range(args.start, args.start + args.step)))
+            chosen = herding(feats["train"][index[i], pool], len(memory[i]))
+            memory[i] = [pool[k] for k in chosen]
+    return steps
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        "# `update` with the head alone: its settings on CLINC150 val",
+        "",
+        f"Backbone `{result['backbone']}`, seeds {', '.join(map(str, result['seeds']))}, "
+        f"{result['date']}. Produced by `{result['command']}`; the JSON has every number.",
+        "",
+        "bench_update's setup replayed on fixed embeddings (its cached base release of each "
+        "seed; 3 updates of +30 utterances for 50 intents) with the library's `fit_head`; val "
+        "only. Rule, fixed before the runs: the highest mean final val accuracy among the "
+        f"settings whose untouched intents lose at most {-UNTOUCHED_FLOOR} val points in every "
+        "update of every seed.",
+        "",
+        "| setting | final val accuracy per seed | mean | worst untouched change in one update |",
+        "|---|---|---|---|",
+    ]
+    for name, row in result["summary"].items():
+        mark = " **(chosen)**" if name == result["chosen"] else ""
+        lines.append(
+            f"| {name}{mark} | {', '.join(f'{v:.2f}' for v in row['final'])} | "
+            f"{row['mean_final']:.2f} | {row['worst_untouched']:+.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="CLINC150 data_full.json")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--start", type=int, default=20)
+    parser.add_argument("--step", type=int, default=30)
+    parser.add_argument("--updates", type=int, default=3)
+    parser.add_argument(
+        "--workdir", default=str(REPO / "runs" / "update"), help="bench_update.py's --workdir"
+    )
+    parser.add_argument(
+        "--out", default=str(REPO / "scripts" / "results" / "update_head" / "sweep")
+    )
+    args = parser.parse_args()
+    _quiet_libraries()
+    torch.set_num_threads(1)
+    raw = load_clinc(Path(args.data))
+    started = time.perf_counter()
+    per_seed = {}
+    backbone = None
+    for seed in args.seeds:
+        bases = sorted((Path(args.workdir) / f"seed{seed}" / "cache").glob("base-*/adapters"))
+        if len(bases) != 1:
+            raise SystemExit(
+                f"{args.workdir}/seed{seed}/cache: expected one cached base release, found "
+                f"{len(bases)}; run scripts/bench_update.py --seeds {seed} --workdir "
+                f"{args.workdir} first"
+            )
+        clf = IntentClassifier.load(Registry(bases[0]), "v1")
+        backbone = clf.release.manifest["backbone"]["name"]
+        ordered, groups = plan(raw, seed, args.start, args.step, args.updates)
+        cache = bases[0].parent / f"embeddings_{args.start + args.step}.pt"
+        feats = embeddings(clf, ordered, raw, cache, args.start + args.step)
+        per_seed[seed] = {}
+        for name in args.settings:
+            t0 = time.perf_counter()
+            per_seed[seed][name] = run_setting(
+                SETTINGS[name], seed, clf, feats, ordered, groups, raw, args
+            )
+            final = per_seed[seed][name][-1]["val_accuracy"]
+            print(f"seed {seed} {name}: final val {final:.2f} ({time.perf_counter() - t0:.0f} s)")
+    summary = {}
+    for name in args.settings:
+        steps = [per_seed[s][name] for s in args.seeds]
+        final = [round(s[-1]["val_accuracy"], 2) for s in steps]
+        summary[name] = {
+            "final": final,
+            "mean_final": round(sum(final) / len(final), 2),
+            "worst_untouched": round(
+                min(u["untouched_change_points"] for s in steps for u in s), 2
+            ),
+        }
+    eligible = {n: r for n, r in summary.items() if r["worst_untouched"] >= UNTOUCHED_FLOOR}
+    result = {
+        "backbone": backbone,
+        "seeds": args.seeds,
+        "date": str(date.today()),
+        "command": "python scripts/sweep_update_head.py " + " ".join(sys.argv[1:]),
+        "machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
+        "settings": {
+            n: dict(zip(("epochs", "lr", "weight", "updated_exemplars"), SETTINGS[n], strict=True))
+            for n in args.settings
+        },
+        "per_seed": per_seed,
+        "summary": summary,
+        "chosen": max(eligible, key=lambda n: eligible[n]["mean_final"]) if eligible else None,
+        "total_s": round(time.perf_counter() - started, 1),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
