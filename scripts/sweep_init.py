@@ -8,23 +8,31 @@ is recorded too, but never used to choose):
         '{"model": {"lora_target_modules": ["query", "key", "value", "dense"]}}'
 
 Writes scripts/results/sweep_init.{json,md}. Releases are cached under runs/incremental/cache,
-where scripts/bench_incremental.py reuses them.
+where scripts/bench_incremental.py reuses them. `--condition small` trains on the seeded 50
+utterances per intent of bench_incremental's small condition (the same rows, so its cached
+retrains are reused with the same --workdir and --seed):
+
+    python scripts/sweep_init.py '{}' '{"train": {"epochs": 8}}' --condition small --seed 1 \
+        --workdir runs/small/seed1 --out scripts/results/init_epochs_small/seed1
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_incremental import (  # noqa: E402
+    CONDITIONS,
     DEFAULT_DATA,
     REPO,
     SPLITS,
     cached_init,
+    condition_rows,
     intent_order,
     load_clinc,
     score,
@@ -44,6 +52,12 @@ def main() -> None:
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--backbone", default=PACKAGED_MINILM)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--condition",
+        choices=list(CONDITIONS),
+        default="full",
+        help="training utterances per intent: all (full) or bench_incremental's seeded 50 (small)",
+    )
     parser.add_argument("--workdir", default=str(REPO / "runs" / "incremental"))
     parser.add_argument("--out", default=str(REPO / "scripts" / "results" / "sweep_init"))
     parser.add_argument(
@@ -52,6 +66,7 @@ def main() -> None:
     args = parser.parse_args()
     _quiet_libraries()
     raw = load_clinc(Path(args.data))
+    raw["train"] = condition_rows(raw["train"], CONDITIONS[args.condition], args.seed)
     intents = intent_order(raw, args.seed)
     data = train_rows(raw, intents, None, args.seed)
     results = []
@@ -66,6 +81,10 @@ def main() -> None:
         scores = score(IntentClassifier.load(registry, "v1"), raw, intents, set())
         row = {
             "overrides": json.loads(spec),
+            "seed": args.seed,
+            "condition": args.condition,
+            "training_utterances": len(data),
+            "command": shlex.join(["python", "scripts/sweep_init.py", *sys.argv[1:]]),
             **{f"{s}_accuracy": scores[s]["accuracy"] for s in SPLITS},
             "compute_s": cost["compute_s"],
             "examples_processed": cost["examples_processed"],
@@ -78,6 +97,27 @@ def main() -> None:
     write(results, out, args.backbone)
 
 
+def describe(results: list[dict]) -> str:
+    """The rows' training data and seeds, e.g. ``15,000 utterances, seed 0``; rows made before
+    the fields were recorded are the full condition, seed 0."""
+    sizes = sorted({r.get("training_utterances", 15000) for r in results})
+    seeds = sorted({r.get("seed", 0) for r in results})
+    conditions = sorted({r.get("condition", "full") for r in results})
+    return (
+        f"{' / '.join(f'{n:,}' for n in sizes)} utterances"
+        + (f", condition {', '.join(conditions)}" if conditions != ["full"] else "")
+        + f", seed {', '.join(map(str, seeds))}"
+    )
+
+
+def commands(results: list[dict]) -> str:
+    """The commands that made the rows (rows made before they were recorded: the generic one)."""
+    made = list(dict.fromkeys(r.get("command", "") for r in results))
+    return " and ".join(
+        f"`{c}`" if c else "`python scripts/sweep_init.py [--append] OVERRIDES ...`" for c in made
+    )
+
+
 def write(results: list[dict], out: Path, backbone: str) -> None:
     """JSON plus a Markdown table, best val accuracy first."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -86,8 +126,8 @@ def write(results: list[dict], out: Path, backbone: str) -> None:
     lines = [
         "# Base-release recipe, chosen on the CLINC150 validation split",
         "",
-        f"One release on all 150 intents per row (15,000 utterances), backbone `{backbone}`, "
-        "seed 0. Produced by `python scripts/sweep_init.py [--append] OVERRIDES ...`; the choice "
+        f"One release on all 150 intents per row ({describe(results)}), backbone `{backbone}`. "
+        f"Produced by {commands(results)}; the choice "
         "uses val only, test is shown for the record. Compute times are left out: the rows ran on "
         "a shared 2-core machine under different loads (`scripts/bench_incremental.py` times the "
         "chosen recipe on a quiet machine).",

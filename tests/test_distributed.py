@@ -24,10 +24,10 @@ from safetensors.torch import load_file
 
 from intent_ci.config import ReleaseConfig, apply_overrides
 from intent_ci.data import INTENT, TEXT, read_examples
-from intent_ci.pipeline import add_intents, init_release
+from intent_ci.pipeline import add_intents, init_release, update_release
 from intent_ci.registry import Registry
 from intent_ci.release import IntentClassifier
-from tests.conftest import BASE_INTENTS, snapshot, tiny_overrides
+from tests.conftest import BASE_INTENTS, make_utterances, snapshot, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 EXIT_TIMEOUT_S = 120  # every rank must be gone within this after a failure: no hangs
@@ -250,6 +250,45 @@ def test_data_parallel_release_has_the_content_of_a_one_process_release(dp_run, 
         assert {k: v.shape for k, v in heads[0].items()} == {
             k: v.shape for k, v in heads[1].items()
         }
+
+
+def test_a_head_alone_update_under_torchrun_matches_one_process(dp_run, tmp_path):
+    """`update` (the default `update_mode: head`) on 2 processes: every rank fits the same head
+    on the gathered embeddings (the tiny RoBERTa's dense layer means its memory gets a sharded
+    forward pass), the main process writes one release, and it predicts as a one-process
+    update of the same parent does."""
+    rows = [(t, "transfer_money") for t in make_utterances("transfer_money", 70, seed=11)[-6:]]
+    more = tmp_path / "more.csv"
+    more.write_text("text,intent\n" + "".join(f"{t},{i}\n" for t, i in rows), encoding="utf-8")
+    dp_dir, single_dir = tmp_path / "dp", tmp_path / "single"
+    shutil.copytree(dp_run["registry"], dp_dir)
+    shutil.copytree(dp_run["registry"], single_dir)
+    run = _torchrun(
+        "update_release.py", "--data", str(more), "--registry", str(dp_dir), cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    update_release(more, single_dir, "v2")
+    dp, single = Registry(dp_dir), Registry(single_dir)
+    assert dp.releases() == single.releases() == ["v1", "v2", "v3"]
+    a, b = dp.verify("v3"), single.verify("v3")
+    assert a["training"]["processes"] == 2 and b["training"]["processes"] == 1
+    assert a["metrics"]["update_mode"] == b["metrics"]["update_mode"] == "head"
+    for key in ("train_examples", "replay_examples", "forward_only_examples", "distilled_examples"):
+        assert a["metrics"][key] == b["metrics"][key], key
+    assert a["metrics"]["train"]["examples_trained"] == b["metrics"]["train"]["examples_trained"]
+    adapter = "adapter_model.safetensors"
+    for registry in (dp, single):
+        assert (registry.path("v3") / adapter).read_bytes() == (
+            registry.path("v2") / adapter
+        ).read_bytes()
+    assert (dp.path("v3") / "replay.json").read_text() == (
+        single.path("v3") / "replay.json"
+    ).read_text()
+    preds_a, probs_a = _probs(dp_dir, "v3", dp_run["test"])
+    preds_b, probs_b = _probs(single_dir, "v3", dp_run["test"])
+    same = sum(x == y for x, y in zip(preds_a, preds_b, strict=True)) / len(preds_a)
+    assert same >= SAME_PREDICTION_MIN, f"{same:.1%} identical predictions"
+    assert (probs_a - probs_b).abs().max().item() <= MAX_PROB_DIFF
 
 
 def test_sharding_of_training_batches_gradients_and_gathered_passes(tmp_path, tiny_backbone):
