@@ -552,7 +552,11 @@ def render_section(manifest: dict[str, Any], manifest_sha: str, gate: dict[str, 
         *(
             [
                 f"- updated: {', '.join(manifest['updated_intents'])} "
-                f"({len(manifest.get('corrections') or [])} corrected utterances)"
+                f"({len(manifest.get('corrections') or [])} corrected utterances"
+                + {"head": "; the head alone trained", "lora": "; LoRA and head trained"}.get(
+                    (manifest.get("metrics") or {}).get("update_mode"), ""
+                )
+                + ")"
             ]
             if manifest.get("updated_intents")
             else []

@@ -243,7 +243,7 @@ def _parent_embeddings(
     computed = {(i, t): computed_pooled[k] for k, (t, i) in enumerate(computed_rows)}
     head = model.head
     bank = parent.bank if head.kind == "cosine" and head.dense is None else None
-    found, _ = known_embeddings(parent.replay, parent.labels, bank, computed)
+    found = known_embeddings(parent.replay, parent.labels, bank, computed)
     missing = [(i, t) for i in parent.labels for t in memory.get(i, []) if (i, t) not in found]
     if missing:
         index = {label: k for k, label in enumerate(parent.labels)}
@@ -998,6 +998,14 @@ def _child_release(
     # `update_mode: head`: the head alone trains, on embeddings the encoder gives whatever the
     # head does, so every exemplar replays (its embedding costs no training pass).
     head_mode = updates and config.train.update_mode == "head"
+    if head_mode and new_labels and accelerator.is_main_process:
+        logger.warning(
+            "the update's new intents (%s) are learned by the head alone (train.update_mode: "
+            "head), on the parent's embeddings; `add-intent`, or `update` with "
+            "train.update_mode: lora, also adapts the encoder to them",
+            ", ".join(new_labels[:3])
+            + (f" and {len(new_labels) - 3} more" if len(new_labels) > 3 else ""),
+        )
 
     if not config.replay.enabled:
         replayed = {}

@@ -144,25 +144,25 @@ def known_embeddings(
     intents: list[str],
     bank: torch.Tensor | None,
     computed: dict[tuple[str, str], torch.Tensor],
-) -> tuple[dict[tuple[str, str], torch.Tensor], list[tuple[str, str]]]:
-    """The parent's pooled embeddings of `memory`'s exemplars that need no encoder pass.
+) -> dict[tuple[str, str], torch.Tensor]:
+    """The parent's pooled embeddings at hand without an encoder pass: `computed` plus the
+    exemplars of `memory` that the parent's `bank` holds.
 
     Args:
         memory: the parent's replay memory, as its exemplar bank was made from it.
         intents: the parent's intents in head-row order (the bank's row order).
         bank: the parent's exemplar bank (unit-length pooled embeddings of `memory`, intent by
             intent in `intents` order), or None where the head cannot use it: unit length is
-            the same embedding only for a cosine head without a dense layer.
+            the same embedding only for a cosine head without a dense layer. A bank whose row
+            count does not match `memory` is not used.
         computed: embeddings already at hand, by ``(intent, text)`` (the feature pass's).
 
     Returns:
-        ``(intent, text) -> embedding`` for every exemplar found in `computed` or the bank,
-        and the ``(intent, text)`` pairs of `memory` found in neither (in memory order). A
-        bank whose row count does not match `memory` is not used.
+        ``(intent, text) -> embedding``; `computed` wins where both have one.
     """
     found = dict(computed)
     keys = [(intent, t) for intent in intents for t in memory.get(intent, [])]
     if bank is not None and len(bank) == len(keys):
         for key, row in zip(keys, bank, strict=True):
             found.setdefault(key, row)
-    return found, [k for k in keys if k not in found]
+    return found

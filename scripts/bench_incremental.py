@@ -67,7 +67,7 @@ from intent_ci.cli import _quiet_libraries  # noqa: E402
 from intent_ci.config import PACKAGED_MINILM, ModelConfig, ReleaseConfig, apply_overrides  # noqa: E402
 from intent_ci.data import read_examples  # noqa: E402
 from intent_ci.modeling import load_backbone, pool  # noqa: E402
-from intent_ci.pipeline import add_intents, init_release  # noqa: E402
+from intent_ci.pipeline import add_intents, init_release, update_release  # noqa: E402
 from intent_ci.registry import Registry  # noqa: E402
 from intent_ci.release import IntentClassifier  # noqa: E402
 
@@ -122,7 +122,12 @@ METHODS: dict[str, dict] = {
     # than the recipe but with a larger worst old-intent drop, so a weaker pull is the one
     # point between them that was tried.
     "distill-1": {"distill": {"weight": 1.0}},
+    # The new intents through `update` with the head alone on the parent's embeddings (no
+    # encoder training), the default `update` recipe, instead of `add-intent`.
+    "head-alone": {"train": {"update_mode": "head"}},
 }
+VIA_UPDATE = {"head-alone"}
+"""Methods whose releases are made by `intent_ci.pipeline.update_release`, not `add_intents`."""
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -400,7 +405,8 @@ def run_method(
         data = train_rows(raw, added, protocol.shots, seed)
         reset_peak_rss()
         started = time.perf_counter()
-        release = add_intents(read_examples(data), registry, "latest", overrides=overrides)
+        job = update_release if name in VIA_UPDATE else add_intents
+        release = job(read_examples(data), registry, "latest", overrides=overrides)
         wall = time.perf_counter() - started
         cost = release_costs(registry, release)
         cost.update(wall_s=round(wall, 2), peak_rss_mb=peak_rss_mb(), peak_gpu_mb=peak_gpu_mb())

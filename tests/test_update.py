@@ -28,6 +28,7 @@ from intent_ci.update import (
     FROM_PREDICTION,
     check_relabels,
     find_corrections,
+    known_embeddings,
     memory_changes,
     without_moved,
 )
@@ -139,6 +140,20 @@ def test_relabel_to_the_intent_it_already_has_is_refused():
             MEMORY,
             "v4",
         )
+
+
+def test_known_embeddings_read_the_bank_in_head_row_order():
+    """Bank row k is the k-th exemplar of the memory taken intent by intent in head-row order;
+    an embedding the feature pass computed wins, and a bank of the wrong size is not read."""
+    memory = {"b": ["b1"], "a": ["a1", "a2"]}
+    bank = torch.arange(6.0).view(3, 2)  # rows: a1, a2, b1 (intents ["a", "b"])
+    computed = {("a", "a2"): torch.tensor([9.0, 9.0]), ("c", "new"): torch.tensor([7.0, 7.0])}
+    found = known_embeddings(memory, ["a", "b"], bank, computed)
+    assert torch.equal(found[("a", "a1")], bank[0]) and torch.equal(found[("b", "b1")], bank[2])
+    assert torch.equal(found[("a", "a2")], computed[("a", "a2")])
+    assert set(found) == {("a", "a1"), ("a", "a2"), ("b", "b1"), ("c", "new")}
+    assert set(known_embeddings(memory, ["a", "b"], bank[:2], computed)) == set(computed)
+    assert set(known_embeddings(memory, ["a", "b"], None, computed)) == set(computed)
 
 
 def test_herding_keeps_forced_rows_first():
@@ -412,7 +427,7 @@ def test_updated_exemplars_decides_whether_the_teacher_holds_the_updated_intents
 HEAD_ONLY = {"train": {"update_mode": "head"}}
 
 
-def test_a_head_only_update_moves_the_head_alone(updated, tmp_path, capsys):
+def test_a_head_only_update_moves_the_head_alone(updated, tmp_path, capsys, caplog):
     """`update_mode: head` on the correction fixture (first-token pooling and a dense layer):
     the LoRA weights and the dense layer stay the parent's bit for bit, corrections move,
     every memory exemplar replays, and, since the bank cannot stand in for embeddings through
@@ -421,7 +436,9 @@ def test_a_head_only_update_moves_the_head_alone(updated, tmp_path, capsys):
 
     source, _, moved, fixes = updated
     registry = Registry(shutil.copytree(source, tmp_path / "adapters"))
-    release = update_release(fixes, registry, "v1", overrides=HEAD_ONLY)
+    with caplog.at_level("WARNING", logger="intent_ci.pipeline"):
+        release = update_release(fixes, registry, "v1", overrides=HEAD_ONLY)
+    assert "new intents (report_damage) are learned by the head alone" in caplog.text
     manifest = registry.manifest(release)
     metrics = manifest["metrics"]
     assert metrics["update_mode"] == "head"
@@ -463,6 +480,11 @@ def test_a_head_only_update_moves_the_head_alone(updated, tmp_path, capsys):
     assert "trained   the head alone, on the parent's embeddings" in capsys.readouterr().out
     assert main(["show", "v2", "--registry", str(registry.root)]) == 0
     assert "trained   LoRA and head (train.update_mode: lora)" in capsys.readouterr().out
+    from intent_ci.hub import render_section
+
+    assert "corrected utterances; the head alone trained)" in render_section(
+        {**manifest, "release": release}, "0" * 64, None
+    )
 
 
 @pytest.fixture(scope="module")
@@ -527,7 +549,10 @@ def test_push_and_pull_an_update_release(updated, hub, tmp_path):  # noqa: F811
     config = HubConfig(repo_id=REPO)
     assert list(push_release(registry, release, config).pushed) == ["v1", release]
     card = hub.files(REPO, release)["README.md"].decode()
-    assert "- updated: check_balance, opening_hours (6 corrected utterances)" in card
+    assert (
+        "- updated: check_balance, opening_hours (6 corrected utterances; LoRA and head trained)"
+        in card
+    )
     dest = tmp_path / "pulled"
     assert pull_release(config, release, dest).pulled == ["v1", release]
     ours = IntentClassifier.load(registry, release, device="cpu").logits(moved)
