@@ -209,7 +209,8 @@ class TrainConfig:
     update_epochs: int | None = field(
         default=None,
         metadata={
-            "help": "Passes over the file's rows + replay in `update`; null: `add_intent_epochs`. "
+            "help": "Passes over the file's rows + replay in `update` with `update_mode: lora`; "
+            "null: `add_intent_epochs`. "
             "On the CLINC150 validation split (scripts/bench_update.py, 3 seeds) 2 passes cost "
             "23% fewer examples per update and ended 0.22 points below 3 on the mean, so the "
             "default stays null; 2 is the cheaper setting for a team that accepts that."
