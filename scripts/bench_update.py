@@ -872,9 +872,11 @@ def main() -> None:
     if args.report_from:
         parts = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.report_from]
         for spec in args.rename:
-            parts[args.report_from.index(spec.rpartition(":")[0])] = renamed(
-                parts[args.report_from.index(spec.rpartition(":")[0])], spec
-            )
+            source = spec.rpartition(":")[0]
+            if source not in args.report_from:
+                raise SystemExit(f"--rename {spec!r}: {source!r} is not one of --report-from")
+            k = args.report_from.index(source)
+            parts[k] = renamed(parts[k], spec)
         merged = merge(parts)
         merged["report_command"] = " ".join(["python scripts/bench_update.py", *sys.argv[1:]])
         write_outputs(merged, Path(args.out))
