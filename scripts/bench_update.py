@@ -54,6 +54,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import shutil
 import signal
 import sys
@@ -878,7 +879,7 @@ def main() -> None:
             k = args.report_from.index(source)
             parts[k] = renamed(parts[k], spec)
         merged = merge(parts)
-        merged["report_command"] = " ".join(["python scripts/bench_update.py", *sys.argv[1:]])
+        merged["report_command"] = shlex.join(["python", "scripts/bench_update.py", *sys.argv[1:]])
         write_outputs(merged, Path(args.out))
         return
     _quiet_libraries()
@@ -896,7 +897,7 @@ def main() -> None:
     result: dict = {
         "dataset": "CLINC150 data_full, in-scope intents",
         "backbone": args.backbone,
-        "command": " ".join(["python scripts/bench_update.py", *sys.argv[1:]]),
+        "command": shlex.join(["python", "scripts/bench_update.py", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d"),
         "setup": {"start": args.start, "step": args.step, "updates": args.updates},
         "config": config.to_dict(),
