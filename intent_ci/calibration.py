@@ -252,6 +252,12 @@ def calibrate(
     return record
 
 
+def bank_rows(replay: dict[str, list[str]], intents: list[str]) -> list[tuple[str, str]]:
+    """``(intent, text)`` of every exemplar in the bank's row order: `replay` intent by intent,
+    in head-row order (`intents`)."""
+    return [(intent, t) for intent in intents for t in replay.get(intent, [])]
+
+
 def exemplar_texts(
     score: str, replay: dict[str, list[str]], intents: list[str]
 ) -> tuple[list[str], list[str]]:
@@ -267,7 +273,7 @@ def exemplar_texts(
     missing = [intent for intent in intents if not replay.get(intent)]
     if missing:
         return [], missing
-    return [t for intent in intents for t in replay[intent]], []
+    return [t for _, t in bank_rows(replay, intents)], []
 
 
 def calibrate_release_scores(

@@ -23,6 +23,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list, set_seed
 
 from intent_ci.calibration import (
+    bank_rows,
     calibrate_release_scores,
     calibration_rows,
     exemplar_texts,
@@ -1171,7 +1172,7 @@ def _child_release(
     bank_pooled = None
     if head_mode and exemplar_texts(config.oos.score, replay, labels)[0]:
         # Every exemplar's embedding is known and the encoder did not move: no bank pass.
-        bank_pooled = torch.stack([embeddings[(i, t)] for i in labels for t in replay[i]])
+        bank_pooled = torch.stack([embeddings[key] for key in bank_rows(replay, labels)])
     oos, bank = _calibrate(
         model, labels, calibration, oos_texts, replay, backbone, accelerator, config, bank_pooled
     )

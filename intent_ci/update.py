@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from intent_ci.calibration import bank_rows
 from intent_ci.data import normalise
 from intent_ci.errors import IntentCIError
 
@@ -151,8 +152,8 @@ def known_embeddings(
     Args:
         memory: the parent's replay memory, as its exemplar bank was made from it.
         intents: the parent's intents in head-row order (the bank's row order).
-        bank: the parent's exemplar bank (unit-length pooled embeddings of `memory`, intent by
-            intent in `intents` order), or None where the head cannot use it: unit length is
+        bank: the parent's exemplar bank (unit-length pooled embeddings of `memory`, rows in
+            `intent_ci.calibration.bank_rows` order), or None where the head cannot use it: unit length is
             the same embedding only for a cosine head without a dense layer. A bank whose row
             count does not match `memory` is not used.
         computed: embeddings already at hand, by ``(intent, text)`` (the feature pass's).
@@ -161,7 +162,7 @@ def known_embeddings(
         ``(intent, text) -> embedding``; `computed` wins where both have one.
     """
     found = dict(computed)
-    keys = [(intent, t) for intent in intents for t in memory.get(intent, [])]
+    keys = bank_rows(memory, intents)
     if bank is not None and len(bank) == len(keys):
         for key, row in zip(keys, bank, strict=True):
             found.setdefault(key, row)
