@@ -1093,9 +1093,18 @@ def _child_release(
     # exactly. Surgery happens before the optimizer and `prepare` exist.
     if new_labels:
         model.head = widen_head(model.head, len(new_labels), rows)
+    # The rows of the old intents the release does not change: neither updated nor (with
+    # `train.neighbour_rows`) a neighbour of a changed intent.
+    unchanged_rows = [
+        i
+        for i, label in enumerate(old_labels)
+        if label not in updated and not (config.train.neighbour_rows and label in neighbour_set)
+    ]
     if head_mode:
         # The encoder stays the parent's; every head row trains (each intent's exemplars are
-        # in the batch), the dense layer only without `train.freeze_dense`.
+        # in the batch), or with `train.update_head_rows: changed` only the changed intents'
+        # rows, which leaves every other intent's logit the parent's. The dense layer trains
+        # only without `train.freeze_dense`.
         model.head, stats = fit_head(
             model.head,
             train_pooled,
@@ -1107,6 +1116,7 @@ def _child_release(
             distill=distill if use_kd else None,
             teacher_rows=teacher_rows,
             train_dense=not config.train.freeze_dense,
+            frozen_rows=unchanged_rows if config.train.update_head_rows == "changed" else None,
             main_process=accelerator.is_main_process,
         )
     else:
@@ -1135,14 +1145,7 @@ def _child_release(
             distill=config.distill,
             teacher_pooled=teacher_pooled,
             feature_weight=feature_weight,
-            frozen_rows=[
-                i
-                for i, label in enumerate(old_labels)
-                if label not in updated
-                and not (config.train.neighbour_rows and label in neighbour_set)
-            ]
-            if config.train.freeze_old_rows
-            else None,
+            frozen_rows=unchanged_rows if config.train.freeze_old_rows else None,
             teacher_rows=teacher_rows,
             anchor=anchor,
         )

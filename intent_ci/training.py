@@ -692,6 +692,7 @@ def fit_head(
     distill: DistillConfig | None = None,
     teacher_rows: torch.Tensor | None = None,
     train_dense: bool = True,
+    frozen_rows: list[int] | None = None,
     main_process: bool = True,
 ) -> tuple[IntentHead, TrainStats]:
     """A copy of `head` trained alone on fixed pooled embeddings; `head` is left as it is.
@@ -707,6 +708,7 @@ def fit_head(
 
     Args:
         train_dense: whether the head's dense layer (where it has one) trains.
+        frozen_rows: output rows kept bit-identical to `head`'s (put back after every step).
         main_process: shows the progress bar.
     """
     fitted = copy.deepcopy(head).to(pooled.device)
@@ -732,6 +734,7 @@ def fit_head(
     optimizer = torch.optim.AdamW(
         trainable, lr=cfg.head_lr if lr is None else lr, weight_decay=cfg.weight_decay
     )
+    freezer = _RowFreezer(fitted, frozen_rows) if frozen_rows else None
     steps_per_epoch = math.ceil(len(labels) / cfg.batch_size)
     total = steps_per_epoch * epochs
     scheduler = get_scheduler(
@@ -763,6 +766,8 @@ def fit_head(
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
             optimizer.step()
+            if freezer is not None:
+                freezer.restore()
             scheduler.step()
             optimizer.zero_grad()
             ce_sum += ce.item()

@@ -18,6 +18,12 @@ replays `scripts/bench_update.py`'s setup on those fixed embeddings:
                  the updated intents' memory is then re-chosen by herding over their old
                  exemplars and new rows
 
+Every setting starts from torch's generator seeded with the seed (the head's dropout draws
+from it), so its numbers do not depend on the settings run before it; `--draws N` repeats
+each with N sets of dropout masks and averages them, for settings closer than one run's
+spread. One setting keeps the untouched intents' rows frozen (`train.update_head_rows:
+changed`): only the updated intents' rows and their neighbours' train.
+
 Only the val split is scored. Rule, fixed before the runs: the setting with the highest mean
 final val accuracy over the seeds among those whose untouched intents lose at most 0.3 val
 points in every update of every seed. `scripts/bench_update.py --method
@@ -47,24 +53,27 @@ from bench_incremental import DEFAULT_DATA, load_clinc  # noqa: E402
 from bench_update import plan  # noqa: E402
 
 from intent_ci.cli import _quiet_libraries  # noqa: E402
-from intent_ci.config import DistillConfig, TrainConfig  # noqa: E402
+from intent_ci.config import DistillConfig, ReplayConfig, TrainConfig  # noqa: E402
 from intent_ci.discover import encode  # noqa: E402
 from intent_ci.registry import Registry  # noqa: E402
 from intent_ci.release import IntentClassifier  # noqa: E402
-from intent_ci.replay import herding  # noqa: E402
+from intent_ci.replay import find_neighbours, herding  # noqa: E402
 from intent_ci.training import fit_head  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # name: (passes, learning rate, distillation weight, whether the teacher also speaks for the
-# updated intents' old exemplars, as `distill.updated_exemplars` makes it in lora mode)
+# updated intents' old exemplars, as `distill.updated_exemplars` makes it in lora mode, whether
+# the untouched intents' rows stay the parent's, as `train.freeze_old_rows` keeps them in
+# add-intent: all but the updated intents' and their neighbours')
 SETTINGS = {
-    "30 passes, lr 0.01, weight 3": (30, 0.01, 3.0, False),
-    "30 passes, lr 0.01, weight 1": (30, 0.01, 1.0, False),
-    "30 passes, lr 0.01, weight 10": (30, 0.01, 10.0, False),
-    "30 passes, lr 0.005, weight 3": (30, 0.005, 3.0, False),
-    "30 passes, lr 0.005, weight 1": (30, 0.005, 1.0, False),
-    "80 passes, lr 0.01, weight 3": (80, 0.01, 3.0, False),
-    "30 passes, lr 0.01, weight 1, teacher on updated exemplars": (30, 0.01, 1.0, True),
+    "30 passes, lr 0.01, weight 3": (30, 0.01, 3.0, False, False),
+    "30 passes, lr 0.01, weight 1": (30, 0.01, 1.0, False, False),
+    "30 passes, lr 0.01, weight 10": (30, 0.01, 10.0, False, False),
+    "30 passes, lr 0.005, weight 3": (30, 0.005, 3.0, False, False),
+    "30 passes, lr 0.005, weight 1": (30, 0.005, 1.0, False, False),
+    "80 passes, lr 0.01, weight 3": (80, 0.01, 3.0, False, False),
+    "30 passes, lr 0.01, weight 1, teacher on updated exemplars": (30, 0.01, 1.0, True, False),
+    "30 passes, lr 0.01, weight 1, untouched rows frozen": (30, 0.01, 1.0, False, True),
 }
 UNTOUCHED_FLOOR = -0.3  # val points the untouched intents may lose in one update
 
@@ -86,9 +95,21 @@ def embeddings(clf: IntentClassifier, ordered: dict, raw: dict, cache: Path, end
 
 
 def run_setting(
-    setting: tuple[int, float, float, bool], seed: int, clf, feats, ordered, groups, raw, args
+    setting: tuple[int, float, float, bool, bool],
+    seed: int,
+    draw: int,
+    clf,
+    feats,
+    ordered,
+    groups,
+    raw,
+    args,
 ) -> list[dict]:
-    epochs, lr, weight, updated_exemplars = setting
+    epochs, lr, weight, updated_exemplars, freeze = setting
+    # The head's dropout draws from torch's global generator: seed it, so that a setting's
+    # numbers do not depend on which settings ran before it in the same process; `draw`
+    # picks another set of dropout masks (the rows' order stays the seed's).
+    torch.manual_seed(seed + 1000 * draw)
     intents = clf.intents
     index = {n: k for k, n in enumerate(intents)}
     cfg = TrainConfig(seed=seed)
@@ -123,6 +144,20 @@ def run_setting(
         with torch.no_grad():
             teacher = head(pooled)
         before = accuracy(head, set(intents) - changing)
+        frozen = None
+        if freeze:
+            # The parent's neighbours of each updated intent (`replay.neighbour_share`) train
+            # their rows too, as in `update`.
+            new = [(index[i], j) for i in group for j in range(args.start, args.start + args.step)]
+            with torch.no_grad():
+                says = head(torch.stack([feats["train"][c, j] for c, j in new])).argmax(-1)
+            found = find_neighbours(
+                [intents[k] for k in says.tolist()],
+                [intents[c] for c, _ in new],
+                ReplayConfig().neighbour_share,
+            )
+            moving = changing | {old for olds in found.values() for old in olds}
+            frozen = [index[i] for i in intents if i not in moving]
         head, _ = fit_head(
             head,
             pooled,
@@ -133,6 +168,7 @@ def run_setting(
             teacher_logits=teacher,
             distill=distill,
             teacher_rows=taught,
+            frozen_rows=frozen,
             main_process=False,
         )
         steps.append(
@@ -155,6 +191,15 @@ def markdown(result: dict) -> str:
         f"Backbone `{result['backbone']}`, seeds {', '.join(map(str, result['seeds']))}, "
         f"{result['date']}. Produced by `{result['command']}`; the JSON has every number.",
         "",
+        *(
+            [
+                f"Each seed ran {result['draws']} dropout draws of every setting; a seed's "
+                "accuracy is the mean of its draws, the worst untouched change the worst of any.",
+                "",
+            ]
+            if result["draws"] > 1
+            else []
+        ),
         "bench_update's setup replayed on fixed embeddings (its cached base release of each "
         "seed; 3 updates of +30 utterances for 50 intents) with the library's `fit_head`; val "
         "only. Rule, fixed before the runs: the highest mean final val accuracy among the "
@@ -184,6 +229,13 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=30)
     parser.add_argument("--updates", type=int, default=3)
     parser.add_argument(
+        "--draws",
+        type=int,
+        default=1,
+        help="dropout draws per seed and setting (the head's dropout masks; rows keep the "
+        "seed's order); a seed's final accuracy is the mean over its draws",
+    )
+    parser.add_argument(
         "--workdir", default=str(REPO / "runs" / "update"), help="bench_update.py's --workdir"
     )
     parser.add_argument(
@@ -212,31 +264,42 @@ def main() -> None:
         per_seed[seed] = {}
         for name in args.settings:
             t0 = time.perf_counter()
-            per_seed[seed][name] = run_setting(
-                SETTINGS[name], seed, clf, feats, ordered, groups, raw, args
+            per_seed[seed][name] = [
+                run_setting(SETTINGS[name], seed, draw, clf, feats, ordered, groups, raw, args)
+                for draw in range(args.draws)
+            ]
+            final = [f"{d[-1]['val_accuracy']:.2f}" for d in per_seed[seed][name]]
+            print(
+                f"seed {seed} {name}: final val {', '.join(final)} "
+                f"({time.perf_counter() - t0:.0f} s)"
             )
-            final = per_seed[seed][name][-1]["val_accuracy"]
-            print(f"seed {seed} {name}: final val {final:.2f} ({time.perf_counter() - t0:.0f} s)")
     summary = {}
     for name in args.settings:
-        steps = [per_seed[s][name] for s in args.seeds]
-        final = [round(s[-1]["val_accuracy"], 2) for s in steps]
+        runs = [per_seed[s][name] for s in args.seeds]  # per seed, per draw, per update
+        final = [sum(d[-1]["val_accuracy"] for d in r) / len(r) for r in runs]
         summary[name] = {
-            "final": final,
+            "final": [round(f, 2) for f in final],  # per seed, mean over its draws
             "mean_final": round(sum(final) / len(final), 2),
             "worst_untouched": round(
-                min(u["untouched_change_points"] for s in steps for u in s), 2
+                min(u["untouched_change_points"] for r in runs for d in r for u in d), 2
             ),
         }
     eligible = {n: r for n, r in summary.items() if r["worst_untouched"] >= UNTOUCHED_FLOOR}
     result = {
         "backbone": backbone,
         "seeds": args.seeds,
+        "draws": args.draws,
         "date": str(date.today()),
         "command": "python scripts/sweep_update_head.py " + " ".join(sys.argv[1:]),
         "machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
         "settings": {
-            n: dict(zip(("epochs", "lr", "weight", "updated_exemplars"), SETTINGS[n], strict=True))
+            n: dict(
+                zip(
+                    ("epochs", "lr", "weight", "updated_exemplars", "frozen_untouched_rows"),
+                    SETTINGS[n],
+                    strict=True,
+                )
+            )
             for n in args.settings
         },
         "per_seed": per_seed,

@@ -451,6 +451,11 @@ def write_yaml(tmp_path: Path, values) -> Path:
             {"train": {"update_head_epochs": 0}},
             r"config field `train.update_head_epochs`: must be >= 1, got 0$",
         ),
+        (
+            {"train": {"update_head_rows": "untouched"}},
+            r"config field `train.update_head_rows`: expected one of all, changed; "
+            r"got 'untouched'$",
+        ),
         ({"model": {"backbone": None}}, r"`model.backbone`: expected a string, got None$"),
         ({"train": [1, 2]}, r"section `train` must be a mapping of key: value$"),
         ({"train": {"freeze_dense": "maybe"}}, r"`train.freeze_dense`: expected true or false"),

@@ -249,3 +249,15 @@ def test_fit_head_can_hold_the_dense_layer():
     assert torch.equal(held.dense.weight, head.dense.weight)
     assert not torch.equal(trained.dense.weight, head.dense.weight)
     assert not torch.equal(held.out_proj.weight, head.out_proj.weight)
+
+
+def test_fit_head_keeps_frozen_rows_bit_identical_and_trains_the_rest():
+    pooled, labels = _clusters()
+    head = IntentHead(8, 3, kind="linear", dropout=0.0)  # a bias too, and weight decay acts
+    fitted, _ = fit_head(
+        head, pooled, labels, TrainConfig(batch_size=8, weight_decay=0.1), 5, frozen_rows=[0, 2]
+    )
+    for rows in (fitted.out_proj.weight, fitted.out_proj.bias):
+        original = head.out_proj.weight if rows.dim() == 2 else head.out_proj.bias
+        assert torch.equal(rows[[0, 2]], original[[0, 2]])
+        assert not torch.equal(rows[1], original[1])

@@ -540,6 +540,39 @@ def test_a_head_only_update_reads_the_memory_from_the_bank(mean_pooled, tmp_path
             assert torch.equal(lora[name], value), name
 
 
+def test_a_head_only_update_can_keep_the_untouched_rows_and_logits(mean_pooled, tmp_path):
+    """With `train.update_head_rows: changed` a head-alone update trains the rows of the
+    updated intent and its neighbours only: every other intent's row, and so (same encoder, no
+    dense layer) its logit on any utterance, is the parent's bit for bit. The default, all,
+    trains every row."""
+    from intent_ci.pipeline import update_release
+
+    registry = Registry(shutil.copytree(mean_pooled, tmp_path / "adapters"))
+    rows = [(t, "transfer_money") for t in make_utterances("transfer_money", 70, seed=11)[-6:]]
+    changed = {"train": {"update_mode": "head", "update_head_rows": "changed"}}
+    release = update_release(
+        write_csv(tmp_path / "more.csv", rows), registry, "v1", overrides=changed
+    )
+    neighbours = registry.manifest(release)["metrics"]["neighbours"]
+    parent, child = load_release(registry, "v1"), load_release(registry, release)
+    moving = {"transfer_money", *neighbours["transfer_money"]}
+    untouched = [k for k, label in enumerate(parent.labels) if label not in moving]
+    assert untouched, neighbours  # something must be held for the test to mean anything
+    before, after = parent.model.head.out_proj.weight, child.model.head.out_proj.weight
+    assert torch.equal(after[untouched], before[untouched])
+    moved = parent.labels.index("transfer_money")
+    assert not torch.equal(after[moved], before[moved])
+    texts = make_utterances("opening_hours", 5, seed=2) + [t for t, _ in rows]
+    old = IntentClassifier(parent).logits(texts)
+    new = IntentClassifier(child).logits(texts)
+    assert torch.equal(new[:, untouched], old[:, untouched])
+    loose = update_release(
+        write_csv(tmp_path / "more.csv", rows), registry, "v1", overrides=HEAD_ONLY
+    )
+    free = load_release(registry, loose).model.head.out_proj.weight
+    assert not torch.equal(free[untouched], before[untouched])
+
+
 def test_push_and_pull_an_update_release(updated, hub, tmp_path):  # noqa: F811
     """An update release and its parent go to a (stand-in) Hub and come back verified, with
     the same predictions; the model card says what the update changed."""
