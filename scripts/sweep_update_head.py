@@ -67,6 +67,7 @@ REPO = Path(__file__).resolve().parents[1]
 # add-intent: all but the updated intents' and their neighbours')
 SETTINGS = {
     "30 passes, lr 0.01, weight 3": (30, 0.01, 3.0, False, False),
+    "30 passes, lr 0.01, weight 0 (no teacher)": (30, 0.01, 0.0, False, False),
     "30 passes, lr 0.01, weight 1": (30, 0.01, 1.0, False, False),
     "30 passes, lr 0.01, weight 10": (30, 0.01, 10.0, False, False),
     "30 passes, lr 0.005, weight 3": (30, 0.005, 3.0, False, False),
