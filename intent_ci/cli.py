@@ -123,6 +123,12 @@ def _update_lines(manifest: dict) -> list[str]:
             "trained   the head alone, on the parent's embeddings (train.update_mode: head); "
             "the encoder is the parent's"
         )
+        train = (manifest.get("config") or {}).get("train") or {}
+        if train.get("update_head_rows") == "changed":
+            lines.append(
+                "          only the changed intents' rows trained (train.update_head_rows: "
+                "changed); every other intent scores as in the parent"
+            )
     elif mode == "lora":
         lines.append("trained   LoRA and head (train.update_mode: lora)")
     if manifest.get("updated_intents"):

@@ -540,7 +540,7 @@ def test_a_head_only_update_reads_the_memory_from_the_bank(mean_pooled, tmp_path
             assert torch.equal(lora[name], value), name
 
 
-def test_a_head_only_update_can_keep_the_untouched_rows_and_logits(mean_pooled, tmp_path):
+def test_a_head_only_update_can_keep_the_untouched_rows_and_logits(mean_pooled, tmp_path, capsys):
     """With `train.update_head_rows: changed` a head-alone update trains the rows of the
     updated intent and its neighbours only: every other intent's row, and so (same encoder, no
     dense layer) its logit on any utterance, is the parent's bit for bit. The default, all,
@@ -571,6 +571,11 @@ def test_a_head_only_update_can_keep_the_untouched_rows_and_logits(mean_pooled, 
     )
     free = load_release(registry, loose).model.head.out_proj.weight
     assert not torch.equal(free[untouched], before[untouched])
+    capsys.readouterr()
+    assert main(["show", release, "--registry", str(registry.root)]) == 0
+    assert "only the changed intents' rows trained" in capsys.readouterr().out
+    assert main(["show", loose, "--registry", str(registry.root)]) == 0
+    assert "only the changed intents' rows trained" not in capsys.readouterr().out
 
 
 def test_push_and_pull_an_update_release(updated, hub, tmp_path):  # noqa: F811
