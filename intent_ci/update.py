@@ -153,9 +153,9 @@ def known_embeddings(
         memory: the parent's replay memory, as its exemplar bank was made from it.
         intents: the parent's intents in head-row order (the bank's row order).
         bank: the parent's exemplar bank (unit-length pooled embeddings of `memory`, rows in
-            `intent_ci.calibration.bank_rows` order), or None where the head cannot use it: unit length is
-            the same embedding only for a cosine head without a dense layer. A bank whose row
-            count does not match `memory` is not used.
+            `intent_ci.calibration.bank_rows` order), or None where the head cannot use it:
+            unit length is the same embedding only for a cosine head without a dense layer. A
+            bank whose row count does not match `memory` is not used.
         computed: embeddings already at hand, by ``(intent, text)`` (the feature pass's).
 
     Returns:

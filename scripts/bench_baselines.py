@@ -40,6 +40,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 import time
 from datetime import date
@@ -489,7 +490,7 @@ def main() -> None:
         c: (10 if args.smoke and CONDITIONS[c] else CONDITIONS[c]) for c in args.conditions
     }
     result: dict = {
-        "command": "python scripts/bench_baselines.py " + " ".join(sys.argv[1:]),
+        "command": shlex.join(["python", "scripts/bench_baselines.py", *sys.argv[1:]]),
         "date": date.today().isoformat(),
         "machine": f"{os.cpu_count()} CPU cores ({platform.machine()})",
         "backbone": args.backbone.split("/")[-1],

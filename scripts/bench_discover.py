@@ -41,6 +41,7 @@ import argparse
 import json
 import os
 import random
+import shlex
 import shutil
 import sys
 import time
@@ -860,7 +861,7 @@ def choose_usable(
     else:
         chosen = none
     return {
-        "command": " ".join(["python scripts/bench_discover.py", *sys.argv[1:]]),
+        "command": shlex.join(["python", "scripts/bench_discover.py", *sys.argv[1:]]),
         "base_epochs": args.base_epochs,
         "seeds": seeds,
         "oos": asdict(OOSConfig()),
@@ -904,7 +905,7 @@ def choose_recovered(
     eligible = [x for x in runs["summary"] if x["noise_share"] <= 0.05] or runs["summary"]
     chosen = max(eligible, key=lambda x: (round(x["recovered_share"], 6), x["ari"]))
     return {
-        "command": " ".join(["python scripts/bench_discover.py", *sys.argv[1:]]),
+        "command": shlex.join(["python", "scripts/bench_discover.py", *sys.argv[1:]]),
         "base_epochs": args.base_epochs,
         "seeds": seeds,
         "oos": asdict(OOSConfig()),
@@ -1530,7 +1531,7 @@ def main() -> None:
             return
     if args.coverage_only:
         rows = [coverage_only(args, raw, seed) for seed in args.seeds]
-        command = " ".join(["python scripts/bench_discover.py", *sys.argv[1:]])
+        command = shlex.join(["python", "scripts/bench_discover.py", *sys.argv[1:]])
         config = asdict(DiscoverConfig(**args.discover_overrides))
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -1556,7 +1557,7 @@ def main() -> None:
         print(json.dumps(rows), flush=True)
         return
     result: dict = {
-        "command": " ".join(["python scripts/bench_discover.py", *sys.argv[1:]]),
+        "command": shlex.join(["python", "scripts/bench_discover.py", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d"),
         "backbone": args.backbone,
         "base_epochs": args.base_epochs,

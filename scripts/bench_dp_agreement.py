@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -163,7 +164,7 @@ def main() -> None:
             "per_device_batch": batch,
             "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}",
             "load_average_at_start": os.getloadavg(),
-            "command": "python " + " ".join(sys.argv),
+            "command": shlex.join(["python", *sys.argv]),
             "wall_s": {k: round(v[1], 1) for k, v in runs.items()},
             "same_global_batch": compare(runs["2p_b"][0], runs["1p_2b"][0], test),
             "same_config": compare(runs["2p_b"][0], runs["1p_b"][0], test),

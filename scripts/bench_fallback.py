@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from datetime import date
@@ -322,7 +323,7 @@ def main() -> None:
     result = {
         "backbone": args.backbone,
         "date": str(date.today()),
-        "command": "python scripts/bench_fallback.py " + " ".join(sys.argv[1:]),
+        "command": shlex.join(["python", "scripts/bench_fallback.py", *sys.argv[1:]]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
         "config": config.to_dict()["fallback"],
     }

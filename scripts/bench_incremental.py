@@ -49,6 +49,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import shutil
 import statistics
 import sys
@@ -1000,7 +1001,7 @@ def main() -> None:
         "backbone": args.backbone,
         "seed": args.seed,
         "intent_order": order,
-        "command": " ".join(["python scripts/bench_incremental.py", *sys.argv[1:]]),
+        "command": shlex.join(["python", "scripts/bench_incremental.py", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d"),
         "init_config": config.to_dict(),
         "methods": methods,

@@ -47,6 +47,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -907,7 +908,7 @@ def main() -> None:
     ):
         line = line_at(line, chosen["score"], chosen["target_recall"])
     result = {
-        "command": "python scripts/bench_oos.py " + " ".join(sys.argv[1:]),
+        "command": shlex.join(["python", "scripts/bench_oos.py", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         "chosen": chosen,

@@ -35,6 +35,7 @@ import asyncio
 import json
 import os
 import platform
+import shlex
 import shutil
 import socket
 import subprocess
@@ -610,7 +611,7 @@ def main() -> None:
         },
     ]
     result = {
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "command": shlex.join(["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
         f"torch {torch.__version__}",
         "release": release,

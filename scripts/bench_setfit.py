@@ -39,6 +39,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 import time
 from collections import Counter
@@ -198,7 +199,7 @@ def main() -> None:
     raw = bi.load_clinc(Path(args.data), smoke=args.smoke)
     backbone = resolve_backbone_path(args.backbone)
     result: dict = {
-        "command": "python scripts/bench_setfit.py " + " ".join(sys.argv[1:]),
+        "command": shlex.join(["python", "scripts/bench_setfit.py", *sys.argv[1:]]),
         "date": date.today().isoformat(),
         "machine": f"{os.cpu_count()} CPU cores ({platform.machine()})",
         "backbone": args.backbone.split("/")[-1],

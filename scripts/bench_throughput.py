@@ -54,6 +54,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -599,7 +600,7 @@ def cmd_cpu(args: argparse.Namespace) -> None:
     infer = ["infer", "--backbone", MINILM, "--batch-size", "64", "--examples", str(args.examples)]
     inference = _run([*infer, "--rounds", str(args.rounds)], 1, 1)
     load_after = os.getloadavg()
-    command = "python scripts/bench_throughput.py " + " ".join(sys.argv[1:])
+    command = shlex.join(["python", "scripts/bench_throughput.py", *sys.argv[1:]])
     device = runs["1 process, 1 thread"]["device"]
     result = {
         "command": command,
@@ -665,7 +666,7 @@ def cmd_gpu(args: argparse.Namespace) -> None:
         "--random-release",
     ]
     inference = _run(infer, 1, args.threads)
-    command = "python scripts/bench_throughput.py " + " ".join(sys.argv[1:])
+    command = shlex.join(["python", "scripts/bench_throughput.py", *sys.argv[1:]])
     device = runs["LoRA step"]["device"]
     result = {
         "command": command,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -208,7 +209,7 @@ def main() -> None:
     args = parser.parse_args()
     raw = bd.load_raw(Path(args.data))
     result = {
-        "command": " ".join(["python scripts/discover_join_rules.py", *sys.argv[1:]]),
+        "command": shlex.join(["python", "scripts/discover_join_rules.py", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d"),
         "backbone": args.backbone,
         "base_epochs": args.base_epochs,

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -101,7 +102,7 @@ def main() -> None:
     result: dict = {
         "workdir": str(workdir),
         "gate_config": GateConfig().__dict__,
-        "command": " ".join(["python scripts/gate_incremental.py", *sys.argv[1:]]),
+        "command": shlex.join(["python", "scripts/gate_incremental.py", *sys.argv[1:]]),
         "checks": [],
     }
     for protocol in sorted(p.name for p in workdir.iterdir() if p.name.startswith("P")):

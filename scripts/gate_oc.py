@@ -35,6 +35,7 @@ import argparse
 import functools
 import json
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -191,7 +192,7 @@ def main() -> None:
                     flush=True,
                 )
     result = {
-        "command": " ".join(["python scripts/gate_oc.py", *sys.argv[1:]]),
+        "command": shlex.join(["python", "scripts/gate_oc.py", *sys.argv[1:]]),
         "gate_config": {
             k: getattr(base, k)
             for k in ("max_drop", "alpha", "decision", "max_drift", "drift_decision")

@@ -41,6 +41,7 @@ import argparse
 import copy
 import json
 import platform
+import shlex
 import sys
 import time
 from datetime import date
@@ -291,7 +292,7 @@ def main() -> None:
         "seeds": args.seeds,
         "draws": args.draws,
         "date": str(date.today()),
-        "command": "python scripts/sweep_update_head.py " + " ".join(sys.argv[1:]),
+        "command": shlex.join(["python", "scripts/sweep_update_head.py", *sys.argv[1:]]),
         "machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
         "settings": {
             n: dict(
