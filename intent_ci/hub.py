@@ -553,9 +553,7 @@ def render_section(manifest: dict[str, Any], manifest_sha: str, gate: dict[str, 
             [
                 f"- updated: {', '.join(manifest['updated_intents'])} "
                 f"({len(manifest.get('corrections') or [])} corrected utterances"
-                + {"head": "; the head alone trained", "lora": "; LoRA and head trained"}.get(
-                    (manifest.get("metrics") or {}).get("update_mode"), ""
-                )
+                + _update_mode_phrase(manifest)
                 + ")"
             ]
             if manifest.get("updated_intents")
@@ -570,6 +568,19 @@ def render_section(manifest: dict[str, Any], manifest_sha: str, gate: dict[str, 
         "",
     ]
     return "\n".join(lines)
+
+
+def _update_mode_phrase(manifest: dict[str, Any]) -> str:
+    """What an update release trained, for its card line (as `intent-ci show` says it)."""
+    mode = (manifest.get("metrics") or {}).get("update_mode")
+    if mode == "lora":
+        return "; LoRA and head trained"
+    if mode != "head":
+        return ""
+    train = (manifest.get("config") or {}).get("train") or {}
+    if train.get("update_head_rows") == "changed":
+        return "; the head alone trained, only the changed intents' rows"
+    return "; the head alone trained"
 
 
 def render_card(repo_id: str, newest: dict[str, Any], sections: dict[str, str]) -> str:

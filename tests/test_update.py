@@ -576,6 +576,14 @@ def test_a_head_only_update_can_keep_the_untouched_rows_and_logits(mean_pooled, 
     assert "only the changed intents' rows trained" in capsys.readouterr().out
     assert main(["show", loose, "--registry", str(registry.root)]) == 0
     assert "only the changed intents' rows trained" not in capsys.readouterr().out
+    from intent_ci.hub import render_section
+
+    cards = {
+        name: render_section({**registry.manifest(name), "release": name}, "0" * 64, None)
+        for name in (release, loose)
+    }
+    assert "the head alone trained, only the changed intents' rows)" in cards[release]
+    assert "the head alone trained)" in cards[loose]
 
 
 def test_push_and_pull_an_update_release(updated, hub, tmp_path):  # noqa: F811
