@@ -283,6 +283,7 @@ ADD_INTENT_ONLY = {
         "update_epochs",
         "update_mode",
         "update_head_epochs",
+        "update_head_rows",
         "add_intent_lr_scale",
         "freeze_old_rows",
         "neighbour_rows",

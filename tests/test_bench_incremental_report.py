@@ -91,3 +91,9 @@ def test_fields_added_later_at_their_old_behaviour_keep_the_cache_key(bench):
     assert bench.init_recipe(on)["fallback"] == {"enabled": True, "significance": 0.05}
     head_alone = apply_overrides(ReleaseConfig(), {"train": {"lora": False}}, source="test")
     assert bench.init_recipe(head_alone)["train"]["lora"] is False
+    # Fields only add-intent and update read never reach an init release's key.
+    rows = apply_overrides(
+        ReleaseConfig(), {"train": {"update_head_rows": "changed"}}, source="test"
+    )
+    assert bench.init_recipe(rows) == recipe
+    assert "update_head_rows" not in recipe["train"]
