@@ -349,10 +349,10 @@ def init_recipe(config: ReleaseConfig, legacy: bool = False) -> dict:
 _MADE_THIS_RUN: set[Path] = set()  # cache folders whose release this run trained
 
 
-def cached_init(
-    workdir: Path, kind: str, data: datasets.Dataset, config: ReleaseConfig, reuse: bool
-) -> tuple[Registry, dict]:
-    """An `init` release on `data`, reused from an earlier run when recipe and data match."""
+def init_cache_folder(
+    workdir: Path, kind: str, data: datasets.Dataset, config: ReleaseConfig, reuse: bool = True
+) -> Path:
+    """Where `cached_init` keeps (or finds) the `init` release of this recipe and data."""
     key = config_key(kind, init_recipe(config), list(data["intent"]), list(data["text"]))
     folder = workdir / "cache" / f"{kind}-{key}"
     legacy_key = config_key(
@@ -361,6 +361,14 @@ def cached_init(
     legacy = workdir / "cache" / f"{kind}-{legacy_key}"
     if reuse and not folder.exists() and (legacy / "cost.json").is_file():
         folder = legacy  # the same weights, made when the key held the out-of-scope score
+    return folder
+
+
+def cached_init(
+    workdir: Path, kind: str, data: datasets.Dataset, config: ReleaseConfig, reuse: bool
+) -> tuple[Registry, dict]:
+    """An `init` release on `data`, reused from an earlier run when recipe and data match."""
+    folder = init_cache_folder(workdir, kind, data, config, reuse)
     registry = Registry(folder / "adapters")
     # --no-reuse still shares a release between protocols of this run (P2 and P3 start from the
     # same base; P1 and P2 end on the same full retrain): the cost was measured in this run.

@@ -50,11 +50,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from bench_incremental import DEFAULT_DATA, load_clinc  # noqa: E402
-from bench_update import plan  # noqa: E402
+from bench_incremental import DEFAULT_DATA, init_cache_folder, load_clinc  # noqa: E402
+from bench_update import plan, rows_for  # noqa: E402
 
 from intent_ci.cli import _quiet_libraries  # noqa: E402
-from intent_ci.config import DistillConfig, ReplayConfig, TrainConfig  # noqa: E402
+from intent_ci.config import (  # noqa: E402
+    PACKAGED_MINILM,
+    DistillConfig,
+    ReleaseConfig,
+    ReplayConfig,
+    TrainConfig,
+    apply_overrides,
+)
 from intent_ci.discover import encode  # noqa: E402
 from intent_ci.registry import Registry  # noqa: E402
 from intent_ci.release import IntentClassifier  # noqa: E402
@@ -251,17 +258,24 @@ def main() -> None:
     per_seed = {}
     backbone = None
     for seed in args.seeds:
-        bases = sorted((Path(args.workdir) / f"seed{seed}" / "cache").glob("base-*/adapters"))
-        if len(bases) != 1:
-            raise SystemExit(
-                f"{args.workdir}/seed{seed}/cache: expected one cached base release, found "
-                f"{len(bases)}; run scripts/bench_update.py --seeds {seed} --workdir "
-                f"{args.workdir} first"
-            )
-        clf = IntentClassifier.load(Registry(bases[0]), "v1")
-        backbone = clf.release.manifest["backbone"]["name"]
         ordered, groups = plan(raw, seed, args.start, args.step, args.updates)
-        cache = bases[0].parent / f"embeddings_{args.start + args.step}.pt"
+        # The base release bench_update made for this seed, found by the same recipe-and-data
+        # key it was cached under (bench_update's default config, its seed).
+        config = apply_overrides(
+            ReleaseConfig(),
+            {"model": {"backbone": PACKAGED_MINILM}, "train": {"seed": seed}},
+            source="bench",
+        )
+        base_data = rows_for(ordered, {i: (0, args.start) for i in sorted(ordered)})
+        folder = init_cache_folder(Path(args.workdir) / f"seed{seed}", "base", base_data, config)
+        if not (folder / "cost.json").is_file():
+            raise SystemExit(
+                f"{folder}: no cached base release; run scripts/bench_update.py --seeds {seed} "
+                f"--workdir {args.workdir} first"
+            )
+        clf = IntentClassifier.load(Registry(folder / "adapters"), "v1")
+        backbone = clf.release.manifest["backbone"]["name"]
+        cache = folder / f"embeddings_{args.start + args.step}.pt"
         feats = embeddings(clf, ordered, raw, cache, args.start + args.step)
         per_seed[seed] = {}
         for name in args.settings:
