@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_discover as bd  # noqa: E402
 
 from intent_ci.config import DiscoverConfig  # noqa: E402
-from intent_ci.discover import dedup_key, discover  # noqa: E402
+from intent_ci.discover import dedup_key, discover, embed, intent_prototypes  # noqa: E402
 from intent_ci.release import IntentClassifier  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,6 +80,24 @@ def rules() -> list[dict]:
     return out
 
 
+def backbone_rules() -> list[dict]:
+    """Joining in the frozen backbone's space (`--space backbone`): the shipped rule's form
+    (cosine >= bar to the nearest candidate centre and nearer it than every existing intent),
+    its bar re-chosen, since cosines there have another scale. Clustering stays in the
+    release's features."""
+    out = []
+    for b in (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6):
+        rule = {"bar": b, "known": True, "delta": 0.0}
+        out.append(
+            {
+                "rule": f"backbone space: bar {b}, nearer than every existing intent",
+                "considered": rule,
+                "accepted": rule,
+            }
+        )
+    return out
+
+
 def passes(rule: dict, top: np.ndarray, nearest_known: np.ndarray) -> np.ndarray:
     ok = top >= rule["bar"]
     if rule["known"]:
@@ -99,6 +117,11 @@ def run_seed(args: argparse.Namespace, raw: dict, seed: int) -> dict:
     x = found.scored.features
     if x is None:
         raise SystemExit("the release's features are needed (DiscoverConfig.features: release)")
+    if args.space == "backbone":  # join in the frozen backbone's space; clusters as they are
+        x = embed(clf, traffic.texts, "backbone", 128, desc="backbone features")
+        prototypes, _, _ = intent_prototypes(clf, "backbone", 128)
+    else:
+        prototypes = found.plot["prototypes"]
     index = {dedup_key(t): i for i, t in enumerate(traffic.texts)}
     labels = np.full(len(traffic.texts), -1)
     new = [c for c in found.candidates if c.belongs_to is None]
@@ -112,7 +135,7 @@ def run_seed(args: argparse.Namespace, raw: dict, seed: int) -> dict:
     sims = x @ centres.T
     best = sims.argmax(axis=1)
     top = sims[np.arange(len(x)), best]
-    nearest_known = (x @ np.stack(list(found.plot["prototypes"].values())).T).max(axis=1)
+    nearest_known = (x @ np.stack(list(prototypes.values())).T).max(axis=1)
     outside = labels < 0
     truth = np.array(true_of)
     mine = np.isin(truth, list(held))
@@ -124,7 +147,7 @@ def run_seed(args: argparse.Namespace, raw: dict, seed: int) -> dict:
         "held_out_outside_accepted": int((mine & outside & ~considered).sum()),
         "rules": [],
     }
-    for rule in rules():
+    for rule in rules() if args.space == "release" else backbone_rules():
         joined = labels.copy()
         jc = outside & considered & passes(rule["considered"], top, nearest_known)
         ja = outside & ~considered & passes(rule["accepted"], top, nearest_known)
@@ -147,15 +170,27 @@ def run_seed(args: argparse.Namespace, raw: dict, seed: int) -> dict:
 def markdown(result: dict) -> str:
     seeds = result["seeds"]
     lines = [
-        "# How far joining can go: looser rules for `intent-ci discover`, on val traffic",
+        "# How far joining can go: looser rules for `intent-ci discover`, on val traffic"
+        + (" (joining in the backbone's features)" if result.get("space") == "backbone" else ""),
         "",
-        f"Command: `{result['command']}`  ",
+        f"Command: `{result['command']}`"
+        + (f", reported by `{result['reported_by']}`" if result.get("reported_by") else "")
+        + "  ",
         f"Date: {result['date']}; backbone {result['backbone']}; each seed's 120-intent base "
         f"release ({result['base_epochs']} epochs) with the shipped out-of-scope rule; traffic: "
         "the `val` utterances of all 150 intents + `oos_val` (never the benchmark's traffic, "
         "never test); every other DiscoverConfig field at its default. Each rule is applied "
         "once to the candidates as clustered, as `join_candidates` applies the shipped one. "
-        "Mean over seeds " + ", ".join(str(s["seed"]) for s in seeds) + ".",
+        + (
+            "Joining compares in the frozen backbone's features (the release's LoRA off): "
+            "candidate centres from the clustered members and existing intents' centres from "
+            "their replay exemplars, both in those features; clustering is the release's. "
+            if result.get("space") == "backbone"
+            else ""
+        )
+        + "Mean over seeds "
+        + ", ".join(str(s["seed"]) for s in seeds)
+        + ".",
         "",
         "Held-out utterances outside every candidate before joining (per seed): "
         + "; ".join(
@@ -205,17 +240,40 @@ def main() -> None:
         default=str(REPO / "runs" / "discover_join"),
         help="base releases are cached in <workdir>/w<seed> (bench_discover.py's layout)",
     )
+    parser.add_argument(
+        "--space",
+        choices=("release", "backbone"),
+        default="release",
+        help="the features joining compares in: the release's (as `discover` does) or the "
+        "frozen backbone's (its bar re-gridded); clustering is the release's either way",
+    )
     parser.add_argument("--out", default=str(REPO / "scripts" / "results" / "discover_join_rules"))
+    parser.add_argument(
+        "--report-from",
+        metavar="JSON",
+        help="train and score nothing: rewrite <out>.md from this script's JSON",
+    )
     args = parser.parse_args()
+    out = Path(args.out)
+    if args.report_from:
+        result = json.loads(Path(args.report_from).read_text(encoding="utf-8"))
+        result["reported_by"] = shlex.join(
+            ["python", "scripts/discover_join_rules.py", *sys.argv[1:]]
+        )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+        out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
+        print(f"wrote {out}.json and {out}.md")
+        return
     raw = bd.load_raw(Path(args.data))
     result = {
         "command": shlex.join(["python", "scripts/discover_join_rules.py", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d"),
         "backbone": args.backbone,
         "base_epochs": args.base_epochs,
+        "space": args.space,
         "seeds": [run_seed(args, raw, seed) for seed in args.seeds],
     }
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")

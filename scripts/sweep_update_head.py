@@ -22,7 +22,8 @@ Every setting starts from torch's generator seeded with the seed (the head's dro
 from it), so its numbers do not depend on the settings run before it; `--draws N` repeats
 each with N sets of dropout masks and averages them, for settings closer than one run's
 spread. One setting keeps the untouched intents' rows frozen (`train.update_head_rows:
-changed`): only the updated intents' rows and their neighbours' train.
+changed`): only the updated intents' rows and their neighbours' train. One keeps up to 50
+exemplars per updated intent instead of the parent's memory size (every row in this setup).
 
 Only the val split is scored. Rule, fixed before the runs: the setting with the highest mean
 final val accuracy over the seeds among those whose untouched intents lose at most 0.3 val
@@ -72,17 +73,26 @@ REPO = Path(__file__).resolve().parents[1]
 # name: (passes, learning rate, distillation weight, whether the teacher also speaks for the
 # updated intents' old exemplars, as `distill.updated_exemplars` makes it in lora mode, whether
 # the untouched intents' rows stay the parent's, as `train.freeze_old_rows` keeps them in
-# add-intent: all but the updated intents' and their neighbours')
+# add-intent: all but the updated intents' and their neighbours', and how many exemplars an
+# updated intent's memory keeps: None for the parent's size, as `replay.per_intent` does)
 SETTINGS = {
-    "30 passes, lr 0.01, weight 3": (30, 0.01, 3.0, False, False),
-    "30 passes, lr 0.01, weight 0 (no teacher)": (30, 0.01, 0.0, False, False),
-    "30 passes, lr 0.01, weight 1": (30, 0.01, 1.0, False, False),
-    "30 passes, lr 0.01, weight 10": (30, 0.01, 10.0, False, False),
-    "30 passes, lr 0.005, weight 3": (30, 0.005, 3.0, False, False),
-    "30 passes, lr 0.005, weight 1": (30, 0.005, 1.0, False, False),
-    "80 passes, lr 0.01, weight 3": (80, 0.01, 3.0, False, False),
-    "30 passes, lr 0.01, weight 1, teacher on updated exemplars": (30, 0.01, 1.0, True, False),
-    "30 passes, lr 0.01, weight 1, untouched rows frozen": (30, 0.01, 1.0, False, True),
+    "30 passes, lr 0.01, weight 3": (30, 0.01, 3.0, False, False, None),
+    "30 passes, lr 0.01, weight 0 (no teacher)": (30, 0.01, 0.0, False, False, None),
+    "30 passes, lr 0.01, weight 1": (30, 0.01, 1.0, False, False, None),
+    "30 passes, lr 0.01, weight 10": (30, 0.01, 10.0, False, False, None),
+    "30 passes, lr 0.005, weight 3": (30, 0.005, 3.0, False, False, None),
+    "30 passes, lr 0.005, weight 1": (30, 0.005, 1.0, False, False, None),
+    "80 passes, lr 0.01, weight 3": (80, 0.01, 3.0, False, False, None),
+    "30 passes, lr 0.01, weight 1, teacher on updated exemplars": (
+        30,
+        0.01,
+        1.0,
+        True,
+        False,
+        None,
+    ),
+    "30 passes, lr 0.01, weight 1, untouched rows frozen": (30, 0.01, 1.0, False, True, None),
+    "30 passes, lr 0.01, weight 1, memory 50": (30, 0.01, 1.0, False, False, 50),
 }
 UNTOUCHED_FLOOR = -0.3  # val points the untouched intents may lose in one update
 
@@ -104,7 +114,7 @@ def embeddings(clf: IntentClassifier, ordered: dict, raw: dict, cache: Path, end
 
 
 def run_setting(
-    setting: tuple[int, float, float, bool, bool],
+    setting: tuple[int, float, float, bool, bool, int | None],
     seed: int,
     draw: int,
     clf,
@@ -114,7 +124,7 @@ def run_setting(
     raw,
     args,
 ) -> list[dict]:
-    epochs, lr, weight, updated_exemplars, freeze = setting
+    epochs, lr, weight, updated_exemplars, freeze, keep = setting
     # The head's dropout draws from torch's global generator: seed it, so that a setting's
     # numbers do not depend on which settings ran before it in the same process; `draw`
     # picks another set of dropout masks (the rows' order stays the seed's).
@@ -188,7 +198,7 @@ def run_setting(
         )
         for i in group:
             pool = sorted(set(memory[i]) | set(range(args.start, args.start + args.step)))
-            chosen = herding(feats["train"][index[i], pool], len(memory[i]))
+            chosen = herding(feats["train"][index[i], pool], keep or len(memory[i]))
             memory[i] = [pool[k] for k in chosen]
     return steps
 
@@ -311,7 +321,14 @@ def main() -> None:
         "settings": {
             n: dict(
                 zip(
-                    ("epochs", "lr", "weight", "updated_exemplars", "frozen_untouched_rows"),
+                    (
+                        "epochs",
+                        "lr",
+                        "weight",
+                        "updated_exemplars",
+                        "frozen_untouched_rows",
+                        "updated_memory",
+                    ),
                     SETTINGS[n],
                     strict=True,
                 )
