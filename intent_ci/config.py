@@ -488,6 +488,17 @@ class DistillConfig:
             "untouched intents lost 0.8-1.75 val points in some update on every seed."
         },
     )
+    anchor_per_pass: bool = field(
+        default=False,
+        metadata={
+            "help": "Whether `l2_weight` and `ewc_weight` are per pass over the release's "
+            "training rows instead of per step. false: every optimizer step adds the term at "
+            "the full weight, so a release that trains on more rows (more steps) is pulled "
+            "back harder in total. true: each step's weight is the weight x (rows in a step / "
+            "rows in the release), so the pull is the same whatever the release's size, as a "
+            "prior counts once in a MAP loss."
+        },
+    )
     ewc_weight: float = field(
         default=0.0,
         metadata={

@@ -276,8 +276,9 @@ def _parameter_anchor(
 ) -> ParameterAnchor | None:
     """The parent's LoRA values and their weighted importance (`distill.l2_weight`, and
     `distill.ewc_weight` times the diagonal Fisher on the `replayed` rows of `tokenized`, the
-    memory rows this release replays); None when both weights are 0. Call after
-    `hold_parent_weights`, before training.
+    memory rows this release replays); None when both weights are 0. With
+    `distill.anchor_per_pass` the weights are per pass over `tokenized`: each optimizer update
+    gets its share of them. Call after `hold_parent_weights`, before training.
 
     Raises:
         IntentCIError: for EWC without replayed rows to estimate the Fisher information on.
@@ -285,6 +286,17 @@ def _parameter_anchor(
     l2, ewc = config.distill.l2_weight, config.distill.ewc_weight
     if l2 == 0 and ewc == 0:
         return None
+    if config.distill.anchor_per_pass:
+        # The term is in every optimizer update (averaged over accumulated steps): per pass it
+        # counts updates-per-pass times, so each update gets its share, rows in an update over
+        # rows in the release.
+        rows = (
+            config.train.batch_size
+            * accelerator.num_processes
+            * config.train.gradient_accumulation_steps
+        )
+        share = min(1.0, rows / len(tokenized))
+        l2, ewc = l2 * share, ewc * share
     names = [f"encoder.{n}" for n, p in model.encoder.named_parameters() if p.requires_grad]
     params = dict(model.named_parameters())
     values = {n: params[n].detach().float().clone() for n in names}

@@ -295,6 +295,7 @@ ADD_INTENT_ONLY = {
         "feature_weight",
         "l2_weight",
         "ewc_weight",
+        "anchor_per_pass",
         "updated_exemplars",
         "update_head_weight",
     ),

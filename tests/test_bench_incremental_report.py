@@ -97,3 +97,7 @@ def test_fields_added_later_at_their_old_behaviour_keep_the_cache_key(bench):
     )
     assert bench.init_recipe(rows) == recipe
     assert "update_head_rows" not in recipe["train"]
+    per_pass = apply_overrides(
+        ReleaseConfig(), {"distill": {"anchor_per_pass": True}}, source="test"
+    )
+    assert bench.init_recipe(per_pass) == recipe

@@ -525,3 +525,32 @@ def test_the_teacher_pass_reuses_the_parent_feature_pass(trained_registry, one_t
     full = (want_logits, want_pooled)
     same = _teacher_targets(model, full, rows, backbone, accelerator, config)
     assert same[0] is want_logits and same[1] is want_pooled
+
+
+@pytest.mark.parametrize("per_pass", [False, True])
+def test_the_anchor_weights_are_per_step_or_per_pass(trained_registry, per_pass):
+    """`distill.anchor_per_pass` divides the L2 weight among a pass's optimizer updates: each
+    gets rows-per-update / rows-in-the-release of it; without it every update gets all of it."""
+    import datasets
+    from accelerate import Accelerator
+
+    from intent_ci.config import ReleaseConfig, apply_overrides
+    from intent_ci.pipeline import _parameter_anchor
+
+    model = load_release(Registry(trained_registry), "v1").model
+    for name, p in model.named_parameters():
+        p.requires_grad_("lora_" in name)
+    rows = datasets.Dataset.from_dict({"row": list(range(100))})
+    config = apply_overrides(
+        ReleaseConfig(),
+        {
+            "distill": {"l2_weight": 8.0, "anchor_per_pass": per_pass},
+            "train": {"batch_size": 4, "gradient_accumulation_steps": 2},
+        },
+        source="test",
+    )
+    anchor = _parameter_anchor(model, rows, range(0), None, Accelerator(cpu=True), config)
+    assert anchor.importance and all("lora_" in n for n in anchor.importance)
+    expected = 8.0 * (4 * 2 / 100 if per_pass else 1.0)
+    for weight in anchor.importance.values():
+        assert torch.allclose(weight, torch.full_like(weight, expected))
