@@ -11,6 +11,9 @@ outside the files, so this script asks what looser rules would add, and at what 
                      (for every outside utterance, or for the accepted ones only)
     considered bar b the utterances the release rejected or hesitated on join at cosine >= b,
                      with or without the existing-intent comparison (accepted ones as shipped)
+    --space backbone the shipped rule's form in the frozen backbone's features (candidate and
+                     existing-intent centres there too), its bar gridded anew; the clusters
+                     stay the release's
 
 Each rule is applied exactly as `join_candidates` applies the shipped one: once, to the
 candidates as clustered (their centres before anything joins), so the simulation is the rule
@@ -19,6 +22,8 @@ candidates as clustered (their centres before anything joins), so the simulation
 of all 150 intents + `oos_val` (never the benchmark's traffic, never test).
 
     python scripts/discover_join_rules.py --seeds 0 1 2 --workdir runs/disc30
+    python scripts/discover_join_rules.py --seeds 0 1 2 --workdir runs/disc30 --space backbone \\
+        --out scripts/results/discover_join_rules_backbone
 
 Writes <out>.json and <out>.md (default scripts/results/discover_join_rules).
 """
