@@ -116,20 +116,21 @@ def cmd_update(args: argparse.Namespace) -> int:
 
 def _update_lines(manifest: dict) -> list[str]:
     """An update release's changes: updated intents, corrections, replay memory changes."""
+    from intent_ci.registry import update_training
+
     lines = []
-    mode = (manifest.get("metrics") or {}).get("update_mode")
-    if mode == "head":
+    trained = update_training(manifest)
+    if trained in ("head", "head-changed-rows"):
         lines.append(
             "trained   the head alone, on the parent's embeddings (train.update_mode: head); "
             "the encoder is the parent's"
         )
-        train = (manifest.get("config") or {}).get("train") or {}
-        if train.get("update_head_rows") == "changed":
+        if trained == "head-changed-rows":
             lines.append(
                 "          only the changed intents' rows trained (train.update_head_rows: "
                 "changed); every other intent scores as in the parent"
             )
-    elif mode == "lora":
+    elif trained == "lora":
         lines.append("trained   LoRA and head (train.update_mode: lora)")
     if manifest.get("updated_intents"):
         lines.append(f"updated   {', '.join(manifest['updated_intents'])}")

@@ -86,7 +86,14 @@ from pathlib import Path
 from typing import Any
 
 from intent_ci.errors import IntentCIError, ReleaseVerificationError
-from intent_ci.registry import MANIFEST, RELEASE_ID, Registry, check_alias_name, sha256_file
+from intent_ci.registry import (
+    MANIFEST,
+    RELEASE_ID,
+    Registry,
+    check_alias_name,
+    sha256_file,
+    update_training,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +106,12 @@ PRIVATE_FILES = (REPLAY_FILE, CALIBRATION_FILE)
 """Files holding training utterances, left out by ``--no-replay``."""
 RELEASES_DIR = "releases"
 CARD = "README.md"
+UPDATE_TRAINING_PHRASE = {
+    "lora": "; LoRA and head trained",
+    "head": "; the head alone trained",
+    "head-changed-rows": "; the head alone trained, only the changed intents' rows",
+}
+"""The card's words for `registry.update_training` (`intent-ci show` says the same)."""
 DEFAULT_TOKEN_ENV = "HF_TOKEN"
 LOADABLE_SUFFIXES = (".safetensors", ".json", ".yaml", ".yml")
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -553,7 +566,7 @@ def render_section(manifest: dict[str, Any], manifest_sha: str, gate: dict[str, 
             [
                 f"- updated: {', '.join(manifest['updated_intents'])} "
                 f"({len(manifest.get('corrections') or [])} corrected utterances"
-                + _update_mode_phrase(manifest)
+                + UPDATE_TRAINING_PHRASE.get(update_training(manifest), "")
                 + ")"
             ]
             if manifest.get("updated_intents")
@@ -568,19 +581,6 @@ def render_section(manifest: dict[str, Any], manifest_sha: str, gate: dict[str, 
         "",
     ]
     return "\n".join(lines)
-
-
-def _update_mode_phrase(manifest: dict[str, Any]) -> str:
-    """What an update release trained, for its card line (as `intent-ci show` says it)."""
-    mode = (manifest.get("metrics") or {}).get("update_mode")
-    if mode == "lora":
-        return "; LoRA and head trained"
-    if mode != "head":
-        return ""
-    train = (manifest.get("config") or {}).get("train") or {}
-    if train.get("update_head_rows") == "changed":
-        return "; the head alone trained, only the changed intents' rows"
-    return "; the head alone trained"
 
 
 def render_card(repo_id: str, newest: dict[str, Any], sections: dict[str, str]) -> str:

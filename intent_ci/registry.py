@@ -1010,6 +1010,18 @@ def check_manifest(data: Any, path: Path) -> None:
             )
 
 
+def update_training(manifest: dict[str, Any]) -> str | None:
+    """What an `update` release trained, read from its manifest: ``lora`` (LoRA and head),
+    ``head`` (the head alone, every row), ``head-changed-rows`` (the head alone, only the
+    changed intents' rows: `train.update_head_rows: changed`), or None (not an update, or one
+    made before `metrics.update_mode` was recorded)."""
+    mode = (manifest.get("metrics") or {}).get("update_mode")
+    if mode == "head":
+        train = (manifest.get("config") or {}).get("train") or {}
+        return "head-changed-rows" if train.get("update_head_rows") == "changed" else "head"
+    return mode if mode == "lora" else None
+
+
 def _backbone_identity(manifest: dict[str, Any]) -> dict[str, Any]:
     backbone = manifest["backbone"]
     return {k: backbone.get(k) for k in ("fingerprint", "model_type", "hidden_size", "pooling")}

@@ -47,6 +47,7 @@ import sys
 import time
 from datetime import date
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -70,29 +71,40 @@ from intent_ci.replay import find_neighbours, herding  # noqa: E402
 from intent_ci.training import fit_head  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-# name: (passes, learning rate, distillation weight, whether the teacher also speaks for the
-# updated intents' old exemplars, as `distill.updated_exemplars` makes it in lora mode, whether
-# the untouched intents' rows stay the parent's, as `train.freeze_old_rows` keeps them in
-# add-intent: all but the updated intents' and their neighbours', and how many exemplars an
-# updated intent's memory keeps: None for the parent's size, as `replay.per_intent` does)
+
+
+class Setting(NamedTuple):
+    """One way to train the head in an update."""
+
+    epochs: int  # passes over the rows
+    lr: float
+    weight: float  # distillation weight
+    # whether the teacher also speaks for the updated intents' old exemplars, as
+    # `distill.updated_exemplars` makes it in lora mode
+    updated_exemplars: bool = False
+    # whether the untouched intents' rows stay the parent's, as `train.freeze_old_rows` keeps
+    # them in add-intent: all but the updated intents' and their neighbours'
+    frozen_untouched_rows: bool = False
+    # how many exemplars an updated intent's memory keeps; None: the parent's size, as
+    # `replay.per_intent` does
+    updated_memory: int | None = None
+
+
 SETTINGS = {
-    "30 passes, lr 0.01, weight 3": (30, 0.01, 3.0, False, False, None),
-    "30 passes, lr 0.01, weight 0 (no teacher)": (30, 0.01, 0.0, False, False, None),
-    "30 passes, lr 0.01, weight 1": (30, 0.01, 1.0, False, False, None),
-    "30 passes, lr 0.01, weight 10": (30, 0.01, 10.0, False, False, None),
-    "30 passes, lr 0.005, weight 3": (30, 0.005, 3.0, False, False, None),
-    "30 passes, lr 0.005, weight 1": (30, 0.005, 1.0, False, False, None),
-    "80 passes, lr 0.01, weight 3": (80, 0.01, 3.0, False, False, None),
-    "30 passes, lr 0.01, weight 1, teacher on updated exemplars": (
-        30,
-        0.01,
-        1.0,
-        True,
-        False,
-        None,
+    "30 passes, lr 0.01, weight 3": Setting(30, 0.01, 3.0),
+    "30 passes, lr 0.01, weight 0 (no teacher)": Setting(30, 0.01, 0.0),
+    "30 passes, lr 0.01, weight 1": Setting(30, 0.01, 1.0),
+    "30 passes, lr 0.01, weight 10": Setting(30, 0.01, 10.0),
+    "30 passes, lr 0.005, weight 3": Setting(30, 0.005, 3.0),
+    "30 passes, lr 0.005, weight 1": Setting(30, 0.005, 1.0),
+    "80 passes, lr 0.01, weight 3": Setting(80, 0.01, 3.0),
+    "30 passes, lr 0.01, weight 1, teacher on updated exemplars": Setting(
+        30, 0.01, 1.0, updated_exemplars=True
     ),
-    "30 passes, lr 0.01, weight 1, untouched rows frozen": (30, 0.01, 1.0, False, True, None),
-    "30 passes, lr 0.01, weight 1, memory 50": (30, 0.01, 1.0, False, False, 50),
+    "30 passes, lr 0.01, weight 1, untouched rows frozen": Setting(
+        30, 0.01, 1.0, frozen_untouched_rows=True
+    ),
+    "30 passes, lr 0.01, weight 1, memory 50": Setting(30, 0.01, 1.0, updated_memory=50),
 }
 UNTOUCHED_FLOOR = -0.3  # val points the untouched intents may lose in one update
 
@@ -114,7 +126,7 @@ def embeddings(clf: IntentClassifier, ordered: dict, raw: dict, cache: Path, end
 
 
 def run_setting(
-    setting: tuple[int, float, float, bool, bool, int | None],
+    setting: Setting,
     seed: int,
     draw: int,
     clf,
@@ -318,23 +330,7 @@ def main() -> None:
         "date": str(date.today()),
         "command": shlex.join(["python", "scripts/sweep_update_head.py", *sys.argv[1:]]),
         "machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
-        "settings": {
-            n: dict(
-                zip(
-                    (
-                        "epochs",
-                        "lr",
-                        "weight",
-                        "updated_exemplars",
-                        "frozen_untouched_rows",
-                        "updated_memory",
-                    ),
-                    SETTINGS[n],
-                    strict=True,
-                )
-            )
-            for n in args.settings
-        },
+        "settings": {n: SETTINGS[n]._asdict() for n in args.settings},
         "per_seed": per_seed,
         "summary": summary,
         "chosen": max(eligible, key=lambda n: eligible[n]["mean_final"]) if eligible else None,
