@@ -501,6 +501,16 @@ class DistillConfig:
             "(docs/benchmarks.md, L2 per pass)."
         },
     )
+    anchor_adaptive: bool = field(
+        default=False,
+        metadata={
+            "help": "Whether `l2_weight` and `ewc_weight` are scaled by sqrt(old intents / "
+            "changed intents), as `feature_weight` is (LUCIR's adaptive weight, Hou et al., "
+            "2019): a release that adds one intent to 140 is held to its parent about 12 times "
+            "as hard as one that adds it alone, and one that adds 15 to 75 about 2 times. "
+            "Applied after `anchor_per_pass`."
+        },
+    )
     ewc_weight: float = field(
         default=0.0,
         metadata={

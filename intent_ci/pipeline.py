@@ -273,12 +273,15 @@ def _parameter_anchor(
     backbone: Backbone,
     accelerator: Accelerator,
     config: ReleaseConfig,
+    intents: tuple[int, int],
 ) -> ParameterAnchor | None:
     """The parent's LoRA values and their weighted importance (`distill.l2_weight`, and
     `distill.ewc_weight` times the diagonal Fisher on the `replayed` rows of `tokenized`, the
     memory rows this release replays); None when both weights are 0. With
     `distill.anchor_per_pass` the weights are per pass over `tokenized`: each optimizer update
-    gets its share of them. Call after `hold_parent_weights`, before training.
+    gets its share of them. With `distill.anchor_adaptive` they are times sqrt(old / changed)
+    for `intents` = (old intents, changed intents). Call after `hold_parent_weights`, before
+    training.
 
     Raises:
         IntentCIError: for EWC without replayed rows to estimate the Fisher information on.
@@ -297,6 +300,10 @@ def _parameter_anchor(
         )
         share = min(1.0, rows / len(tokenized))
         l2, ewc = l2 * share, ewc * share
+    if config.distill.anchor_adaptive:
+        old, changed = intents
+        factor = math.sqrt(old / changed)
+        l2, ewc = l2 * factor, ewc * factor
     names = [f"encoder.{n}" for n, p in model.encoder.named_parameters() if p.requires_grad]
     params = dict(model.named_parameters())
     values = {n: params[n].detach().float().clone() for n in names}
@@ -1041,6 +1048,7 @@ def _child_release(
     if head_mode and distill.update_head_weight is not None:
         distill = dataclasses.replace(distill, weight=distill.update_head_weight)
     use_kd = distill.enabled and distill.weight > 0
+    changed = len(new_labels) + len(updated)
     soft_labels = teacher_pooled = tokenized = None
     feature_weight = 0.0
     memory_forward = 0
@@ -1070,7 +1078,6 @@ def _child_release(
         # frozen and deterministic (eval mode), so this equals scoring each batch on the fly,
         # epochs times cheaper. The file's rows (the first ones) were scored by the parent's
         # feature pass already; only the replay rows get a teacher pass.
-        changed = len(new_labels) + len(updated)
         feature_weight = (
             config.distill.feature_weight * math.sqrt(len(old_labels) / changed)
             if config.distill.enabled
@@ -1136,7 +1143,13 @@ def _child_release(
         # unless `train.freeze_dense`, its dense layer.
         hold_parent_weights(model, config.train)
         anchor = _parameter_anchor(
-            model, tokenized, range(len(new_texts), len(texts)), backbone, accelerator, config
+            model,
+            tokenized,
+            range(len(new_texts), len(texts)),
+            backbone,
+            accelerator,
+            config,
+            (len(old_labels), changed),
         )
         scale = config.train.add_intent_lr_scale
         train_cfg = dataclasses.replace(

@@ -296,6 +296,7 @@ ADD_INTENT_ONLY = {
         "l2_weight",
         "ewc_weight",
         "anchor_per_pass",
+        "anchor_adaptive",
         "updated_exemplars",
         "update_head_weight",
     ),

@@ -528,9 +528,11 @@ def test_the_teacher_pass_reuses_the_parent_feature_pass(trained_registry, one_t
 
 
 @pytest.mark.parametrize("per_pass", [False, True])
-def test_the_anchor_weights_are_per_step_or_per_pass(trained_registry, per_pass):
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_the_anchor_weights_are_per_step_or_per_pass(trained_registry, per_pass, adaptive):
     """`distill.anchor_per_pass` divides the L2 weight among a pass's optimizer updates: each
-    gets rows-per-update / rows-in-the-release of it; without it every update gets all of it."""
+    gets rows-per-update / rows-in-the-release of it; without it every update gets all of it.
+    `distill.anchor_adaptive` then scales it by sqrt(old intents / changed intents)."""
     import datasets
     from accelerate import Accelerator
 
@@ -544,13 +546,18 @@ def test_the_anchor_weights_are_per_step_or_per_pass(trained_registry, per_pass)
     config = apply_overrides(
         ReleaseConfig(),
         {
-            "distill": {"l2_weight": 8.0, "anchor_per_pass": per_pass},
+            "distill": {
+                "l2_weight": 8.0,
+                "anchor_per_pass": per_pass,
+                "anchor_adaptive": adaptive,
+            },
             "train": {"batch_size": 4, "gradient_accumulation_steps": 2},
         },
         source="test",
     )
-    anchor = _parameter_anchor(model, rows, range(0), None, Accelerator(cpu=True), config)
+    accelerator = Accelerator(cpu=True)
+    anchor = _parameter_anchor(model, rows, range(0), None, accelerator, config, (36, 4))
     assert anchor.importance and all("lora_" in n for n in anchor.importance)
-    expected = 8.0 * (4 * 2 / 100 if per_pass else 1.0)
+    expected = 8.0 * (4 * 2 / 100 if per_pass else 1.0) * (3.0 if adaptive else 1.0)
     for weight in anchor.importance.values():
         assert torch.allclose(weight, torch.full_like(weight, expected))
