@@ -1047,6 +1047,8 @@ def _child_release(
     distill = config.distill
     if head_mode and distill.update_head_weight is not None:
         distill = dataclasses.replace(distill, weight=distill.update_head_weight)
+    elif updates and not head_mode and distill.update_weight is not None:
+        distill = dataclasses.replace(distill, weight=distill.update_weight)
     use_kd = distill.enabled and distill.weight > 0
     changed = len(new_labels) + len(updated)
     soft_labels = teacher_pooled = tokenized = None

@@ -22,9 +22,10 @@ the val utterances of the known intents at every refit, from 1, 10 and 100 (a re
 seconds, so every baseline gets its best C every time).
 
 `--intent-ci NAME=FILE` (repeatable) reads bench_incremental results files (any protocol, any
-seed, any condition named in the file's `data_condition`, default `full`) and puts their final
-accuracy beside the probes, so every gap is paired by protocol, seed and condition. Mean and a
-95% t-interval over seeds are reported for every method and every paired gap.
+seed, any condition named in the file's `data_condition`, default `full`) and puts their
+`intent-ci` line's final accuracy beside the probes (`NAME=FILE:METHOD` reads its METHOD
+line), so every gap is paired by protocol, seed and condition. Mean and a 95% t-interval over
+seeds are reported for every method and every paired gap.
 
     python scripts/bench_baselines.py --seeds 0 1 2
     python scripts/bench_baselines.py --smoke        # 12 intents: checks the script runs
@@ -219,24 +220,29 @@ def run_line(
 
 
 def intent_ci_finals(specs: list[str]) -> dict:
-    """{name: {(condition, protocol, seed): {split: accuracy}}} from bench_incremental files."""
+    """{name: {(condition, protocol, seed): {split: accuracy}}} from bench_incremental files:
+    each spec is NAME=FILE (the file's `intent-ci` line) or NAME=FILE:METHOD (its METHOD line)."""
     out: dict = {}
     for spec in specs:
         name, _, path = spec.partition("=")
         if not path:
-            raise SystemExit(f"--intent-ci expects NAME=FILE, got {spec!r}")
+            raise SystemExit(f"--intent-ci expects NAME=FILE or NAME=FILE:METHOD, got {spec!r}")
+        path, _, wanted = path.partition(":")
+        wanted = wanted or "intent-ci"
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         condition = data.get("data_condition", "full")
+        if not any(wanted in p["methods"] for p in data["protocols"].values()):
+            raise SystemExit(f"{path}: no {wanted!r} line (--intent-ci {spec})")
         for pname, p in data["protocols"].items():
             for method, m in p["methods"].items():
-                if method != "intent-ci":
+                if method != wanted:
                     continue
                 final = m["releases"][-1]["scores"]
                 key = f"{condition}/{pname}/{data['seed']}"
                 out.setdefault(name, {})[key] = {
                     "val": final["val"]["accuracy"],
                     "test": final["test"]["accuracy"],
-                    "file": path,
+                    "file": spec.partition("=")[2],
                     "worst_old_intent_drop_points": {
                         s: max(
                             (r.get("old_intent_drop_points", {}) or {}).get(s) or 0.0
@@ -526,8 +532,9 @@ def main() -> None:
     result["intent_ci"].update(setfit)
     result["summary"] = summarise(result)
     result["gaps"] = []
-    for name in methods:
-        for b in (*METHODS, "full retrain", *setfit):
+    for i, name in enumerate(methods):
+        # each --intent-ci name against the probes, the retrain, SetFit and the names after it
+        for b in (*METHODS, "full retrain", *setfit, *methods[i + 1 :]):
             result["gaps"] += gaps(result, name, b)
     if "full retrain" in result["intent_ci"]:
         for b in ("probe, all data", *setfit):

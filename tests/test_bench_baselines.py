@@ -78,3 +78,29 @@ def test_the_retrain_of_each_seed_comes_from_bench_oos(scripts, tmp_path):
     got = bb.retrains_from_bench_oos(str(path), ["P1", "P2"])
     assert sorted(got) == ["full/P1/0", "full/P1/1", "full/P2/0", "full/P2/1"]
     assert got["full/P2/1"]["test"] == pytest.approx(0.961) and got["full/P1/0"]["val"] == 0.97
+
+
+def test_intent_ci_lines_are_read_by_method(scripts, tmp_path):
+    """`NAME=FILE` reads the file's intent-ci line, `NAME=FILE:METHOD` its METHOD line; a
+    method the file lacks is an error naming the file."""
+    _, bb = scripts
+
+    def line(val, test, drop):
+        scores = {"val": {"accuracy": val}, "test": {"accuracy": test}}
+        return {
+            "releases": [
+                {"scores": scores},
+                {"scores": scores, "old_intent_drop_points": {"val": drop, "test": drop}},
+            ]
+        }
+
+    path = tmp_path / "run.json"
+    methods = {"intent-ci": line(0.95, 0.94, 0.5), "replay-only": line(0.96, 0.955, 0.25)}
+    path.write_text(json.dumps({"seed": 2, "protocols": {"P2": {"methods": methods}}}))
+    got = bb.intent_ci_finals([f"a={path}", f"b={path}:replay-only"])
+    assert got["a"]["full/P2/2"]["test"] == 0.94
+    assert got["b"]["full/P2/2"]["test"] == 0.955
+    assert got["b"]["full/P2/2"]["worst_old_intent_drop_points"]["val"] == 0.25
+    assert got["b"]["full/P2/2"]["file"] == f"{path}:replay-only"
+    with pytest.raises(SystemExit, match=r"run\.json: no 'distill' line"):
+        bb.intent_ci_finals([f"c={path}:distill"])

@@ -101,3 +101,21 @@ def test_fields_added_later_at_their_old_behaviour_keep_the_cache_key(bench):
         ReleaseConfig(), {"distill": {"anchor_per_pass": True}}, source="test"
     )
     assert bench.init_recipe(per_pass) == recipe
+
+
+def test_a_method_is_the_current_add_intent_recipe_plus_its_overrides(bench):
+    """A reused base records the add-intent fields of the code that made it; every method's
+    add-intent gets today's values of all of them, with the method's own overrides on top."""
+    from intent_ci.config import ReleaseConfig, apply_overrides
+
+    config = apply_overrides(ReleaseConfig(), {"distill": {"l2_weight": 0.5}}, source="test")
+    recipe = bench.add_intent_recipe(config, {"distill": {"weight": 3.0}, "replay": {}})
+    assert {s: set(v) for s, v in recipe.items()} == {
+        s: set(keys) for s, keys in bench.ADD_INTENT_ONLY.items()
+    }
+    assert recipe["distill"]["weight"] == 3.0 and recipe["distill"]["l2_weight"] == 0.5
+    assert recipe["train"]["add_intent_epochs"] == config.train.add_intent_epochs
+    # A base made when distillation was on by default: the recipe overrides what it recorded.
+    old_base = apply_overrides(ReleaseConfig(), {"distill": {"weight": 3.0}}, source="test")
+    child = apply_overrides(old_base, bench.add_intent_recipe(ReleaseConfig(), {}), source="t")
+    assert child.distill.weight == ReleaseConfig().distill.weight == 0.0

@@ -218,11 +218,18 @@ def test_a_golden_flip_fails_a_release_that_otherwise_passes(
 
 
 def test_gate_config_file_changes_the_thresholds(gate_registry, gate_data, tmp_path):
-    """A stricter min_new_accuracy than v2 reaches fails the new-intent rule alone."""
+    """A stricter min_new_accuracy than v2 reaches fails the new-intent rule alone. The test
+    data gets one refund_status row that is a base intent's training utterance, so v2 cannot
+    reach 1.0 on the new intent whatever else it gets right."""
     out = tmp_path / "reports"
+    data = tmp_path / "test"
+    shutil.copytree(gate_data / "test", data)
+    trained = make_utterances(BASE_INTENTS[0], N_TRAIN, seed=0)[0]
+    with (data / f"{NEW}.txt").open("a", encoding="utf-8") as f:
+        f.write(trained + "\n")
     config = tmp_path / "gate.yaml"
     config.write_text(yaml.safe_dump({"gate": {"min_new_accuracy": 1.0}}), encoding="utf-8")
-    code = check(gate_registry, "v2", gate_data / "test", out, "--config", config)
+    code = check(gate_registry, "v2", data, out, "--config", config)
     report = read_report(out)
     assert report["config"]["min_new_accuracy"] == 1.0
     assert report["new_intents"]["accuracy"] < 1.0, "precondition: v2 misses a refund utterance"

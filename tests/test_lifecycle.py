@@ -285,7 +285,7 @@ def test_diff_shows_intents_metrics_and_config(reg, data_dir, tmp_path, capsys):
     assert result["relation"] == "v3 descends from v2"
     assert (result["intents_added"], result["intents_removed"]) == (["report_damage"], [])
     assert result["config_changes"] == [
-        {"field": "distill.weight", "a": 3.0, "b": 1.0},
+        {"field": "distill.weight", "a": 0.0, "b": 1.0},
         {"field": "train.add_intent_epochs", "a": 10, "b": 1},
     ]
     assert result["backbone_changes"] == []
@@ -310,7 +310,7 @@ def test_diff_shows_intents_metrics_and_config(reg, data_dir, tmp_path, capsys):
         f"metrics          measured on different data: {data_dir / 'test'} vs {evaluation}" in out
     )
     assert re.search(r"^  card_lost\s+\d+\.\d% -> \d+\.\d% \([+-]\d+\.\d points\)$", out, re.M)
-    assert re.search(r"^  distill\.weight\s+3\.0 -> 1\.0$", out, re.M), out
+    assert re.search(r"^  distill\.weight\s+0\.0 -> 1\.0$", out, re.M), out
     assert re.search(r"^  train\.add_intent_epochs\s+10 -> 1$", out, re.M), out
 
     code, out, _ = run(capsys, "diff", "v3", "v1", "--registry", reg)

@@ -175,6 +175,35 @@ def test_add_intent_from_an_older_release(trained_registry, data_dir, tmp_path):
     assert manifest["intents"] == [*BASE_INTENTS, "report_damage"]
 
 
+def test_add_intent_replays_without_a_teacher_unless_weighted(trained_registry, tmp_path):
+    """By default add-intent learns from its replay memory alone: no teacher pass over the
+    replayed rows and no row distilled. `distill.weight` > 0 brings the teacher back on every
+    training row (add-intent has no corrected or updated rows to silence it on)."""
+    import shutil
+
+    from intent_ci.pipeline import add_intents
+
+    registry = tmp_path / "adapters"
+    shutil.copytree(trained_registry, registry)
+    new = tmp_path / "new.txt"
+    new.write_text("".join(f"report damage to my parcel number {i}\n" for i in range(8)))
+    metrics = {}
+    for weight in (None, 3.0):
+        overrides = {"train": {"add_intent_epochs": 1}}
+        if weight is not None:
+            overrides["distill"] = {"weight": weight}
+        release = add_intents(new, registry, "v1", overrides=overrides)
+        metrics[weight] = Registry(registry).manifest(release)["metrics"]
+    plain, taught = metrics[None], metrics[3.0]
+    assert plain["replay_examples"] > 0 and plain["train_examples"] == taught["train_examples"]
+    assert plain["distilled_examples"] == 0
+    assert taught["distilled_examples"] == taught["train_examples"]
+    assert (
+        taught["forward_only_examples"] - plain["forward_only_examples"]
+        == (taught["replay_examples"])
+    )
+
+
 def test_release_records_the_lora_targets_it_trained(trained_registry):
     """`lora_target_modules: null` resolves at init, and the manifest keeps the resolved list."""
     attention = ["query", "key", "value", "attention.output.dense"]
@@ -494,8 +523,9 @@ def test_add_intent_can_herd_new_exemplars_on_the_trained_student(
     assert child.replay["report_damage"] == expected["report_damage"]
     assert child.replay["card_lost"] == load_release(Registry(registry), "v1").replay["card_lost"]
     metrics = child.manifest["metrics"]
-    teacher = metrics["replay_examples"]  # the teacher's pass over the replayed rows
-    assert metrics["forward_only_examples"] == 2 * len(texts) + teacher
+    # Two feature passes over the new utterances, and no teacher pass (no distillation).
+    assert metrics["distilled_examples"] == 0
+    assert metrics["forward_only_examples"] == 2 * len(texts)
 
 
 def test_the_teacher_pass_reuses_the_parent_feature_pass(trained_registry, one_torch_thread):
