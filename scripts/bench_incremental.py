@@ -43,7 +43,8 @@ Every release is scored on both the val and the test split; defaults are chosen 
 README quotes test. Writes <out>.json, <out>.md and <out>.png. Registries are kept under
 --workdir (the base and full-retrain releases are reused across runs when their recipe and
 intents are unchanged; every add-intent gets the current defaults' add-intent fields plus the
-method's overrides, whatever a reused base recorded). CLINC150 (CC BY 3.0) is read from ../shared/datasets/clinc150/.
+method's overrides, whatever a reused base recorded). CLINC150 (CC BY 3.0) is read from
+../shared/datasets/clinc150/.
 """
 
 from __future__ import annotations
