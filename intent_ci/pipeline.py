@@ -273,14 +273,14 @@ def _parameter_anchor(
     backbone: Backbone,
     accelerator: Accelerator,
     config: ReleaseConfig,
-    intents: tuple[int, int],
+    adaptive: float,
 ) -> ParameterAnchor | None:
     """The parent's LoRA values and their weighted importance (`distill.l2_weight`, and
     `distill.ewc_weight` times the diagonal Fisher on the `replayed` rows of `tokenized`, the
     memory rows this release replays); None when both weights are 0. With
     `distill.anchor_per_pass` the weights are per pass over `tokenized`: each optimizer update
-    gets its share of them. With `distill.anchor_adaptive` they are times sqrt(old / changed)
-    for `intents` = (old intents, changed intents). Call after `hold_parent_weights`, before
+    gets its share of them. With `distill.anchor_adaptive` they are times `adaptive`, the
+    release's sqrt(old intents / changed intents). Call after `hold_parent_weights`, before
     training.
 
     Raises:
@@ -301,9 +301,7 @@ def _parameter_anchor(
         share = min(1.0, rows / len(tokenized))
         l2, ewc = l2 * share, ewc * share
     if config.distill.anchor_adaptive:
-        old, changed = intents
-        factor = math.sqrt(old / changed)
-        l2, ewc = l2 * factor, ewc * factor
+        l2, ewc = l2 * adaptive, ewc * adaptive
     names = [f"encoder.{n}" for n, p in model.encoder.named_parameters() if p.requires_grad]
     params = dict(model.named_parameters())
     values = {n: params[n].detach().float().clone() for n in names}
@@ -1050,7 +1048,9 @@ def _child_release(
     elif updates and not head_mode and distill.update_weight is not None:
         distill = dataclasses.replace(distill, weight=distill.update_weight)
     use_kd = distill.enabled and distill.weight > 0
-    changed = len(new_labels) + len(updated)
+    # LUCIR's adaptive weight: adding fewer intents to more holds the parent harder (the
+    # feature term always, the L2/EWC anchor with `distill.anchor_adaptive`).
+    adaptive = math.sqrt(len(old_labels) / (len(new_labels) + len(updated)))
     soft_labels = teacher_pooled = tokenized = None
     feature_weight = 0.0
     memory_forward = 0
@@ -1080,11 +1080,7 @@ def _child_release(
         # frozen and deterministic (eval mode), so this equals scoring each batch on the fly,
         # epochs times cheaper. The file's rows (the first ones) were scored by the parent's
         # feature pass already; only the replay rows get a teacher pass.
-        feature_weight = (
-            config.distill.feature_weight * math.sqrt(len(old_labels) / changed)
-            if config.distill.enabled
-            else 0.0
-        )
+        feature_weight = config.distill.feature_weight * adaptive if config.distill.enabled else 0.0
         if use_kd or feature_weight > 0:
             soft_labels, teacher_pooled = _teacher_targets(
                 model,
@@ -1151,7 +1147,7 @@ def _child_release(
             backbone,
             accelerator,
             config,
-            (len(old_labels), changed),
+            adaptive,
         )
         scale = config.train.add_intent_lr_scale
         train_cfg = dataclasses.replace(

@@ -586,7 +586,7 @@ def test_the_anchor_weights_are_per_step_or_per_pass(trained_registry, per_pass,
         source="test",
     )
     accelerator = Accelerator(cpu=True)
-    anchor = _parameter_anchor(model, rows, range(0), None, accelerator, config, (36, 4))
+    anchor = _parameter_anchor(model, rows, range(0), None, accelerator, config, 3.0)
     assert anchor.importance and all("lora_" in n for n in anchor.importance)
     expected = 8.0 * (4 * 2 / 100 if per_pass else 1.0) * (3.0 if adaptive else 1.0)
     for weight in anchor.importance.values():
