@@ -373,7 +373,11 @@ def end_to_end(
       intents' "true training files"): the cost of the clusters' labels and of the utterances
       that discovery never saw (those the base release accepted).
     """
-    overrides = {"train": {"add_intent_epochs": add_epochs}} if add_epochs else {}
+    # Today's add-intent recipe, whatever the cached base recorded (a child starts from its
+    # parent's config): bench_incremental.add_intent_recipe.
+    overrides = bench_incremental.add_intent_recipe(
+        ReleaseConfig(), {"train": {"add_intent_epochs": add_epochs}} if add_epochs else {}
+    )
     held = set(recovered_files.values())
     test = [(t, i) for t, i in raw["test"] if i in held]
     true_of = {dedup_key(t): i for t, i in split["traffic"]}
@@ -436,6 +440,7 @@ def end_to_end(
         - results["discovered"]["new_intents_test_accuracy"]
     )
     results["add_intent_epochs"] = add_epochs or ReleaseConfig().train.add_intent_epochs
+    results["add_intent_distill_weight"] = overrides["distill"]["weight"]
     return results
 
 
@@ -1193,6 +1198,17 @@ def markdown(result: dict, out: Path) -> str:
             "Test accuracy on the recovered held-out intents after `add-intent` ("
             + ", ".join(
                 sorted({f"{s['end_to_end'].get('add_intent_epochs', '?')} epoch(s)" for s in e2e})
+            )
+            + "; distillation weight "
+            + ", ".join(
+                sorted(
+                    {
+                        str(
+                            s["end_to_end"].get("add_intent_distill_weight", "of the base's config")
+                        )
+                        for s in e2e
+                    }
+                )
             )
             + ", every arm) with: the "
             "discovered files as written (every recovered candidate, auto-named, each name "

@@ -1,4 +1,4 @@
-"""scripts/regulariser_report.py's two rules, on hand-made bench_incremental results."""
+"""scripts/regulariser_report.py's rules, on hand-made bench_incremental results."""
 
 from __future__ import annotations
 
@@ -64,3 +64,33 @@ def test_improves_and_matches(tmp_path, monkeypatch, finals, drops, improves, ma
         assert verdict["replaces_default"] is expected, (rule, verdict)
         shown = out.with_suffix(".md").read_text()
         assert ("matches intent-ci" if expected else "does not") in shown or rule == "improves"
+
+
+@pytest.mark.parametrize(
+    ("finals", "drops", "raises"),
+    [
+        # +0.1 or more on the mean, no order more than 0.1 lower, worst drop level: replaces
+        ([0.9640, 0.9547, 0.9610], [0.58, 0.71, 0.54], True),
+        # +0.07 on the mean: not enough
+        ([0.9627, 0.9557, 0.9593], [0.58, 0.71, 0.54], False),
+        # +0.2 on the mean but one order 0.2 lower
+        ([0.9697, 0.9527, 0.9633], [0.58, 0.71, 0.54], False),
+        # +0.3 on the mean, worst drop 0.3 larger on every order
+        ([0.9647, 0.9577, 0.9623], [0.88, 1.01, 0.84], False),
+    ],
+)
+def test_raises_against_a_named_baseline(tmp_path, monkeypatch, finals, drops, raises):
+    report = load_script("regulariser_report")
+    base = {0: (0.9617, 0.58), 1: (0.9547, 0.71), 2: (0.9593, 0.54)}
+    argv = ["regulariser_report.py", "--protocol", "P1", "--out", str(tmp_path / "r")]
+    argv += ["--rule", "raises", "--baseline", "replay-only"]
+    for s in range(3):
+        lines = {"replay-only": base[s], "ratio2": (finals[s], drops[s])}
+        argv += ["--run", str(write_run(tmp_path / f"s{s}.json", s, lines))]
+    monkeypatch.setattr(sys, "argv", argv)
+    report.main()
+    verdict = json.loads((tmp_path / "r.json").read_text())["verdicts"]["ratio2"]
+    assert verdict["replaces_default"] is raises, verdict
+    shown = (tmp_path / "r.md").read_text()
+    assert ("replaces replay-only" if raises else "does not replace replay-only") in shown
+    assert "`--rule raises` (fixed before" in shown and "--baseline" not in shown.split("|")[-1]
