@@ -145,11 +145,14 @@ def main() -> None:
     payload = {"protocol": args.protocol, "rows": rows, "summary": summary, "verdicts": verdicts}
     args.out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
 
+    options = "" if args.rule == "improves" else f" --rule {args.rule}"
+    options += "" if baseline == "intent-ci" else f" --baseline {baseline}"
     lines = [
         f"# {args.protocol} on val: variants of the shipped recipe, over intent orders",
         "",
         "Made by `python scripts/regulariser_report.py --protocol "
-        f"{args.protocol} {' '.join(f'--run {p}' for p in args.run)} --out {args.out}`; each "
+        f"{args.protocol}{options} {' '.join(f'--run {p}' for p in args.run)} --out {args.out}`; "
+        "each "
         "run's command is in the JSON. Val decides; the base release and intent order of each "
         "seed are shared by every method.",
         "",
