@@ -37,7 +37,13 @@ FIELDS = (
 def summarise(path: Path, hidden: int) -> dict:
     result = json.loads(path.read_text())
     per_intent = result["init_config"]["replay"]["per_intent"]
-    releases = result["protocols"]["P1"]["methods"]["intent-ci"]["releases"]
+    methods = result["protocols"]["P1"]["methods"]
+    # The shipped recipe's line: `intent-ci`, or the one method of a file that ran another
+    # name for it (`replay-only` before add-intent dropped distillation).
+    method = "intent-ci" if "intent-ci" in methods else next(iter(methods))
+    if method != "intent-ci" and len(methods) != 1:
+        raise SystemExit(f"{path}: no intent-ci line, and {len(methods)} others to choose from")
+    releases = methods[method]["releases"]
     last = releases[-1]
     drops = [
         r["old_intent_drop_points"]["val"] for r in releases if r.get("old_intent_drop_points")
@@ -47,6 +53,7 @@ def summarise(path: Path, hidden: int) -> dict:
         "file": str(path),
         "command": result["command"],
         "seed": result["seed"],
+        "method": method,
         "per_intent": per_intent,
         "final_val_accuracy": last["scores"]["val"]["accuracy"],
         "final_test_accuracy": last["scores"]["test"]["accuracy"],
@@ -88,8 +95,9 @@ def main() -> None:
     lines = [
         f"# Replay memory size on P1 (MiniLM, intent orders {orders})",
         "",
-        f"Made by `python scripts/memory_size_report.py {' '.join('--run ' + p for p in args.run)}`"
-        " from bench_incremental runs (commands in the JSON). Mean over the orders; val decides.",
+        f"Made by `python scripts/memory_size_report.py {' '.join('--run ' + p for p in args.run)}"
+        f" --out {args.out}` from bench_incremental runs (commands in the JSON). Mean over the "
+        "orders; val decides.",
         "",
         "| exemplars per intent | final val accuracy | final test accuracy | worst old-intent drop on val (points) | examples per release | replay text bytes / intent | bank bytes / intent |",
         "|---:|---:|---:|---:|---:|---:|---:|",
@@ -105,7 +113,7 @@ def main() -> None:
     lines += ["", "Each order (final val / test accuracy):", ""]
     for r in runs:
         lines.append(
-            f"- {r['per_intent']} per intent, order {r['seed']}: "
+            f"- {r['per_intent']} per intent, order {r['seed']} (`{r['method']}`): "
             f"{100 * r['final_val_accuracy']:.2f}% / {100 * r['final_test_accuracy']:.2f}%"
         )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
