@@ -198,10 +198,8 @@ def test_add_intent_replays_without_a_teacher_unless_weighted(trained_registry, 
     assert plain["replay_examples"] > 0 and plain["train_examples"] == taught["train_examples"]
     assert plain["distilled_examples"] == 0
     assert taught["distilled_examples"] == taught["train_examples"]
-    assert (
-        taught["forward_only_examples"] - plain["forward_only_examples"]
-        == (taught["replay_examples"])
-    )
+    teacher_pass = taught["forward_only_examples"] - plain["forward_only_examples"]
+    assert teacher_pass == taught["replay_examples"]
 
 
 def test_release_records_the_lora_targets_it_trained(trained_registry):

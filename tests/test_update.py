@@ -423,6 +423,24 @@ def test_updated_exemplars_decides_whether_the_teacher_holds_the_updated_intents
     assert registry.manifest(silent)["config"]["distill"]["updated_exemplars"] is False
 
 
+def test_the_lora_update_distils_at_update_weight(trained_registry, tmp_path):
+    """A LoRA update of existing intents distils at `distill.update_weight` (3.0), not at
+    add-intent's `distill.weight` (0); `update_weight: 0` switches its teacher off."""
+    from intent_ci.pipeline import update_release
+
+    registry = Registry(shutil.copytree(trained_registry, tmp_path / "adapters"))
+    rows = [(t, "transfer_money") for t in make_utterances("transfer_money", 70, seed=11)[-4:]]
+    more = write_csv(tmp_path / "more.csv", rows)
+    taught = update_release(more, registry, "v1", overrides=LORA)
+    plain = update_release(
+        more, registry, "v1", overrides={**LORA, "distill": {"update_weight": 0}}
+    )
+    a, b = registry.manifest(taught)["metrics"], registry.manifest(plain)["metrics"]
+    assert registry.manifest(taught)["config"]["distill"]["weight"] == 0.0
+    assert a["distilled_examples"] > 0
+    assert b["distilled_examples"] == 0 and b["train_examples"] == a["train_examples"]
+
+
 # ---- train.update_mode: head -------------------------------------------------------------------
 HEAD_ONLY = {"train": {"update_mode": "head"}}
 
