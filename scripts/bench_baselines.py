@@ -8,9 +8,10 @@ seconds per fit:
     probe, all data      refit at every release on every training utterance of every known
                          intent (needs the old data forever)
     probe, memory        refit at every release on what intent-ci keeps instead of the old
-                         data: `replay.per_intent` (20) exemplars of every old intent, chosen
-                         by herding on the frozen embeddings, plus every utterance of the new
-                         intents; the new intents' exemplars are then chosen the same way
+                         data: `--per-intent` (default `replay.per_intent`) exemplars of
+                         every old intent, chosen by herding on the frozen embeddings, plus
+                         every utterance of the new intents; the new intents' exemplars are
+                         then chosen the same way
     probe, memory, balanced   the same with class-balanced weights (the new intents have 5x
                          the rows of an old intent's memory)
 
@@ -465,6 +466,12 @@ def main() -> None:
         metavar="JSON",
         help="a bench_setfit results file: SetFit on all data, beside the probe on all data",
     )
+    parser.add_argument(
+        "--per-intent",
+        type=int,
+        default=ReplayConfig().per_intent,
+        help="exemplars per old intent the memory probes keep (default: replay.per_intent)",
+    )
     parser.add_argument("--workdir", default=str(REPO / "runs" / "bench_baselines"))
     parser.add_argument("--out", default=str(REPO / "scripts" / "results" / "bench_baselines"))
     parser.add_argument("--smoke", action="store_true", help="12 intents: checks the script runs")
@@ -491,7 +498,14 @@ def main() -> None:
             workdir / ("embeddings-smoke.npz" if args.smoke else "embeddings.npz"),
         )
     )
-    per_intent = ReplayConfig().per_intent
+    per_intent = args.per_intent
+    if per_intent < 1:
+        raise SystemExit(f"--per-intent: expected at least 1, got {per_intent}")
+    if previous and previous.get("per_intent", per_intent) != per_intent:
+        raise SystemExit(
+            f"--report-from {args.report_from}: its memory probes kept {previous['per_intent']} "
+            f"exemplars per intent, not --per-intent {per_intent}"
+        )
     conditions = {
         c: (10 if args.smoke and CONDITIONS[c] else CONDITIONS[c]) for c in args.conditions
     }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Replay memory size as a trade-off: P1 accuracy against bytes per intent (issue 19).
+"""Replay memory size as a trade-off: accuracy against bytes per intent (issue 19).
 
 Reads bench_incremental results that differ only in `replay.per_intent` (the memory kept per
 intent, which also sizes the out-of-scope exemplar bank), for one or more intent orders, and
@@ -10,6 +10,12 @@ writes <out>.json and <out>.md:
         --workdir runs/incremental_mem10 --out runs/bench_incremental_mem10
     python scripts/memory_size_report.py --run runs/bench_incremental_mem10.json \\
         --run scripts/results/gate_p1_rerun/bench_incremental_p1.json --run ...
+
+`--protocol` picks the protocol read (P1 by default; P2 and the small condition's files hold
+the same fields). `--run FILE:METHOD` names the line to read in a file that holds several
+(the small condition's files ran `intent-ci` with distillation beside `replay-only`). Every
+size is paired with `--reference` (20, the default memory) order by order: the final val
+accuracy gained and the change of the worst old-intent val drop.
 
 Val decides; test is reported beside it. With several orders (seeds), each size's figures are
 the mean over the orders it ran on, and each order is listed. Bytes per intent: the replay
@@ -34,15 +40,28 @@ FIELDS = (
 )
 
 
-def summarise(path: Path, hidden: int) -> dict:
+def run_arg(value: str) -> tuple[Path, str | None]:
+    """``FILE`` or ``FILE:METHOD``."""
+    head, sep, method = value.rpartition(":")
+    if sep and head.endswith(".json") and method:
+        return Path(head), method
+    return Path(value), None
+
+
+def summarise(path: Path, hidden: int, protocol: str = "P1", method: str | None = None) -> dict:
     result = json.loads(path.read_text())
     per_intent = result["init_config"]["replay"]["per_intent"]
-    methods = result["protocols"]["P1"]["methods"]
-    # The shipped recipe's line: `intent-ci`, or the one method of a file that ran another
-    # name for it (`replay-only` before add-intent dropped distillation).
-    method = "intent-ci" if "intent-ci" in methods else next(iter(methods))
-    if method != "intent-ci" and len(methods) != 1:
-        raise SystemExit(f"{path}: no intent-ci line, and {len(methods)} others to choose from")
+    if protocol not in result["protocols"]:
+        raise SystemExit(f"{path}: no {protocol} run (it has {', '.join(result['protocols'])})")
+    methods = result["protocols"][protocol]["methods"]
+    if method is None:
+        # The shipped recipe's line: `intent-ci`, or the one method of a file that ran another
+        # name for it (`replay-only` before add-intent dropped distillation).
+        method = "intent-ci" if "intent-ci" in methods else next(iter(methods))
+        if method != "intent-ci" and len(methods) != 1:
+            raise SystemExit(f"{path}: no intent-ci line, and {len(methods)} others to choose from")
+    elif method not in methods:
+        raise SystemExit(f"{path}: no {method!r} line in {protocol} (it has {', '.join(methods)})")
     releases = methods[method]["releases"]
     last = releases[-1]
     drops = [
@@ -66,12 +85,17 @@ def summarise(path: Path, hidden: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", action="append", required=True, metavar="JSON")
+    parser.add_argument("--run", action="append", required=True, metavar="JSON[:METHOD]")
+    parser.add_argument("--protocol", default="P1")
+    parser.add_argument("--reference", type=int, default=20, help="the size others are paired with")
     parser.add_argument("--hidden", type=int, default=384, help="pooled size (MiniLM: 384)")
     parser.add_argument("--out", default="scripts/results/replay_memory_size")
     args = parser.parse_args()
     runs = sorted(
-        (summarise(Path(p), args.hidden) for p in args.run),
+        (
+            summarise(path, args.hidden, args.protocol, method)
+            for path, method in map(run_arg, args.run)
+        ),
         key=lambda r: (r["per_intent"], r["seed"]),
     )
     sizes: dict[int, list[dict]] = {}
@@ -89,14 +113,37 @@ def main() -> None:
         }
         for k, v in sizes.items()
     ]
+    paired = {}
+    if args.reference in sizes:
+        ref = {r["seed"]: r for r in sizes[args.reference]}
+        for k, v in sizes.items():
+            if k == args.reference:
+                continue
+            gains = [
+                100 * (r["final_val_accuracy"] - ref[r["seed"]]["final_val_accuracy"]) for r in v
+            ]
+            drops = [
+                r["worst_val_old_intent_drop_points"]
+                - ref[r["seed"]]["worst_val_old_intent_drop_points"]
+                for r in v
+            ]
+            paired[k] = {
+                "seeds": [r["seed"] for r in v],
+                "val_gain_points": gains,
+                "mean_val_gain_points": float(np.mean(gains)),
+                "worst_drop_change_points": drops,
+                "mean_worst_drop_change_points": float(np.mean(drops)),
+            }
     out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps({"rows": rows, "runs": runs}, indent=1) + "\n")
+    payload = {"protocol": args.protocol, "reference": args.reference, "rows": rows}
+    payload.update(paired=paired, runs=runs)
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=1) + "\n")
     orders = ", ".join(map(str, next(iter(seeds.values()))))
     lines = [
-        f"# Replay memory size on P1 (MiniLM, intent orders {orders})",
+        f"# Replay memory size on {args.protocol} (MiniLM, intent orders {orders})",
         "",
         f"Made by `python scripts/memory_size_report.py {' '.join('--run ' + p for p in args.run)}"
-        f" --out {args.out}` from bench_incremental runs (commands in the JSON). Mean over the "
+        f" --protocol {args.protocol} --out {args.out}` from bench_incremental runs (commands in the JSON). Mean over the "
         "orders; val decides.",
         "",
         "| exemplars per intent | final val accuracy | final test accuracy | worst old-intent drop on val (points) | examples per release | replay text bytes / intent | bank bytes / intent |",
@@ -110,12 +157,22 @@ def main() -> None:
             f"| {r['mean_examples_per_release']:,.0f} | {r['replay_bytes_per_intent']:,.0f} "
             f"| {r['bank_bytes_per_intent']:,} |"
         )
-    lines += ["", "Each order (final val / test accuracy):", ""]
+    lines += ["", "Each order (final val / test accuracy; worst old-intent val drop):", ""]
     for r in runs:
         lines.append(
             f"- {r['per_intent']} per intent, order {r['seed']} (`{r['method']}`): "
-            f"{100 * r['final_val_accuracy']:.2f}% / {100 * r['final_test_accuracy']:.2f}%"
+            f"{100 * r['final_val_accuracy']:.2f}% / {100 * r['final_test_accuracy']:.2f}%; "
+            f"{r['worst_val_old_intent_drop_points']:.2f}"
         )
+    for k, p in paired.items():
+        gains = ", ".join(f"{g:+.2f}" for g in p["val_gain_points"])
+        drops = ", ".join(f"{d:+.2f}" for d in p["worst_drop_change_points"])
+        lines += [
+            "",
+            f"{k} against {args.reference} per intent, orders {', '.join(map(str, p['seeds']))}: "
+            f"final val {gains} points (mean {p['mean_val_gain_points']:+.2f}); worst old-intent "
+            f"val drop {drops} (mean {p['mean_worst_drop_change_points']:+.2f}).",
+        ]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

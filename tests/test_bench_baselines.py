@@ -104,3 +104,16 @@ def test_intent_ci_lines_are_read_by_method(scripts, tmp_path):
     assert got["b"]["full/P2/2"]["file"] == f"{path}:replay-only"
     with pytest.raises(SystemExit, match=r"run\.json: no 'distill' line"):
         bb.intent_ci_finals([f"c={path}:distill"])
+
+
+def test_a_report_from_probes_of_another_memory_size_is_refused(scripts, tmp_path, monkeypatch):
+    """--report-from reuses fitted probes: their memory must be the --per-intent asked for."""
+    _, bb = scripts
+    data = tmp_path / "clinc.json"
+    data.write_text(json.dumps({"train": [], "val": [], "test": []}))
+    previous = tmp_path / "bench_baselines.json"
+    previous.write_text(json.dumps({"per_intent": 20, "embed_s": 1.0, "lines": {}}))
+    argv = ["bench_baselines.py", "--data", str(data), "--report-from", str(previous)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--per-intent", "50"])
+    with pytest.raises(SystemExit, match="kept 20 exemplars per intent, not --per-intent 50"):
+        bb.main()

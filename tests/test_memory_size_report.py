@@ -10,8 +10,9 @@ import pytest
 from tests.conftest import load_script
 
 
-def write_run(path, seed, per_intent, methods):
-    """A P1 results file: {method: final val accuracy}; every line has two releases."""
+def write_run(path, seed, per_intent, methods, protocol="P1", drop=0.5):
+    """A results file of one protocol: {method: final val accuracy}; every line has two
+    releases."""
 
     def line(final):
         scores = {"val": {"accuracy": final}, "test": {"accuracy": final - 0.01}}
@@ -20,7 +21,7 @@ def write_run(path, seed, per_intent, methods):
                 {"scores": {"val": {"accuracy": 0.97}, "test": {"accuracy": 0.96}}},
                 {
                     "scores": scores,
-                    "old_intent_drop_points": {"val": 0.5},
+                    "old_intent_drop_points": {"val": drop},
                     "cost": {"examples_processed": 100 * per_intent},
                     "replay_bytes_per_intent": 40 * per_intent,
                 },
@@ -33,7 +34,7 @@ def write_run(path, seed, per_intent, methods):
                 "command": "test",
                 "seed": seed,
                 "init_config": {"replay": {"per_intent": per_intent}},
-                "protocols": {"P1": {"methods": {m: line(v) for m, v in methods.items()}}},
+                "protocols": {protocol: {"methods": {m: line(v) for m, v in methods.items()}}},
             }
         )
     )
@@ -67,3 +68,36 @@ def test_a_file_without_the_shipped_line_and_several_others_is_refused(tmp_path,
     monkeypatch.setattr(sys, "argv", ["memory_size_report.py", "--run", run])
     with pytest.raises(SystemExit, match="no intent-ci line, and 2 others"):
         report.main()
+
+
+def test_a_named_line_of_another_protocol_is_paired_with_the_reference_size(tmp_path, monkeypatch):
+    report = load_script("memory_size_report")
+    argv = ["memory_size_report.py", "--protocol", "P2", "--out", str(tmp_path / "r")]
+    for s in (0, 1):
+        # the 20 files hold the distilled intent-ci line beside replay-only, the shipped one
+        lines = {"intent-ci": 0.5, "replay-only": 0.960 + s / 100}
+        path = write_run(tmp_path / f"a{s}.json", s, 20, lines, protocol="P2", drop=0.3)
+        argv += ["--run", f"{path}:replay-only"]
+        b = write_run(tmp_path / f"b{s}.json", s, 50, {"intent-ci": 0.962}, "P2", drop=0.2 + s)
+        argv += ["--run", b]
+    monkeypatch.setattr(sys, "argv", argv)
+    report.main()
+    result = json.loads((tmp_path / "r.json").read_text())
+    paired = result["paired"]["50"]
+    assert paired["val_gain_points"] == pytest.approx([0.2, -0.8])
+    assert paired["mean_val_gain_points"] == pytest.approx(-0.3)
+    assert paired["worst_drop_change_points"] == pytest.approx([-0.1, 0.9])
+    shown = (tmp_path / "r.md").read_text()
+    assert "on P2" in shown and "final val +0.20, -0.80 points (mean -0.30)" in shown
+
+
+def test_a_missing_line_or_protocol_names_the_file(tmp_path, monkeypatch):
+    report = load_script("memory_size_report")
+    run = write_run(tmp_path / "a.json", 0, 20, {"intent-ci": 0.9})
+    for extra, message in (
+        ([f"{run}:replay-only"], "no 'replay-only' line in P1"),
+        ([run, "--protocol", "P2"], "no P2 run"),
+    ):
+        monkeypatch.setattr(sys, "argv", ["memory_size_report.py", "--run", *extra])
+        with pytest.raises(SystemExit, match=message):
+            report.main()
