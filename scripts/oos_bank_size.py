@@ -123,7 +123,7 @@ def run_release(raw: dict, root: Path, name: str, prefixes: list[int]) -> dict:
     }
     truth = {s: np.array([index[i] for _, i in raw[s] if i in known]) for s in ("val", "test")}
     passes = {}
-    for set_name, texts in tqdm(sets.items(), desc=f"{root.parent.name}:{name}", leave=False):
+    for set_name, texts in tqdm(sets.items(), desc=f"{root}:{name}", leave=False):
         logits, features = clf.logits_and_features(texts, batch_size=256)
         passes[set_name] = {"logits": logits, "features": features}
     target = float(oos["target_recall"])
@@ -158,9 +158,12 @@ def mean_of(releases: list[dict]) -> dict:
     }
 
 
+def fmt(metric: str, value: float) -> str:
+    """AUROC as a fraction, every other metric as a percentage."""
+    return f"{value:.4f}" if metric == "auroc" else f"{100 * value:.2f}%"
+
+
 def markdown(result: dict) -> str:
-    pct = {"auroc": lambda v: f"{v:.4f}"}
-    fmt = lambda m, v: pct.get(m, lambda x: f"{100 * x:.2f}%")(v)  # noqa: E731
     lines = [
         "# Out-of-scope detection against the exemplar bank's size",
         "",
