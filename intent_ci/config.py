@@ -1549,6 +1549,20 @@ class DiscoverConfig:
             "ARI points (docs/benchmarks.md, Intent discovery)."
         },
     )
+    refine_passes: int | None = field(
+        default=1,
+        metadata={
+            "help": "After clustering and merging, this many k-means passes over the clustered "
+            "utterances (scikit-learn KMeans started at the candidates' centres, so K is what "
+            "clustering found): an utterance that community detection gave to the first "
+            "candidate it was similar enough to moves to the candidate whose centre is nearest. "
+            "Noise stays noise; a candidate left with fewer than min_cluster_size utterances "
+            "becomes noise. Chosen on CLINC150 val traffic over 3 seeds: ARI 92.9 and ACC 92.9 "
+            "against 91.8 and 92.6 without, held-out intents recovered 84.4% against 83.3%, noise "
+            "4.3% against 4.2%; 3 and 10 passes changed nothing more (docs/benchmarks.md, Intent "
+            "discovery). None: no refinement."
+        },
+    )
     join_similarity: float | None = field(
         default=0.4,
         metadata={
@@ -1620,6 +1634,12 @@ class DiscoverConfig:
             s,
             "merge_similarity",
             f"must be a cosine similarity in [-1, 1] or null, got {self.merge_similarity}",
+        )
+        _check(
+            self.refine_passes is None or self.refine_passes >= 1,
+            s,
+            "refine_passes",
+            f"must be a number of passes >= 1 or null, got {self.refine_passes}",
         )
         _check(
             self.join_similarity is None or -1 <= self.join_similarity <= 1,

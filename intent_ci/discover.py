@@ -608,6 +608,37 @@ def merge_candidates(x: np.ndarray, labels: np.ndarray, threshold: float) -> np.
     return merged
 
 
+def refine_candidates(x: np.ndarray, labels: np.ndarray, passes: int, min_size: int) -> np.ndarray:
+    """Cluster labels after `passes` k-means passes over the clustered rows of `x`.
+
+    scikit-learn's KMeans, started at the candidates' centres (n_init 1), so the number of
+    candidates is the one clustering found: each clustered row ends in the candidate whose
+    centre is nearest. Noise (-1) stays noise; a candidate left with fewer than `min_size` rows
+    becomes noise, and the rest are renumbered 0, 1, ... in their old order.
+
+    Args:
+        x: unit-length embeddings, one row per label.
+        labels: cluster labels (0, 1, ...; -1 = noise).
+    """
+    k = int(labels.max()) + 1 if len(labels) else 0
+    if k < 2:
+        return labels
+    from sklearn.cluster import KMeans
+
+    inside = np.flatnonzero(labels >= 0)
+    centres = np.stack([x[labels == c].mean(axis=0) for c in range(k)])
+    moved = (
+        KMeans(n_clusters=k, init=centres, n_init=1, max_iter=passes, random_state=0)
+        .fit(x[inside])
+        .labels_
+    )
+    sizes = np.bincount(moved, minlength=k)
+    renumber = {c: r for r, c in enumerate(c for c in range(k) if sizes[c] >= min_size)}
+    refined = np.full(len(labels), -1, dtype=np.int64)
+    refined[inside] = [renumber.get(int(c), -1) for c in moved]
+    return refined
+
+
 def join_candidates(
     x: np.ndarray, centres: np.ndarray, known: np.ndarray | None, threshold: float
 ) -> np.ndarray:
@@ -860,6 +891,8 @@ def discover(classifier: Any, traffic: Traffic, cfg: DiscoverConfig | None = Non
     labels = cluster(x, cfg)
     if cfg.merge_similarity is not None:
         labels = merge_candidates(x, labels, cfg.merge_similarity)
+    if cfg.refine_passes is not None:
+        labels = refine_candidates(x, labels, cfg.refine_passes, cfg.min_cluster_size)
     n_clusters = int(labels.max()) + 1 if len(labels) else 0
     if n_clusters > cfg.max_candidates:
         sizes = np.array([cand_counts[labels == k].sum() for k in range(n_clusters)])

@@ -715,6 +715,8 @@ def coverage_table(rows: list[dict]) -> list[str]:
 JOIN_GRID = (None, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75)
 NEIGHBOURS_GRID = (None, 1, 3, 5, 9)
 """`DiscoverConfig.join_neighbours` values tried on val traffic (None: joining by centres)."""
+REFINE_GRID = (None, 1, 3, 10)
+"""`DiscoverConfig.refine_passes` values tried on val traffic (None: no refinement)."""
 MERGE_GRID = (None, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)
 """`DiscoverConfig.merge_similarity` values tried on val traffic (None: no merging)."""
 TARGET_GRID = (None, 0.9, 0.93, 0.95, 0.97)
@@ -723,7 +725,13 @@ SIMILARITY_GRID = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75)
 """`DiscoverConfig.similarity` values tried on val traffic (the whole shipped pipeline)."""
 MIN_SIZE_GRID = (3, 4, 5, 6, 8, 10)
 """`DiscoverConfig.min_cluster_size` values tried on val traffic (the whole shipped pipeline)."""
-CHOSEN_ON_VAL = ("target_recall", "similarity", "merge_similarity", "join_similarity")
+CHOSEN_ON_VAL = (
+    "target_recall",
+    "similarity",
+    "merge_similarity",
+    "refine_passes",
+    "join_similarity",
+)
 """The DiscoverConfig fields chosen on val traffic; a choice file records the others' values."""
 SUMMARY_KEYS = (
     "recovered_share",
@@ -836,6 +844,12 @@ def choose_merge(args: argparse.Namespace, raw: dict, seeds: list[int], runs=Non
     """`DiscoverConfig.merge_similarity` chosen on val traffic (`choose_usable`), with the
     shipped out-of-scope rule and every other field at its default."""
     return choose_usable(args, raw, seeds, "merge_similarity", MERGE_GRID, runs)
+
+
+def choose_refine(args: argparse.Namespace, raw: dict, seeds: list[int], runs=None) -> dict:
+    """`DiscoverConfig.refine_passes` chosen on val traffic (`choose_usable`): k-means passes
+    over the clustered utterances against none."""
+    return choose_usable(args, raw, seeds, "refine_passes", REFINE_GRID, runs)
 
 
 def choose_usable(
@@ -1277,6 +1291,7 @@ def markdown(result: dict, out: Path) -> str:
             "",
         ),
         ("min_size_choice", "The smallest candidate", "min_cluster_size", ""),
+        ("refine_choice", "Refining the candidates", "refine_passes", "no refinement"),
     ):
         if result.get(key):
             lines += val_choice_section(result[key], title, name, off)
@@ -1462,6 +1477,11 @@ def main() -> None:
         action="store_true",
         help="only the choice of min_cluster_size on val traffic (the seeds' base releases)",
     )
+    parser.add_argument(
+        "--choose-refine",
+        action="store_true",
+        help="only the choice of refine_passes on val traffic (the seeds' base releases)",
+    )
     parser.add_argument("--no-e2e", action="store_true", help="skip the add-intent comparison")
     parser.add_argument(
         "--coverage-only",
@@ -1534,6 +1554,7 @@ def main() -> None:
         ("choose_similarity", choose_similarity, "similarity", "similarity", SIMILARITY_GRID),
         ("choose_neighbours", choose_neighbours, "neighbours", "join_neighbours", NEIGHBOURS_GRID),
         ("choose_min_size", choose_min_size, "min_size", "min_cluster_size", MIN_SIZE_GRID),
+        ("choose_refine", choose_refine, "refine", "refine_passes", REFINE_GRID),
     ):
         if getattr(args, flag):
             runs, seeds = (
@@ -1584,7 +1605,7 @@ def main() -> None:
     choice = workdir / "method_choice.json"
     if choice.is_file():
         result["method_choice"] = json.loads(choice.read_text())
-    for name in ("join", "merge", "target", "similarity", "neighbours", "min_size"):
+    for name in ("join", "merge", "target", "similarity", "neighbours", "min_size", "refine"):
         choice_file = workdir / f"{name}_choice.json"
         if choice_file.is_file():
             result[f"{name}_choice"] = json.loads(choice_file.read_text())

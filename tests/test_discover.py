@@ -151,6 +151,9 @@ def test_config_rejects_bad_values_and_unknown_keys(tmp_path):
     path.write_text("discover:\n  join_neighbours: 2.5\n")
     with pytest.raises(IntentCIError, match=r"`discover.join_neighbours`"):
         load_discover_config(path)
+    path.write_text("discover:\n  refine_passes: 0\n")
+    with pytest.raises(IntentCIError, match=r"`discover.refine_passes`: must be a number of"):
+        load_discover_config(path)
     path.write_text("discover:\n  similarity: 0.6\n  min_score: 3\n  merge_similarity: null\n")
     cfg = load_discover_config(path)
     assert cfg.similarity == 0.6 and cfg.min_score == 3.0 and cfg.merge_similarity is None
@@ -319,6 +322,32 @@ def test_merge_candidates_joins_the_pieces_of_one_group_and_does_not_chain():
     assert merge_candidates(x, labels, 0.75).tolist() == [0, 0, 0, 0, 0, 0, 1, 1, -1]
     assert merge_candidates(x, labels, 0.95).tolist() == labels.tolist()
     assert merge_candidates(x[:2], np.array([0, -1]), 0.5).tolist() == [0, -1]
+
+
+def test_refine_candidates_moves_members_to_the_nearest_centre_and_drops_small_ones():
+    from intent_ci.discover import refine_candidates
+
+    e = np.eye(4, dtype=np.float32)
+    rng = np.random.default_rng(0)
+
+    def near(v: np.ndarray, n: int) -> np.ndarray:
+        x = v + 0.01 * rng.standard_normal((n, 4)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    # A (e0) holds one utterance of B (e1), grabbed first; the third group holds two e2
+    # utterances and one of A's, so after refinement it is too small; the last row is noise
+    x = np.concatenate([near(e[0], 5), near(e[1], 1), near(e[1], 5), near(e[2], 2), near(e[0], 1)])
+    x = np.concatenate([x, near(e[3], 1)])
+    labels = np.array([0] * 6 + [1] * 5 + [2] * 3 + [-1])
+    refined = refine_candidates(x, labels, passes=3, min_size=3)
+    assert refined.tolist() == [0] * 5 + [1] * 6 + [-1, -1, 0, -1]
+    # with a smaller min size the third candidate survives on its own two rows
+    assert refine_candidates(x, labels, passes=3, min_size=2).tolist() == (
+        [0] * 5 + [1] * 6 + [2, 2, 0, -1]
+    )
+    # one candidate or none: nothing to move
+    assert refine_candidates(x[:6], np.array([0] * 6), 3, 3).tolist() == [0] * 6
+    assert refine_candidates(x[:2], np.array([-1, -1]), 3, 3).tolist() == [-1, -1]
 
 
 def test_joined_utterances_count_but_do_not_name_or_represent_a_candidate():
