@@ -1474,10 +1474,10 @@ class DiscoverConfig:
             "help": "Discovery casts a wider net than serving: accepted utterances that the "
             "release would reject at this in-scope recall are candidates too (the threshold is "
             "set, with the release's own score, on its calibration utterances; never below "
-            "what serving rejects). Chosen on CLINC150 val traffic over 3 seeds: 75.6% of "
-            "held-out intents recovered at 0.93, 68.9% at 0.95, 50.0% with the release's own "
-            "threshold; 0.9 let 5.1% noise through (scripts/results/bench_discover.md). None: "
-            "the release's own threshold."
+            "what serving rejects). Chosen on CLINC150 val traffic over 3 seeds (the whole "
+            "pipeline at its defaults): 84.4% of held-out intents recovered at 0.93, 75.6% at "
+            "0.95, 56.7% with the release's own threshold; 0.9 let 8.8% noise through "
+            "(scripts/results/bench_discover.md). None: the release's own threshold."
         },
     )
     min_score: float | None = field(
@@ -1517,8 +1517,9 @@ class DiscoverConfig:
         metadata={
             "help": "Cosine similarity that holds a cluster together (community, agglomerative). "
             "Chosen on CLINC150 val traffic over 3 seeds through the whole pipeline (merging at "
-            "0.65): 83.3% of held-out intents recovered at 0.55, 81.1% at 0.6, 75.6% at 0.65; "
-            "0.5 let 5.8% noise through (docs/benchmarks.md, Intent discovery)."
+            "0.65, one refining pass): 84.4% of held-out intents recovered at 0.55, 82.2% at "
+            "0.6, 75.6% at 0.65; 0.5 let 6.1% noise through (docs/benchmarks.md, Intent "
+            "discovery)."
         },
     )
     min_cluster_size: int = field(
