@@ -364,6 +364,7 @@ def end_to_end(
     raw: dict,
     seed: int,
     add_epochs: int | None,
+    train_seed: int | None = None,
 ) -> dict:
     """add-intent with the recovered candidate files, against two true-label arms:
 
@@ -375,8 +376,15 @@ def end_to_end(
     """
     # Today's add-intent recipe, whatever the cached base recorded (a child starts from its
     # parent's config): bench_incremental.add_intent_recipe.
+    # `train_seed` (--e2e-train-seed): every arm's add-intent with another training seed than
+    # the one the base release recorded (shuffles, dropout, replay draw, and which tenth of each
+    # new intent's utterances it holds out for calibration); the files unchanged
+    train = {
+        **({"add_intent_epochs": add_epochs} if add_epochs else {}),
+        **({"seed": train_seed} if train_seed is not None else {}),
+    }
     overrides = bench_incremental.add_intent_recipe(
-        ReleaseConfig(), {"train": {"add_intent_epochs": add_epochs}} if add_epochs else {}
+        ReleaseConfig(), {"train": train} if train else {}
     )
     held = set(recovered_files.values())
     test = [(t, i) for t, i in raw["test"] if i in held]
@@ -441,6 +449,8 @@ def end_to_end(
     )
     results["add_intent_epochs"] = add_epochs or ReleaseConfig().train.add_intent_epochs
     results["add_intent_distill_weight"] = overrides["distill"]["weight"]
+    if train_seed is not None:
+        results["add_intent_train_seed"] = train_seed
     return results
 
 
@@ -571,7 +581,15 @@ def run_seed(args: argparse.Namespace, raw: dict, seed: int) -> dict:
     print(f"seed {seed}: coverage {result['coverage']}", flush=True)
     if not args.no_e2e and recovered_files:
         result["end_to_end"] = end_to_end(
-            workdir, registry, out, recovered_files, split, raw, seed, args.add_epochs
+            workdir,
+            registry,
+            out,
+            recovered_files,
+            split,
+            raw,
+            seed,
+            args.add_epochs,
+            args.e2e_train_seed,
         )
     return result
 
@@ -1233,7 +1251,18 @@ def markdown(result: dict, out: Path) -> str:
                     }
                 )
             )
-            + ", every arm) with: the "
+            + ", every arm"
+            + "".join(
+                sorted(
+                    {
+                        f"; train.seed {s['end_to_end']['add_intent_train_seed']} for seed "
+                        f"{s['seed']} (--e2e-train-seed)"
+                        for s in e2e
+                        if "add_intent_train_seed" in s["end_to_end"]
+                    }
+                )
+            )
+            + ") with: the "
             "discovered files as written (every recovered candidate, auto-named, each name "
             "mapped to its majority intent for scoring only; files per seed in brackets after "
             "the intents, where the run recorded them); the same utterances under their true "
@@ -1500,6 +1529,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--add-epochs", type=int, default=None, help="add_intent_epochs of the end-to-end arms"
+    )
+    parser.add_argument(
+        "--e2e-train-seed",
+        type=int,
+        default=None,
+        help="train.seed of every end-to-end arm's add-intent (default: the base release's, "
+        "the benchmark seed); the candidates and data stay the seed's",
     )
     parser.add_argument(
         "--discover-overrides",
