@@ -27,6 +27,7 @@ import re
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -663,6 +664,34 @@ def join_candidates(
     return np.where(ok, best, -1).astype(np.int64)
 
 
+def join_in_rounds(
+    x: np.ndarray,
+    labels: np.ndarray,
+    k: int,
+    rounds: int,
+    join: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """Labels after `rounds` rounds of joining.
+
+    Each round, every row of `x` still outside a candidate (-1) gets ``join(rows, centres)``,
+    with the centres of the `k` candidates as they stand: from the second round on, their
+    joined rows included, so a candidate reaches further each round.
+
+    Args:
+        x: unit-length embeddings, one row per label.
+        labels: cluster labels (0 .. k-1; -1 = outside every candidate).
+        join: the candidate each row joins against the given centres, or -1
+            (`join_candidates` or `join_by_neighbours`).
+    """
+    labels = labels.copy()
+    for _ in range(rounds):
+        todo = np.flatnonzero(labels < 0)
+        if not len(todo):
+            break
+        labels[todo] = join(x[todo], _centres(x, labels, k))
+    return labels
+
+
 def join_by_neighbours(
     x: np.ndarray,
     members: np.ndarray,
@@ -906,30 +935,31 @@ def discover(classifier: Any, traffic: Traffic, cfg: DiscoverConfig | None = Non
     rows, joined = chosen, np.zeros(len(chosen), dtype=bool)
     n_kept = int(labels.max()) + 1 if len(labels) and labels.max() >= 0 else 0
     if cfg.join_similarity is not None and n_kept:
-        centres = _centres(x, labels, n_kept)
         known = np.stack(list(prototypes.values())) if prototypes else None
         # the members as clustered, before anything joins (neighbour joining only)
         members = (x[labels >= 0], labels[labels >= 0]) if cfg.join_neighbours else None
 
-        def join(y: np.ndarray) -> np.ndarray:
+        def join(y: np.ndarray, centres: np.ndarray) -> np.ndarray:
             if members is None:
                 return join_candidates(y, centres, known, cfg.join_similarity)
             return join_by_neighbours(
                 y, *members, exemplar_x, centres, cfg.join_similarity, cfg.join_neighbours
             )
 
-        labels = labels.copy()
-        noise = np.flatnonzero(labels < 0)
-        labels[noise] = join(x[noise])
-        joined[noise[labels[noise] >= 0]] = True
-        if scored.features is not None:  # release features: accepted utterances may join too
-            outside = np.setdiff1d(np.arange(len(texts)), chosen)
-            to = join(scored.features[outside])
-            add = outside[to >= 0]
-            rows = np.concatenate([chosen, add])
-            labels = np.concatenate([labels, to[to >= 0]])
-            x = np.concatenate([x, scored.features[add]])
-            joined = np.concatenate([joined, np.ones(len(add), dtype=bool)])
+        # release features: accepted utterances may join too
+        outside = (
+            np.setdiff1d(np.arange(len(texts)), chosen)
+            if scored.features is not None
+            else np.zeros(0, dtype=np.int64)
+        )
+        y = np.concatenate([x, scored.features[outside]]) if len(outside) else x
+        before = np.concatenate([labels, np.full(len(outside), -1, dtype=np.int64)])
+        after = join_in_rounds(y, before, n_kept, cfg.join_rounds, join)
+        took = np.flatnonzero(after[len(chosen) :] >= 0)
+        keep = np.concatenate([np.arange(len(chosen)), len(chosen) + took])
+        rows = np.concatenate([chosen, outside[took]])
+        joined = (before[keep] < 0) & (after[keep] >= 0)
+        labels, x = after[keep], y[keep]
         considered["joined_distinct"] = int(joined.sum())
         considered["joined"] = int(counts[rows[joined]].sum())
     noise_texts = [texts[rows[i]] for i in np.flatnonzero(labels < 0)]

@@ -733,6 +733,8 @@ def coverage_table(rows: list[dict]) -> list[str]:
 JOIN_GRID = (None, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75)
 NEIGHBOURS_GRID = (None, 1, 3, 5, 9)
 """`DiscoverConfig.join_neighbours` values tried on val traffic (None: joining by centres)."""
+ROUNDS_GRID = (1, 2, 3)
+"""`DiscoverConfig.join_rounds` values tried on val traffic (1: one round, as clustered)."""
 REFINE_GRID = (None, 1, 3, 10)
 """`DiscoverConfig.refine_passes` values tried on val traffic (None: no refinement)."""
 MERGE_GRID = (None, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)
@@ -868,6 +870,12 @@ def choose_refine(args: argparse.Namespace, raw: dict, seeds: list[int], runs=No
     """`DiscoverConfig.refine_passes` chosen on val traffic (`choose_usable`): k-means passes
     over the clustered utterances against none."""
     return choose_usable(args, raw, seeds, "refine_passes", REFINE_GRID, runs)
+
+
+def choose_rounds(args: argparse.Namespace, raw: dict, seeds: list[int], runs=None) -> dict:
+    """`DiscoverConfig.join_rounds` chosen on val traffic (`choose_usable`; its first value, one
+    round, stands where the others have off)."""
+    return choose_usable(args, raw, seeds, "join_rounds", ROUNDS_GRID, runs)
 
 
 def choose_usable(
@@ -1330,6 +1338,7 @@ def markdown(result: dict, out: Path) -> str:
         ),
         ("min_size_choice", "The smallest candidate", "min_cluster_size", ""),
         ("refine_choice", "Refining the candidates", "refine_passes", "no refinement"),
+        ("rounds_choice", "Rounds of joining", "join_rounds", ""),
     ):
         if result.get(key):
             lines += val_choice_section(result[key], title, name, off)
@@ -1516,6 +1525,11 @@ def main() -> None:
         help="only the choice of min_cluster_size on val traffic (the seeds' base releases)",
     )
     parser.add_argument(
+        "--choose-rounds",
+        action="store_true",
+        help="only the choice of join_rounds on val traffic (the seeds' base releases)",
+    )
+    parser.add_argument(
         "--choose-refine",
         action="store_true",
         help="only the choice of refine_passes on val traffic (the seeds' base releases)",
@@ -1600,6 +1614,7 @@ def main() -> None:
         ("choose_neighbours", choose_neighbours, "neighbours", "join_neighbours", NEIGHBOURS_GRID),
         ("choose_min_size", choose_min_size, "min_size", "min_cluster_size", MIN_SIZE_GRID),
         ("choose_refine", choose_refine, "refine", "refine_passes", REFINE_GRID),
+        ("choose_rounds", choose_rounds, "rounds", "join_rounds", ROUNDS_GRID),
     ):
         if getattr(args, flag):
             runs, seeds = (
@@ -1650,7 +1665,16 @@ def main() -> None:
     choice = workdir / "method_choice.json"
     if choice.is_file():
         result["method_choice"] = json.loads(choice.read_text())
-    for name in ("join", "merge", "target", "similarity", "neighbours", "min_size", "refine"):
+    for name in (
+        "join",
+        "merge",
+        "target",
+        "similarity",
+        "neighbours",
+        "min_size",
+        "refine",
+        "rounds",
+    ):
         choice_file = workdir / f"{name}_choice.json"
         if choice_file.is_file():
             result[f"{name}_choice"] = json.loads(choice_file.read_text())

@@ -151,6 +151,9 @@ def test_config_rejects_bad_values_and_unknown_keys(tmp_path):
     path.write_text("discover:\n  join_neighbours: 2.5\n")
     with pytest.raises(IntentCIError, match=r"`discover.join_neighbours`"):
         load_discover_config(path)
+    path.write_text("discover:\n  join_rounds: 0\n")
+    with pytest.raises(IntentCIError, match=r"`discover.join_rounds`: must be a number of"):
+        load_discover_config(path)
     path.write_text("discover:\n  refine_passes: 0\n")
     with pytest.raises(IntentCIError, match=r"`discover.refine_passes`: must be a number of"):
         load_discover_config(path)
@@ -348,6 +351,31 @@ def test_refine_candidates_moves_members_to_the_nearest_centre_and_drops_small_o
     # one candidate or none: nothing to move
     assert refine_candidates(x[:6], np.array([0] * 6), 3, 3).tolist() == [0] * 6
     assert refine_candidates(x[:2], np.array([-1, -1]), 3, 3).tolist() == [-1, -1]
+
+
+def test_join_in_rounds_reaches_further_each_round():
+    from intent_ci.discover import join_candidates, join_in_rounds
+
+    def at(degrees: float) -> np.ndarray:
+        r = np.radians(degrees)
+        return np.array([np.cos(r), np.sin(r), 0.0], dtype=np.float32)
+
+    # a candidate at 0 degrees, an existing intent at 90; cosine 0.7 is about 45.6 degrees
+    known = at(90)[None]
+    x = np.stack([at(0)] * 5 + [at(40), at(47), at(80), at(-2)])
+    labels = np.array([0] * 5 + [-1, -1, -1, -1])
+
+    def join(y, centres):
+        return join_candidates(y, centres, known, 0.7)
+
+    # round 1: 40 and -2 degrees join; 47 is 0.68 from the centre as clustered
+    assert join_in_rounds(x, labels, 1, 1, join).tolist() == [0] * 6 + [-1, -1, 0]
+    # round 2: the centre moved towards 40 degrees, so 47 joins; 80 sits nearer the existing
+    # intent whatever the rounds
+    assert join_in_rounds(x, labels, 1, 2, join).tolist() == [0] * 7 + [-1, 0]
+    assert join_in_rounds(x, labels, 1, 5, join).tolist() == [0] * 7 + [-1, 0]
+    assert join_in_rounds(x, labels, 1, 2, join).tolist() != labels.tolist()
+    assert labels.tolist() == [0] * 5 + [-1] * 4  # the caller's labels are left alone
 
 
 def test_joined_utterances_count_but_do_not_name_or_represent_a_candidate():
