@@ -1161,13 +1161,7 @@ def e2e_choice_section(choice: dict) -> list[str]:
         "## Discovery's reach, chosen by what add-intent makes of the files (dev rows)",
         "",
         f"`{choice.get('command', 'bench_discover.py')}`"
-        + (
-            " (the runs of "
-            + "; ".join(f"`{m['command']}`" for m in choice["merged_from"])
-            + ", put together)"
-            if choice.get("merged_from")
-            else ""
-        )
+        + merged_from_text(choice)
         + ": each seed's base release with the shipped out-of-scope rule; `discover` on the val "
         "traffic (the `val` utterances of all 150 intents + `oos_val`), the recovered "
         "candidates' files added with the end-to-end step's recipe, scored on dev rows: the "
@@ -1371,6 +1365,17 @@ def val_choice_table(summary: list[dict], name: str) -> list[str]:
     return lines
 
 
+def merged_from_text(choice: dict) -> str:
+    """The note naming the per-seed runs a merged choice was put together from, or ""."""
+    if not choice.get("merged_from"):
+        return ""
+    return (
+        " (the runs of "
+        + "; ".join(f"`{m['command']}`" for m in choice["merged_from"])
+        + ", put together)"
+    )
+
+
 def val_choice_section(choice: dict, title: str, name: str, off: str) -> list[str]:
     """Markdown for one `choose_usable` / `choose_target` result: how it ran, its rule, its grid."""
     oos = choice.get("oos")
@@ -1398,13 +1403,7 @@ def val_choice_section(choice: dict, title: str, name: str, off: str) -> list[st
         + ", every other field at its default; traffic = the `val` utterances of all 150 intents + "
         "`oos_val` (never the benchmark's traffic, never test); mean over seeds "
         f"{', '.join(map(str, choice['seeds']))}"
-        + (
-            " (the runs of "
-            + "; ".join(f"`{m['command']}`" for m in choice["merged_from"])
-            + ", put together)"
-            if choice.get("merged_from")
-            else ""
-        )
+        + merged_from_text(choice)
         + f". Rule, fixed before the run: {choice['rule']}. "
         f"Chosen: **{choice['chosen']}**"
         + (f" (none: {off})" if off else "")
