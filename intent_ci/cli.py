@@ -375,12 +375,37 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_output_file(path: Path, flag: str) -> None:
+    """Refuse an output path that cannot become a file, before any work is done."""
+    if path.is_dir():
+        raise IntentCIError(f"{flag} {path}: is a folder; expected a file path (e.g. result.json)")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise IntentCIError(
+                    f"{flag} {path}: {parent} is a file, not a folder; expected a file path "
+                    "whose parent is (or can be made) a folder"
+                )
+            break
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from intent_ci.data import read_examples
     from intent_ci.evaluation import evaluate_release
     from intent_ci.registry import Registry
     from intent_ci.release import IntentClassifier, load_release
 
+    # `--json FILE` is the older spelling of `--output FILE`; a bare `--json` prints JSON.
+    json_file = args.json if args.json not in (None, _STDOUT) else None
+    if json_file and args.output:
+        raise IntentCIError(
+            f"--json {json_file} and --output {args.output}: both name the file the result goes "
+            "to (--json FILE is the older spelling of --output FILE); pass one"
+        )
+    out_file = args.output or json_file
+    flag = "--output" if args.output else "--json"
+    if out_file:
+        _check_output_file(Path(out_file), flag)
     registry = Registry(args.registry)
     release = load_release(registry, args.release)
     classifier = IntentClassifier(release)
@@ -390,11 +415,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = read_examples(args.data, release.config.data)
     old = against.intents if against is not None else None
     result = evaluate_release(classifier, data, old_intents=old, against=against)
-    # `--json FILE` is the older spelling of `--output FILE`; a bare `--json` prints JSON.
-    out_file = args.output or (args.json if args.json not in (None, _STDOUT) else None)
     if out_file:
-        Path(out_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_file).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        try:
+            Path(out_file).parent.mkdir(parents=True, exist_ok=True)
+            Path(out_file).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        except OSError as err:
+            raise IntentCIError(f"{flag} {out_file}: cannot write there ({err.strerror})") from None
     if args.json == _STDOUT:
         echo(json.dumps(result, indent=2))
         return EXIT_OK
@@ -487,6 +513,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise IntentCIError(
                 f"utterance {number} on the command line is empty; expected an utterance to classify"
             )
+    if args.batch_size < 1:
+        raise IntentCIError(f"--batch-size: must be >= 1, got {args.batch_size}")
     classifier = IntentClassifier.load(args.registry, args.release)
     texts = list(args.text)
     if args.input:

@@ -1115,18 +1115,52 @@ def apply_overrides(
     return dataclasses.replace(config, **updated)
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key given twice in one mapping.
+
+    `yaml.safe_load` keeps the last of two equal keys without a word, so a config saying
+    ``max_drop: 2.0`` and, further down, ``max_drop: 99.0`` would quietly gate at 99.
+    """
+
+
+def _unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    first: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: later keys override it
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            seen = key in first
+        except TypeError:  # an unhashable key: construct_mapping says so
+            break
+        if seen:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping",
+                node.start_mark,
+                f"found key {key!r} twice (first at line {first[key] + 1}); give each key once",
+                key_node.start_mark,
+            )
+        first[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def read_yaml(path: str | Path) -> Any:
-    """Parse a YAML file with `yaml.safe_load`; every failure names the file.
+    """Parse a YAML file as `yaml.safe_load` does, a key given twice refused; every failure
+    names the file.
 
     Raises:
-        IntentCIError: if the file is missing, not UTF-8, not YAML, nested too deeply, or holds
-            a value YAML cannot construct (such as the date 2001-02-30).
+        IntentCIError: if the file is missing, not UTF-8, not YAML, nested too deeply, gives a
+            key twice in one mapping, or holds a value YAML cannot construct (such as the date
+            2001-02-30).
     """
     path = Path(path)
     if not path.is_file():
         raise IntentCIError(f"{path}: config file not found")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
     except UnicodeDecodeError as err:
         raise IntentCIError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except yaml.YAMLError as err:
@@ -1421,7 +1455,7 @@ def load_yaml(path: Path, what: str) -> Any:
     if not path.is_file():
         raise IntentCIError(f"{path}: {what} not found")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
     except UnicodeDecodeError as err:
         raise IntentCIError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except yaml.YAMLError as err:

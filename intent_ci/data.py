@@ -94,11 +94,12 @@ def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().casefold()
 
 
-def _read_utf8(path: Path, max_chars: int) -> str:
-    """Read `path` as UTF-8, naming the line of the first bad byte or over-long line."""
+def _read_utf8(path: Path, max_chars: int, expected: str = "labelled utterances") -> str:
+    """Read `path` as UTF-8, naming the line of the first bad byte or over-long line; an empty
+    file is an error that says it `expected` something else."""
     raw = path.read_bytes()
     if not raw.strip():
-        raise IntentCIError(f"{path}: file is empty; expected labelled utterances")
+        raise IntentCIError(f"{path}: file is empty; expected {expected}")
     if raw.startswith(_GZIP_MAGIC) or raw.startswith(_ZIP_MAGIC):
         kind = "gzip" if raw.startswith(_GZIP_MAGIC) else "zip"
         raise IntentCIError(
@@ -152,8 +153,21 @@ def _table_rows(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]
         reader = csv.DictReader(io.StringIO(text, newline=""))
         try:
             columns = list(reader.fieldnames or [])
+            twice = next((c for c in columns if columns.count(c) > 1), None)
+            if twice is not None:
+                raise IntentCIError(
+                    f"{path}:{reader.line_num}: column {twice!r} appears {columns.count(twice)} "
+                    "times in the header; expected each column once"
+                )
             rows = []
             for record in reader:
+                extra = record.pop(None, None)  # DictReader's key for fields past the header's
+                if extra is not None and any(field.strip() for field in extra):
+                    raise IntentCIError(
+                        f"{path}:{reader.line_num}: {len(columns) + len(extra)} fields, the header "
+                        f"has {len(columns)}; quote a field that holds a comma "
+                        '(e.g. "where is it, please",track_package)'
+                    )
                 rows.append((reader.line_num, record))
         except csv.Error as err:
             raise IntentCIError(f"{path}:{reader.line_num}: not valid CSV ({err})") from None
@@ -249,7 +263,9 @@ def _from_table(path: Path, cfg: DataConfig) -> datasets.Dataset:
             raise IntentCIError(f"{where}: `text` must be a string, got {value!r}")
         if not value.strip():
             raise IntentCIError(f"{where}: empty `text`; expected an utterance")
-        if not isinstance(intent, str) or not intent.strip():
+        if intent is not None and not isinstance(intent, str):
+            raise IntentCIError(f"{where}: `intent` must be a string, got {intent!r}")
+        if intent is None or not intent.strip():
             raise IntentCIError(f"{where}: empty `intent`; expected an intent name")
         texts.append(value.strip())
         intents.append(intent.strip())
@@ -369,6 +385,23 @@ def _validate(dataset: datasets.Dataset, cfg: DataConfig, known: set[str]) -> No
             )
 
 
+def check_has_intents(data: IntentData, what: str) -> None:
+    """Refuse data whose every row is labelled ``oos``: nothing to train.
+
+    Args:
+        what: whose utterances the data should give, for the message ("the new intents'").
+
+    Raises:
+        IntentCIError: naming the data.
+    """
+    if not data.intents:
+        raise IntentCIError(
+            f"{data.origin}: every row is labelled {OOS_LABEL!r}; `{OOS_LABEL}` is reserved for "
+            f"out-of-scope examples, not an intent to train; give {what} utterances (rows "
+            f"labelled {OOS_LABEL!r} may come with them, for calibration)"
+        )
+
+
 def check_new_intents(data: IntentData, existing: list[str], release: str) -> None:
     """Refuse to 'add' an intent the parent release already predicts, or only ``oos`` rows.
 
@@ -376,12 +409,7 @@ def check_new_intents(data: IntentData, existing: list[str], release: str) -> No
         IntentCIError: naming the first file and line of the clashing intent, or the data when
             every row is labelled ``oos``.
     """
-    if not data.intents:
-        raise IntentCIError(
-            f"{data.origin}: every row is labelled {OOS_LABEL!r}; `{OOS_LABEL}` is reserved for "
-            "out-of-scope examples, not an intent to add; give the new intents' utterances (rows "
-            f"labelled {OOS_LABEL!r} may come with them, for calibration)"
-        )
+    check_has_intents(data, "the new intents'")
     known = set(existing)
     for intent, where in zip(data.dataset[INTENT], data.dataset[SOURCE], strict=True):
         if intent in known:
@@ -420,8 +448,9 @@ def read_texts(path: str | Path, max_chars: int) -> list[str]:
     """
     path = Path(path)
     if not path.is_file():
-        raise IntentCIError(f"{path}: no such file; expected one utterance per line")
-    text = _read_utf8(path, max_chars)
+        what = "a folder" if path.is_dir() else "no such file"
+        raise IntentCIError(f"{path}: {what}; expected a file with one utterance per line")
+    text = _read_utf8(path, max_chars, "utterances to classify")
     lines = text.rstrip().splitlines()  # blank lines at the very end are not utterances
     texts = []
     for number, line in enumerate(lines, 1):

@@ -169,16 +169,23 @@ def read_traffic_file(path: Path, max_chars: int = 500) -> tuple[list[str], int]
     if path.stat().st_size == 0 or (suffix != ".parquet" and not path.read_bytes().strip()):
         raise IntentCIError(f"{path}: traffic file is empty; expected utterances")
     if suffix == ".parquet":
-        try:
-            table = datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
+        import pyarrow.parquet as pq
+
+        try:  # pyarrow itself: datasets' reader logs each failure before raising it
+            table = pq.read_table(path)
         except Exception as err:  # pyarrow raises several types for a damaged file
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise IntentCIError(f"{path}: unreadable Parquet file ({first})") from None
         columns = table.column_names
+        if not table.num_rows:
+            raise IntentCIError(f"{path}: Parquet file has no rows; expected utterances")
         records = (
-            [(f"{path} row {i + 1}", {"text": v}) for i, v in enumerate(table["text"])]
+            [
+                (f"{path} row {i + 1}", {"text": v})
+                for i, v in enumerate(table.column("text").to_pylist())
+            ]
             if "text" in columns
-            else [(f"{path} row {i + 1}", {}) for i in range(len(table))]
+            else [(f"{path} row {i + 1}", {}) for i in range(table.num_rows)]
         )
         texts, redacted = _texts_from_records(path, columns, records)
     else:

@@ -495,6 +495,11 @@ def retire_intents(
 
 
 # ---- calibrate ---------------------------------------------------------------------------------
+MIN_CALIBRATION_UTTERANCES = 10
+"""`calibrate` refuses fewer distinct in-scope utterances: one utterance repeated has no spread
+to standardise `energy_knn` by (its threshold came out at 0 and rejected most in-scope traffic)."""
+
+
 def calibrate_release(
     data: Any,
     registry: str | Path | Registry = "adapters",
@@ -569,6 +574,13 @@ def calibrate_release(
         raise IntentCIError(
             f"{examples.origin}: no in-scope utterances (only rows labelled 'oos'); the "
             "threshold is set on utterances of the release's intents"
+        )
+    distinct = len({normalise(t) for texts in in_scope.values() for t in texts})
+    if distinct < MIN_CALIBRATION_UTTERANCES:
+        raise IntentCIError(
+            f"{examples.origin}: {distinct} distinct in-scope utterance(s); calibrating needs at "
+            f"least {MIN_CALIBRATION_UTTERANCES} (the threshold is a quantile of their scores, "
+            "and the score is standardised by their spread)"
         )
     ordered = {i: in_scope[i] for i in labels if i in in_scope}
     record, bank = recalibrate(registry, name, labels, ordered, oos, cfg, memory)

@@ -37,6 +37,7 @@ from intent_ci.data import (
     SOURCE,
     TEXT,
     IntentData,
+    check_has_intents,
     check_known_intents,
     check_new_intents,
     normalise,
@@ -745,8 +746,9 @@ def resolve_add_config(
             if getattr(config.model, f.name) != getattr(parent_config.model, f.name)
         ]
         raise IntentCIError(
-            f"{source}: `model.{changed[0]}` cannot change in add-intent; the backbone, pooling, head "
-            "and LoRA shape are fixed by the base release (train a new base release to change them)"
+            f"{source}: `model.{changed[0]}` cannot change in a child release (add-intent, "
+            "update); the backbone, pooling, head and LoRA shape are fixed by the base release "
+            "(train a new base release to change them)"
         )
     return config
 
@@ -860,6 +862,7 @@ def _child_release(
             if isinstance(data, IntentData)
             else read_examples(data, config.data, known_intents=old_labels)
         )
+        check_has_intents(all_new, "the intents' (existing or new)")
         new_data = all_new.in_scope()
         check_relabels(
             new_data.dataset[TEXT],

@@ -941,6 +941,8 @@ class IntentClassifier:
         """``(logits, pooled features)`` of `texts` from one encoder pass; each None unless asked."""
         if isinstance(texts, str):
             raise IntentCIError("predict() takes a list of utterances, not a single string")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise IntentCIError(f"batch_size: must be a whole number >= 1, got {batch_size!r}")
         hidden = self.release.backbone.encoder.config.hidden_size
         out_logits = torch.empty(len(texts), len(self.intents)) if logits else None
         out_pooled = torch.empty(len(texts), hidden) if pooled else None

@@ -249,6 +249,22 @@ def test_update_with_an_empty_file(capsys, registry, tmp_path, content):
     )
 
 
+@pytest.mark.parametrize("name", ["fixes.csv", "oos.txt"])
+def test_update_with_only_out_of_scope_rows(capsys, registry, tmp_path, name):
+    fixes = tmp_path / name
+    if name.endswith(".csv"):
+        write_rows(fixes, [("what is the weather", "oos"), ("tell me a joke", "oos")])
+    else:
+        fixes.write_text("what is the weather\ntell me a joke\n", encoding="utf-8")
+    refused(
+        capsys,
+        ["update", "--data", fixes, "--registry", registry],
+        registry,
+        rf"{esc(fixes)}: every row is labelled 'oos'; `oos` is reserved for out-of-scope "
+        r"examples, not an intent to train; give the intents' \(existing or new\) utterances",
+    )
+
+
 def test_update_new_intent_still_needs_the_minimum(capsys, registry, tmp_path):
     """More examples of an existing intent may be one line; a new intent needs the minimum."""
     fixes = write_rows(
@@ -530,8 +546,8 @@ def test_add_intent_config_cannot_change_the_backbone(
         ["add-intent", "--data", data_dir / "new" / "report_damage.txt"]
         + ["--registry", registry, "--config", bad],
         registry,
-        rf"{esc(bad)}: `model.backbone` cannot change in add-intent; the backbone, pooling, head "
-        r"and LoRA shape are fixed by the base release",
+        rf"{esc(bad)}: `model.backbone` cannot change in a child release \(add-intent, update\); "
+        r"the backbone, pooling, head and LoRA shape are fixed by the base release",
     )
 
 
@@ -620,6 +636,126 @@ def test_predict_with_nothing_to_classify(capsys, registry):
         ["predict", "--registry", registry],
         registry,
         r"nothing to classify: give utterances as arguments or --input FILE$",
+    )
+
+
+@pytest.mark.parametrize("size", ["0", "-3"])
+def test_predict_batch_size_below_one(capsys, registry, size):
+    refused(
+        capsys,
+        ["predict", "lost my card", "--batch-size", size, "--registry", registry],
+        registry,
+        rf"--batch-size: must be >= 1, got {size}$",
+    )
+
+
+def test_classifier_batch_size_below_one(registry):
+    from intent_ci.release import IntentClassifier
+
+    clf = IntentClassifier.load(registry, "v1")
+    for size in (0, -3, 2.5):
+        with pytest.raises(
+            IntentCIError, match=rf"batch_size: must be a whole number >= 1, got {size}"
+        ):
+            clf.predict(["lost my card"], batch_size=size)
+
+
+def test_predict_input_that_is_a_folder_or_empty(capsys, registry, tmp_path):
+    refused(
+        capsys,
+        ["predict", "--input", tmp_path, "--registry", registry],
+        registry,
+        rf"{esc(tmp_path)}: a folder; expected a file with one utterance per line$",
+    )
+    empty = tmp_path / "empty.txt"
+    empty.write_text("", encoding="utf-8")
+    refused(
+        capsys,
+        ["predict", "--input", empty, "--registry", registry],
+        registry,
+        rf"{esc(empty)}: file is empty; expected utterances to classify$",
+    )
+
+
+def test_eval_output_that_cannot_be_a_file(capsys, registry, data_dir, tmp_path):
+    """Refused before the release is loaded: a folder, a path under a file, both spellings."""
+    test = data_dir / "test"
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x", encoding="utf-8")
+    for argv, pattern in (
+        (["--output", tmp_path], rf"--output {esc(tmp_path)}: is a folder; expected a file path"),
+        (
+            ["--json", a_file / "out.json"],
+            rf"--json {esc(a_file / 'out.json')}: {esc(a_file)} is a file, not a folder",
+        ),
+        (
+            ["--json", tmp_path / "a.json", "--output", tmp_path / "b.json"],
+            rf"--json {esc(tmp_path / 'a.json')} and --output {esc(tmp_path / 'b.json')}: both "
+            r"name the file the result goes to",
+        ),
+    ):
+        refused(
+            capsys,
+            ["eval", "--release", "v1", "--data", test, "--registry", registry, *argv],
+            registry,
+            pattern,
+        )
+    assert not (tmp_path / "a.json").exists() and not (tmp_path / "b.json").exists()
+
+
+def test_csv_with_a_column_twice_or_a_row_with_extra_fields(capsys, fresh, config_file, tmp_path):
+    twice = tmp_path / "twice.csv"
+    twice.write_text("text,intent,text\nlost my card,card_lost,x\n", encoding="utf-8")
+    refused(
+        capsys,
+        init(twice, fresh, config_file),
+        fresh,
+        rf"{esc(twice)}:1: column 'text' appears 2 times in the header; expected each column once$",
+    )
+    # an unquoted comma: "where is it" labelled " please" without the check
+    extra = tmp_path / "extra.csv"
+    extra.write_text(
+        "text,intent\nlost my card,card_lost\nwhere is it, please,card_lost\n", encoding="utf-8"
+    )
+    refused(
+        capsys,
+        init(extra, fresh, config_file),
+        fresh,
+        rf"{esc(extra)}:3: 3 fields, the header has 2; quote a field that holds a comma",
+    )
+
+
+def test_jsonl_intent_that_is_not_a_string(capsys, fresh, config_file, tmp_path):
+    bad = tmp_path / "rows.jsonl"
+    bad.write_text('{"text": "lost my card", "intent": 5}\n', encoding="utf-8")
+    refused(
+        capsys,
+        init(bad, fresh, config_file),
+        fresh,
+        rf"{esc(bad)}:1: `intent` must be a string, got 5$",
+    )
+
+
+def test_config_yaml_merge_keys_still_override(tmp_path):
+    """A key given twice is refused; a key that overrides a `<<:` merge is not."""
+    from intent_ci.config import read_yaml
+
+    path = tmp_path / "merge.yaml"
+    path.write_text("base: &b {epochs: 1, lr: 0.1}\ntrain:\n  <<: *b\n  epochs: 3\n")
+    assert read_yaml(path)["train"] == {"epochs": 3, "lr": 0.1}
+
+
+def test_config_with_a_key_twice(capsys, base_folder, fresh, config_file, tmp_path):
+    bad = tmp_path / "twice.yaml"
+    bad.write_text(
+        config_file.read_text(encoding="utf-8") + "train:\n  epochs: 1\n  epochs: 9\n",
+        encoding="utf-8",
+    )
+    refused(
+        capsys,
+        init(base_folder, fresh, bad),
+        fresh,
+        rf"{esc(bad)}: line \d+ is not valid YAML: found key '(train|epochs)' twice",
     )
 
 

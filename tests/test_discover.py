@@ -111,6 +111,22 @@ def test_bad_traffic_names_the_file(tmp_path, name, content, message):
         read_traffic([path], progress=False)
 
 
+def test_parquet_traffic_without_rows_or_damaged_says_so_in_one_line(tmp_path, capfd):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), empty)
+    with pytest.raises(IntentCIError, match=r"empty\.parquet: Parquet file has no rows; expected"):
+        read_traffic([empty], progress=False)
+    damaged = tmp_path / "damaged.parquet"
+    damaged.write_bytes(b"PAR1 not really")
+    with pytest.raises(IntentCIError, match=r"damaged\.parquet: unreadable Parquet file"):
+        read_traffic([damaged], progress=False)
+    # nothing logged beside the error (datasets' reader logged each failure first)
+    assert capfd.readouterr().err == ""
+
+
 def test_bad_traffic_paths(tmp_path):
     with pytest.raises(IntentCIError, match="no such file or folder"):
         read_traffic([tmp_path / "missing.txt"], progress=False)

@@ -311,7 +311,7 @@ def test_add_intent_refuses_oos_as_the_intent_to_add(reg, tmp_path, capsys):
     assert code == 2
     assert re.fullmatch(
         rf"intent-ci: error: {re.escape(str(bad))}: every row is labelled 'oos'; `oos` is "
-        r"reserved for out-of-scope examples, not an intent to add; .*\n",
+        r"reserved for out-of-scope examples, not an intent to train; .*\n",
         err,
     )
     assert sorted(p.name for p in reg.iterdir()) == before
@@ -695,6 +695,15 @@ def test_calibrate_bad_input(reg, data_dir, tmp_path, capsys):
         r"memory\); calibrate on utterances the release never trained on",
         "--data",
         trained,
+    )
+    # one utterance three times: no spread to standardise by (its threshold came out at 0)
+    repeated = tmp_path / "repeated"
+    repeated.mkdir()
+    (repeated / "card_lost.txt").write_text("my card is gone\n" * 3, encoding="utf-8")
+    refused(
+        r".*repeated: 1 distinct in-scope utterance\(s\); calibrating needs at least 10 .*",
+        "--data",
+        repeated,
     )
     good = Path(shutil.copytree(test, tmp_path / "good"))
     (good / "report_damage.txt").unlink()
