@@ -116,7 +116,10 @@ def _read_utf8(path: Path, max_chars: int, expected: str = "labelled utterances"
     if "\x00" in text:
         line = text[: text.index("\x00")].count("\n") + 1
         raise IntentCIError(f"{path}:{line}: contains a NUL byte; expected plain UTF-8 text")
-    for number, line in enumerate(text.splitlines(), start=1):
+    # JSON Lines escapes (a control character takes 6) and holds other fields (the serve log's):
+    # its utterances are checked one by one, after parsing
+    json_lines = path.suffix.lower() in (".jsonl", ".json")
+    for number, line in enumerate([] if json_lines else text.split("\n"), start=1):
         if len(line) > max_chars * 4 + 1024:
             # A line this long cannot be a single utterance (CSV quoting included).
             raise IntentCIError(
@@ -174,7 +177,9 @@ def _table_rows(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]
         return columns, rows
     columns: list[str] = []
     rows = []
-    for number, line in enumerate(text.splitlines(), 1):
+    # JSON Lines ends a line at "\n" only: str.splitlines would also break at U+2028, U+2029
+    # and U+0085, which json.dumps(ensure_ascii=False) leaves unescaped inside strings
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -451,7 +456,9 @@ def read_texts(path: str | Path, max_chars: int) -> list[str]:
         what = "a folder" if path.is_dir() else "no such file"
         raise IntentCIError(f"{path}: {what}; expected a file with one utterance per line")
     text = _read_utf8(path, max_chars, "utterances to classify")
-    lines = text.rstrip().splitlines()  # blank lines at the very end are not utterances
+    # "\n" ends a line (not U+2028 and the other breaks str.splitlines knows, which JSON Lines
+    # may hold inside a string); blank lines at the very end are not utterances
+    lines = [line.rstrip("\r") for line in text.rstrip().split("\n")]
     texts = []
     for number, line in enumerate(lines, 1):
         if path.suffix.lower() in (".jsonl", ".json"):

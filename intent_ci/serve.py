@@ -44,7 +44,7 @@ from prometheus_client import (
 )
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -167,22 +167,33 @@ def parse_texts(body: bytes, config: ServeConfig) -> list[str]:
     return texts
 
 
+CLIENT_CLOSED = 499
+"""Status recorded for a request whose client went away mid-body (nginx's "client closed
+request"); nobody receives it."""
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it exceeds `limit` bytes.
 
     Raises:
-        RequestError: 413 naming ``body``.
+        RequestError: 413 naming ``body``; 499 if the client disconnects before the end.
     """
     too_big = RequestError(413, "body", f"body is larger than {limit} bytes (serve.max_body_bytes)")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_big
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_big
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # nginx's 499: the client's doing, so neither a 5xx in the metrics nor a logged traceback
+        raise RequestError(
+            CLIENT_CLOSED, "body", "the client closed the connection before sending its body"
+        ) from None
     return b"".join(chunks)
 
 

@@ -331,6 +331,55 @@ def test_traffic_log_rows_rotation_and_datasets(registry, tmp_path):
     assert all(t.endswith("Z") and "T" in t for t in rows["timestamp"])
 
 
+def test_traffic_log_with_line_separators_and_escapes_reads_back(registry, tmp_path):
+    """json.dumps(ensure_ascii=False) leaves U+2028 unescaped, and a control character takes 6
+    characters in JSON: `discover` and `update` read every row the server wrote."""
+    from intent_ci.data import read_examples
+    from intent_ci.discover import read_traffic
+
+    log = tmp_path / "traffic"
+    texts = ["where is my refund\u2028please", "\x01" * 490 + "card", "my card was stolen"]
+    with running(registry, traffic_log=str(log)) as (client, _):
+        assert client.post("/predict", json={"texts": texts}).status_code == 200
+    traffic = read_traffic([log], progress=False)
+    assert traffic.total == 3 and len(traffic.texts) == 3
+    assert any(t.startswith("where is my refund") for t in traffic.texts)
+    # reviewed, the same log feeds `update`: one row per utterance, each on its own line
+    (file,) = log.glob(TRAFFIC_GLOB)
+    rows = [json.loads(line) for line in file.read_text(encoding="utf-8").split("\n") if line]
+    reviewed = tmp_path / "reviewed.jsonl"
+    reviewed.write_text(
+        "".join(
+            json.dumps({**row, "label": "card_lost"}, ensure_ascii=False) + "\n"
+            for row in rows
+        ),
+        encoding="utf-8",
+    )
+    data = read_examples(reviewed)
+    assert data.dataset["text"] == texts
+    assert [s.rsplit(":", 1)[1] for s in data.dataset["source"]] == ["1", "2", "3"]
+
+
+def test_a_client_that_hangs_up_mid_body_is_a_499_not_a_500(registry):
+    with running(registry) as (client, server):
+        port = client.base_url.port
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            raw.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 1000\r\n\r\n{"texts": ["wh'
+            )
+            time.sleep(0.3)
+
+        def counted() -> bool:
+            return 'status="499"' in client.get("/metrics").text
+
+        wait_for(counted, what="the 499 in /metrics", timeout=10)
+        metrics = client.get("/metrics").text
+        assert _sample(metrics, "intent_ci_serve_requests_total", 'status="499"') == 1
+        assert 'status="500"' not in metrics
+        assert client.post("/predict", json={"texts": TEXTS}).status_code == 200
+
+
 def test_redacted_traffic_log_stores_hashes_not_texts(registry, tmp_path):
     log = tmp_path / "traffic"
     with running(registry, traffic_log=str(log), log_redact=True) as (client, _):
