@@ -350,8 +350,7 @@ def test_traffic_log_with_line_separators_and_escapes_reads_back(registry, tmp_p
     reviewed = tmp_path / "reviewed.jsonl"
     reviewed.write_text(
         "".join(
-            json.dumps({**row, "label": "card_lost"}, ensure_ascii=False) + "\n"
-            for row in rows
+            json.dumps({**row, "label": "card_lost"}, ensure_ascii=False) + "\n" for row in rows
         ),
         encoding="utf-8",
     )
