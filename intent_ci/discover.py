@@ -41,6 +41,7 @@ from intent_ci.calibration import calibration_rows, threshold_for_recall
 from intent_ci.config import NAME_PATTERN, DiscoverConfig
 from intent_ci.data import _read_utf8, _table_rows, normalise
 from intent_ci.errors import IntentCIError
+from intent_ci.registry import owner_alive
 
 logger = logging.getLogger(__name__)
 
@@ -1017,6 +1018,30 @@ def _check_out(out: Path, force: bool) -> None:
         )
 
 
+def _clean_leftovers(out: Path) -> None:
+    """Remove what a killed `write_candidates` left beside `out`: its staging folder
+    (``.<out>.tmp-<pid>-*``) and, if it died between its two renames, put the earlier output
+    it had moved aside (``.<out>.old-<pid>-*/<out>``) back in place. Folders of a live run are
+    left alone."""
+    if not out.parent.is_dir():
+        return
+    for kind in ("old-", "tmp-"):
+        prefix = f".{out.name}.{kind}"
+        for entry in sorted(out.parent.iterdir()):
+            if (
+                not entry.name.startswith(prefix)
+                or not entry.is_dir()
+                or entry.is_symlink()
+                or owner_alive(entry.name, prefix)
+            ):
+                continue
+            moved = entry / out.name
+            if kind == "old-" and moved.is_dir() and not out.exists():
+                moved.rename(out)
+                logger.warning("%s: put back the earlier output a killed run had moved aside", out)
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def write_candidates(result: Discovery, out: str | Path, *, force: bool = False) -> list[str]:
     """Write the candidates into `out` (staged next to it, then moved into place).
 
@@ -1027,9 +1052,10 @@ def write_candidates(result: Discovery, out: str | Path, *, force: bool = False)
             discover output.
     """
     out = Path(out)
+    _clean_leftovers(out)
     _check_out(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         written = []
         belongs_rows = []
@@ -1064,7 +1090,7 @@ def write_candidates(result: Discovery, out: str | Path, *, force: bool = False)
         if result.candidates and plot_map(result, staging / REPORT_PNG):
             written.append(REPORT_PNG)
         if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=out.parent))
             out.rename(old / out.name)
             staging.rename(out)
             shutil.rmtree(old, ignore_errors=True)

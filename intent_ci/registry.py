@@ -195,7 +195,9 @@ def check_alias_name(name: Any, where: str = "") -> str:
     return name
 
 
-def _pid_alive(entry_name: str, prefix: str) -> bool:
+def owner_alive(entry_name: str, prefix: str) -> bool:
+    """Whether the process whose id follows `prefix` in `entry_name` (``<prefix><pid>-...``)
+    is still running; a name without a process id has no live owner."""
     pid = entry_name[len(prefix) :].split("-", 1)[0]
     return pid.isdigit() and _alive(int(pid))
 
@@ -556,7 +558,7 @@ class Registry:
         stale = []
         for entry in sorted(self.root.iterdir()):
             for prefix in (STAGING_PREFIX, TMP_PREFIX):
-                if entry.name.startswith(prefix) and not _pid_alive(entry.name, prefix):
+                if entry.name.startswith(prefix) and not owner_alive(entry.name, prefix):
                     stale.append(entry)
         return stale
 

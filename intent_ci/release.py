@@ -24,6 +24,7 @@ import math
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -941,7 +942,7 @@ class IntentClassifier:
         """``(logits, pooled features)`` of `texts` from one encoder pass; each None unless asked."""
         if isinstance(texts, str):
             raise IntentCIError("predict() takes a list of utterances, not a single string")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
             raise IntentCIError(f"batch_size: must be a whole number >= 1, got {batch_size!r}")
         hidden = self.release.backbone.encoder.config.hidden_size
         out_logits = torch.empty(len(texts), len(self.intents)) if logits else None

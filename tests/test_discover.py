@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -410,11 +411,9 @@ def test_joined_utterances_count_but_do_not_name_or_represent_a_candidate():
 
 
 # ---- writing ---------------------------------------------------------------------------------------
-def test_out_folder_is_not_overwritten_without_force(tmp_path):
-    out = tmp_path / "candidates"
-    out.mkdir()
-    (out / "mine.txt").write_text("keep me")
-    empty = Discovery(
+def empty_discovery() -> Discovery:
+    """A discovery that found nothing: writes candidates.json and report.md only."""
+    return Discovery(
         "v1",
         {
             "files": [],
@@ -435,6 +434,13 @@ def test_out_folder_is_not_overwritten_without_force(tmp_path):
         {},
         message="nothing rejected",
     )
+
+
+def test_out_folder_is_not_overwritten_without_force(tmp_path):
+    out = tmp_path / "candidates"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    empty = empty_discovery()
     with pytest.raises(IntentCIError, match="folder exists and is not empty; pass --force"):
         write_candidates(empty, out)
     with pytest.raises(IntentCIError, match="not a discover output"):
@@ -446,6 +452,38 @@ def test_out_folder_is_not_overwritten_without_force(tmp_path):
     assert write_candidates(empty, fresh, force=True) == [CANDIDATES_JSON, "report.md"]
     assert re.search("nothing rejected", (fresh / "report.md").read_text())
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_leftovers_of_a_killed_write_are_removed_and_a_moved_output_put_back(tmp_path):
+    """A run killed inside `write_candidates` leaves `.<out>.tmp-<pid>-*` (and, between its two
+    renames, the earlier output inside `.<out>.old-<pid>-*`): the next write cleans up after a
+    dead process, puts the earlier output back, and leaves a live run's folders alone."""
+    import subprocess
+    import sys
+
+    empty = empty_discovery()
+    dead = int(
+        subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    out = tmp_path / "cands"
+    staged = tmp_path / f".cands.tmp-{dead}-abc"
+    staged.mkdir()
+    (staged / "half.txt").write_text("half written")
+    aside = tmp_path / f".cands.old-{dead}-def"
+    (aside / "cands").mkdir(parents=True)
+    (aside / "cands" / CANDIDATES_JSON).write_text("{}")
+    (aside / "cands" / "reviewed.txt").write_text("a reviewer's edit\n")
+    live = tmp_path / f".cands.tmp-{os.getpid()}-ghi"  # this process: alive
+    live.mkdir()
+    with pytest.raises(IntentCIError, match="folder exists and is not empty; pass --force"):
+        write_candidates(empty, out)  # the earlier output is back, so --force is needed
+    assert (out / "reviewed.txt").read_text() == "a reviewer's edit\n"
+    assert not staged.exists() and not aside.exists() and live.is_dir()
 
 
 # ---- the whole command on a tiny release ------------------------------------------------------------
