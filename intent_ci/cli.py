@@ -846,6 +846,10 @@ def cmd_alias(args: argparse.Namespace) -> int:
         return EXIT_OK
     registry = _writable_registry(args)
     if args.alias_command == "set":
+        from intent_ci.release import verify_release
+
+        # `serve` follows aliases: never point one at a release it would refuse to load
+        verify_release(registry, registry.resolve(args.release))
         previous = registry.set_alias(args.name, args.release)
         release = registry.aliases()[args.name]
         if previous == release:

@@ -148,6 +148,18 @@ def test_alias_to_an_unknown_release_and_unknown_alias(reg, capsys):
     assert snapshot(reg) == before
 
 
+def test_alias_set_refuses_a_release_that_fails_verification(reg, capsys):
+    """A folder copied from v1 as v3 (its manifest still says v1's lineage and content): serving
+    would refuse it, so `alias set` does, and nothing is written."""
+    shutil.copytree(reg / "v1", reg / "v3")
+    before = snapshot(reg)
+    code, _, err = run(capsys, "alias", "set", "production", "v3", "--registry", reg)
+    assert code == 2 and err.startswith("intent-ci: error: ") and "v3" in err, err
+    assert "Traceback" not in err and snapshot(reg) == before
+    # a sound release is still accepted
+    assert run(capsys, "alias", "set", "production", "v2", "--registry", reg)[0] == 0
+
+
 def test_verify_reports_an_alias_to_a_missing_release(reg, capsys):
     run(capsys, "alias", "set", "production", "v2", "--registry", reg)
     assert run(capsys, "verify", "--all", "--registry", reg)[0] == 0
