@@ -1095,7 +1095,7 @@ def choose_e2e(args: argparse.Namespace, raw: dict, seeds: list[int], runs=None)
     """Discovery's reach (`E2E_GRID`) chosen by the end-to-end result on dev rows
     (`e2e_val_runs`, or `runs` already made, merged from one process per seed, say).
 
-    Rule, fixed before the run (runs/notes/stop40_plan.md, quoted in docs/benchmarks.md): the
+    Rule, fixed before the run (quoted in docs/benchmarks.md): the
     setting with the largest mean dev accuracy among those with mean noise share <= 10%; it
     replaces the shipped settings (E2E_GRID[0]) only if it is >= 0.5 points above them on the
     mean, lower on no seed, and its mean old-intent accuracy is no more than 0.3 points lower.
