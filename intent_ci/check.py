@@ -36,7 +36,7 @@ from intent_ci.gate import (
 )
 from intent_ci.gate_report import REPORT_FILES, write_report
 from intent_ci.registry import Registry
-from intent_ci.release import IntentClassifier, load_release
+from intent_ci.release import IntentClassifier, load_release, verify_release
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +88,16 @@ def comparable_intents(
     """`baseline`'s intents that the candidate is judged on: all of them, less retired ones.
 
     Raises:
-        IntentCIError: when the candidate lacks an intent of `baseline` that its line never
-            retired (the two are not releases of one line).
+        IntentCIError: when `baseline` is on another line (another base release), or the
+            candidate lacks an intent of `baseline` that its line never retired.
     """
+    cand_base, other_base = lineage(registry, candidate)[-1], lineage(registry, baseline)[-1]
+    if cand_base != other_base:
+        raise IntentCIError(
+            f"{role} {baseline} is not on candidate {candidate}'s line (their base releases are "
+            f"{other_base} and {cand_base}); the {role} must be an earlier release of the same "
+            "lineage"
+        )
     cand_intents = set(registry.manifest(candidate)["intents"])
     intents = registry.manifest(baseline)["intents"]
     missing = [i for i in intents if i not in cand_intents and i not in retired]
@@ -204,6 +211,11 @@ def run_check(
             extra.append(name)
     line = lineage(reg, cand_name)
     drift_name = reg.resolve(drift_against) if drift_against is not None else line[-1]
+    if drift_against is not None and drift_name == cand_name:
+        raise IntentCIError(
+            f"--drift-against {drift_against}: {drift_name} is the candidate already; name an "
+            "earlier release of its line"
+        )
     if drift_name != cand_name:
         comparable_intents(reg, cand_name, drift_name, retired, role="drift release")
 
@@ -232,6 +244,8 @@ def run_check(
 
     inputs = texts + [g.text for g in golden_examples]
     releases = list(dict.fromkeys([cand_name, base_name, *extra, drift_name]))
+    for name in releases:  # a damaged release is refused before any work starts (and is logged)
+        verify_release(reg, name)
     logger.info(
         "scoring %s on %d test and %d golden utterances",
         ", ".join(releases),

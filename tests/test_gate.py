@@ -499,6 +499,70 @@ def test_bad_also_against(capsys, gate_registry, gate_data, tmp_path):
         out,
         r"unknown release 'v9'",
     )
+    refused(
+        capsys,
+        args(gate_registry, data, out, "v2", "--drift-against", "v2"),
+        out,
+        r"--drift-against v2: v2 is the candidate already; name an earlier release of its line$",
+    )
+
+
+def test_a_damaged_release_is_refused_in_one_line_before_scoring(
+    gate_registry, gate_data, tmp_path
+):
+    """Through the real command line (its logging goes to the process's stderr): one line."""
+    import subprocess
+
+    registry = Path(shutil.copytree(gate_registry, tmp_path / "adapters"))
+    head = registry / "v1" / "head.safetensors"
+    content = bytearray(head.read_bytes())
+    content[-1] ^= 0xFF
+    head.write_bytes(bytes(content))
+    out = tmp_path / "reports"
+    argv = [str(a) for a in args(registry, gate_data / "test", out, "v2", "--baseline", "v1")]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from intent_ci.cli import main; sys.exit(main())",
+            *argv,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr  # no "scoring ..." line before the error
+    assert re.match(
+        rf"intent-ci: error: {re.escape(str(head))}: sha256 .* does not match the manifest's",
+        lines[0],
+    )
+    assert not (out / "report.json").exists()
+
+
+def test_releases_of_another_line_are_refused(capsys, gate_registry, gate_data, tmp_path):
+    """A base release of another line that happens to hold only intents the candidate has (a
+    copy of v1 under another name, its own base): never a baseline, --also-against or drift
+    release, whatever the intents say."""
+    registry = Path(shutil.copytree(gate_registry, tmp_path / "adapters"))
+    shutil.copytree(registry / "v1", registry / "v9")
+    manifest = json.loads((registry / "v9" / "manifest.json").read_text())
+    manifest["release"] = "v9"
+    (registry / "v9" / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    out, data = tmp_path / "reports", gate_data / "test"
+    for flag, role in (
+        ("--baseline", "baseline"),
+        ("--also-against", "--also-against release"),
+        ("--drift-against", "drift release"),
+    ):
+        refused(
+            capsys,
+            args(registry, data, out, "v2", flag, "v9"),
+            out,
+            rf"{re.escape(role)} v9 is not on candidate v2's line \(their base releases are v9 "
+            r"and v1\); the .* must be an earlier release of the same lineage$",
+        )
 
 
 def test_base_release_needs_a_baseline(capsys, gate_registry, gate_data, tmp_path):
