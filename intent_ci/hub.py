@@ -1042,7 +1042,14 @@ def _remote_lineage(
         folder = staging / current
         folder.mkdir()
         (folder / MANIFEST).write_bytes(remote)
-        manifest = Registry(staging).manifest(current)  # shape, format and release id checks
+        try:  # shape, format and release id checks
+            manifest = Registry(staging).manifest(current)
+        except ReleaseVerificationError as err:  # name the Hub's file, not the staged copy
+            where = f"{hub.repo_id}: {RELEASES_DIR}/{current}/{MANIFEST} at tag {current}"
+            raise ReleaseVerificationError(
+                str(err).replace(str(folder / MANIFEST), where)
+                + "; nothing was written to the registry"
+            ) from None
         for file_name in manifest["files"]:
             _check_file_name(file_name, f"{RELEASES_DIR}/{current}/{MANIFEST} in {hub.repo_id}")
         chain.append((current, commit))

@@ -962,12 +962,11 @@ def check_manifest(data: Any, path: Path) -> None:
         "backbone": dict,
         "config": dict,
     }
+    kinds = {int: "an integer", str: "a string", list: "a list", dict: "an object"}
     for key, kind in required.items():
         value = data.get(key)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ReleaseVerificationError(
-                f"{path}: field `{key}` missing or not a {kind.__name__}"
-            )
+            raise ReleaseVerificationError(f"{path}: field `{key}` missing or not {kinds[kind]}")
     if data["format"] != MANIFEST_FORMAT:
         raise ReleaseVerificationError(
             f"{path}: format {data['format']} is not supported (expected {MANIFEST_FORMAT})"

@@ -349,6 +349,20 @@ def test_pull_refuses_a_manifest_listing_files_it_would_not_load(
     assert not (tmp_path / "adapters").exists()
 
 
+def test_pull_refusing_a_bad_manifest_names_the_hubs_file(hub, config, trained_registry, tmp_path):
+    push_release(trained_registry, "v1", config)
+    manifest = json.loads(hub.files(REPO)["releases/v1/manifest.json"])
+    del manifest["format"]
+    hub.tamper(REPO, "releases/v1/manifest.json", json.dumps(manifest).encode())
+    with pytest.raises(ReleaseVerificationError) as caught:
+        pull_release(config, "v1", tmp_path / "adapters")
+    assert str(caught.value) == (
+        f"{REPO}: releases/v1/manifest.json at tag v1: field `format` missing or not an integer; "
+        "nothing was written to the registry"
+    )
+    assert not (tmp_path / "adapters").exists()
+
+
 # ---- --no-replay -------------------------------------------------------------------------------
 def test_no_replay_release_loads_predicts_and_add_intent_explains(
     hub, trained_registry, tmp_path, data_dir
