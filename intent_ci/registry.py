@@ -52,7 +52,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -89,32 +88,6 @@ _MAX_POINTER_BYTES = 256
 _MAX_ALIASES_BYTES = 1 << 20
 _ANY_LATEST = object()
 """`Registry.commit`'s default ``expect_latest``: move ``LATEST`` whatever it points to."""
-
-CRASH_AFTER_ENV = "INTENT_CI_TEST_CRASH_AFTER"
-"""Crash-injection test hook: with this variable set to N, a process SIGKILLs itself at the
-Nth step of a registry write (see :func:`crash_point`). Unset, it has no effect at all."""
-_crash_steps_taken = 0
-
-
-def crash_point(step: str) -> None:
-    """Mark the end of one step of a registry write (a file written, fsynced or renamed).
-
-    This is the documented crash-injection hook of the test suite. When the environment
-    variable ``INTENT_CI_TEST_CRASH_AFTER`` is unset, which it always is outside tests, it
-    returns at once. When it holds N, the process kills itself with SIGKILL on reaching its
-    Nth step, so a test can stop a real write between any two of its system calls.
-
-    Args:
-        step: what was just done, for readers of the code (e.g. ``"renamed release"``).
-    """
-    target = os.environ.get(CRASH_AFTER_ENV)
-    if not target:
-        return
-    global _crash_steps_taken
-    _crash_steps_taken += 1
-    if str(_crash_steps_taken) == target.strip():
-        logger.debug("crash hook: SIGKILL after step %d (%s)", _crash_steps_taken, step)
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def sha256_file(path: Path) -> str:
@@ -542,7 +515,6 @@ class Registry:
         """
         try:
             with self._lock():
-                crash_point("lock acquired")
                 yield
         except Timeout:
             raise IntentCIError(
@@ -590,7 +562,6 @@ class Registry:
         self.clean_stale_staging()
         staging = self.root / f"{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
         staging.mkdir()
-        crash_point("staging folder created")
         try:
             yield staging
         except OSError as err:
@@ -624,7 +595,6 @@ class Registry:
         """
         for file in sorted(staging.iterdir()):
             _fsync_file(file)
-            crash_point(f"fsynced {file.name}")
         files = {
             p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
             for p in sorted(staging.iterdir())
@@ -645,20 +615,15 @@ class Registry:
             manifest_path.write_text(
                 json.dumps(final, indent=2, sort_keys=False) + "\n", encoding="utf-8"
             )
-            crash_point("manifest written")
             _fsync_file(manifest_path)
-            crash_point("manifest fsynced")
             _fsync_dir(staging)
-            crash_point("staging folder fsynced")
             pointer_tmp = self._prepare_small(LATEST, release + "\n") if move else None
             os.rename(staging, self.root / release)
-            crash_point("release renamed into place")
             # From here on the release exists: a failure must not claim that nothing was committed.
             try:
                 if pointer_tmp is not None:
                     self._replace_small(pointer_tmp, self.root / LATEST)
                 _fsync_dir(self.root)
-                crash_point("registry folder fsynced")
             except OSError as err:
                 raise IntentCIError(
                     f"{self.root / release}: the release was written, but moving LATEST to it failed "
@@ -674,7 +639,6 @@ class Registry:
                     "previous_latest": previous,
                 }
             )
-        crash_point("lock released")
         if not move:
             raise LatestMovedError(
                 release, previous, self._moved_message(release, final, expect_latest, previous)
@@ -785,14 +749,12 @@ class Registry:
                 pointer_tmp = self._prepare_small(LATEST, release + "\n")
                 self._replace_small(pointer_tmp, self.root / LATEST)
                 _fsync_dir(self.root)
-                crash_point("registry folder fsynced")
             except OSError as err:
                 raise IntentCIError(
                     f"{self.root / LATEST}: could not move LATEST to {release} "
                     f"({describe_os_error(err)}); it still points to {previous or 'nothing'}"
                 ) from None
             self._log_history({"event": event, "latest": release, "previous_latest": previous})
-        crash_point("lock released")
         return previous
 
     def set_alias(self, alias: str, ref: str) -> str | None:
@@ -822,7 +784,6 @@ class Registry:
                 self._log_history(
                     {"event": "alias_set", "alias": alias, "release": release, "previous": previous}
                 )
-        crash_point("lock released")
         return previous
 
     def delete_alias(self, alias: str) -> str:
@@ -849,7 +810,6 @@ class Registry:
             self._log_history(
                 {"event": "alias_delete", "alias": alias, "release": None, "previous": previous}
             )
-        crash_point("lock released")
         return previous
 
     def _write_aliases(self, aliases: dict[str, str]) -> None:
@@ -884,9 +844,7 @@ class Registry:
         tmp = self.root / f"{TMP_PREFIX}{os.getpid()}-{name.lstrip('.')}"
         try:
             tmp.write_text(text, encoding="utf-8")
-            crash_point(f"wrote temporary {name}")
             _fsync_file(tmp)
-            crash_point(f"fsynced temporary {name}")
         except BaseException:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -895,7 +853,6 @@ class Registry:
 
     def _replace_small(self, tmp: Path, path: Path) -> None:
         os.replace(tmp, path)
-        crash_point(f"replaced {path.name}")
 
     def _write_small(self, path: Path, text: str) -> None:
         """Write a small file by atomic replace (fsynced temp file, then rename)."""
@@ -924,9 +881,7 @@ class Registry:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            crash_point("history appended")
             os.fsync(fd)
-            crash_point("history fsynced")
         finally:
             os.close(fd)
 

@@ -55,7 +55,7 @@ from intent_ci.modeling import (
     lora_config,
     merge_lora,
 )
-from intent_ci.registry import MANIFEST, Registry, crash_point, describe_os_error
+from intent_ci.registry import MANIFEST, Registry, describe_os_error
 from intent_ci.replay import REPLAY_FILE, read_memory, write_memory
 
 logger = logging.getLogger(__name__)
@@ -113,7 +113,6 @@ def write_staged(path: Path, write: Callable[[], None]) -> None:
             f"{path.parent.parent}: could not write {path.name} of the new release "
             f"({describe_os_error(err)}); nothing was committed and the registry is unchanged"
         ) from None
-    crash_point(f"wrote {path.name}")
 
 
 def write_staged_json(path: Path, payload: Any, **dump: Any) -> None:

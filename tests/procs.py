@@ -20,8 +20,6 @@ from dataclasses import dataclass
 
 import torch
 
-from intent_ci import registry as registry_module
-
 
 @dataclass
 class Child:
@@ -42,16 +40,14 @@ class Child:
 def start(
     target: Callable[[], int | None],
     *,
-    crash_after: int | None = None,
     before: Callable[[], None] | None = None,
 ) -> tuple[int, int]:
     """Fork a child that runs `target` and exits with its return value; return (pid, read fd).
 
     Args:
         target: what the child runs; an exception exits with status 3 after printing it.
-        crash_after: set ``INTENT_CI_TEST_CRASH_AFTER`` in the child only (the registry's
-            crash-injection hook), so the child SIGKILLs itself at that write step.
-        before: run in the child first (e.g. to set a resource limit).
+        before: run in the child first (e.g. to set a resource limit, or to install
+            `tests.crashing` so the child SIGKILLs itself at one step of a registry write).
     """
     read_fd, write_fd = os.pipe()
     pid = os.fork()
@@ -64,9 +60,6 @@ def start(
         stream = io.TextIOWrapper(os.fdopen(write_fd, "wb"), line_buffering=True)
         sys.stdout = sys.stderr = stream
         torch.set_num_threads(1)
-        if crash_after is not None:
-            os.environ[registry_module.CRASH_AFTER_ENV] = str(crash_after)
-            registry_module._crash_steps_taken = 0
         if before is not None:
             before()
         code = int(target() or 0)

@@ -1,14 +1,17 @@
 """Fault and load tests: SIGKILL at every step of real release writes, and concurrent writers.
 
-Crash injection uses the registry's documented test hook: with ``INTENT_CI_TEST_CRASH_AFTER=N``
-a process SIGKILLs itself at the Nth step of a registry write (a file written, fsynced,
-renamed; the lock taken or released). Unset, the hook does nothing. To keep this fast, one
+The registry has no crash hook: `tests.crashing`, installed in a child process only, wraps the
+system calls through which a registry write changes the disk or takes its lock (mkdir, open for
+writing and close, write, sendfile, fsync, rename, replace, flock) and SIGKILLs the child just
+before its Nth such call on a path inside the registry. A first run of each write counts its
+steps (and must see the steps that make it atomic, or the kills would prove nothing); then the
+write is killed before every one of them, in a seeded shuffled order. To keep this fast, one
 add-intent is trained once (1 epoch on the tiny RoBERTa) and the arguments of its release write
 are recorded; each kill point then runs only the real write (`pipeline._write_release`: stage,
 `save_model_files`, `Registry.commit`) in a forked child. A second series kills after seeded
-random delays (the parent sends SIGKILL, no hook), which lands inside library calls such as
-safetensors' own writes. One more kill runs `python -m intent_ci.cli add-intent` in a fresh
-interpreter, end to end.
+random delays (the parent sends SIGKILL), which lands inside library calls such as safetensors'
+own writes, out of the interceptor's reach. One more kill runs the CLI's add-intent in a fresh
+interpreter (`crashing.LAUNCHER`), end to end.
 
 After every kill: `intent-ci verify --all` exits 0, at most one new release exists and it is
 complete, LATEST is the previous latest or that new release, the previous latest loads and
@@ -39,9 +42,9 @@ from intent_ci.config import ReleaseConfig
 from intent_ci.lifecycle import retire_intents, rollback
 from intent_ci.modeling import load_backbone
 from intent_ci.pipeline import add_intents
-from intent_ci.registry import CRASH_AFTER_ENV, Registry
+from intent_ci.registry import STAGING_PREFIX, Registry
 from intent_ci.release import IntentClassifier, load_release
-from tests import procs
+from tests import crashing, procs
 from tests.conftest import BASE_INTENTS, make_utterances
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,17 +149,40 @@ class Watch:
         self.releases, self.latest = now, latest
 
 
-def _count_steps(target) -> int:
-    """Run `target` once to the end with the hook counting (never firing); return its steps."""
-    from intent_ci import registry as registry_module
+REQUIRED_STEPS = {
+    "add-intent": [
+        r"os\.mkdir\(\.staging-[^/]+\)",
+        r"close\(\.staging-[^/]+/manifest\.json\)",
+        r"os\.fsync\(\.staging-[^/]+/manifest\.json\)",
+        r"os\.rename\(\.staging-[^/]+ -> v\d+\)",
+        r"os\.replace\(\.tmp-\d+-LATEST -> LATEST\)",
+        r"flock\(\.lock, lock\)",
+        r"os\.write\(HISTORY\.jsonl\)",
+        r"flock\(\.lock, unlock\)",
+    ],
+    "rollback": [
+        r"flock\(\.lock, lock\)",
+        r"close\(\.tmp-\d+-LATEST\)",
+        r"os\.replace\(\.tmp-\d+-LATEST -> LATEST\)",
+        r"os\.write\(HISTORY\.jsonl\)",
+        r"flock\(\.lock, unlock\)",
+    ],
+}
+"""Steps the counting run of each write must see: the ones that make it atomic and serialised."""
+REQUIRED_STEPS["retire"] = REQUIRED_STEPS["add-intent"]
+
+
+def _count_steps(root: Path, target) -> list[str]:
+    """Run `target` to the end in a child whose registry steps are recorded, never killed."""
 
     def counted():
+        steps = crashing.install(root)
         target()
-        print(f"steps={registry_module._crash_steps_taken}")
+        print("".join(f"\nstep: {step}" for step in steps.taken))
 
-    child = procs.run(counted, crash_after=10**9)
+    child = procs.run(counted)
     assert child.exit_code == 0, child.output
-    return int(re.search(r"steps=(\d+)", child.output).group(1))
+    return re.findall(r"^step: (.*)$", child.output, re.M)
 
 
 def test_sigkill_at_every_write_step_never_leaves_a_partial_release(pending_add, capsys):
@@ -178,17 +204,22 @@ def test_sigkill_at_every_write_step_never_leaves_a_partial_release(pending_add,
 
     survived: dict[str, int] = {}
     for name, target in (("add-intent", add), ("retire", retire), ("rollback", roll_back)):
-        steps = _count_steps(target)  # this run finishes normally and commits
+        steps = _count_steps(root, target)  # this run finishes normally and commits
+        for required in REQUIRED_STEPS[name]:
+            assert any(re.fullmatch(required, step) for step in steps), (name, required, steps)
         watch.check(procs.Child(0, ""), targets={"v1", "v2"}, cleaned=False)
-        points = list(range(1, steps + 1))
+        points = list(range(1, len(steps) + 1))
         rng.shuffle(points)  # seeded order: each kill meets the state the earlier ones left
         for point in points:
-            child = procs.run(target, crash_after=point)
-            assert child.killed, f"{name}: step {point} of {steps} did not kill: {child.output}"
+            child = procs.run(target, before=lambda p=point: crashing.install(root, kill_at=p))
+            assert child.killed, (
+                f"{name}: step {point} of {len(steps)} ({steps[point - 1]}) did not kill: "
+                f"{child.output}"
+            )
             watch.check(child, targets={"v1", "v2"}, cleaned=True)
-        survived[name] = steps
+        survived[name] = len(steps)
 
-    # Kills at seeded random times (SIGKILL from outside, no hook), over the span of a write.
+    # Kills at seeded random times (the parent sends SIGKILL), over the span of a write.
     started = time.perf_counter()
     child = procs.run(add)
     span = time.perf_counter() - started
@@ -206,29 +237,33 @@ def test_sigkill_at_every_write_step_never_leaves_a_partial_release(pending_add,
     assert not registry.stale_staging()
     assert int(registry.latest()[1:]) > highest
     total = sum(survived.values())
-    assert total >= 50, survived
-    print(f"\nkill points survived: {survived} = {total} hook kills + {timed} timed kills")
+    assert total >= 80, survived  # 34 + 40 + 9 when written
+    print(f"\nkill points survived: {survived} = {total} step kills + {timed} timed kills")
 
 
 def test_sigkill_of_a_cli_add_intent_in_a_fresh_interpreter(tmp_path, trained_registry, data_dir):
-    """The hook through the real entry point: `python -m intent_ci.cli add-intent`, killed."""
+    """Through the real entry point: the CLI's add-intent in a fresh interpreter, killed.
+
+    `crashing.LAUNCHER` installs the interceptor before anything of intent_ci is imported, then
+    runs `intent_ci.cli.main`. Steps are counted from the staging folder's creation, so the
+    kill lands in the release write, not in the preflight's probe of the registry.
+    """
     root = Path(shutil.copytree(trained_registry, tmp_path / "adapters"))
     config = tmp_path / "one-epoch.yaml"
     config.write_text(yaml.safe_dump({"train": {"add_intent_epochs": 1}}), encoding="utf-8")
     registry = Registry(root)
     before = {name: IntentClassifier.load(root, name).logits(PROBE) for name in ("v1", "v2")}
-    point = random.Random(SEED).randint(1, 20)  # staging, file writes, fsyncs, lock, rename
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(REPO),
-        HF_HUB_OFFLINE="1",
-        OMP_NUM_THREADS="1",
-        **{CRASH_AFTER_ENV: str(point)},
+    # An add-intent's release write has 34 steps (the test above counts them): all kill.
+    point = random.Random(SEED).randint(1, 30)
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    command = [sys.executable, "-c", crashing.LAUNCHER, str(root), str(point), STAGING_PREFIX]
+    argv = ["add-intent", "--registry", str(root)]
+    argv += ["--data", str(data_dir / "new" / "report_damage.txt"), "--config", str(config)]
+    killed = subprocess.run(
+        [*command, *argv], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
-    command = [sys.executable, "-m", "intent_ci.cli", "add-intent", "--registry", str(root)]
-    command += ["--data", str(data_dir / "new" / "report_damage.txt"), "--config", str(config)]
-    killed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]
+    assert f"crashing: SIGKILL before step {point}: " in killed.stderr, killed.stderr[-2000:]
 
     assert main(["verify", "--all", "--registry", str(root)]) == 0
     assert registry.releases() in (["v1", "v2"], ["v1", "v2", "v3"])
@@ -237,7 +272,7 @@ def test_sigkill_of_a_cli_add_intent_in_a_fresh_interpreter(tmp_path, trained_re
     assert registry.latest() in ("v2", "v3")
 
     # The next run (same CLI, forked from this process to save an interpreter start) cleans up.
-    rerun = procs.run(lambda: main(command[3:]))
+    rerun = procs.run(lambda: main(argv))
     assert rerun.exit_code == 0, rerun.output
     assert not registry.stale_staging()
     assert registry.latest() == registry.releases()[-1]
