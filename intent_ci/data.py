@@ -3,9 +3,9 @@
 Accepted sources:
 
 * a CSV file or a JSONL file with ``text`` and ``intent`` columns;
-* the ``serve`` traffic log (JSONL, or a CSV export of it) with a reviewed ``label`` column: its
-  ``intent`` column is the release's own prediction, never a label, so only rows a person
-  labelled are read;
+* the ``serve`` traffic log (JSONL, or a CSV export of it, or any table with ``text`` and a
+  reviewed ``label`` column): a log's ``intent`` column is the release's own prediction, never a
+  label, so only rows a person labelled are read;
 * a single ``<intent>.txt`` file, or a folder of them, one utterance per line;
 * a `datasets.Dataset` or `datasets.DatasetDict` with ``text`` and ``intent`` columns.
 
@@ -52,10 +52,14 @@ class IntentData:
     """Validated examples: a `datasets.Dataset` with ``text``, ``intent`` and ``source`` columns.
 
     ``source`` is ``"file:line"`` for every row, so later checks can still point at the input.
+    ``reviewed`` marks rows a person labelled in traffic (a ``label`` column, see
+    `_from_reviewed`): there a row that confirms what a release already stores is expected, not
+    a mistake.
     """
 
     dataset: datasets.Dataset
     origin: str
+    reviewed: bool = False
 
     @property
     def intents(self) -> list[str]:
@@ -72,7 +76,7 @@ class IntentData:
         if not self.oos_count:
             return self
         keep = [i for i, intent in enumerate(self.dataset[INTENT]) if intent != OOS_LABEL]
-        return IntentData(self.dataset.select(keep), self.origin)
+        return IntentData(self.dataset.select(keep), self.origin, self.reviewed)
 
     def oos_texts(self) -> list[str]:
         """The utterances labelled ``oos``."""
@@ -195,11 +199,13 @@ def _table_rows(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]
     return columns, rows
 
 
-def _from_serve_log(path: Path, rows: list[tuple[int, dict]]) -> datasets.Dataset:
-    """The reviewed rows of a ``serve`` traffic log: ``text`` labelled with ``label``.
+def _from_reviewed(path: Path, rows: list[tuple[int, dict]]) -> datasets.Dataset:
+    """The reviewed rows of a ``serve`` traffic log or an export of it: ``text`` labelled with
+    ``label``.
 
     Rows without a label (not reviewed) or without text (``serve --redact``) are skipped and
-    counted; a repeated (utterance, label) pair is read once.
+    counted; a repeated (utterance, label) pair is read once. An ``intent`` column, the
+    release's prediction, is never read.
     """
     texts, intents, sources = [], [], []
     unreviewed = redacted = repeated = 0
@@ -228,14 +234,14 @@ def _from_serve_log(path: Path, rows: list[tuple[int, dict]]) -> datasets.Datase
         sources.append(where)
     if not texts:
         raise IntentCIError(
-            f"{path}: a serve traffic log with no reviewed rows ({unreviewed} without a "
+            f"{path}: a reviewed traffic file with no reviewed rows ({unreviewed} without a "
             f"`{REVIEWED}`, {redacted} redacted); its `{INTENT}` column is the release's own "
             f"prediction, not a label: add a `{REVIEWED}` column with the right intent (or "
             f"`{OOS_LABEL}`) to the rows to learn from"
         )
     if unreviewed or redacted or repeated:
         logger.warning(
-            "%s: serve traffic log: read %d reviewed row(s); skipped %d without a `%s` "
+            "%s: reviewed traffic: read %d reviewed row(s); skipped %d without a `%s` "
             "(not reviewed), %d redacted (no text) and %d repeats of a reviewed utterance",
             path,
             len(texts),
@@ -247,11 +253,19 @@ def _from_serve_log(path: Path, rows: list[tuple[int, dict]]) -> datasets.Datase
     return datasets.Dataset.from_dict({TEXT: texts, INTENT: intents, SOURCE: sources})
 
 
-def _from_table(path: Path, cfg: DataConfig) -> datasets.Dataset:
+def _from_table(path: Path, cfg: DataConfig) -> tuple[datasets.Dataset, bool]:
+    """The rows of a CSV or JSONL file, and whether they are reviewed traffic.
+
+    A table is reviewed traffic when it is a ``serve`` log (its columns) or has ``text`` and
+    ``label`` columns: an export of a log keeps ``label`` even when it drops the log's other columns, and
+    reading its ``intent`` (the release's prediction) as the label would teach the release its
+    own mistakes.
+    """
     text = _read_utf8(path, cfg.max_chars)
     columns, rows = _table_rows(path, text)
-    if all(c in columns for c in SERVE_LOG_COLUMNS) and rows:
-        return _from_serve_log(path, rows)
+    serve_log = all(c in columns for c in SERVE_LOG_COLUMNS)
+    if rows and (serve_log or (REVIEWED in columns and TEXT in columns)):
+        return _from_reviewed(path, rows), True
     missing = [c for c in (TEXT, INTENT) if c not in columns]
     if missing:
         raise IntentCIError(
@@ -275,7 +289,7 @@ def _from_table(path: Path, cfg: DataConfig) -> datasets.Dataset:
         texts.append(value.strip())
         intents.append(intent.strip())
         sources.append(where)
-    return datasets.Dataset.from_dict({TEXT: texts, INTENT: intents, SOURCE: sources})
+    return datasets.Dataset.from_dict({TEXT: texts, INTENT: intents, SOURCE: sources}), False
 
 
 def _from_dataset(data: datasets.Dataset | datasets.DatasetDict, split: str) -> datasets.Dataset:
@@ -320,6 +334,7 @@ def read_examples(
         IntentCIError: naming the file and line for every kind of bad input.
     """
     cfg = cfg or DataConfig()
+    reviewed = False
     if isinstance(source, (datasets.Dataset, datasets.DatasetDict)):
         origin = "dataset"
         dataset = _from_dataset(source, split)
@@ -350,13 +365,13 @@ def read_examples(
         elif path.suffix == ".txt":
             dataset = _from_txt(path, path.stem, cfg)
         elif path.suffix.lower() in (".csv", ".jsonl"):
-            dataset = _from_table(path, cfg)
+            dataset, reviewed = _from_table(path, cfg)
         else:
             raise IntentCIError(
                 f"{path}: unsupported file type {path.suffix!r}; expected .csv, .jsonl, .txt or a folder"
             )
     _validate(dataset, cfg, set(known_intents))
-    return IntentData(dataset=dataset, origin=origin)
+    return IntentData(dataset=dataset, origin=origin, reviewed=reviewed)
 
 
 def _validate(dataset: datasets.Dataset, cfg: DataConfig, known: set[str]) -> None:

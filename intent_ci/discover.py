@@ -564,11 +564,14 @@ class Discovery:
     # the JSON)
     scored: Scored | None = None
     chosen: np.ndarray | None = None
+    # `dedup_key`s of the release's replay memory: an existing intent's examples file leaves
+    # out what the release already stores (not in the JSON)
+    stored: frozenset[str] = frozenset()
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for f in fields(self):
-            if f.name in ("plot", "scored", "chosen"):
+            if f.name in ("plot", "scored", "chosen", "stored"):
                 continue
             value = getattr(self, f.name)
             out[f.name] = [asdict(c) for c in value] if f.name == "candidates" else value
@@ -909,6 +912,7 @@ def discover(classifier: Any, traffic: Traffic, cfg: DiscoverConfig | None = Non
         config=asdict(cfg),
         scored=scored,
         chosen=chosen,
+        stored=frozenset(dedup_key(t) for ts in classifier.release.replay.values() for t in ts),
     )
     if not len(chosen):
         result.message = (
@@ -1058,10 +1062,15 @@ def write_candidates(result: Discovery, out: str | Path, *, force: bool = False)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         written = []
-        belongs_rows = []
+        belongs_rows, already = [], 0
         for c in result.candidates:
             if c.belongs_to is not None:
-                belongs_rows += [(u["text"], c.belongs_to) for u in c.utterances]
+                # an utterance the release already stores is no new example (and `update`
+                # refuses a row that gives a stored utterance the intent it has)
+                rows = [(u["text"], c.belongs_to) for u in c.utterances]
+                kept = [r for r in rows if dedup_key(r[0]) not in result.stored]
+                belongs_rows += kept
+                already += len(rows) - len(kept)
                 continue
             c.file = f"{c.name}.txt"
             (staging / c.file).write_text(
@@ -1080,6 +1089,7 @@ def write_candidates(result: Discovery, out: str | Path, *, force: bool = False)
         payload["files"] = {
             "candidates": [c.file for c in result.candidates if c.file],
             "existing_intent_examples": EXISTING_EXAMPLES if belongs_rows else None,
+            "existing_intent_examples_already_stored": already,
         }
         (staging / CANDIDATES_JSON).write_text(
             json.dumps(payload, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"

@@ -90,7 +90,9 @@ from intent_ci.training import (
 )
 from intent_ci.update import (
     FROM_MEMORY,
+    check_not_emptied,
     check_relabels,
+    confirmations,
     find_corrections,
     known_embeddings,
     memory_changes,
@@ -864,6 +866,27 @@ def _child_release(
         )
         check_has_intents(all_new, "the intents' (existing or new)")
         new_data = all_new.in_scope()
+        confirmed = confirmations(
+            new_data.dataset[TEXT], new_data.dataset[INTENT], parent_release.replay
+        )
+        if confirmed and all_new.reviewed:
+            # A reviewer confirming the release's answer on an utterance it already stores
+            # teaches nothing; in reviewed traffic that is expected, so the row is skipped.
+            logger.warning(
+                "%s: skipped %d reviewed row(s) whose utterance release %s already stores "
+                "under that intent (nothing to learn)",
+                all_new.origin,
+                len(confirmed),
+                parent_release.name,
+            )
+            drop = set(confirmed)
+            keep = [r for r in range(len(new_data)) if r not in drop]
+            new_data = IntentData(new_data.dataset.select(keep), new_data.origin, True)
+            if not len(new_data):
+                raise IntentCIError(
+                    f"{all_new.origin}: every reviewed row labels an utterance release "
+                    f"{parent_release.name} already stores under that intent; nothing to update"
+                )
         check_relabels(
             new_data.dataset[TEXT],
             new_data.dataset[INTENT],
@@ -1000,6 +1023,7 @@ def _child_release(
             "memory" if c.evidence == FROM_MEMORY else "prediction",
         )
     memory = without_moved(parent_release.replay, corrections)
+    check_not_emptied(parent_release.replay, memory, updated, corrections, parent_release.name)
 
     # Neighbours: the old intents the parent takes each new or updated intent's utterances
     # for. They are the old intents the release most risks confusing with the ones it

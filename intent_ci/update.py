@@ -54,6 +54,16 @@ def memory_index(memory: dict[str, list[str]]) -> dict[str, str]:
     return index
 
 
+def confirmations(texts: list[str], intents: list[str], memory: dict[str, list[str]]) -> list[int]:
+    """Rows whose utterance the parent's replay memory already stores under the row's intent."""
+    index = memory_index(memory)
+    return [
+        row
+        for row, (text, intent) in enumerate(zip(texts, intents, strict=True))
+        if index.get(normalise(text)) == intent
+    ]
+
+
 def check_relabels(
     texts: list[str],
     intents: list[str],
@@ -64,18 +74,49 @@ def check_relabels(
     """Refuse rows that 'correct' an utterance to the intent the parent's memory already gives it.
 
     Such a row teaches nothing (the release already stores that label for it), and in a file of
-    corrections it almost always means the wrong column was copied.
+    corrections it almost always means the wrong column was copied. (Reviewed traffic is read
+    differently: there a reviewer confirming the release's answer is expected, and the pipeline
+    skips such rows instead.)
 
     Raises:
         IntentCIError: naming the file and line of the first such row.
     """
-    index = memory_index(memory)
-    for text, intent, where in zip(texts, intents, sources, strict=True):
-        if index.get(normalise(text)) == intent:
+    for row in confirmations(texts, intents, memory)[:1]:
+        raise IntentCIError(
+            f"{sources[row]}: utterance {texts[row]!r} already has intent {intents[row]!r} in "
+            f"release {release} (its replay memory stores it under that intent), so there is "
+            "nothing to correct; remove the line, or give the intent it should have"
+        )
+
+
+def check_not_emptied(
+    parent: dict[str, list[str]],
+    after: dict[str, list[str]],
+    updated: list[str],
+    corrections: list[Correction],
+    release: str,
+) -> None:
+    """Refuse corrections that move every replay exemplar of an intent away from it.
+
+    The intent would stay in the label map with nothing to replay, calibrate or learn from in
+    the next release: almost always a bulk relabel that went too far.
+
+    Args:
+        parent: the parent's replay memory; `after`, the same less the moved utterances.
+        updated: intents the file gives rows of (their memory is re-chosen over those rows).
+
+    Raises:
+        IntentCIError: naming the intent and the file lines of the first corrections.
+    """
+    for intent, texts in parent.items():
+        if texts and not after.get(intent) and intent not in set(updated):
+            lines = [c.source for c in corrections if c.previous == intent]
+            shown = ", ".join(lines[:3]) + (f" and {len(lines) - 3} more" if len(lines) > 3 else "")
             raise IntentCIError(
-                f"{where}: utterance {text!r} already has intent {intent!r} in release {release} "
-                "(its replay memory stores it under that intent), so there is nothing to correct; "
-                "remove the line, or give the intent it should have"
+                f"{shown}: these corrections move all {len(texts)} replay exemplars of intent "
+                f"{intent!r} in release {release} to other intents, which would leave "
+                f"{intent!r} with nothing to learn from; add utterances of {intent!r} to the "
+                f"file, or retire it first (`intent-ci retire {intent}`)"
             )
 
 

@@ -30,14 +30,16 @@ def refused(capsys, argv: list, registry: Path, pattern: str) -> str:
     """Run the CLI and check the refusal contract; return stderr.
 
     `pattern` is a regex for the text after ``intent-ci: error: ``; it must match at the start
-    of a stderr line. The registry folder (or its absence) must be exactly as before.
+    of a stderr line (or after a carriage return: a progress bar clears its line with one, and
+    a terminal shows the error from column 0). The registry folder (or its absence) must be
+    exactly as before.
     """
     before, existed = snapshot(registry), registry.exists()
     code = main([str(a) for a in argv])
     err = capsys.readouterr().err
     assert code == 2, f"exit code {code}, stderr:\n{err}"
     assert "Traceback" not in err, err
-    assert re.search(r"^intent-ci: error: " + pattern, err, re.MULTILINE), (
+    assert re.search(r"(?:^|\r)intent-ci: error: " + pattern, err, re.MULTILINE), (
         f"stderr does not match {pattern!r}:\n{err}"
     )
     assert registry.exists() == existed
@@ -225,6 +227,41 @@ def test_update_correcting_an_utterance_to_the_intent_it_already_has(capsys, reg
         r"release v2 \(its replay memory stores it under that intent\), so there is nothing to "
         r"correct; remove the line, or give the intent it should have$",
     )
+
+
+def test_update_moving_every_exemplar_of_an_intent_away(capsys, registry, tmp_path):
+    """A bulk relabel of all of an intent's replay exemplars would leave it with nothing to
+    learn from (it stayed in the label map with an empty memory); refused, naming the lines."""
+    from intent_ci.registry import Registry
+    from intent_ci.replay import read_memory
+
+    stored = read_memory(Registry(registry).root / "v2" / "replay.json")["card_lost"]
+    assert len(stored) > 3
+    fixes = write_rows(tmp_path / "fixes.csv", [(t, "check_balance") for t in stored])
+    refused(
+        capsys,
+        ["update", "--data", fixes, "--registry", registry],
+        registry,
+        rf"{esc(fixes)}:2, {esc(fixes)}:3, {esc(fixes)}:4 and {len(stored) - 3} more: these "
+        rf"corrections move all {len(stored)} replay exemplars of intent 'card_lost' in release "
+        r"v2 to other intents, which would leave 'card_lost' with nothing to learn from; add "
+        r"utterances of 'card_lost' to the file, or retire it first \(`intent-ci retire "
+        r"card_lost`\)$",
+    )
+    # Moving all but one is a valid update.
+    assert (
+        main(
+            [
+                "update",
+                "--data",
+                str(write_rows(tmp_path / "most.csv", [(t, "check_balance") for t in stored[1:]])),
+                "--registry",
+                str(registry),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
 
 
 def test_update_from_an_unknown_release(capsys, registry, tmp_path):

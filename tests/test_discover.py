@@ -517,6 +517,7 @@ def test_discover_command_writes_candidates_add_intent_accepts(
     from intent_ci.cli import main
     from intent_ci.data import read_examples
     from intent_ci.registry import Registry
+    from intent_ci.release import load_release
 
     registry = tmp_path / "adapters"
     shutil.copytree(trained_registry, registry)
@@ -579,10 +580,25 @@ def test_discover_command_writes_candidates_add_intent_accepts(
     flagged.write_text(
         config.read_text().replace("belongs_similarity: 1.0", "belongs_similarity: 0.01")
     )
+    # Traffic that repeats what the release already stores: those utterances are no new
+    # examples, and `update` would refuse them, so the examples file leaves them out.
+    memory = load_release(Registry(registry), "v2").replay
+    stored = [t for intent in ("card_lost", "check_balance") for t in memory[intent]]
+    (folder / "b.txt").write_text("\n".join(stored) + "\n")
     assert main([*args[:-1], str(flagged), "--release", "v2", "--force"]) == 0
     assert not list(out.glob("*.txt"))  # every candidate sits near an existing intent
     examples = read_examples(out / "existing_intent_examples.csv")
     assert set(examples.intents) <= set(Registry(registry).manifest("v2")["intents"])
+    summary = json.loads((out / CANDIDATES_JSON).read_text())
+    flagged_texts = [u["text"] for c in summary["candidates"] for u in c["utterances"]]
+    repeats = [t for t in flagged_texts if t in set(stored)]
+    assert repeats and not set(examples.dataset["text"]) & set(stored)
+    assert summary["files"]["existing_intent_examples_already_stored"] == len(repeats)
+    assert len(examples) == len(flagged_texts) - len(repeats)
+    # ... so `update` reads the file as it is.
+    examples_file = str(out / "existing_intent_examples.csv")
+    update = ["update", "--data", examples_file, "--from", "v2", "--registry", str(registry)]
+    assert main(update) == 0
 
 
 def test_discovery_threshold_widens_the_net_to_its_target_recall(trained_registry, data_dir):

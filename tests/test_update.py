@@ -686,3 +686,50 @@ def test_update_learns_from_a_reviewed_serve_log(trained_registry, tmp_path, cap
     assert manifest["updated_intents"] == ["transfer_money"] and manifest["new_intents"] == []
     assert "card_lost" not in manifest["updated_intents"]
     capsys.readouterr()
+
+
+def test_an_export_with_a_label_column_is_read_by_that_label(tmp_path):
+    """A reviewed export that dropped the log's other columns (`text,intent,label`) is still
+    read by `label`: its `intent` is the release's prediction, and reading it would teach the
+    release its own mistakes."""
+    from intent_ci.data import read_examples
+
+    texts = make_utterances("transfer_money", 3, seed=13)
+    path = tmp_path / "reviewed.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "intent", "label"])
+        writer.writerows([[texts[0], "card_lost", "transfer_money"], [texts[1], "card_lost", ""]])
+        writer.writerow([texts[2], "card_lost", "transfer_money"])
+    data = read_examples(path, known_intents=["transfer_money", "card_lost"])
+    assert list(data.dataset["intent"]) == ["transfer_money", "transfer_money"]
+    assert list(data.dataset["text"]) == [texts[0], texts[2]] and data.reviewed
+    # `text,label` alone is the same.
+    bare = tmp_path / "bare.csv"
+    bare.write_text(f"text,label\n{texts[0]},transfer_money\n", encoding="utf-8")
+    assert list(read_examples(bare, known_intents=["transfer_money"]).dataset["intent"]) == [
+        "transfer_money"
+    ]
+
+
+def test_update_skips_reviewed_rows_that_confirm_what_the_release_stores(
+    trained_registry, tmp_path, capsys, caplog
+):
+    """A reviewer confirming the release's answer on an utterance in its replay memory teaches
+    nothing: in reviewed traffic the row is skipped (in a fixes file it is refused, see
+    test_bad_input); a log of nothing but such rows is refused."""
+    registry = Path(shutil.copytree(trained_registry, tmp_path / "adapters"))
+    reg = Registry(registry)
+    stored = load_release(reg, "v2").replay["card_lost"][:2]
+    texts = [stored[0], *make_utterances("transfer_money", 70, seed=11)[-2:]]
+    path = _reviewed_log(tmp_path / "log", texts, ["card_lost", "transfer_money", "transfer_money"])
+    with caplog.at_level("WARNING", logger="intent_ci.pipeline"):
+        assert main(["update", "--data", str(path), "--registry", str(registry)]) == 0
+    assert "skipped 1 reviewed row(s) whose utterance release v2 already stores" in caplog.text
+    manifest = reg.manifest(reg.resolve("latest"))
+    assert manifest["updated_intents"] == ["transfer_money"] and manifest["corrections"] == []
+    only = _reviewed_log(tmp_path / "only", stored, ["card_lost", "card_lost"])
+    latest = reg.resolve("latest")
+    assert main(["update", "--data", str(only), "--registry", str(registry)]) == 2
+    assert "every reviewed row labels an utterance release" in capsys.readouterr().err
+    assert reg.resolve("latest") == latest
