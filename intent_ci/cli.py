@@ -83,7 +83,8 @@ def _read_overrides(path: str | None) -> dict[str, Any]:
         return {}
     if not isinstance(values, dict):
         raise IntentCIError(
-            f"{file}: expected a mapping of sections (data, model, train, distill, replay)"
+            f"{file}: expected a mapping of sections (data, model, train, distill, replay, oos, "
+            "fallback)"
         )
     return values
 
@@ -958,7 +959,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="CSV/JSONL with text,intent columns, or a folder of <intent>.txt",
     )
     p.add_argument(
-        "--config", help="YAML overriding config fields (model/train/distill/replay/data)"
+        "--config",
+        help="YAML overriding config fields (model/train/distill/replay/data/oos/fallback)",
     )
     p.add_argument(
         "--backbone",
@@ -981,7 +983,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--from", dest="from_release", default="latest", help="parent release (default: latest)"
     )
-    p.add_argument("--config", help="YAML overriding train/distill/replay/data fields")
+    p.add_argument("--config", help="YAML overriding train/distill/replay/data/oos fields")
     p.add_argument(
         "--eval-data", help="held-out utterances of old and new intents, scored after training"
     )
@@ -1001,7 +1003,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--from", dest="from_release", default="latest", help="parent release (default: latest)"
     )
-    p.add_argument("--config", help="YAML overriding train/distill/replay/data fields")
+    p.add_argument("--config", help="YAML overriding train/distill/replay/data/oos fields")
     p.add_argument(
         "--eval-data", help="held-out utterances of the release's intents, scored after training"
     )
@@ -1107,7 +1109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-replay",
         action="store_true",
-        help="leave out replay.json (training utterances); the release still loads and predicts",
+        help="leave out replay.json and calibration.json (training and held-out utterances); "
+        "the release still loads and predicts",
     )
     p.add_argument(
         "--gate-report",

@@ -934,7 +934,7 @@ class ServeConfig:
             "help": "`torch`, or `onnx`: export the merged release to ONNX at load, check it "
             "against torch (max |dprob| <= 1e-4, else the release is refused) and run it with "
             'ONNX Runtime (pip install "intent-ci[onnx]"). On MiniLM on CPU ONNX Runtime ran '
-            "1.25x torch on batches of 64 and 2.8x on single utterances "
+            "1.23x torch on batches of 64 and 2.3x on single utterances on a quiet machine "
             "(scripts/bench_serve.py); loading takes longer by the export.",
             "metavar": "{torch,onnx}",
         },

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from intent_ci.config import GateConfig
-from intent_ci.data import GoldenExample
+from intent_ci.data import OOS_LABEL, GoldenExample
 from intent_ci.evaluation import intent_regression_metric
 from intent_ci.metrics.intent_regression.intent_regression import (
     mcnemar_one_sided,
@@ -441,12 +441,17 @@ def rule_confusions(stats: dict[str, Any]) -> RuleResult:
         f"{c['true']} -> {c['predicted']}{' (new)' if c['to_new_intent'] else ''} x{c['count']}"
         for c in pairs[:3]
     )
+    rejected = stats.get("broken_rejected", 0)
     return RuleResult(
         "confusions",
         "info",
         f"{stats['broken_to_new_intents']} of {broken} newly broken old-intent utterances went to "
-        f"new intents; top: {top}",
-        details={"broken": broken, "to_new_intents": stats["broken_to_new_intents"]},
+        f"new intents{f', {rejected} rejected as out of scope' if rejected else ''}; top: {top}",
+        details={
+            "broken": broken,
+            "to_new_intents": stats["broken_to_new_intents"],
+            "rejected": rejected,
+        },
     )
 
 
@@ -647,4 +652,5 @@ def paired_statistics(
         alpha=cfg.alpha,
         correction=cfg.per_intent_correction,
         top_confusions=cfg.top_confusions,
+        rejected_label=OOS_LABEL,
     )

@@ -4,8 +4,8 @@ The merged model (encoder with LoRA folded in, pooling, head) is exported with
 `torch.onnx.export` once per load, checked against torch on the release's own utterances, and
 then stands in for the model's forward pass inside `IntentClassifier`: tokenization, batching,
 softmax and the out-of-scope score stay exactly as they are. On all-MiniLM-L6-v2 on CPU at
-equal thread counts, ONNX Runtime ran 1.25x torch's utterances/s on batches of 64 and 2.8x on
-single utterances, with max |Δprob| 1.1e-6 (scripts/results/bench_serve.md).
+equal thread counts on a quiet machine, ONNX Runtime ran 1.23x torch's utterances/s on batches
+of 64 and 2.3x on single utterances, with max |Δprob| 1.8e-6 (scripts/results/bench_serve.md).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from intent_ci.calibration import (
     holdout_split,
     make_bank,
 )
-from intent_ci.config import ReleaseConfig, apply_overrides
+from intent_ci.config import DistillConfig, ReleaseConfig, apply_overrides
 from intent_ci.data import (
     INTENT,
     OOS_LABEL,
@@ -828,6 +828,18 @@ def update_release(
     )
 
 
+def _child_distill(config: ReleaseConfig, updates: bool) -> DistillConfig:
+    """The distillation settings a child release trains with: an `update` of existing intents
+    has weights of its own (`distill.update_head_weight`, `distill.update_weight`)."""
+    distill = config.distill
+    head_mode = updates and config.train.update_mode == "head"
+    if head_mode and distill.update_head_weight is not None:
+        return dataclasses.replace(distill, weight=distill.update_head_weight)
+    if updates and not head_mode and distill.update_weight is not None:
+        return dataclasses.replace(distill, weight=distill.update_weight)
+    return distill
+
+
 def _child_release(
     data: DataSource,
     registry: str | Path | Registry,
@@ -852,11 +864,23 @@ def _child_release(
         raise IntentCIError(
             f"release {parent_release.name} has no replay memory (it was pushed to the Hub with "
             "--no-replay), so its old intents have no exemplars to train on; set `replay.enabled: "
-            "false` in --config to rely on distillation alone, or train from a release that "
-            "has its replay.json"
+            "false` and a distillation weight (`distill.weight: 3.0`, the recipe measured with "
+            "distillation) in --config to rely on distillation alone, or train from a release "
+            "that has its replay.json"
         )
     if config.distill.ewc_weight > 0 and not config.replay.enabled:
         raise IntentCIError(EWC_NEEDS_REPLAY)
+    distill = _child_distill(config, updates)
+    holds = distill.enabled and (
+        distill.weight > 0 or distill.feature_weight > 0 or distill.l2_weight > 0
+    )
+    if not config.replay.enabled and not holds:
+        logger.warning(
+            "replay is off and so is distillation (distill.weight %g): nothing in training holds "
+            "the old intents, so the release learns the file's rows alone and will forget the "
+            "rest; set `distill.weight` (3.0) or keep `replay.enabled: true`",
+            distill.weight,
+        )
     old_labels = list(parent_release.labels)
     if updates:
         all_new = (
@@ -1069,11 +1093,6 @@ def _child_release(
     texts = list(new_texts) + replay_texts
     targets = new_targets + replay_targets
 
-    distill = config.distill
-    if head_mode and distill.update_head_weight is not None:
-        distill = dataclasses.replace(distill, weight=distill.update_head_weight)
-    elif updates and not head_mode and distill.update_weight is not None:
-        distill = dataclasses.replace(distill, weight=distill.update_weight)
     use_kd = distill.enabled and distill.weight > 0
     # LUCIR's adaptive weight: adding fewer intents to more holds the parent harder (the
     # feature term always, the L2/EWC anchor with `distill.anchor_adaptive`).
@@ -1192,7 +1211,7 @@ def _child_release(
             accelerator,
             train_cfg,
             soft_labels=soft_labels if use_kd else None,
-            distill=config.distill,
+            distill=distill,
             teacher_pooled=teacher_pooled,
             feature_weight=feature_weight,
             frozen_rows=unchanged_rows if config.train.freeze_old_rows else None,

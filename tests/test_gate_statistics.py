@@ -150,10 +150,10 @@ def test_metric_loads_with_evaluate_and_pairs_examples():
     assert out["per_intent"]["a"]["broken"] == 1 and out["per_intent"]["a"]["fixed"] == 1
     assert out["new"]["per_intent"] == {"new": {"n": 1, "correct": 1, "accuracy": 1.0}}
     assert out["confusions"] == [
-        {"true": "a", "predicted": "new", "count": 1, "to_new_intent": True},
-        {"true": "b", "predicted": "new", "count": 1, "to_new_intent": True},
+        {"true": "a", "predicted": "new", "count": 1, "to_new_intent": True, "rejected": False},
+        {"true": "b", "predicted": "new", "count": 1, "to_new_intent": True, "rejected": False},
     ]
-    assert out["broken_to_new_intents"] == 2
+    assert out["broken_to_new_intents"] == 2 and out["broken_rejected"] == 0
     assert out["confidence"] == pytest.approx(0.9)
 
 
@@ -351,6 +351,20 @@ def test_confusions_list_where_broken_utterances_went():
     assert rules[4].status == "info"
     assert rules[4].summary.startswith("4 of 6 newly broken old-intent utterances went to new")
     assert "i00 -> n1 (new) x4" in rules[4].summary
+
+
+def test_a_rejected_utterance_is_not_one_that_went_to_a_new_intent():
+    """The gate predicts `oos` for an utterance the candidate rejects; that is not a new intent
+    (it was reported as 'i00 -> oos (new)' and counted among those that went to new intents)."""
+    old, refs, base = _world(intents=3)
+    cand = _flip(_flip(base, refs, "i00", 3, "oos"), refs, "i01", 2, "n1")
+    _, rules, _ = _verdict(cand, base, refs, old)
+    summary = rules[4].summary
+    assert summary.startswith(
+        "2 of 5 newly broken old-intent utterances went to new intents, 3 rejected as out of "
+        "scope; top: i00 -> oos x3, i01 -> n1 (new) x2"
+    ), summary
+    assert rules[4].details == {"broken": 5, "to_new_intents": 2, "rejected": 3}
 
 
 # ---- gate config ---------------------------------------------------------------------------------

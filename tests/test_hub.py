@@ -395,16 +395,20 @@ def test_no_replay_release_loads_predicts_and_add_intent_explains(
     pulled = IntentClassifier.load(dest, "v2").predict(texts)
     assert pulled == IntentClassifier.load(trained_registry, "v2").predict(texts)
     assert IntentClassifier.load(dest, "v2").threshold == local["oos"]["threshold"]
-    with pytest.raises(IntentCIError, match=r"v2 has no replay memory .* `replay.enabled: false`"):
+    with pytest.raises(
+        IntentCIError,
+        match=r"v2 has no replay memory .* `replay.enabled: false` and a distillation",
+    ):
         add_intents(data_dir / "new" / "report_damage.txt", dest, "v2")
     assert Registry(dest).releases() == ["v1", "v2"]
-    # Without replay it adds the intent; with exemplars of the new intent only, the child's
-    # out-of-scope score falls back from energy_knn to energy, and says so.
+    # Without replay (and with a teacher, as the message advises) it adds the intent; with
+    # exemplars of the new intent only, the child's out-of-scope score falls back from
+    # energy_knn to energy, and says so.
     child = add_intents(
         data_dir / "new" / "report_damage.txt",
         dest,
         "v2",
-        overrides={"replay": {"enabled": False}},
+        overrides={"replay": {"enabled": False}, "distill": {"weight": 3.0}},
     )
     record = Registry(dest).manifest(child)["oos"]
     assert local["oos"]["score"] == "energy_knn" and record["score"] == "energy"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -397,6 +398,26 @@ def test_l2_and_ewc_to_the_parent_hold_the_lora_weights(trained_registry, data_d
             overrides={"distill": {"ewc_weight": 1.0}, "replay": {"enabled": False}},
         )
     assert Registry(registry).releases() == before
+
+
+def test_add_intent_without_replay_or_teacher_warns_that_nothing_holds_the_old_intents(
+    trained_registry, data_dir, tmp_path, caplog
+):
+    """Replay off and distillation at add-intent's default weight (0): the release learns the new
+    rows alone (naive fine-tuning, a benchmark baseline), so it is trained, with a warning."""
+    from intent_ci.pipeline import add_intents
+
+    registry = shutil.copytree(trained_registry, tmp_path / "adapters")
+    new = data_dir / "new" / "report_damage.txt"
+    with caplog.at_level("WARNING", logger="intent_ci.pipeline"):
+        add_intents(new, registry, "v1", overrides={"replay": {"enabled": False}})
+    assert "replay is off and so is distillation (distill.weight 0)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="intent_ci.pipeline"):
+        add_intents(
+            new, registry, "v1", overrides={"replay": {"enabled": False}, "distill": {"weight": 3}}
+        )
+    assert "nothing in training holds" not in caplog.text
 
 
 def test_neighbours_replay_their_whole_memory_and_only_their_rows_train(

@@ -439,6 +439,12 @@ def test_the_lora_update_distils_at_update_weight(trained_registry, tmp_path):
     assert registry.manifest(taught)["config"]["distill"]["weight"] == 0.0
     assert a["distilled_examples"] > 0
     assert b["distilled_examples"] == 0 and b["train_examples"] == a["train_examples"]
+    # The term is in the loss, at 3.0 (counting the rows is not enough: the loop once got
+    # add-intent's weight, 0, and trained without it while the rows were still counted).
+    for epoch in a["train"]["loss_per_epoch"]:
+        assert epoch["kd"] > 0
+        assert epoch["loss"] == pytest.approx(epoch["ce"] + 3.0 * epoch["kd"], rel=1e-6)
+    assert all(e["kd"] == 0 for e in b["train"]["loss_per_epoch"])
 
 
 # ---- train.update_mode: head -------------------------------------------------------------------

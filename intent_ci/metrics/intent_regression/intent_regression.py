@@ -16,7 +16,10 @@ For the baseline's intents ("old intents") it reports, overall and per intent:
   (``correction="none"`` leaves p-values as they are).
 
 New intents (in the references but not in ``old_intents``) get the candidate's accuracy with a
-Wilson interval; ``confusions`` lists where newly broken old-intent utterances went.
+Wilson interval; ``confusions`` lists where newly broken old-intent utterances went. With
+``rejected_label`` (e.g. ``"oos"``, what a release answers for an utterance it rejects as out of
+scope), a broken utterance predicted as that label counts as rejected, not as moved to a new
+intent.
 
 Load it offline with ``evaluate.load("path/to/intent_regression.py")``::
 
@@ -48,11 +51,14 @@ Args:
     alpha (float, optional): one-sided level; intervals are two-sided at 1 - 2 * alpha. Default 0.05.
     correction (str, optional): "holm" (default) or "none", over the old intents' p-values.
     top_confusions (int, optional): how many newly confused (true -> predicted) pairs to list.
+    rejected_label (str, optional): the prediction that means "rejected as out of scope"; never
+        counted as a new intent. Default None (every prediction is an intent).
 Returns:
     old {n, baseline_correct, candidate_correct, baseline_accuracy, candidate_accuracy, drop,
     broken, fixed, p_value, ci_low, ci_high}, per_intent {intent: the same + p_adjusted},
     new {n, correct, accuracy, ci_low, ci_high, per_intent}, confusions [{true, predicted,
-    count, to_new_intent}], broken_to_new_intents, confidence, correction.
+    count, to_new_intent, rejected}], broken_to_new_intents, broken_rejected, confidence,
+    correction.
 """
 
 CORRECTIONS = ("holm", "none")
@@ -173,6 +179,7 @@ def compare(
     alpha=0.05,
     correction="holm",
     top_confusions=10,
+    rejected_label=None,
 ):
     """The metric's computation as a plain function (see the module docstring)."""
     if not len(predictions) == len(references) == len(baseline_predictions):
@@ -218,7 +225,12 @@ def compare(
     new_correct = sum(c for c, _ in new_cells.values())
     new_n = sum(n for _, n in new_cells.values())
     new_low, new_high = wilson_interval(new_correct, new_n, confidence)
-    broken_to_new = sum(k for (_, pred), k in confusions.items() if pred not in old)
+
+    def to_new(pred):
+        return pred not in old and pred != rejected_label
+
+    broken_to_new = sum(k for (_, pred), k in confusions.items() if to_new(pred))
+    broken_rejected = sum(k for (_, pred), k in confusions.items() if pred == rejected_label)
     return {
         "old": _paired_row(*totals, confidence=confidence),
         "per_intent": per_intent,
@@ -234,12 +246,19 @@ def compare(
             },
         },
         "confusions": [
-            {"true": t, "predicted": p, "count": k, "to_new_intent": p not in old}
+            {
+                "true": t,
+                "predicted": p,
+                "count": k,
+                "to_new_intent": to_new(p),
+                "rejected": p == rejected_label,
+            }
             for (t, p), k in sorted(confusions.items(), key=lambda item: (-item[1], item[0]))[
                 :top_confusions
             ]
         ],
         "broken_to_new_intents": broken_to_new,
+        "broken_rejected": broken_rejected,
         "confidence": confidence,
         "correction": correction,
     }
@@ -269,6 +288,7 @@ class IntentRegression(evaluate.Metric):
         alpha=0.05,
         correction="holm",
         top_confusions=10,
+        rejected_label=None,
     ):
         return compare(
             predictions,
@@ -278,4 +298,5 @@ class IntentRegression(evaluate.Metric):
             alpha=alpha,
             correction=correction,
             top_confusions=top_confusions,
+            rejected_label=rejected_label,
         )
