@@ -312,8 +312,8 @@ class TrainConfig:
         metadata={
             "help": "Weight of outlier exposure in `init`: rows labelled `oos` are trained "
             "towards a flat answer over the intents (cross-entropy to the uniform distribution, "
-            "Hendrycks et al. 2019), and a `oos.holdout_share` of them is kept back to measure "
-            "the out-of-scope recall. 0 uses `oos` rows for calibration only; `add-intent` and "
+            "Hendrycks et al. 2019), and a `oos.holdout_share` of them (at most "
+            "`oos.holdout_max_per_intent`) is kept back to measure the out-of-scope recall. 0 uses `oos` rows for calibration only; `add-intent` and "
             "`update` never train on them. Off by default: at 0.5 on the CLINC150 validation "
             "split it raised the out-of-scope recall but not FPR@95 on every seed "
             "(scripts/bench_oos_outlier.py)."
@@ -440,8 +440,8 @@ class DistillConfig:
     weight: float = field(
         default=0.0,
         metadata={
-            "help": "Weight of the distillation term beside cross-entropy in `add-intent` (and "
-            "in an `update` that only adds intents); 0: the release learns from its replay "
+            "help": "Weight of the distillation term beside cross-entropy in `add-intent` (an "
+            "`update` has its own weights, below); 0: the release learns from its replay "
             "memory alone. 0 by default: on the CLINC150 validation split, over three intent "
             "orders, replay alone ended higher than the 3.0 teacher on P1 and P2 with 100 "
             "utterances per intent and on P1 with 50, level on P2 with 50, its worst drop of old "
@@ -455,7 +455,8 @@ class DistillConfig:
         default=0.0,
         metadata={
             "help": "Weight of the feature term: 1 - cos(student, parent) of the pooled "
-            "embeddings of every training row, times sqrt(old intents / new intents) so that "
+            "embeddings of every training row, times sqrt(old intents / new intents; in an "
+            "`update`, new + updated) so that "
             "adding fewer intents holds the features harder (LUCIR's less-forget constraint, "
             "Hou et al., 2019). 0 disables it."
         },
@@ -488,7 +489,7 @@ class DistillConfig:
     update_weight: float | None = field(
         default=3.0,
         metadata={
-            "help": "The distillation weight of an `update` of existing intents with "
+            "help": "The distillation weight of an `update` (existing or new intents) with "
             "`train.update_mode: lora`; null: `weight`. 3.0, the weight the LoRA update was "
             "measured with (docs/benchmarks.md, The LoRA update)."
         },

@@ -558,7 +558,9 @@ class Discovery:
     noise: int = 0
     over_cap: int = 0
     message: str = ""
-    # for the map: 2-D points of candidates' utterances and existing intents (not in the JSON)
+    # for the map (not in the JSON): the rows' embeddings (`x`), each row's position in
+    # `candidates` (`labels`, -1: left unclustered), their utterances (`texts`) and the
+    # existing intents' centres (`prototypes`)
     plot: dict[str, Any] | None = None
     # what the release said about every distinct utterance, and which were considered (not in
     # the JSON)
@@ -756,6 +758,17 @@ def _centres(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return centres / np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
 
 
+def cluster_order(labels: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
+    """Each cluster's rows (labels >= 0), largest first by traffic occurrences: the order
+    `describe` gives the candidates (ties: more distinct utterances, then first row)."""
+    clusters = (
+        [np.flatnonzero(labels == k) for k in range(int(labels.max()) + 1)] if len(labels) else []
+    )
+    clusters = [c for c in clusters if len(c)]
+    clusters.sort(key=lambda c: (-int(counts[c].sum()), -len(c), int(c[0])))
+    return clusters
+
+
 def describe(
     texts: list[str],
     counts: np.ndarray,
@@ -775,11 +788,7 @@ def describe(
             keywords, representatives and the centre come from the clustered rows only.
     """
     joined = np.zeros(len(texts), dtype=bool) if joined is None else joined
-    clusters = (
-        [np.flatnonzero(labels == k) for k in range(int(labels.max()) + 1)] if len(labels) else []
-    )
-    clusters = [c for c in clusters if len(c)]
-    clusters.sort(key=lambda c: (-int(counts[c].sum()), -len(c), int(c[0])))
+    clusters = cluster_order(labels, counts)
     cores = [c[~joined[c]] for c in clusters]
     keywords = ctfidf_keywords(
         [[texts[i] for i in c] for c in cores] + background,
@@ -988,7 +997,16 @@ def discover(classifier: Any, traffic: Traffic, cfg: DiscoverConfig | None = Non
         joined,
     )
     result.noise = int((labels < 0).sum())
-    result.plot = {"x": x, "labels": labels, "prototypes": prototypes}
+    # The map labels each row with its candidate's position (describe orders by size).
+    by_candidate = np.full(len(labels), -1, dtype=np.int64)
+    for k, members in enumerate(cluster_order(labels, counts[rows])):
+        by_candidate[members] = k
+    result.plot = {
+        "x": x,
+        "labels": by_candidate,
+        "prototypes": prototypes,
+        "texts": [texts[i] for i in rows],
+    }
     new = sum(c.belongs_to is None for c in result.candidates)
     result.message = (
         f"{considered['candidates_distinct']} distinct utterances considered "

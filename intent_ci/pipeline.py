@@ -1273,7 +1273,9 @@ def _child_release(
         + (len(replay_texts) if not head_mode and (use_kd or feature_weight > 0) else 0)
         + memory_forward,
         # Forward and backward passes over the replayed rows that estimate EWC's Fisher.
-        "fisher_examples": len(replay_texts) if config.distill.ewc_weight > 0 else 0,
+        "fisher_examples": len(replay_texts)
+        if config.distill.ewc_weight > 0 and not head_mode
+        else 0,
         "feature_weight": round(feature_weight, 4),
         # `update`: lora (training passes go through the encoder) or head (the head alone, on
         # fixed embeddings: `train.examples_trained` rows through the head, none through the

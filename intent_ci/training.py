@@ -562,9 +562,11 @@ def train(
     # every N-th batch (Accelerate rounds up), so the global batch is N x batch_size and the
     # peak learning rate is unchanged; N processes at batch B follow the schedule of one process
     # at batch N x B. The prepared scheduler ticks N times per optimizer step, hence the factor.
+    # Accelerate also steps at the end of every epoch (it syncs with the dataloader), so with
+    # gradient accumulation an epoch of 3 batches at 2 per step makes 2 steps, not 1.5.
     ticks = accelerator.num_processes
     steps_per_epoch = math.ceil(len(loader) / ticks)
-    total_steps = math.ceil(steps_per_epoch * cfg.epochs / cfg.gradient_accumulation_steps)
+    total_steps = cfg.epochs * math.ceil(steps_per_epoch / cfg.gradient_accumulation_steps)
     scheduler = get_scheduler(
         "linear",
         optimizer,
@@ -677,7 +679,9 @@ def train(
             logger.info("epoch %d: %s", epoch + 1, epoch_means)
     progress.close()
     stats.wall_time_s = time.perf_counter() - start
-    return accelerator.unwrap_model(model), stats
+    # Without Accelerate's autocast wrapper: what follows (calibration, the exemplar bank) must
+    # score as the saved release will, in full precision, whatever `mixed_precision` trained.
+    return accelerator.unwrap_model(model, keep_fp32_wrapper=False), stats
 
 
 def fit_head(

@@ -509,6 +509,43 @@ def _traffic_folder(root, data_dir):
     return folder, new
 
 
+def test_the_map_labels_each_candidates_own_utterances(trained_registry, data_dir, tmp_path):
+    """report.png draws candidate k's name over the rows labelled k: those must be candidate k's
+    utterances (candidates are ordered by size, the clustering's labels are not; the map once
+    put one candidate's name on another's cluster)."""
+    from intent_ci.discover import discover
+    from intent_ci.release import IntentClassifier
+    from tests.conftest import make_utterances
+
+    # Two intents v1 does not know; the second, repeated, becomes the largest candidate.
+    traffic = tmp_path / "traffic.txt"
+    damage = (data_dir / "new" / "report_damage.txt").read_text().splitlines()
+    refunds = make_utterances("refund_status", 30, seed=4) * 5
+    traffic.write_text("\n".join(damage + refunds) + "\n")
+    # settings under which the tiny random model's features split the traffic in several
+    cfg = DiscoverConfig(
+        max_margin=1.0,
+        similarity=0.9,
+        features="backbone",
+        method="agglomerative",
+        belongs_similarity=1.0,
+        merge_similarity=None,
+        join_similarity=None,
+        refine_passes=None,
+    )
+    result = discover(
+        IntentClassifier.load(trained_registry, "v1"), read_traffic([traffic], progress=False), cfg
+    )
+    assert len(result.candidates) >= 3
+    sizes = [c.size for c in result.candidates]
+    assert sizes == sorted(sizes, reverse=True)
+    labels, texts = result.plot["labels"], result.plot["texts"]
+    for k, cand in enumerate(result.candidates):
+        drawn = {t for t, label in zip(texts, labels, strict=True) if label == k}
+        assert drawn == {u["text"] for u in cand.utterances}, (k, cand.name)
+    assert len(texts) == len(labels) == len(result.plot["x"])
+
+
 def test_discover_command_writes_candidates_add_intent_accepts(
     tmp_path, trained_registry, data_dir
 ):

@@ -15,6 +15,7 @@ from accelerate.commands.launch import _validate_launch_command, launch_command_
 from accelerate.utils import DistributedType
 from accelerate.utils.launch import prepare_multi_gpu_env
 
+from intent_ci.calibration import calibration_rows, score_parts, standardisation
 from intent_ci.cli import main
 from intent_ci.config import ReleaseConfig, apply_overrides
 from intent_ci.errors import ReleaseVerificationError
@@ -52,6 +53,14 @@ def test_bf16_trains_under_cpu_autocast(tmp_path, tiny_backbone, data_dir):
     # Weights are kept in fp32; the release loads and predicts like any other.
     clf = IntentClassifier.load(tmp_path / "bf16", bf16)
     assert all(p.dtype == torch.float32 for p in clf.model.parameters())
+    # ... and scores as it was calibrated: the calibration passes after training run in full
+    # precision, as the loaded release does (they once ran under the training's autocast).
+    held = [t for t, _ in calibration_rows(clf.release.calibration[0], clf.intents)]
+    logits, features = clf.logits_and_features(held)
+    again = standardisation(score_parts(logits, features, clf.release.bank))
+    for part, stats in m16["oos"]["standardise"].items():
+        assert again[part]["mean"] == pytest.approx(stats["mean"], rel=1e-5, abs=1e-6), part
+        assert again[part]["std"] == pytest.approx(stats["std"], rel=1e-5, abs=1e-6), part
     texts = [
         line
         for intent in BASE_INTENTS
@@ -91,6 +100,39 @@ def test_batch_size_and_gradient_accumulation_come_from_the_config(
     # Accelerate also updates at the end of each epoch: 9 batches, 3 per update -> 3 updates.
     assert train["optimizer_steps"] == math.ceil(batches / accumulate) * 2
     assert train["examples_trained"] == rows * 2
+
+
+def test_the_schedule_spans_every_step_with_gradient_accumulation(tiny_backbone, monkeypatch):
+    """3 batches an epoch at 2 per step: Accelerate steps twice an epoch (once at the epoch's
+    end), and the linear schedule must reach its last step with a learning rate above 0 (it
+    planned 1.5 steps an epoch, so the last quarter of the steps ran at 0)."""
+    from intent_ci.modeling import IntentModel, attach_lora, build_head, load_backbone
+    from intent_ci.pipeline import make_accelerator
+    from intent_ci.training import tokenize, train
+    from tests.conftest import make_utterances
+
+    config = _config(
+        tiny_backbone, epochs=4, batch_size=16, gradient_accumulation_steps=2, warmup_ratio=0.0
+    )
+    accelerator = make_accelerator(config)
+    backbone = load_backbone(config.model)
+    hidden = backbone.encoder.config.hidden_size
+    head = build_head(config.model, hidden, 2, backbone.pooling)
+    model = IntentModel(attach_lora(backbone.encoder, config.model), head, backbone.pooling)
+    texts = make_utterances("card_lost", 24, seed=0) + make_utterances("check_balance", 24, seed=0)
+    rows = tokenize(backbone.tokenizer, texts, [0] * 24 + [1] * 24, 16, accelerator)  # 3 batches
+    seen: list[float] = []
+    step = torch.optim.AdamW.step
+
+    def recording(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording)
+    _, stats = train(model, rows, backbone.tokenizer, accelerator, config.train)
+    assert stats.optimizer_steps == len(seen) == 8
+    peak = config.train.lr
+    assert seen == pytest.approx([peak * (8 - k) / 8 for k in range(8)])  # linear, none at 0
 
 
 # ---- accelerate config files ----------------------------------------------------------------------

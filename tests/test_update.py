@@ -739,3 +739,16 @@ def test_update_skips_reviewed_rows_that_confirm_what_the_release_stores(
     assert main(["update", "--data", str(only), "--registry", str(registry)]) == 2
     assert "every reviewed row labels an utterance release" in capsys.readouterr().err
     assert reg.resolve("latest") == latest
+
+
+def test_a_head_only_update_reports_no_fisher_examples(trained_registry, tmp_path):
+    """EWC's Fisher is estimated only where LoRA trains; a head-alone update (the default) with
+    `distill.ewc_weight` set makes no such pass, so it must not count one in its cost."""
+    from intent_ci.pipeline import update_release
+
+    registry = Registry(shutil.copytree(trained_registry, tmp_path / "adapters"))
+    rows = [(t, "transfer_money") for t in make_utterances("transfer_money", 70, seed=11)[-4:]]
+    more = write_csv(tmp_path / "more.csv", rows)
+    release = update_release(more, registry, "v1", overrides={"distill": {"ewc_weight": 1.0}})
+    metrics = registry.manifest(release)["metrics"]
+    assert metrics["update_mode"] == "head" and metrics["fisher_examples"] == 0
