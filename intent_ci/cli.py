@@ -213,7 +213,11 @@ def _oos_line(manifest: dict) -> str:
     """The release's out-of-scope rule in one line, for `show`, `releases` and reports."""
     oos = manifest.get("oos")
     if oos is None:
-        return "not calibrated (release made before out-of-scope detection): every utterance is in scope"
+        return (
+            "not calibrated (made before out-of-scope detection, or without the calibration "
+            "utterances to set a threshold on): every utterance is in scope; `intent-ci "
+            "calibrate` sets one"
+        )
     cal = oos.get("calibration") or {}
     if oos.get("threshold") is None:
         return f"no threshold: {oos.get('note', 'nothing to calibrate on')}"

@@ -257,9 +257,9 @@ def _from_table(path: Path, cfg: DataConfig) -> tuple[datasets.Dataset, bool]:
     """The rows of a CSV or JSONL file, and whether they are reviewed traffic.
 
     A table is reviewed traffic when it is a ``serve`` log (its columns) or has ``text`` and
-    ``label`` columns: an export of a log keeps ``label`` even when it drops the log's other columns, and
-    reading its ``intent`` (the release's prediction) as the label would teach the release its
-    own mistakes.
+    ``label`` columns: an export of a log keeps ``label`` even when it drops the log's other
+    columns, and reading its ``intent`` (the release's prediction) as the label would teach the
+    release its own mistakes.
     """
     text = _read_utf8(path, cfg.max_chars)
     columns, rows = _table_rows(path, text)

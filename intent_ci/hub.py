@@ -211,8 +211,9 @@ class HubConfig:
     include_replay: bool = field(
         default=True,
         metadata={
-            "help": "Upload replay.json. It holds training utterances; False leaves it out and "
-            "records the omission in the uploaded manifest."
+            "help": "Upload replay.json and calibration.json. They hold training and held-out "
+            "utterances; False leaves them out and records the omission in the uploaded "
+            "manifest."
         },
     )
 

@@ -459,6 +459,17 @@ def retire_intents(
         oos_record, bank = recalibrate(
             registry, name, keep, calibration[0], oos, _recorded_oos_config(manifest), replay
         )
+    elif (manifest.get("oos") or {}).get("threshold") is not None:
+        # Dropping intents changes every score, and the utterances to set the threshold again
+        # are not here (a release pulled with --no-replay): say so, the child accepts everything.
+        logger.warning(
+            "release %s has an out-of-scope threshold but not the calibration utterances it was "
+            "set on (pulled with --no-replay?); without %s its scores change, so the new release "
+            "has no threshold and accepts every utterance until `intent-ci calibrate --release "
+            "<new release> --data <labelled utterances>` sets one",
+            name,
+            ", ".join(intents),
+        )
     new_manifest = {
         "parent": name,
         "intents": keep,
@@ -477,13 +488,20 @@ def retire_intents(
     }
     if oos_record is not None:
         new_manifest["oos"] = oos_record
+    if REPLAY_FILE not in manifest["files"]:
+        # No memory to carry (a parent pulled with --no-replay): the child has none either,
+        # and says why, so add-intent refuses it as it refuses the parent.
+        new_manifest["omitted_files"] = {
+            REPLAY_FILE: {"reason": f"parent release {name} has no replay memory to keep"}
+        }
     with registry.stage() as staging:
         for file in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
             write_staged(staging / file, lambda f=file: shutil.copyfile(folder / f, staging / f))
         path = staging / HEAD_WEIGHTS
         write_staged(path, lambda: save_file(head, str(path)))
         write_staged_json(staging / LABELS, {"intents": keep}, indent=1)
-        write_staged(staging / REPLAY_FILE, lambda: write_memory(replay, staging / REPLAY_FILE))
+        if REPLAY_FILE in manifest["files"]:  # a release pulled with --no-replay has none
+            write_staged(staging / REPLAY_FILE, lambda: write_memory(replay, staging / REPLAY_FILE))
         if calibration is not None:
             path = staging / CALIBRATION_FILE
             write_staged(path, lambda: write_calibration(calibration[0], calibration[1], path))

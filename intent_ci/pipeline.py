@@ -829,8 +829,9 @@ def update_release(
 
 
 def _child_distill(config: ReleaseConfig, updates: bool) -> DistillConfig:
-    """The distillation settings a child release trains with: an `update` of existing intents
-    has weights of its own (`distill.update_head_weight`, `distill.update_weight`)."""
+    """The distillation settings a child release trains with: `add-intent` distils at
+    `distill.weight`; an `update` at its own weights (`distill.update_head_weight` with the head
+    alone, `distill.update_weight` with LoRA), where they are set."""
     distill = config.distill
     head_mode = updates and config.train.update_mode == "head"
     if head_mode and distill.update_head_weight is not None:

@@ -172,8 +172,9 @@ def preflight(
             "intent-ci supports, or extend the schema in intent_ci/release.py after checking "
             "what the keys do"
         ]
-    problems += registry_problems(registry)
-    if not problems:
+    unwritable = registry_problems(registry)
+    problems += unwritable
+    if not unwritable:  # free space counts only where the release can be written at all
         problems += disk_problems(registry, release_bytes)
     if problems:
         raise IntentCIError(

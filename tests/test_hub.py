@@ -365,8 +365,9 @@ def test_pull_refusing_a_bad_manifest_names_the_hubs_file(hub, config, trained_r
 
 # ---- --no-replay -------------------------------------------------------------------------------
 def test_no_replay_release_loads_predicts_and_add_intent_explains(
-    hub, trained_registry, tmp_path, data_dir
+    hub, trained_registry, tmp_path, data_dir, caplog
 ):
+    from intent_ci.lifecycle import retire_intents
     from intent_ci.pipeline import add_intents
 
     config = HubConfig(repo_id=REPO, include_replay=False)
@@ -395,6 +396,18 @@ def test_no_replay_release_loads_predicts_and_add_intent_explains(
     pulled = IntentClassifier.load(dest, "v2").predict(texts)
     assert pulled == IntentClassifier.load(trained_registry, "v2").predict(texts)
     assert IntentClassifier.load(dest, "v2").threshold == local["oos"]["threshold"]
+    # Retiring an intent changes every score and the utterances to set the threshold again are
+    # not here: the child has none, and says so (it once did so silently, and gained an empty
+    # replay.json its parent did not have).
+    retire_reg = Path(shutil.copytree(dest, tmp_path / "retire"))
+    with caplog.at_level("WARNING", logger="intent_ci.lifecycle"):
+        retired = retire_intents(["opening_hours"], retire_reg, "v2")
+    assert "has an out-of-scope threshold but not the calibration utterances" in caplog.text
+    assert IntentClassifier.load(retire_reg, retired).threshold is None
+    assert not (retire_reg / retired / "replay.json").exists()
+    Registry(retire_reg).verify(retired)
+    with pytest.raises(IntentCIError, match=rf"{retired} has no replay memory"):
+        add_intents(data_dir / "new" / "report_damage.txt", retire_reg, retired)
     with pytest.raises(
         IntentCIError,
         match=r"v2 has no replay memory .* `replay.enabled: false` and a distillation",

@@ -83,6 +83,25 @@ def test_the_preflight_schema_check_is_the_one_loading_applies(trained_registry,
             preflight(Registry(trained_registry), adapter_config={**cfg, key: value}, **kwargs)
 
 
+def test_the_preflight_lists_a_schema_problem_and_missing_space_together(
+    trained_registry, tiny_config
+):
+    """Every problem at once: a bad adapter config did not also report the disk (the disk check
+    ran only when nothing else failed, so the user met the second problem on the next run)."""
+    loaded = load_release(Registry(trained_registry), "v2")
+    cfg = {**adapter_config_of(loaded.model.encoder), "use_dora": True}
+    with pytest.raises(IntentCIError) as err:
+        preflight(
+            Registry(trained_registry),
+            adapter_config=cfg,
+            model_config=loaded.config.model,
+            model_type="roberta",
+            release_bytes=10**18,
+        )
+    assert "'use_dora' must be null" in str(err.value)
+    assert "MB free on its filesystem, but the release needs about" in str(err.value)
+
+
 def test_registry_that_is_a_file(tmp_path, data_dir, capsys, tiny_backbone, no_training):
     target = tmp_path / "adapters"
     target.write_text("not a registry\n", encoding="utf-8")
