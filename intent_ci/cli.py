@@ -1285,10 +1285,27 @@ def _end_distributed() -> None:
         dist.destroy_process_group()
 
 
+DATA_PARALLEL_COMMANDS = frozenset({"init", "add-intent", "update", "quickstart"})
+"""Commands that train under Accelerate and so share their work between the processes of a
+`torchrun` / `accelerate launch` job. Every other command works in one process: launched on
+several, it runs on the main one and the others exit at once (two processes each writing a
+`retire` or `calibrate` release, or each printing an `eval --json` document, help nobody)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     _quiet_libraries()
+    rank = int(os.environ.get("RANK", "0"))
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes > 1 and args.command not in DATA_PARALLEL_COMMANDS:
+        if rank != 0:
+            return EXIT_OK
+        logger.info(
+            "%s works in one process: the other %d process(es) of this launch do nothing",
+            args.command,
+            processes - 1,
+        )
     try:
         _check_release_args(args)
         return args.func(args)
@@ -1296,7 +1313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"intent-ci: error: {err}\n")
         return EXIT_FAILED
     except IntentCIError as err:
-        sys.stderr.write(f"intent-ci: error: {err}\n")
+        # Every process of a data-parallel job reads the same input and refuses it the same
+        # way: one line is enough (the main process's).
+        if rank == 0 or processes == 1:
+            sys.stderr.write(f"intent-ci: error: {err}\n")
         return EXIT_ERROR
     except KeyboardInterrupt:
         sys.stderr.write("intent-ci: interrupted; the registry is unchanged\n")

@@ -100,6 +100,44 @@ def dp_run(tmp_path_factory, tiny_backbone, data_dir):
     return {"init": init, "add": add, "registry": registry, "test_v1": test_v1, "test": test_v2}
 
 
+def _torchrun_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 -m intent_ci.cli ARGS`."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    return subprocess.run(
+        [*command, "-m", "intent_ci.cli", *args],
+        cwd=cwd,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_single_process_commands_under_torchrun_run_once(dp_run, tmp_path):
+    """A command that does not train works in one process even when launched on two: `retire`
+    wrote a release per process (and the second found LATEST moved: exit 1), `eval --json`
+    printed two JSON documents, and a user mistake was reported by every process."""
+    registry = Path(shutil.copytree(dp_run["registry"], tmp_path / "adapters"))
+    retire = _torchrun_cli("retire", "opening_hours", "--registry", str(registry), cwd=tmp_path)
+    assert retire.returncode == 0, retire.stderr[-3000:]
+    assert Registry(registry).releases() == ["v1", "v2", "v3"]
+    assert retire.stdout.count("v3") >= 1 and retire.stdout == retire.stdout.strip() + "\n"
+    test = dp_run["test"]
+    args = ("eval", "--release", "v2", "--data", str(test), "--registry", str(registry))
+    run = _torchrun_cli(*args, "--json", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout)["release"] == "v2"  # one document
+    bad = _torchrun_cli("eval", "--release", "v9", "--data", str(test), cwd=tmp_path)
+    assert bad.returncode != 0
+    assert bad.stderr.count("intent-ci: error: ") == 1, bad.stderr[-3000:]
+    # A data-parallel command refuses a user mistake once too (every process reads the input).
+    missing = str(tmp_path / "missing.txt")
+    add = _torchrun_cli("add-intent", "--data", missing, "--registry", str(registry), cwd=tmp_path)
+    assert add.returncode != 0
+    assert add.stderr.count("intent-ci: error: ") == 1, add.stderr[-3000:]
+    assert Registry(registry).releases() == ["v1", "v2", "v3"]
+
+
 def test_init_and_add_intent_under_torchrun(dp_run):
     init, add, registry = dp_run["init"], dp_run["add"], dp_run["registry"]
     # torchrun exits 0 only if every rank did.
