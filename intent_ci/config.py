@@ -17,7 +17,9 @@ The regression gate's thresholds (`GateConfig`) are read the same way from a ``g
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import difflib
+import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -44,6 +46,17 @@ def _check(condition: bool, section: str, name: str, message: str) -> None:
         raise IntentCIError(f"config field `{section}.{name}`: {message}")
 
 
+def _check_finite(config: Any, section: str) -> None:
+    """Refuse an infinite or NaN number in any field of `config`: every bound check passes
+    infinity (inf > 0), and a release trained with one has NaN weights and thresholds."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise IntentCIError(
+                f"config field `{section}.{f.name}`: must be a finite number, got {value!r}"
+            )
+
+
 @dataclass
 class DataConfig:
     """How labelled utterances are read and validated."""
@@ -57,6 +70,7 @@ class DataConfig:
     )
 
     def __post_init__(self) -> None:
+        _check_finite(self, "data")
         _check(self.max_chars >= 1, "data", "max_chars", f"must be >= 1, got {self.max_chars}")
         _check(
             self.min_examples_per_intent >= 1,
@@ -142,6 +156,7 @@ class ModelConfig:
     )
 
     def __post_init__(self) -> None:
+        _check_finite(self, "model")
         _check(bool(self.backbone), "model", "backbone", "must not be empty")
         _check(
             self.pooling in ("auto", "cls", "mean"),
@@ -345,6 +360,7 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        _check_finite(self, "train")
         _check(self.epochs >= 1, "train", "epochs", f"must be >= 1, got {self.epochs}")
         _check(
             self.add_intent_epochs >= 1,
@@ -385,6 +401,18 @@ class TrainConfig:
         )
         _check(self.lr > 0, "train", "lr", f"must be > 0, got {self.lr}")
         _check(self.head_lr >= 0, "train", "head_lr", f"must be >= 0, got {self.head_lr}")
+        _check(
+            self.lora or self.head_lr > 0,
+            "train",
+            "head_lr",
+            "must be > 0 with `train.lora: false`: the head is all that trains",
+        )
+        _check(
+            0 <= self.seed < 2**32,
+            "train",
+            "seed",
+            f"must be an integer in [0, 2**32 - 1], got {self.seed}",
+        )
         _check(
             self.weight_decay >= 0,
             "train",
@@ -540,6 +568,7 @@ class DistillConfig:
     )
 
     def __post_init__(self) -> None:
+        _check_finite(self, "distill")
         _check(
             self.temperature > 0, "distill", "temperature", f"must be > 0, got {self.temperature}"
         )
@@ -631,6 +660,7 @@ class ReplayConfig:
     )
 
     def __post_init__(self) -> None:
+        _check_finite(self, "replay")
         _check(self.per_intent >= 1, "replay", "per_intent", f"must be >= 1, got {self.per_intent}")
         _check(
             self.train_per_intent >= 1,
@@ -719,6 +749,7 @@ class OOSConfig:
     )
 
     def __post_init__(self) -> None:
+        _check_finite(self, "oos")
         _check(
             0.5 <= self.target_recall < 1,
             "oos",
@@ -804,6 +835,7 @@ class FallbackConfig:
     )
 
     def __post_init__(self) -> None:
+        _check_finite(self, "fallback")
         _check(
             self.head_epochs >= 1,
             "fallback",
@@ -864,6 +896,7 @@ class RegistryConfig:
     )
 
     def __post_init__(self) -> None:
+        _check_finite(self, "registry")
         _check(
             isinstance(self.lock_timeout_s, (int, float))
             and not isinstance(self.lock_timeout_s, bool)
@@ -970,6 +1003,7 @@ class ServeConfig:
     )
 
     def __post_init__(self) -> None:
+        _check_finite(self, "serve")
         if self.release != "latest":
             _check(
                 isinstance(self.release, str) and bool(NAME_PATTERN.match(self.release)),
@@ -982,6 +1016,19 @@ class ServeConfig:
             "serve",
             "port",
             f"must be in [0, 65535], got {self.port!r}",
+        )
+        # An empty host makes uvicorn listen on every interface: that must be asked for.
+        _check(
+            isinstance(self.host, str) and bool(self.host.strip()),
+            "serve",
+            "host",
+            "must not be empty; expected an address such as 127.0.0.1 (0.0.0.0: every interface)",
+        )
+        _check(
+            self.traffic_log is None or bool(str(self.traffic_log).strip()),
+            "serve",
+            "traffic_log",
+            "must not be empty; expected a folder, or leave it out to log nothing",
         )
         positive_ints = ("max_batch_size", "max_texts", "max_text_chars", "max_body_bytes")
         for name in (*positive_ints, "log_max_bytes"):
@@ -1030,6 +1077,21 @@ def suggest(name: str, valid: list[str]) -> str:
     return f"{hint} Valid keys: {', '.join(valid)}."
 
 
+def _yaml_number_hint(value: Any) -> str:
+    """YAML 1.1 (PyYAML) reads `1e-3` as text: a float needs a dot (`1.0e-3`) or no exponent."""
+    if isinstance(value, str):
+        try:
+            number = decimal.Decimal(value.strip())
+        except (decimal.InvalidOperation, ValueError):
+            return ""
+        if not number.is_finite():
+            return ""
+        plain = format(number, "f")
+        dotted = re.sub(r"^([+-]?\d+)([eE])", r"\1.0\2", value.strip())
+        return f" (YAML reads {value} as text; write {plain} or {dotted})"
+    return ""
+
+
 def coerce(value: Any, hint: Any, where: str) -> Any:
     """Check a YAML value against a field's type hint; ints are accepted where floats are.
 
@@ -1043,7 +1105,9 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
         return value
     if hint is float or text == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise IntentCIError(f"{where}: expected a number, got {value!r}")
+            raise IntentCIError(
+                f"{where}: expected a number, got {value!r}{_yaml_number_hint(value)}"
+            )
         return float(value)
     if hint is int or text == "int":
         if isinstance(value, bool) or not isinstance(value, int):
@@ -1346,6 +1410,7 @@ class GateConfig:
     )
 
     def __post_init__(self) -> None:
+        _check_finite(self, "gate")
         _check(
             0 <= self.max_drop <= 100,
             "gate",
@@ -1433,7 +1498,7 @@ def gate_config_from_dict(values: Any, *, source: str = "config") -> GateConfig:
                 else suggest(str(section), ["gate"])
             )
             raise IntentCIError(f"{source}: unknown section `{section}`.{hint}")
-    section_values = values.get("gate") or {}
+    section_values = {} if values.get("gate") is None else values["gate"]
     if not isinstance(section_values, dict):
         raise IntentCIError(f"{source}: section `gate` must be a mapping of key: value")
     hints = get_type_hints(GateConfig)
@@ -1677,6 +1742,7 @@ class DiscoverConfig:
     )
 
     def __post_init__(self) -> None:
+        _check_finite(self, "discover")
         s = "discover"
         _check(
             self.merge_similarity is None or -1 <= self.merge_similarity <= 1,
@@ -1788,7 +1854,7 @@ class DiscoverConfig:
                 f"{source}: unknown section `{unknown[0]}`."
                 + suggest(str(unknown[0]), ["discover"])
             )
-        section = values.get("discover") or {}
+        section = {} if values.get("discover") is None else values["discover"]
         if not isinstance(section, dict):
             raise IntentCIError(f"{source}: section `discover` must be a mapping of key: value")
         hints = get_type_hints(cls)

@@ -223,10 +223,18 @@ class HubConfig:
             raise IntentCIError(
                 f"hub endpoint {self.endpoint!r}: expected an http(s) URL such as https://huggingface.co"
             )
+        # The value is never echoed when refused: it may be the token itself, pasted by mistake,
+        # and error lines end up in CI logs.
+        if self.token_env.startswith("hf_") and len(self.token_env) >= 20:
+            raise IntentCIError(
+                "--token-env: the value looks like a Hugging Face token (hf_...), not the name of "
+                "an environment variable; export the token as e.g. HF_TOKEN and pass that name "
+                "(the value is not shown)"
+            )
         if not ENV_NAME.match(self.token_env):
             raise IntentCIError(
-                f"--token-env {self.token_env!r}: expected the name of an environment variable, "
-                "e.g. HF_TOKEN (never the token itself)"
+                "--token-env: expected the name of an environment variable, e.g. HF_TOKEN (never "
+                "the token itself; the value is not shown)"
             )
 
     def resolved_endpoint(self) -> str:

@@ -120,6 +120,16 @@ def fingerprint(encoder: nn.Module, skip: set[str] | frozenset[str] = frozenset(
     return "sha256:" + digest.hexdigest()
 
 
+def max_tokens(encoder: nn.Module) -> int | None:
+    """The longest input an encoder with learned absolute positions takes (None: no such
+    table). RoBERTa-style tables start after the padding index, so 514 rows take 512 tokens."""
+    positions = getattr(getattr(encoder, "embeddings", None), "position_embeddings", None)
+    if not isinstance(positions, nn.Embedding):
+        return None
+    offset = positions.padding_idx + 1 if positions.padding_idx is not None else 0
+    return positions.num_embeddings - offset
+
+
 def load_backbone(cfg: ModelConfig) -> Backbone:
     """Load the encoder with `AutoModel` and its tokenizer with `AutoTokenizer`; freeze it.
 
@@ -138,6 +148,12 @@ def load_backbone(cfg: ModelConfig) -> Backbone:
             f"config field `model.backbone`: could not load {cfg.backbone!r} with AutoModel/AutoTokenizer: "
             f"{first}. Give a local folder, a Hub id reachable from here, or {PACKAGED_MINILM!r} offline."
         ) from None
+    limit = max_tokens(encoder)
+    if limit is not None and cfg.max_length > limit:
+        raise IntentCIError(
+            f"config field `model.max_length`: {cfg.max_length} tokens, but backbone "
+            f"{cfg.backbone!r} has position embeddings for {limit}; expected at most {limit}"
+        )
     encoder.requires_grad_(False)
     encoder.eval()
     pooling = cfg.pooling if cfg.pooling != "auto" else detect_pooling(path, cfg.revision)

@@ -871,6 +871,11 @@ def _child_release(
         )
     if config.distill.ewc_weight > 0 and not config.replay.enabled:
         raise IntentCIError(EWC_NEEDS_REPLAY)
+    if updates and config.train.update_mode == "head" and config.train.head_lr == 0:
+        raise IntentCIError(
+            f"{overrides_source}: `train.head_lr` is 0, but with `train.update_mode: head` the "
+            "head is all an update trains; give it a learning rate > 0 (default 0.01)"
+        )
     distill = _child_distill(config, updates)
     holds = distill.enabled and (
         distill.weight > 0 or distill.feature_weight > 0 or distill.l2_weight > 0

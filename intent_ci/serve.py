@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -508,6 +509,13 @@ def serve(registry: str | Path | Registry, config: ServeConfig) -> None:
 
     registry = registry if isinstance(registry, Registry) else Registry(registry)
     registry.resolve(config.release)  # an unknown release or registry is a usage error
+    try:  # an address that does not resolve is refused before the release loads
+        socket.getaddrinfo(config.host, config.port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as err:
+        raise IntentCIError(
+            f"--host {config.host!r}: not an address this machine can listen on ({err}); "
+            "expected an IP address or a resolvable host name, e.g. 127.0.0.1"
+        ) from None
     if config.threads is not None:
         import torch
 

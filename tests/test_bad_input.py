@@ -264,6 +264,19 @@ def test_update_moving_every_exemplar_of_an_intent_away(capsys, registry, tmp_pa
     capsys.readouterr()
 
 
+def test_update_with_nothing_to_train(capsys, registry, tmp_path):
+    """`train.head_lr: 0` with the default head-alone update trained nothing and exited 0."""
+    fixes = write_rows(tmp_path / "fixes.csv", [("total funds", "check_balance")])
+    config = write_yaml(tmp_path, {"train": {"head_lr": 0}})
+    refused(
+        capsys,
+        ["update", "--data", fixes, "--registry", registry, "--config", config],
+        registry,
+        rf"{esc(config)}: `train.head_lr` is 0, but with `train.update_mode: head` the head is "
+        r"all an update trains; give it a learning rate > 0 \(default 0.01\)$",
+    )
+
+
 def test_update_from_an_unknown_release(capsys, registry, tmp_path):
     fixes = write_rows(tmp_path / "fixes.csv", [("total funds", "check_balance")])
     refused(
@@ -520,6 +533,30 @@ def write_yaml(tmp_path: Path, values) -> Path:
             {"replay": {"exemplar_features": "student"}},
             r"config field `replay.exemplar_features`: expected start or trained; got 'student'$",
         ),
+        # Infinity passed every bound check and wrote a release with NaN weights and threshold.
+        ({"train": {"lr": float("inf")}}, r"config field `train.lr`: must be a finite number"),
+        (
+            {"model": {"cosine_scale": float("inf")}},
+            r"config field `model.cosine_scale`: must be a finite number, got inf$",
+        ),
+        (
+            {"distill": {"weight": float("-inf")}},
+            r"config field `distill.weight`: must be a finite number, got -inf$",
+        ),
+        (
+            {"train": {"seed": -1}},
+            r"config field `train.seed`: must be an integer in \[0, 2\*\*32 - 1\], got -1$",
+        ),
+        (
+            {"train": {"lora": False, "head_lr": 0}},
+            r"config field `train.head_lr`: must be > 0 with `train.lora: false`",
+        ),
+        # PyYAML reads 1e-3 as text: the message says how to write it.
+        (
+            {"train": {"lr": "1e-3"}},
+            r"`train.lr`: expected a number, got '1e-3' \(YAML reads 1e-3 as text; write "
+            r"0.001 or 1.0e-3\)$",
+        ),
     ],
 )
 def test_bad_init_config(capsys, fresh, config_file, tmp_path, tiny_backbone, override, pattern):
@@ -535,6 +572,26 @@ def test_bad_init_config(capsys, fresh, config_file, tmp_path, tiny_backbone, ov
         init(tmp_path / "unused", fresh, bad),
         fresh,
         rf"{esc(bad)}: {pattern}",
+    )
+
+
+def test_max_length_beyond_the_backbones_positions(
+    capsys, base_folder, fresh, tmp_path, tiny_backbone
+):
+    """A max_length the backbone has no position embeddings for crashed the first long
+    utterance with an index error (a traceback); refused before training, naming the limit."""
+    from intent_ci.config import ModelConfig
+    from intent_ci.modeling import load_backbone
+
+    limit = load_backbone(ModelConfig(backbone=str(tiny_backbone))).encoder.config
+    limit = limit.max_position_embeddings - limit.pad_token_id - 1
+    bad = write_yaml(tmp_path, tiny_overrides(tiny_backbone, model={"max_length": limit + 1}))
+    refused(
+        capsys,
+        init(base_folder, fresh, bad),
+        fresh,
+        rf"config field `model.max_length`: {limit + 1} tokens, but backbone .* has position "
+        rf"embeddings for {limit}; expected at most {limit}$",
     )
 
 

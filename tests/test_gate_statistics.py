@@ -409,6 +409,10 @@ def test_gate_config_defaults_and_overrides(tmp_path):
             r"config field `gate.min_new_intent_utterances`: must be >= 1, got 0",
         ),
         ({"gate": [1]}, r"section `gate` must be a mapping"),
+        # an empty list or false is no mapping either (they used to mean "no overrides")
+        ({"gate": []}, r"section `gate` must be a mapping"),
+        ({"gate": False}, r"section `gate` must be a mapping"),
+        ({"gate": {"max_drop": float("inf")}}, r"config field `gate.max_drop`: must be a finite"),
     ],
 )
 def test_gate_config_errors(values, message):

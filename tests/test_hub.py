@@ -496,7 +496,15 @@ def test_hub_errors_are_one_line_and_write_nothing(
             ["pull", "--repo-id", REPO, "--release", "v2/../../x"],
             r"invalid release name 'v2/../../x'",
         ),
-        (["pull", "--repo-id", REPO, "--token-env", "hf_abc-123"], r"--token-env 'hf_abc-123'"),
+        (
+            ["pull", "--repo-id", REPO, "--token-env", "hf_abc-123"],
+            r"--token-env: expected the name of an environment variable",
+        ),
+        # A token pasted in place of the variable's name is refused and never echoed.
+        (
+            ["pull", "--repo-id", REPO, "--token-env", "hf_" + "AbCdEf0123456789" * 2],
+            r"--token-env: the value looks like a Hugging Face token .*\(the value is not shown\)$",
+        ),
         (
             ["pull", "--repo-id", REPO, "--token-env", "UNSET_TOKEN_VAR"],
             r"UNSET_TOKEN_VAR .* not set",
@@ -506,7 +514,9 @@ def test_hub_errors_are_one_line_and_write_nothing(
 def test_names_are_validated_before_any_request(hub, trained_registry, capsys, args, message):
     capsys.readouterr()
     assert main([*args, "--registry", str(trained_registry)]) == 2
-    assert re.search(message, capsys.readouterr().err)
+    err = capsys.readouterr().err
+    assert re.search(message, err, re.M), err
+    assert "hf_AbCd" not in err and "hf_abc-123" not in err  # a token is never echoed
     assert hub.requests == []
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -394,6 +395,24 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        # an empty host made uvicorn listen on every interface
+        (["--host", ""], r"config field `serve.host`: must not be empty"),
+        (["--host", "999.999.1.1"], r"--host '999.999.1.1': not an address this machine can"),
+        (["--traffic-log", ""], r"config field `serve.traffic_log`: must not be empty"),
+    ],
+)
+def test_serve_refuses_a_bad_address_or_log_folder_before_loading(registry, capsys, flags, message):
+    from intent_ci.cli import main
+
+    assert main(["serve", "--registry", str(registry), *flags]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"^intent-ci: error: " + message, err, re.M), err
+    assert len(err.strip().splitlines()) == 1 and "Uvicorn" not in err
 
 
 def test_cli_serves_until_sigterm_and_shuts_down_cleanly(registry, tmp_path):
