@@ -628,15 +628,29 @@ def cmd_discover(args: argparse.Namespace) -> int:
     config = load_discover_config(args.config)
     out = Path(args.out)
     _check_out(out, args.force)  # before the model loads: a refused --out costs nothing
-    traffic = read_traffic(args.traffic, config.max_chars)
-    echo(
-        f"traffic: {traffic.total} utterances ({len(traffic.texts)} distinct) from "
-        f"{len(traffic.files)} file(s)"
-        + (f"; {traffic.redacted} redacted rows skipped" if traffic.redacted else "")
-        + (f"; {traffic.too_long} over-long skipped" if traffic.too_long else "")
-    )
-    classifier = IntentClassifier.load(args.registry, args.release)
+    # Launched on several processes (torchrun, accelerate launch), each scores and embeds a
+    # shard of the traffic (`discover.encode`); every process then clusters the same gathered
+    # embeddings, and the main one reports and writes.
+    device, main_process = None, True
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
+        from accelerate import PartialState
+
+        # Accelerate starts a CPU process group (gloo) only when told to use the CPU.
+        state = PartialState(cpu=not torch.accelerator.is_available())
+        device, main_process = state.device, state.is_main_process
+    traffic = read_traffic(args.traffic, config.max_chars, progress=main_process)
+    if main_process:
+        echo(
+            f"traffic: {traffic.total} utterances ({len(traffic.texts)} distinct) from "
+            f"{len(traffic.files)} file(s)"
+            + (f"; {traffic.redacted} redacted rows skipped" if traffic.redacted else "")
+            + (f"; {traffic.too_long} over-long skipped" if traffic.too_long else "")
+        )
+    classifier = IntentClassifier.load(args.registry, args.release, device=device)
     result = discover(classifier, traffic, config)
+    if not main_process:
+        return EXIT_OK
     echo(result.message)
     written = write_candidates(result, out, force=args.force)
     for cand in result.candidates:
@@ -1285,9 +1299,9 @@ def _end_distributed() -> None:
         dist.destroy_process_group()
 
 
-DATA_PARALLEL_COMMANDS = frozenset({"init", "add-intent", "update", "quickstart"})
-"""Commands that train under Accelerate and so share their work between the processes of a
-`torchrun` / `accelerate launch` job. Every other command works in one process: launched on
+DATA_PARALLEL_COMMANDS = frozenset({"init", "add-intent", "update", "quickstart", "discover"})
+"""Commands that share their work between the processes of a `torchrun` / `accelerate launch`
+job (training under Accelerate; discover's scoring and embedding passes). Every other command works in one process: launched on
 several, it runs on the main one and the others exit at once (two processes each writing a
 `retire` or `calibrate` release, or each printing an `eval --json` document, help nobody)."""
 

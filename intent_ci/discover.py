@@ -389,17 +389,21 @@ def encode(
         list(texts), truncation=True, max_length=classifier.release.config.model.max_length
     )
     order = sorted(range(len(texts)), key=lambda i: -len(encoded["input_ids"][i]))
+    # Under torchrun / accelerate launch each process encodes every N-th utterance of the
+    # length order (shards of equal cost) and every process gets the whole result back.
+    rank, processes = _process_share()
+    mine = order[rank::processes]
     out = torch.empty(len(texts), hidden)
     logits = torch.empty(len(texts), len(classifier.intents)) if with_logits else None
     off = model.encoder.disable_adapter() if features == "backbone" else _NullContext()
     with off:
         for start in tqdm(
-            range(0, len(texts), batch_size),
+            range(0, len(mine), batch_size),
             desc=desc,
             unit="batch",
             disable=int(os.environ.get("RANK", "0")) != 0,
         ):
-            rows = order[start : start + batch_size]
+            rows = mine[start : start + batch_size]
             batch = tokenizer.pad(
                 {key: [encoded[key][i] for i in rows] for key in encoded}, return_tensors="pt"
             ).to(classifier.device)
@@ -407,7 +411,24 @@ def encode(
             if logits is not None:
                 logits[rows] = model.head(pooled).float().cpu()
             out[rows] = F.normalize(pooled.float(), dim=-1).cpu()
+    if processes > 1:
+        shards: list[Any] = [None] * processes
+        torch.distributed.all_gather_object(
+            shards, (mine, out[mine], None if logits is None else logits[mine])
+        )
+        for rows, part, part_logits in shards:
+            out[rows] = part
+            if logits is not None:
+                logits[rows] = part_logits
     return out.numpy(), logits
+
+
+def _process_share() -> tuple[int, int]:
+    """``(rank, processes)`` of a started process group; ``(0, 1)`` without one."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 class _NullContext:

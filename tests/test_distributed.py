@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -136,6 +137,43 @@ def test_single_process_commands_under_torchrun_run_once(dp_run, tmp_path):
     assert add.returncode != 0
     assert add.stderr.count("intent-ci: error: ") == 1, add.stderr[-3000:]
     assert Registry(registry).releases() == ["v1", "v2", "v3"]
+
+
+def test_discover_under_torchrun_shares_the_scoring_and_matches_one_process(
+    dp_run, data_dir, tmp_path
+):
+    """`discover` on 2 processes: each scores and embeds half of the traffic, every process gets
+    the gathered embeddings, the main one writes. The candidates are one process's."""
+    from intent_ci.cli import main
+
+    traffic = tmp_path / "traffic.txt"
+    damage = (data_dir / "new" / "report_damage.txt").read_text().splitlines()
+    known = (data_dir / "test" / "card_lost.txt").read_text().splitlines()
+    traffic.write_text("\n".join(damage + damage[:5] + known) + "\n")
+    config = tmp_path / "discover.yaml"
+    config.write_text(
+        "discover:\n  max_margin: 1.0\n  similarity: 0.3\n  features: release\n  batch_size: 8\n"
+    )
+    args = ("discover", "--registry", str(dp_run["registry"]), "--traffic", str(traffic))
+    args += ("--config", str(config), "--release", "v2")
+    run = _torchrun_cli(*args, "--out", str(tmp_path / "two"), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("wrote ") == 1 and run.stdout.count("traffic: ") == 1, run.stdout
+    # The main process scored half of the 50 distinct utterances: 4 batches of 8, not 7.
+    assert re.search(r"scoring traffic: 100%.*\| 4/4 ", run.stderr), run.stderr[-3000:]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    two = json.loads((tmp_path / "two" / "candidates.json").read_text())
+    one = json.loads((tmp_path / "one" / "candidates.json").read_text())
+    assert two["candidates"], "the traffic should form candidates"
+    assert two["considered"] == one["considered"]
+
+    def shape(result: dict) -> list:
+        return [
+            (c["name"], c["size"], sorted(u["text"] for u in c["utterances"]))
+            for c in result["candidates"]
+        ]
+
+    assert shape(two) == shape(one)
 
 
 def test_init_and_add_intent_under_torchrun(dp_run):
