@@ -1301,9 +1301,17 @@ def _end_distributed() -> None:
 
 DATA_PARALLEL_COMMANDS = frozenset({"init", "add-intent", "update", "quickstart", "discover"})
 """Commands that share their work between the processes of a `torchrun` / `accelerate launch`
-job (training under Accelerate; discover's scoring and embedding passes). Every other command works in one process: launched on
-several, it runs on the main one and the others exit at once (two processes each writing a
-`retire` or `calibrate` release, or each printing an `eval --json` document, help nobody)."""
+job (training under Accelerate; discover's scoring and embedding passes). Every other command
+works in one process: launched on several, it runs on the main one and the others exit at once
+(two processes each writing a `retire` or `calibrate` release, or each printing an
+`eval --json` document, help nobody)."""
+
+
+def _which_process(rank: int, processes: int) -> str:
+    """Empty on the main process; `` (process 2 of 4)`` on the others of a launch, whose error
+    (often the main process's again, as every process reads the same input) says whose it is.
+    None is silenced: a problem only one process meets (a file missing on one node) must show."""
+    return "" if rank == 0 or processes == 1 else f" (process {rank + 1} of {processes})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1324,13 +1332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_release_args(args)
         return args.func(args)
     except LatestMovedError as err:
-        sys.stderr.write(f"intent-ci: error: {err}\n")
+        sys.stderr.write(f"intent-ci: error{_which_process(rank, processes)}: {err}\n")
         return EXIT_FAILED
     except IntentCIError as err:
-        # Every process of a data-parallel job reads the same input and refuses it the same
-        # way: one line is enough (the main process's).
-        if rank == 0 or processes == 1:
-            sys.stderr.write(f"intent-ci: error: {err}\n")
+        sys.stderr.write(f"intent-ci: error{_which_process(rank, processes)}: {err}\n")
         return EXIT_ERROR
     except KeyboardInterrupt:
         sys.stderr.write("intent-ci: interrupted; the registry is unchanged\n")

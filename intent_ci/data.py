@@ -257,13 +257,22 @@ def _from_table(path: Path, cfg: DataConfig) -> tuple[datasets.Dataset, bool]:
     """The rows of a CSV or JSONL file, and whether they are reviewed traffic.
 
     A table is reviewed traffic when it is a ``serve`` log (its columns) or has ``text`` and
-    ``label`` columns: an export of a log keeps ``label`` even when it drops the log's other
-    columns, and reading its ``intent`` (the release's prediction) as the label would teach the
-    release its own mistakes.
+    ``label`` but no ``intent``. With ``intent`` and ``label`` but not the log's columns it is
+    refused: in an export of a log ``intent`` is the release's prediction (reading it would
+    teach the release its own mistakes), in other files (e.g. a dataset export with numeric
+    class ids in ``label``) it is the label, and the file cannot say which.
     """
     text = _read_utf8(path, cfg.max_chars)
     columns, rows = _table_rows(path, text)
     serve_log = all(c in columns for c in SERVE_LOG_COLUMNS)
+    if rows and not serve_log and REVIEWED in columns and INTENT in columns:
+        raise IntentCIError(
+            f"{path}: has both an `{INTENT}` and a `{REVIEWED}` column, so which one labels the "
+            f"rows is ambiguous; a reviewed traffic export keeps the log's columns "
+            f"({', '.join(SERVE_LOG_COLUMNS)}: then `{REVIEWED}` labels and `{INTENT}`, the "
+            f"release's prediction, is ignored) or drops `{INTENT}`; a labelled file keeps one "
+            f"label column, `{INTENT}`"
+        )
     if rows and (serve_log or (REVIEWED in columns and TEXT in columns)):
         return _from_reviewed(path, rows), True
     missing = [c for c in (TEXT, INTENT) if c not in columns]

@@ -42,6 +42,7 @@ from intent_ci.config import NAME_PATTERN, DiscoverConfig
 from intent_ci.data import _read_utf8, _table_rows, normalise
 from intent_ci.errors import IntentCIError
 from intent_ci.registry import owner_alive
+from intent_ci.update import memory_index
 
 logger = logging.getLogger(__name__)
 
@@ -587,9 +588,10 @@ class Discovery:
     # the JSON)
     scored: Scored | None = None
     chosen: np.ndarray | None = None
-    # `dedup_key`s of the release's replay memory: an existing intent's examples file leaves
-    # out what the release already stores (not in the JSON)
-    stored: frozenset[str] = frozenset()
+    # the release's replay memory as `update.memory_index` (normalised utterance -> intent):
+    # an existing intent's examples file leaves out what the release already stores under
+    # that intent, which `update` would refuse (not in the JSON)
+    stored: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -942,7 +944,7 @@ def discover(classifier: Any, traffic: Traffic, cfg: DiscoverConfig | None = Non
         config=asdict(cfg),
         scored=scored,
         chosen=chosen,
-        stored=frozenset(dedup_key(t) for ts in classifier.release.replay.values() for t in ts),
+        stored=memory_index(classifier.release.replay),
     )
     if not len(chosen):
         result.message = (
@@ -1104,10 +1106,10 @@ def write_candidates(result: Discovery, out: str | Path, *, force: bool = False)
         belongs_rows, already = [], 0
         for c in result.candidates:
             if c.belongs_to is not None:
-                # an utterance the release already stores is no new example (and `update`
-                # refuses a row that gives a stored utterance the intent it has)
+                # an utterance the release already stores under that intent is no new example
+                # (and `update` refuses it); stored under another intent it is a correction
                 rows = [(u["text"], c.belongs_to) for u in c.utterances]
-                kept = [r for r in rows if dedup_key(r[0]) not in result.stored]
+                kept = [r for r in rows if result.stored.get(normalise(r[0])) != r[1]]
                 belongs_rows += kept
                 already += len(rows) - len(kept)
                 continue

@@ -225,7 +225,7 @@ class HubConfig:
             )
         # The value is never echoed when refused: it may be the token itself, pasted by mistake,
         # and error lines end up in CI logs.
-        if self.token_env.startswith("hf_") and len(self.token_env) >= 20:
+        if re.fullmatch(r"hf_[A-Za-z0-9]{20,}", self.token_env):
             raise IntentCIError(
                 "--token-env: the value looks like a Hugging Face token (hf_...), not the name of "
                 "an environment variable; export the token as e.g. HF_TOKEN and pass that name "

@@ -130,6 +130,22 @@ def max_tokens(encoder: nn.Module) -> int | None:
     return positions.num_embeddings - offset
 
 
+def check_max_length(backbone: Backbone, cfg: ModelConfig) -> None:
+    """Refuse a `model.max_length` the backbone has no position embeddings for: the first
+    utterance that long would crash with an index error. Checked when a base release is
+    trained (the field is fixed for its line); releases made before the check still load.
+
+    Raises:
+        IntentCIError: naming the field and the backbone's limit.
+    """
+    limit = max_tokens(backbone.encoder)
+    if limit is not None and cfg.max_length > limit:
+        raise IntentCIError(
+            f"config field `model.max_length`: {cfg.max_length} tokens, but backbone "
+            f"{cfg.backbone!r} has position embeddings for {limit}; expected at most {limit}"
+        )
+
+
 def load_backbone(cfg: ModelConfig) -> Backbone:
     """Load the encoder with `AutoModel` and its tokenizer with `AutoTokenizer`; freeze it.
 
@@ -148,12 +164,6 @@ def load_backbone(cfg: ModelConfig) -> Backbone:
             f"config field `model.backbone`: could not load {cfg.backbone!r} with AutoModel/AutoTokenizer: "
             f"{first}. Give a local folder, a Hub id reachable from here, or {PACKAGED_MINILM!r} offline."
         ) from None
-    limit = max_tokens(encoder)
-    if limit is not None and cfg.max_length > limit:
-        raise IntentCIError(
-            f"config field `model.max_length`: {cfg.max_length} tokens, but backbone "
-            f"{cfg.backbone!r} has position embeddings for {limit}; expected at most {limit}"
-        )
     encoder.requires_grad_(False)
     encoder.eval()
     pooling = cfg.pooling if cfg.pooling != "auto" else detect_pooling(path, cfg.revision)

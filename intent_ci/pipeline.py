@@ -51,6 +51,7 @@ from intent_ci.modeling import (
     IntentModel,
     attach_lora,
     build_head,
+    check_max_length,
     class_prototypes,
     default_lora_targets,
     load_backbone,
@@ -588,6 +589,7 @@ def init_release(
         registry.clean_stale_staging()
 
     backbone = load_backbone(config.model)
+    check_max_length(backbone, config.model)
     if config.model.lora_target_modules is None:
         # Record the resolved targets, so the release says what it trained and later changes to
         # the defaults cannot change what its manifest means.

@@ -617,21 +617,27 @@ def test_discover_command_writes_candidates_add_intent_accepts(
     flagged.write_text(
         config.read_text().replace("belongs_similarity: 1.0", "belongs_similarity: 0.01")
     )
-    # Traffic that repeats what the release already stores: those utterances are no new
-    # examples, and `update` would refuse them, so the examples file leaves them out.
+    # Traffic that repeats what the release already stores: an utterance stored under the
+    # intent its candidate is flagged for is no new example (and `update` would refuse it), so
+    # the examples file leaves it out; stored under another intent it stays (a correction).
+    # (half of each intent's memory: the other half keeps every intent something to learn from
+    # after the corrections the examples file then holds)
     memory = load_release(Registry(registry), "v2").replay
-    stored = [t for intent in ("card_lost", "check_balance") for t in memory[intent]]
+    stored = {t: intent for intent, texts in memory.items() for t in texts[: len(texts) // 2]}
     (folder / "b.txt").write_text("\n".join(stored) + "\n")
     assert main([*args[:-1], str(flagged), "--release", "v2", "--force"]) == 0
     assert not list(out.glob("*.txt"))  # every candidate sits near an existing intent
     examples = read_examples(out / "existing_intent_examples.csv")
     assert set(examples.intents) <= set(Registry(registry).manifest("v2")["intents"])
     summary = json.loads((out / CANDIDATES_JSON).read_text())
-    flagged_texts = [u["text"] for c in summary["candidates"] for u in c["utterances"]]
-    repeats = [t for t in flagged_texts if t in set(stored)]
-    assert repeats and not set(examples.dataset["text"]) & set(stored)
-    assert summary["files"]["existing_intent_examples_already_stored"] == len(repeats)
-    assert len(examples) == len(flagged_texts) - len(repeats)
+    flagged_rows = [
+        (u["text"], c["belongs_to"]) for c in summary["candidates"] for u in c["utterances"]
+    ]
+    same = [t for t, intent in flagged_rows if stored.get(t) == intent]
+    assert same, "some stored utterances should be flagged for the intent that stores them"
+    written = list(zip(examples.dataset["text"], examples.dataset["intent"], strict=True))
+    assert written == [(t, i) for t, i in flagged_rows if stored.get(t) != i]
+    assert summary["files"]["existing_intent_examples_already_stored"] == len(same)
     # ... so `update` reads the file as it is.
     examples_file = str(out / "existing_intent_examples.csv")
     update = ["update", "--data", examples_file, "--from", "v2", "--registry", str(registry)]

@@ -131,11 +131,13 @@ def test_single_process_commands_under_torchrun_run_once(dp_run, tmp_path):
     bad = _torchrun_cli("eval", "--release", "v9", "--data", str(test), cwd=tmp_path)
     assert bad.returncode != 0
     assert bad.stderr.count("intent-ci: error: ") == 1, bad.stderr[-3000:]
-    # A data-parallel command refuses a user mistake once too (every process reads the input).
+    # A data-parallel command: every process reads the input and says so, the others naming
+    # themselves (an error only one process meets must show, so none is silenced).
     missing = str(tmp_path / "missing.txt")
     add = _torchrun_cli("add-intent", "--data", missing, "--registry", str(registry), cwd=tmp_path)
     assert add.returncode != 0
     assert add.stderr.count("intent-ci: error: ") == 1, add.stderr[-3000:]
+    assert add.stderr.count("intent-ci: error (process 2 of 2): ") == 1, add.stderr[-3000:]
     assert Registry(registry).releases() == ["v1", "v2", "v3"]
 
 

@@ -408,6 +408,17 @@ def test_no_replay_release_loads_predicts_and_add_intent_explains(
     Registry(retire_reg).verify(retired)
     with pytest.raises(IntentCIError, match=rf"{retired} has no replay memory"):
         add_intents(data_dir / "new" / "report_damage.txt", retire_reg, retired)
+    # ... and `intent-ci calibrate`, as the warning advises, gives it a threshold again (its
+    # release once failed verify: it did not carry the omitted replay.json over).
+    from intent_ci.lifecycle import calibrate_release
+
+    held = tmp_path / "held"
+    held.mkdir()
+    for intent in Registry(retire_reg).manifest(retired)["intents"]:
+        shutil.copy(data_dir / "test" / f"{intent}.txt", held / f"{intent}.txt")
+    calibrated = calibrate_release(held, retire_reg, retired)
+    Registry(retire_reg).verify(calibrated)
+    assert IntentClassifier.load(retire_reg, calibrated).threshold is not None
     with pytest.raises(
         IntentCIError,
         match=r"v2 has no replay memory .* `replay.enabled: false` and a distillation",

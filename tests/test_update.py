@@ -694,10 +694,11 @@ def test_update_learns_from_a_reviewed_serve_log(trained_registry, tmp_path, cap
     capsys.readouterr()
 
 
-def test_an_export_with_a_label_column_is_read_by_that_label(tmp_path):
-    """A reviewed export that dropped the log's other columns (`text,intent,label`) is still
-    read by `label`: its `intent` is the release's prediction, and reading it would teach the
-    release its own mistakes."""
+def test_a_table_with_intent_and_label_columns_is_refused_as_ambiguous(tmp_path):
+    """`text,intent,label` without the log's other columns: in a reviewed export `intent` is
+    the release's prediction (it was read as the label: the update learned the release's own
+    mistakes), in a dataset export `label` may be a class id (reading it would name intents
+    0, 1, 2). The file cannot say which, so it is refused; `text,label` is reviewed traffic."""
     from intent_ci.data import read_examples
 
     texts = make_utterances("transfer_money", 3, seed=13)
@@ -706,16 +707,12 @@ def test_an_export_with_a_label_column_is_read_by_that_label(tmp_path):
         writer = csv.writer(f)
         writer.writerow(["text", "intent", "label"])
         writer.writerows([[texts[0], "card_lost", "transfer_money"], [texts[1], "card_lost", ""]])
-        writer.writerow([texts[2], "card_lost", "transfer_money"])
-    data = read_examples(path, known_intents=["transfer_money", "card_lost"])
-    assert list(data.dataset["intent"]) == ["transfer_money", "transfer_money"]
-    assert list(data.dataset["text"]) == [texts[0], texts[2]] and data.reviewed
-    # `text,label` alone is the same.
+    with pytest.raises(IntentCIError, match=r"reviewed.csv: has both an `intent` and a `label`"):
+        read_examples(path, known_intents=["transfer_money", "card_lost"])
     bare = tmp_path / "bare.csv"
-    bare.write_text(f"text,label\n{texts[0]},transfer_money\n", encoding="utf-8")
-    assert list(read_examples(bare, known_intents=["transfer_money"]).dataset["intent"]) == [
-        "transfer_money"
-    ]
+    bare.write_text(f"text,label\n{texts[0]},transfer_money\n{texts[1]},\n", encoding="utf-8")
+    data = read_examples(bare, known_intents=["transfer_money"])
+    assert list(data.dataset["intent"]) == ["transfer_money"] and data.reviewed
 
 
 def test_update_skips_reviewed_rows_that_confirm_what_the_release_stores(
