@@ -26,7 +26,10 @@ logger = logging.getLogger("intent_ci")
 
 
 def echo(text: str = "") -> None:
-    """The CLI's output layer: results go to stdout, logs and progress to stderr."""
+    """The CLI's output layer: results go to stdout, logs and progress to stderr. In a job
+    launched on several processes only the main one prints results (errors print everywhere)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
 

@@ -618,7 +618,9 @@ def calibrate_release(
         "oos": record,
         "versions": library_versions(),
     }
-    if REPLAY_FILE not in manifest["files"] and REPLAY_FILE in (manifest.get("omitted_files") or {}):
+    if REPLAY_FILE not in manifest["files"] and REPLAY_FILE in (
+        manifest.get("omitted_files") or {}
+    ):
         # a parent without its memory (pulled with --no-replay, or retired from such a release)
         new_manifest["omitted_files"] = {REPLAY_FILE: manifest["omitted_files"][REPLAY_FILE]}
     copied = [ADAPTER_WEIGHTS, ADAPTER_CONFIG, HEAD_WEIGHTS, LABELS]

@@ -88,3 +88,15 @@ def test_eval_json_is_a_flag_and_json_file_still_writes(
     both = tmp_path / "both.json"
     assert main([*base, "--json", "--output", str(both)]) == 0
     assert json.loads(capsys.readouterr().out) == json.loads(both.read_text(encoding="utf-8"))
+
+
+def test_only_the_main_process_of_a_launch_prints_results(capsys, monkeypatch):
+    """Under torchrun every process runs the command; `quickstart` (a data-parallel command)
+    printed each of its lines once per process. Results print on the main process only."""
+    from intent_ci.cli import echo
+
+    monkeypatch.setenv("RANK", "1")
+    echo("from the second process")
+    monkeypatch.setenv("RANK", "0")
+    echo("from the main process")
+    assert capsys.readouterr().out == "from the main process\n"
