@@ -239,10 +239,12 @@ def calibrate(
         "oos_recall": None,
     }
     if len(in_scope_scores) == 0:
-        record["note"] = (
-            "no calibration utterances (every intent has too few utterances to hold any out); "
-            "every utterance is in scope"
+        why = (
+            "`oos.holdout_share` or `oos.holdout_max_per_intent` is 0, so none is held out"
+            if cfg.holdout_share == 0 or cfg.holdout_max_per_intent == 0
+            else "every intent has too few utterances to hold any out"
         )
+        record["note"] = f"no calibration utterances ({why}); every utterance is in scope"
         return record
     threshold = threshold_for_recall(in_scope_scores, cfg.target_recall)
     record["threshold"] = threshold

@@ -730,3 +730,16 @@ def test_lineage_refuses_a_calibrated_release_whose_head_changed(reg, data_dir, 
     code, out, _ = run(capsys, "verify", "v3", "--registry", reg)
     assert code == 1
     assert "a release made by calibrate trains nothing, but its head.safetensors differs" in out
+
+
+def test_no_calibration_utterances_says_whether_the_data_or_the_setting_held_none_out():
+    """With `oos.holdout_share: 0` the note blamed the data ('every intent has too few
+    utterances'); it names the setting now."""
+    from intent_ci.calibration import calibrate
+
+    empty = torch.empty(0)
+    by_setting = calibrate(empty, empty, OOSConfig(holdout_share=0.0), intents=4)
+    assert by_setting["threshold"] is None
+    assert "`oos.holdout_share` or `oos.holdout_max_per_intent` is 0" in by_setting["note"]
+    by_data = calibrate(empty, empty, OOSConfig(), intents=4)
+    assert "every intent has too few utterances to hold any out" in by_data["note"]
