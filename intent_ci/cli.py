@@ -181,8 +181,6 @@ def _fallback_line(manifest: dict) -> str | None:
 
 
 def _report_release(registry: str, release: str) -> None:
-    if int(os.environ.get("RANK", "0")) != 0:
-        return
     from intent_ci.registry import Registry
 
     manifest = Registry(registry).manifest(release)
@@ -643,13 +641,12 @@ def cmd_discover(args: argparse.Namespace) -> int:
         state = PartialState(cpu=not torch.accelerator.is_available())
         device, main_process = state.device, state.is_main_process
     traffic = read_traffic(args.traffic, config.max_chars, progress=main_process)
-    if main_process:
-        echo(
-            f"traffic: {traffic.total} utterances ({len(traffic.texts)} distinct) from "
-            f"{len(traffic.files)} file(s)"
-            + (f"; {traffic.redacted} redacted rows skipped" if traffic.redacted else "")
-            + (f"; {traffic.too_long} over-long skipped" if traffic.too_long else "")
-        )
+    echo(
+        f"traffic: {traffic.total} utterances ({len(traffic.texts)} distinct) from "
+        f"{len(traffic.files)} file(s)"
+        + (f"; {traffic.redacted} redacted rows skipped" if traffic.redacted else "")
+        + (f"; {traffic.too_long} over-long skipped" if traffic.too_long else "")
+    )
     classifier = IntentClassifier.load(args.registry, args.release, device=device)
     result = discover(classifier, traffic, config)
     if not main_process:

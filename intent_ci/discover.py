@@ -402,7 +402,7 @@ def encode(
             range(0, len(mine), batch_size),
             desc=desc,
             unit="batch",
-            disable=int(os.environ.get("RANK", "0")) != 0,
+            disable=rank != 0,
         ):
             rows = mine[start : start + batch_size]
             batch = tokenizer.pad(

@@ -441,7 +441,7 @@ def rule_confusions(stats: dict[str, Any]) -> RuleResult:
         f"{c['true']} -> {c['predicted']}{' (new)' if c['to_new_intent'] else ''} x{c['count']}"
         for c in pairs[:3]
     )
-    rejected = stats.get("broken_rejected", 0)
+    rejected = stats["broken_rejected"]
     return RuleResult(
         "confusions",
         "info",

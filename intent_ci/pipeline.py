@@ -919,13 +919,14 @@ def _child_release(
                     f"{all_new.origin}: every reviewed row labels an utterance release "
                     f"{parent_release.name} already stores under that intent; nothing to update"
                 )
-        check_relabels(
-            new_data.dataset[TEXT],
-            new_data.dataset[INTENT],
-            new_data.dataset[SOURCE],
-            parent_release.replay,
-            parent_release.name,
-        )
+        elif confirmed:
+            check_relabels(
+                new_data.dataset[TEXT],
+                new_data.dataset[INTENT],
+                new_data.dataset[SOURCE],
+                parent_release.replay,
+                parent_release.name,
+            )
     else:
         all_new = _as_data(data, config)
         check_new_intents(all_new, old_labels, parent_release.name)
