@@ -802,7 +802,8 @@ class FallbackConfig:
         metadata={
             "help": "Compare the fine-tuned release with the head alone on the calibration "
             "utterances in `init`, and ship the better. Needs calibration utterances "
-            "(`oos.enabled` and `oos.holdout_share` > 0); without them nothing is compared. "
+            "(`oos.enabled` and `oos.holdout_share` > 0); without them nothing is compared, "
+            "and init warns. "
             "Off by default: on CLINC150 the two differ by less than the calibration set can "
             "resolve (with `significance` the check keeps fine-tuning at 10 and 50 utterances "
             "per intent; scripts/bench_fallback.py, docs/benchmarks.md). Turn it on where "

@@ -413,15 +413,39 @@ def encode(
                 logits[rows] = model.head(pooled).float().cpu()
             out[rows] = F.normalize(pooled.float(), dim=-1).cpu()
     if processes > 1:
-        shards: list[Any] = [None] * processes
-        torch.distributed.all_gather_object(
-            shards, (mine, out[mine], None if logits is None else logits[mine])
-        )
-        for rows, part, part_logits in shards:
-            out[rows] = part
-            if logits is not None:
-                logits[rows] = part_logits
+        gather_rows([out] if logits is None else [out, logits], order, classifier.device)
     return out.numpy(), logits
+
+
+def gather_rows(
+    tensors: list[torch.Tensor],
+    order: list[int],
+    device: torch.device | str = "cpu",
+    chunk_rows: int = 4096,
+) -> None:
+    """Fill every process's `tensors` with the rows the other processes computed, in place.
+
+    Process ``r`` of ``N`` computed rows ``order[r::N]`` of each tensor (as :func:`encode`
+    shards them); every process knows every share, so only the values travel. They travel
+    as tensor all-gathers of `chunk_rows` rows per process at a time, on `device` (NCCL needs
+    CUDA tensors, gloo takes CPU ones), so a process holds its tensors plus ``N x chunk_rows``
+    rows in flight, not a pickled copy of the whole result per process.
+    """
+    dist = torch.distributed
+    rank, processes = dist.get_rank(), dist.get_world_size()
+    shares = [order[r::processes] for r in range(processes)]
+    longest = len(shares[0])
+    for start in range(0, longest, chunk_rows):
+        rows = [share[start : start + chunk_rows] for share in shares]
+        width = min(chunk_rows, longest - start)
+        for tensor in tensors:
+            send = torch.zeros(width, tensor.shape[1], dtype=tensor.dtype, device=device)
+            send[: len(rows[rank])] = tensor[rows[rank]].to(device)
+            received = [torch.empty_like(send) for _ in range(processes)]
+            dist.all_gather(received, send)
+            for r, part in enumerate(received):
+                if r != rank and rows[r]:
+                    tensor[rows[r]] = part[: len(rows[r])].to(tensor.device)
 
 
 def _process_share() -> tuple[int, int]:

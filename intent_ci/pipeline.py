@@ -672,6 +672,14 @@ def init_release(
     if not config.train.lora:
         model.encoder.requires_grad_(False)
     judging = config.fallback.enabled and config.train.lora and bool(held_rows)
+    if config.fallback.enabled and not judging:
+        logger.warning(
+            "fallback.enabled is set but nothing will be compared: %s",
+            "train.lora is false, so the release is the head alone already"
+            if not config.train.lora
+            else "there are no calibration utterances to judge on (they need oos.enabled and "
+            "oos.holdout_share and oos.holdout_max_per_intent above 0)",
+        )
     if judging:
         start_lora, start_head = lora_state(model), copy.deepcopy(model.head)
     model, stats = train(model, train_set, backbone.tokenizer, accelerator, config.train)

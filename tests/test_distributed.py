@@ -568,3 +568,37 @@ def test_latest_moved_while_a_torchrun_add_intent_trained(dp_registry_copy, data
     assert all("v3 was written (parent v2)" in line for line in refusals)
     reg = Registry(registry)
     assert reg.releases() == ["v1", "v2", "v3"] and reg.latest() == "v1"
+
+
+def _gather_worker(rank: int, store_file: str, result_dir: str) -> None:
+    """One of two gloo processes: compute its share of rows, gather the rest, save the result."""
+    from intent_ci.discover import gather_rows
+
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{store_file}", rank=rank, world_size=2
+    )
+    try:
+        order = random.Random(0).sample(range(11), 11)  # 11 rows: shares of 6 and 5
+        full = torch.arange(11 * 3, dtype=torch.float32).reshape(11, 3)
+        logits = -full[:, :2].clone()
+        mine = order[rank::2]
+        out = torch.full_like(full, float("nan"))
+        part = torch.full_like(logits, float("nan"))
+        out[mine], part[mine] = full[mine], logits[mine]
+        gather_rows([out, part], order, chunk_rows=2)  # 3 rounds, the last one uneven
+        torch.save({"out": out, "logits": part}, Path(result_dir) / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_gather_rows_fills_every_process_in_uneven_chunks(tmp_path):
+    """`discover`'s gather: each of two real gloo processes ends with every row of both tensors,
+    exactly, with shares of unequal length sent in chunks smaller than a share."""
+    torch.multiprocessing.spawn(
+        _gather_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True
+    )
+    full = torch.arange(11 * 3, dtype=torch.float32).reshape(11, 3)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert torch.equal(got["out"], full), rank
+        assert torch.equal(got["logits"], -full[:, :2]), rank

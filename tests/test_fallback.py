@@ -138,15 +138,21 @@ def test_fine_tuning_is_kept_when_it_is_good_enough(tmp_path, tiny_backbone, dat
     assert _calibration_accuracy(registry, "v1") == pytest.approx(record["fine_tuned_accuracy"])
 
 
-def test_without_calibration_utterances_nothing_is_compared(tmp_path, tiny_backbone, data_dir):
+def test_without_calibration_utterances_nothing_is_compared(
+    tmp_path, tiny_backbone, data_dir, caplog
+):
     registry = Registry(tmp_path / "adapters")
     config = apply_overrides(
         _config(tiny_backbone, min_gain=100.0), {"oos": {"enabled": False}}, source="test"
     )
-    init_release(data_dir / "base", registry, config)
+    with caplog.at_level("WARNING"):
+        init_release(data_dir / "base", registry, config)
     manifest = registry.manifest("v1")
     assert manifest["metrics"]["fallback"] is None
     assert manifest["config"]["train"]["lora"] is True
+    # The user asked for the check, so the skip is said, not silent.
+    assert "fallback.enabled is set but nothing will be compared" in caplog.text
+    assert "no calibration utterances" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -163,15 +169,17 @@ def test_bad_fallback_config_names_the_field(values, message):
         apply_overrides(ReleaseConfig(), {"fallback": values}, source="test")
 
 
-def test_init_with_lora_off_trains_the_head_alone(tmp_path, tiny_backbone, data_dir):
+def test_init_with_lora_off_trains_the_head_alone(tmp_path, tiny_backbone, data_dir, caplog):
     registry = Registry(tmp_path / "adapters")
     config = apply_overrides(
         ReleaseConfig(), tiny_overrides(tiny_backbone, train={"lora": False}), source="test"
     )
-    init_release(data_dir / "base", registry, config)
+    with caplog.at_level("WARNING"):
+        init_release(data_dir / "base", registry, config)
     manifest = registry.manifest("v1")
     assert manifest["config"]["train"]["lora"] is False
     assert manifest["metrics"]["fallback"] is None  # nothing to compare: no fine-tuning ran
+    assert "fallback.enabled" not in caplog.text  # not asked for, so not mentioned
     b_weights = [v for n, v in _lora(registry, "v1").items() if "lora_B" in n]
     assert b_weights and all(torch.count_nonzero(v) == 0 for v in b_weights)
     assert manifest["metrics"]["train"]["optimizer_steps"] > 0
