@@ -1003,6 +1003,15 @@ class ServeConfig:
             "or deleted, so readers see closed files unchanged."
         },
     )
+    drain_s: float = field(
+        default=0.0,
+        metadata={
+            "help": "Seconds between SIGINT/SIGTERM and closing the listening socket: /readyz "
+            "answers 503 (shutting down) from the signal on while /predict keeps answering, so a "
+            "load balancer that health-checks /readyz stops sending traffic first. A second "
+            "signal stops at once. 0: stop accepting connections at the signal."
+        },
+    )
 
     def __post_init__(self) -> None:
         _check_finite(self, "serve")
@@ -1063,6 +1072,12 @@ class ServeConfig:
             "serve",
             "max_wait_ms",
             f"must be in [0, 1000], got {self.max_wait_ms!r}",
+        )
+        _check(
+            0 <= self.drain_s <= 3600,
+            "serve",
+            "drain_s",
+            f"must be in [0, 3600] seconds, got {self.drain_s!r}",
         )
         _check(
             0.05 <= self.poll_interval_s <= 86_400,

@@ -153,6 +153,26 @@ def _drop_partial_last_line(path: Path, content: str) -> str:
     return content
 
 
+def _unfinished_serve_log(path: Path) -> bool:
+    """A `serve` traffic-log file (``traffic-*.jsonl``) without one complete row: empty, or
+    half of its first row. The server opens a file before its first row reaches the disk, so
+    a log folder read while a server runs, or after one was killed, can hold such a file."""
+    from fnmatch import fnmatch
+
+    from intent_ci.traffic import TRAFFIC_GLOB
+
+    if not fnmatch(path.name, TRAFFIC_GLOB):
+        return False
+    content = path.read_bytes()
+    if b"\n" in content:
+        return False
+    try:
+        json.loads(content)
+    except ValueError:  # also UnicodeDecodeError: a row cut inside a character
+        return True
+    return False
+
+
 def read_traffic_file(path: Path, max_chars: int = 500) -> tuple[list[str], int]:
     """Utterances of one traffic file and the number of redacted rows skipped.
 
@@ -168,6 +188,13 @@ def read_traffic_file(path: Path, max_chars: int = 500) -> tuple[list[str], int]
     import datasets
 
     suffix = path.suffix.lower()
+    if _unfinished_serve_log(path):
+        logger.warning(
+            "%s: no complete row yet (a serve log file just opened, or its server was killed "
+            "before the first row was written out); skipped",
+            path,
+        )
+        return [], 0
     if path.stat().st_size == 0 or (suffix != ".parquet" and not path.read_bytes().strip()):
         raise IntentCIError(f"{path}: traffic file is empty; expected utterances")
     if suffix == ".parquet":

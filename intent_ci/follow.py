@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from intent_ci.errors import IntentCIError
@@ -126,6 +127,7 @@ class ReleaseFollower:
         self.refused: dict[str, str] | None = None
         """The last release that failed to load: ``{"release", "reason", "at"}``."""
         self._last_problem: str | None = None
+        self._refused_files: tuple | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="intent-ci-follower", daemon=True)
 
@@ -177,8 +179,13 @@ class ReleaseFollower:
         current = self.current
         if current is not None and current.name == target:
             return False
-        if self.refused is not None and self.refused["release"] == target:
-            return False  # a release never changes: it would fail again
+        if (
+            self.refused is not None
+            and self.refused["release"] == target
+            and self._refused_files == self._files_of(target)
+        ):
+            return False  # unchanged since it was refused: it would fail again
+        files = self._files_of(target)
         self.loading = target
         started = time.perf_counter()
         try:
@@ -186,6 +193,9 @@ class ReleaseFollower:
         except Exception as err:  # whatever went wrong, the old release keeps answering
             reason = str(err) or type(err).__name__
             self.refused = {"release": target, "reason": reason, "at": utc_now()}
+            # a release seen half-copied (a registry synced by hand, a shared filesystem that
+            # shows files late) is tried again once its files change
+            self._refused_files = files
             logger.error(
                 "refusing release %s: %s; still serving %s",
                 target,
@@ -212,6 +222,20 @@ class ReleaseFollower:
         if self.on_swap is not None:
             self.on_swap(served)
         return False
+
+    def _files_of(self, release: str) -> tuple:
+        """Name, size and mtime of every file of `release`: changes when its files do."""
+        folder = Path(self.registry.root) / release
+        try:
+            return tuple(
+                sorted(
+                    (str(p.relative_to(folder)), st.st_size, st.st_mtime_ns)
+                    for p in folder.rglob("*")
+                    if p.is_file() and (st := p.stat())
+                )
+            )
+        except OSError:
+            return ()
 
     def _fatal(self, reason: str) -> None:
         if self.on_fatal is not None:

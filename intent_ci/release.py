@@ -859,6 +859,8 @@ class IntentClassifier:
             merge_lora_for_serving(release)
         self.model = release.model.to(self.device).eval()
         self.tokenizer = release.backbone.tokenizer
+        self.truncated = 0
+        """Utterances cut to ``model.max_length`` so far (a server's calls add up)."""
 
     @classmethod
     def load(
@@ -912,18 +914,25 @@ class IntentClassifier:
         return method
 
     def _encode(self, texts: list[str]) -> dict[str, list[list[int]]]:
-        """Token ids of `texts`, cut to ``model.max_length``; a warning counts the rows cut."""
+        """Token ids of `texts`, cut to ``model.max_length``; a warning counts the rows cut.
+
+        The first call that cuts warns; later ones log at debug level, so a server answering
+        long texts batch after batch logs it once (`truncated` keeps the count).
+        """
         max_length = self.release.config.model.max_length
         encoded = dict(self.tokenizer(list(texts), truncation=False))
         cut = [i for i, ids in enumerate(encoded["input_ids"]) if len(ids) > max_length]
         if cut:
-            logger.warning(
+            logger.log(
+                logging.WARNING if self.truncated == 0 else logging.DEBUG,
                 "%d of %d utterances are longer than %d tokens (model.max_length) and were "
-                "truncated to it",
+                "truncated to it%s",
                 len(cut),
                 len(texts),
                 max_length,
+                "" if self.truncated else " (later truncations are logged at debug level)",
             )
+            self.truncated += len(cut)
             # Only the long rows are encoded again, with the tokenizer's own truncation (which
             # keeps the end-of-sequence token).
             short = self.tokenizer([texts[i] for i in cut], truncation=True, max_length=max_length)

@@ -402,6 +402,11 @@ class IntentServer:
                 "traffic log: %d rows in %s", self.traffic.rows_written, self.traffic.folder
             )
 
+    def begin_shutdown(self) -> None:
+        """From the first SIGINT/SIGTERM on: /readyz answers 503 while requests are still served."""
+        self.shutting_down = True
+        self.metrics.ready.set(0)
+
     async def predict(self, request: Request) -> Response:
         body = await read_body(request, self.config.max_body_bytes)
         texts = parse_texts(body, self.config)
@@ -487,7 +492,38 @@ class IntentServer:
                 HTTPException: self._request_error,
             },
         )
+        # A wrong path is a 404, not a redirect built from the request's Host header.
+        app.router.redirect_slashes = False
         return MetricsMiddleware(app, self.metrics)
+
+
+def _draining_server(config: Any, on_signal: Callable[[], None], drain_s: float) -> Any:
+    """A uvicorn server that, on the first SIGINT/SIGTERM, calls `on_signal` (readiness goes
+    503) and keeps serving `drain_s` seconds before its graceful shutdown; a second signal
+    shuts down at once."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        draining = False
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            on_signal()
+            if drain_s > 0 and not self.draining and not self.should_exit:
+                self.draining = True
+                logger.info(
+                    "draining for %.1f s: /readyz answers 503, requests are served", drain_s
+                )
+                timer = threading.Timer(drain_s, self._drained, (sig, frame))
+                timer.daemon = True
+                timer.start()
+                return
+            super().handle_exit(sig, frame)
+
+        def _drained(self, sig: int, frame: Any) -> None:
+            if not self.should_exit:  # a second signal may have stopped it already
+                super().handle_exit(sig, frame)
+
+    return DrainingServer(config)
 
 
 def _no_op(signum: int, frame: Any) -> None:
@@ -527,7 +563,7 @@ def serve(registry: str | Path | Registry, config: ServeConfig) -> None:
             server.should_exit = True
 
     intent_server = IntentServer(registry, config, on_fatal=stop)
-    server = uvicorn.Server(
+    server = _draining_server(
         uvicorn.Config(
             intent_server.app,
             host=config.host,
@@ -535,7 +571,9 @@ def serve(registry: str | Path | Registry, config: ServeConfig) -> None:
             access_log=False,
             timeout_graceful_shutdown=30,
             log_level="info",
-        )
+        ),
+        intent_server.begin_shutdown,
+        config.drain_s,
     )
     handlers = {}
     if threading.current_thread() is threading.main_thread():

@@ -2,7 +2,9 @@
 
 Each row holds ``timestamp`` (UTC, ISO 8601), ``text`` (or ``text_sha256`` when redacted),
 ``release``, ``intent``, ``confidence``, ``in_scope`` and ``score``. Files are named
-``traffic-<UTC start time>-<pid>-<n>.jsonl`` inside the log folder; a file that reaches
+``traffic-<UTC start time>-<pid>-<random>-<n>.jsonl`` inside the log folder (the random part
+keeps replicas apart that share a folder, a start second and a pid, as containers do; a file
+is created, never appended to); a file that reaches
 ``ServeConfig.log_max_bytes`` is closed and the next row starts a new one. Files are never
 renamed or deleted (unlike `logging.handlers.RotatingFileHandler`, which renames every backup
 on each rollover and drops the oldest), so a reader that has seen a closed file never needs to
@@ -19,6 +21,7 @@ import json
 import logging
 import os
 import queue
+import secrets
 import threading
 import time
 from datetime import datetime, timezone
@@ -65,7 +68,8 @@ class TrafficLog:
                 f"--traffic-log {self.folder}: cannot write there ({err.strerror or err})"
             ) from None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        self._stamp = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}"
+        self._stamp += f"-{secrets.token_hex(4)}"
         self._files = 0
         self._handle: TextIO | None = None
         self._size = 0
@@ -95,9 +99,9 @@ class TrafficLog:
         if self._handle is not None:
             self._handle.close()
         self._files += 1
-        path = self.folder / f"traffic-{self._stamp}-{os.getpid()}-{self._files:05d}.jsonl"
-        self._handle = path.open("a", encoding="utf-8")
-        self._size = path.stat().st_size
+        path = self.folder / f"traffic-{self._stamp}-{self._files:05d}.jsonl"
+        self._handle = path.open("x", encoding="utf-8")  # never another process's file
+        self._size = 0
 
     def _write(self, row: dict[str, Any]) -> None:
         line = json.dumps(row, ensure_ascii=False) + "\n"

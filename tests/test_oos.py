@@ -402,6 +402,10 @@ def test_over_long_utterances_are_truncated_with_a_counted_warning(
     assert "2 of 3 utterances are longer than 16 tokens (model.max_length) and were truncated" in (
         caplog.text
     )
+    # A server calls one classifier batch after batch: it warns once, then counts.
+    caplog.clear()
+    clf.predict([long])
+    assert "longer than" not in caplog.text and clf.truncated == 3
     batch = tmp_path / "long.txt"
     batch.write_text(" ".join(["card lost"] * 300) + "\nrefund\n", encoding="utf-8")  # > max_chars
     caplog.clear()

@@ -26,6 +26,7 @@ import pytest
 import uvicorn
 
 from intent_ci.config import ServeConfig
+from intent_ci.errors import IntentCIError
 from intent_ci.lifecycle import rollback
 from intent_ci.registry import Registry
 from intent_ci.release import IntentClassifier
@@ -160,6 +161,8 @@ BAD_REQUESTS = [
     ("wrong method", "GET", "/predict", None, 405, "method"),
     ("wrong method on healthz", "POST", "/healthz", b"{}", 405, "method"),
     ("wrong path", "GET", "/predictions", None, 404, "path"),
+    # not Starlette's redirect to /predict, whose location comes from the Host header
+    ("trailing slash", "POST", "/predict/", {"texts": ["card lost"]}, 404, "path"),
 ]
 
 
@@ -179,7 +182,7 @@ def test_bad_requests_get_a_4xx_naming_the_field_and_the_server_stays_up(registr
         assert ok.status_code == 200
         metrics = client.get("/metrics").text
         assert _sample(metrics, "intent_ci_serve_errors_total", 'status="422"') >= 10
-        assert _sample(metrics, "intent_ci_serve_errors_total", 'status="404"') == 1
+        assert _sample(metrics, "intent_ci_serve_errors_total", 'status="404"') == 2
 
 
 def _hammer(client: httpx.Client, stop: threading.Event, seen: list, failures: list) -> None:
@@ -423,7 +426,8 @@ def test_cli_serves_until_sigterm_and_shuts_down_cleanly(registry, tmp_path):
     assert bad.returncode == 2 and "unknown release 'v9'" in bad.stderr
     assert "Traceback" not in bad.stderr
     proc = subprocess.Popen(
-        [*command, "--port", str(port), "--traffic-log", str(log), "--max-wait-ms", "1"],
+        [*command, "--port", str(port), "--traffic-log", str(log), "--max-wait-ms", "1"]
+        + ["--drain-s", "3"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -442,7 +446,19 @@ def test_cli_serves_until_sigterm_and_shuts_down_cleanly(registry, tmp_path):
             wait_for(ready, what="intent-ci serve to be ready", timeout=90)
             answer = client.post("/predict", content=json.dumps({"texts": TEXTS}))
             assert answer.status_code == 200 and answer.json()["release"] == "v2"
-        proc.send_signal(signal.SIGTERM)
+            # The drain: from the signal on /readyz says not ready (a load balancer stops
+            # sending), while /predict still answers for --drain-s seconds.
+            proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            wait_for(
+                lambda: client.get("/readyz").status_code == 503,
+                what="503 after SIGTERM",
+                timeout=2,
+            )
+            assert client.get("/readyz").json() == {"ready": False, "reason": "shutting down"}
+            answer = client.post("/predict", content=json.dumps({"texts": TEXTS}))
+            assert answer.status_code == 200 and answer.json()["release"] == "v2"
+            assert time.monotonic() - signalled < 3, "the drain ended before the checks"
         output, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -450,8 +466,8 @@ def test_cli_serves_until_sigterm_and_shuts_down_cleanly(registry, tmp_path):
             proc.wait()
     assert proc.returncode == 0, output
     assert "Traceback" not in output
-    assert "traffic log: 5 rows" in output
-    assert sum(1 for f in log.glob(TRAFFIC_GLOB) for _ in f.open()) == len(TEXTS)
+    assert "traffic log: 10 rows" in output  # the drain's request too
+    assert sum(1 for f in log.glob(TRAFFIC_GLOB) for _ in f.open()) == 2 * len(TEXTS)
 
 
 def test_follows_an_alias_when_it_moves(registry):
@@ -474,3 +490,75 @@ def test_onnx_runtime_answers_like_torch(registry):
         assert got["confidence"] == pytest.approx(want.confidence, abs=1e-4)
         assert got["score"] == pytest.approx(want.score, abs=1e-3)
         assert got["in_scope"] == want.in_scope
+
+
+def test_replicas_sharing_a_log_folder_pid_and_start_second_write_separate_files(
+    registry, tmp_path, monkeypatch
+):
+    """Containers sharing a log folder can all be pid 1 and start in the same second: each
+    replica must still write files of its own, within --log-max-bytes."""
+    import types
+
+    import intent_ci.traffic as traffic
+
+    fixed = types.SimpleNamespace(strftime=lambda fmt, t: "20260101T000000Z", gmtime=time.gmtime)
+    monkeypatch.setattr(traffic, "time", fixed)
+    log, max_bytes = tmp_path / "traffic", 3000
+    with running(registry, traffic_log=str(log), log_max_bytes=max_bytes) as (a, _):
+        with running(registry, traffic_log=str(log), log_max_bytes=max_bytes) as (b, _):
+            for i in range(6):
+                for name, client in (("a", a), ("b", b)):
+                    texts = [f"replica {name} card lost {i} {j}" for j in range(8)]
+                    assert client.post("/predict", json={"texts": texts}).status_code == 200
+    files = sorted(log.glob(TRAFFIC_GLOB))
+    assert len(files) >= 4, [f.name for f in files]  # both replicas rotated
+    for f in files:
+        rows = [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines()]
+        assert len({r["text"].split()[1] for r in rows}) == 1, f"{f.name} holds both replicas"
+        assert f.stat().st_size <= max_bytes, f"{f.name}: {f.stat().st_size} bytes"
+    assert sum(1 for f in files for _ in f.open()) == 2 * 6 * 8
+
+
+def test_discover_skips_a_log_file_its_killed_server_left_without_a_row(registry, tmp_path):
+    """A server killed between opening a log file and writing its first row out leaves it
+    empty or holding half a row; discover reads the rest of the folder, with a warning."""
+    from intent_ci.discover import read_traffic
+
+    log = tmp_path / "traffic"
+    with running(registry, traffic_log=str(log)) as (client, _):
+        assert client.post("/predict", json={"texts": TEXTS}).status_code == 200
+    (written,) = log.glob(TRAFFIC_GLOB)
+    first_row = written.read_text(encoding="utf-8").splitlines()[0]
+    (log / "traffic-20260101T000000Z-7-00c0ffee-00002.jsonl").write_bytes(b"")
+    (log / "traffic-20260101T000000Z-8-00c0ffee-00001.jsonl").write_text(
+        first_row[:40], encoding="utf-8"
+    )
+    assert read_traffic([log], progress=False).total == len(TEXTS)
+    # Outside the serve log's names an empty file is still the user's mistake.
+    (log / "mine.jsonl").write_bytes(b"")
+    with pytest.raises(IntentCIError, match=r"mine\.jsonl: traffic file is empty"):
+        read_traffic([log], progress=False)
+
+
+def test_a_release_refused_while_incomplete_is_served_once_its_files_arrive(registry):
+    """A registry copied by hand or seen through a shared filesystem can show a release before
+    all its files: refused then, retried once its files change."""
+    with running(registry) as (client, _):
+        staging = registry / ".v3-staging"
+        shutil.copytree(registry / "v2", staging)
+        manifest = json.loads((staging / "manifest.json").read_text())
+        manifest["release"] = "v3"
+        (staging / "manifest.json").write_text(json.dumps(manifest))
+        head = (staging / "head.safetensors").read_bytes()
+        (staging / "head.safetensors").unlink()  # not there yet
+        staging.rename(registry / "v3")
+        Registry(registry).move_latest("v3", "test: a release whose head arrives late")
+        wait_for(
+            lambda: (client.get("/release").json()["refused"] or {}).get("release") == "v3",
+            what="v3 to be refused while incomplete",
+        )
+        assert served_release(client) == "v2"
+        (registry / "v3" / "head.safetensors").write_bytes(head)  # the file arrives
+        wait_for(lambda: served_release(client) == "v3", what="v3 once complete", timeout=10)
+        answer = client.post("/predict", json={"texts": ["my card was stolen"]}).json()
+        assert answer["release"] == "v3"
