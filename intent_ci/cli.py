@@ -36,7 +36,12 @@ def echo(text: str = "") -> None:
 
 def _quiet_libraries() -> None:
     import datasets
+    import huggingface_hub.utils.logging as hub_logging
     import transformers
+
+    # huggingface_hub's logger has its own stderr handler; propagating to the root handler that
+    # _setup_logging installs printed each of its warnings (e.g. Hub retries) twice.
+    hub_logging.disable_propagation()
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
@@ -559,6 +564,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _quickstart_data_dir() -> Path:
+    """./data if it holds base/, else the copy of data/ in the wheel, else the checkout's data/."""
+    here = Path(__file__).resolve().parent
+    for candidate in (Path("data"), here / "_data", here.parent / "data"):
+        if (candidate / "base").is_dir():
+            return candidate
+    return Path("data")
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """Base release on data/base, add data/new/refund_status.txt, print old/new accuracy."""
     from intent_ci.config import PACKAGED_MINILM, apply_overrides, load_config
@@ -568,7 +582,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     from intent_ci.registry import Registry
     from intent_ci.release import IntentClassifier
 
-    data_dir = Path(args.data_dir)
+    data_dir = Path(args.data_dir) if args.data_dir else _quickstart_data_dir()
     base, new, test = data_dir / "base", data_dir / "new" / f"{args.intent}.txt", data_dir / "test"
     for path in (base, new, test):
         if not path.exists():
@@ -1269,7 +1283,9 @@ def build_parser() -> argparse.ArgumentParser:
         "quickstart", help="offline demo: base release from data/, add an intent, print accuracies"
     )
     p.add_argument(
-        "--data-dir", default="data", help="folder with base/, new/ and test/ (default: data)"
+        "--data-dir",
+        default=None,
+        help="folder with base/, new/ and test/ (default: ./data, else the copy in the package)",
     )
     p.add_argument("--intent", default="refund_status", help="which data/new/<intent>.txt to add")
     registry_arg(p)
