@@ -131,7 +131,8 @@ def resolve_pair(registry: Registry, candidate: str, baseline: str | None) -> tu
         production = registry.aliases().get(PRODUCTION_ALIAS)
         parent = registry.manifest(cand).get("parent")
         if production is not None and production != cand:
-            baseline, source = production, "production alias"
+            # resolved by name: a dangling alias is then reported as ALIASES.json's `production`
+            baseline, source = PRODUCTION_ALIAS, "production alias"
         elif parent:
             baseline, source = parent, "parent"
         else:

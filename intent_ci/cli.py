@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,20 @@ def _setup_logging(verbose: bool) -> None:
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(format="%(message)s", stream=sys.stderr)
     logger.setLevel(logging.DEBUG if verbose else (logging.INFO if rank == 0 else logging.WARNING))
+
+
+@contextlib.contextmanager
+def _manifest_shape(path: Path) -> Iterator[None]:
+    """Turn a field of a hand-edited manifest that `show` / `releases` cannot print (a missing
+    key, a list where an object belongs, text where a number belongs) into one error line."""
+    try:
+        yield
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as err:
+        raise IntentCIError(
+            f"{path}: a field does not have the shape intent-ci writes "
+            f"({type(err).__name__}: {err}); was it edited by hand? Restore it, then check with "
+            "`intent-ci verify --all`"
+        ) from None
 
 
 def _fmt(value: Any, pct: bool = True) -> str:
@@ -263,36 +278,37 @@ def _oos_summary(oos: dict | None) -> dict | None:
 
 
 def cmd_releases(args: argparse.Namespace) -> int:
-    from intent_ci.registry import Registry
+    from intent_ci.registry import Registry, no_registry
 
     registry = Registry(args.registry)
     if not registry.exists():
-        raise IntentCIError(f"no registry at {args.registry}; create one with `intent-ci init`")
+        raise no_registry(registry.root, "create one with `intent-ci init`")
     names = registry.releases()
     latest = registry.latest()
     aliases = registry.aliases()
     rows = []
     for name in names:
         m = registry.manifest(name)
-        ev = (m.get("metrics") or {}).get("eval") or {}
-        rows.append(
-            {
-                "release": name,
-                "parent": m.get("parent"),
-                "intents": len(m["intents"]),
-                "new_intents": m.get("new_intents", []),
-                "retired_intents": m.get("retired_intents", []),
-                "updated_intents": m.get("updated_intents", []),
-                "corrections": len(m.get("corrections") or []),
-                "accuracy": ev.get("accuracy"),
-                "old_intents_accuracy": ev.get("old_intents_accuracy"),
-                "new_intents_accuracy": ev.get("new_intents_accuracy"),
-                "oos": _oos_summary(m.get("oos")),
-                "created_at": m.get("created_at"),
-                "latest": name == latest,
-                "aliases": [a for a, r in aliases.items() if r == name],
-            }
-        )
+        with _manifest_shape(registry.path(name) / "manifest.json"):
+            ev = (m.get("metrics") or {}).get("eval") or {}
+            rows.append(
+                {
+                    "release": name,
+                    "parent": m.get("parent"),
+                    "intents": len(m["intents"]),
+                    "new_intents": m.get("new_intents", []),
+                    "retired_intents": m.get("retired_intents", []),
+                    "updated_intents": m.get("updated_intents", []),
+                    "corrections": len(m.get("corrections") or []),
+                    "accuracy": ev.get("accuracy"),
+                    "old_intents_accuracy": ev.get("old_intents_accuracy"),
+                    "new_intents_accuracy": ev.get("new_intents_accuracy"),
+                    "oos": _oos_summary(m.get("oos")),
+                    "created_at": m.get("created_at"),
+                    "latest": name == latest,
+                    "aliases": [a for a, r in aliases.items() if r == name],
+                }
+            )
     if args.json:
         echo(json.dumps(rows, indent=2))
         return EXIT_OK
@@ -304,29 +320,30 @@ def cmd_releases(args: argparse.Namespace) -> int:
         f"{'oos rule (score >= threshold, n, in-scope recall)':<44}  added"
     )
     for r in rows:
-        added = ", ".join(r["new_intents"][:4]) + (" …" if len(r["new_intents"]) > 4 else "")
-        if r["retired_intents"]:
-            added = "retired " + ", ".join(r["retired_intents"])
-        if r["updated_intents"]:
-            added = (added + "; " if r["new_intents"] else "") + (
-                f"updated {len(r['updated_intents'])}, corrected {r['corrections']}"
+        with _manifest_shape(registry.path(r["release"]) / "manifest.json"):
+            added = ", ".join(r["new_intents"][:4]) + (" …" if len(r["new_intents"]) > 4 else "")
+            if r["retired_intents"]:
+                added = "retired " + ", ".join(r["retired_intents"])
+            if r["updated_intents"]:
+                added = (added + "; " if r["new_intents"] else "") + (
+                    f"updated {len(r['updated_intents'])}, corrected {r['corrections']}"
+                )
+            mark = "*" if r["latest"] else " "
+            named = f"  [{', '.join(r['aliases'])}]" if r["aliases"] else ""
+            o = r["oos"]
+            if o is None:
+                rule = "none (accepts all)"
+            elif o["threshold"] is None:
+                rule = "no threshold (accepts all)"
+            else:
+                rule = (
+                    f"{o['score']} >= {o['threshold']:.3f}, n={o['calibration_size']}, "
+                    f"{_fmt(o['in_scope_recall'])}"
+                )
+            echo(
+                f"{r['release'] + mark:<9} {r['parent'] or '-':<7} {r['intents']:>7}  {_fmt(r['accuracy']):>6} "
+                f"{_fmt(r['old_intents_accuracy']):>6} {_fmt(r['new_intents_accuracy']):>6}  {rule:<44}  {added}{named}"
             )
-        mark = "*" if r["latest"] else " "
-        named = f"  [{', '.join(r['aliases'])}]" if r["aliases"] else ""
-        o = r["oos"]
-        if o is None:
-            rule = "none (accepts all)"
-        elif o["threshold"] is None:
-            rule = "no threshold (accepts all)"
-        else:
-            rule = (
-                f"{o['score']} >= {o['threshold']:.3f}, n={o['calibration_size']}, "
-                f"{_fmt(o['in_scope_recall'])}"
-            )
-        echo(
-            f"{r['release'] + mark:<9} {r['parent'] or '-':<7} {r['intents']:>7}  {_fmt(r['accuracy']):>6} "
-            f"{_fmt(r['old_intents_accuracy']):>6} {_fmt(r['new_intents_accuracy']):>6}  {rule:<44}  {added}{named}"
-        )
     echo("* latest")
     return EXIT_OK
 
@@ -340,49 +357,52 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         echo(json.dumps(manifest, indent=2))
         return EXIT_OK
-    b = manifest["backbone"]
-    named = [a for a, r in registry.aliases().items() if r == name]
-    echo(
-        f"release   {name}{'  (latest)' if registry.latest() == name else ''}"
-        + (f"  aliases: {', '.join(named)}" if named else "")
-    )
-    echo(f"parent    {manifest.get('parent') or '-'}")
-    echo(f"created   {manifest.get('created_at')}")
-    echo(
-        f"backbone  {b['name']} ({b['model_type']}, {b['pooling']} pooling) {b['fingerprint'][:23]}…"
-    )
-    echo(f"intents   {len(manifest['intents'])}: {', '.join(manifest['intents'])}")
-    echo(f"added     {', '.join(manifest.get('new_intents', []))}")
-    if manifest.get("retired_intents"):
-        echo(f"retired   {', '.join(manifest['retired_intents'])}")
-    for line in _update_lines(manifest):
-        echo(line)
-    m = manifest.get("metrics") or {}
-    if m.get("train") is not None:
+    with _manifest_shape(registry.path(name) / "manifest.json"):
+        b = manifest["backbone"]
+        named = [a for a, r in registry.aliases().items() if r == name]
         echo(
-            f"training  {m.get('train_examples')} examples, {m.get('wall_time_s')} s, {m.get('train', {}).get('steps')} steps"
+            f"release   {name}{'  (latest)' if registry.latest() == name else ''}"
+            + (f"  aliases: {', '.join(named)}" if named else "")
         )
-    for line in _neighbour_lines(m):
-        echo(f"neighbour {line}")
-    if (fallback := _fallback_line(manifest)) is not None:
-        echo(f"fallback  {fallback}")
-    ev = m.get("eval")
-    if ev:
+        echo(f"parent    {manifest.get('parent') or '-'}")
+        echo(f"created   {manifest.get('created_at')}")
         echo(
-            f"eval      {ev['data']}: accuracy {_fmt(ev['accuracy'])}, old {_fmt(ev.get('old_intents_accuracy'))}, "
-            f"new {_fmt(ev.get('new_intents_accuracy'))}"
-            + (
-                f", updated {_fmt(ev.get('updated_intents_accuracy'))}"
-                if "updated_intents_accuracy" in ev
-                else ""
+            f"backbone  {b['name']} ({b['model_type']}, {b['pooling']} pooling) {b['fingerprint'][:23]}…"
+        )
+        echo(f"intents   {len(manifest['intents'])}: {', '.join(manifest['intents'])}")
+        echo(f"added     {', '.join(manifest.get('new_intents', []))}")
+        if manifest.get("retired_intents"):
+            echo(f"retired   {', '.join(manifest['retired_intents'])}")
+        for line in _update_lines(manifest):
+            echo(line)
+        m = manifest.get("metrics") or {}
+        if m.get("train") is not None:
+            echo(
+                f"training  {m.get('train_examples')} examples, {m.get('wall_time_s')} s, {m.get('train', {}).get('steps')} steps"
             )
+        for line in _neighbour_lines(m):
+            echo(f"neighbour {line}")
+        if (fallback := _fallback_line(manifest)) is not None:
+            echo(f"fallback  {fallback}")
+        ev = m.get("eval")
+        if ev:
+            echo(
+                f"eval      {ev['data']}: accuracy {_fmt(ev['accuracy'])}, old {_fmt(ev.get('old_intents_accuracy'))}, "
+                f"new {_fmt(ev.get('new_intents_accuracy'))}"
+                + (
+                    f", updated {_fmt(ev.get('updated_intents_accuracy'))}"
+                    if "updated_intents_accuracy" in ev
+                    else ""
+                )
+            )
+        echo(f"oos       {_oos_line(manifest)}")
+        r = manifest.get("replay", {})
+        echo(
+            f"replay    {r.get('exemplars')} exemplars for {r.get('intents')} intents, {r.get('bytes_per_intent')} B/intent"
         )
-    echo(f"oos       {_oos_line(manifest)}")
-    r = manifest.get("replay", {})
-    echo(
-        f"replay    {r.get('exemplars')} exemplars for {r.get('intents')} intents, {r.get('bytes_per_intent')} B/intent"
-    )
-    echo("files     " + ", ".join(f"{k} ({v['bytes']} B)" for k, v in manifest["files"].items()))
+        echo(
+            "files     " + ", ".join(f"{k} ({v['bytes']} B)" for k, v in manifest["files"].items())
+        )
     return EXIT_OK
 
 
@@ -398,6 +418,27 @@ def _check_output_file(path: Path, flag: str) -> None:
                     "whose parent is (or can be made) a folder"
                 )
             break
+
+
+def _check_output_place(path: Path, flag: str, registry: str, inputs: Sequence[str | None]) -> None:
+    """Refuse an output path inside a release folder (releases never change: an extra file
+    makes the release fail verification) or one that is an input file of the same command."""
+    from intent_ci.registry import RELEASE_ID, STAGING_PREFIX
+
+    target, root = path.resolve(), Path(registry).resolve()
+    if root in target.parents:
+        first = target.relative_to(root).parts[0]
+        if RELEASE_ID.match(first) or first.startswith(STAGING_PREFIX):
+            raise IntentCIError(
+                f"{flag} {path}: inside release folder {root / first}; releases never change (an "
+                "extra file makes it fail verification), so write outside the registry"
+            )
+    for given in inputs:
+        if given and Path(given).resolve() == target:
+            raise IntentCIError(
+                f"{flag} {path}: is also the input {given}; it would be overwritten, so choose "
+                "another path"
+            )
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -417,6 +458,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     flag = "--output" if args.output else "--json"
     if out_file:
         _check_output_file(Path(out_file), flag)
+        _check_output_place(Path(out_file), flag, args.registry, [args.data])
     registry = Registry(args.registry)
     release = load_release(registry, args.release)
     classifier = IntentClassifier(release)
@@ -494,6 +536,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     from intent_ci.config import load_gate_config
     from intent_ci.gate_report import summary_lines
 
+    _check_output_place(
+        Path(args.report_dir), "--report-dir", args.registry, [args.data, args.golden, args.config]
+    )
     report = run_check(
         args.registry,
         args.candidate,
@@ -598,6 +643,16 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     config = apply_overrides(
         load_config(None), {"model": {"backbone": PACKAGED_MINILM}}, source="quickstart"
     )
+    # Every input is read before v1 is trained: a bad new/ or test/ file found only after v1 is
+    # committed would leave the registry holding v1, and the next quickstart refuses it.
+    base_intents = read_examples(base, config.data).intents
+    clash = [i for i in read_examples(new, config.data).intents if i in base_intents]
+    if clash:
+        raise IntentCIError(
+            f"{new}: intent {clash[0]!r} is already in {base}; --intent names a file of "
+            f"{data_dir / 'new'} holding a new intent"
+        )
+    read_examples(test, config.data)
     echo(f"[1/3] base release from {base} on {PACKAGED_MINILM} (offline)")
     v1 = init_release(base, registry, config, eval_data=None)
     echo(f"[2/3] add intent {args.intent!r} from {new}")
@@ -862,12 +917,12 @@ def cmd_retire(args: argparse.Namespace) -> int:
 
 
 def cmd_alias(args: argparse.Namespace) -> int:
-    from intent_ci.registry import Registry
+    from intent_ci.registry import Registry, no_registry
 
     if args.alias_command == "list":
         registry = Registry(args.registry)
         if not registry.exists():
-            raise IntentCIError(f"no registry at {args.registry}; create one with `intent-ci init`")
+            raise no_registry(registry.root, "create one with `intent-ci init`")
         aliases = registry.aliases()
         if args.json:
             echo(json.dumps(aliases, indent=2))
@@ -1352,6 +1407,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except IntentCIError as err:
         sys.stderr.write(f"intent-ci: error{_which_process(rank, processes)}: {err}\n")
+        return EXIT_ERROR
+    except OSError as err:
+        # A file or folder the command could not read or write (permissions, a folder where a
+        # file belongs): the user's environment, not a bug, so one line naming it, not a
+        # traceback. An OSError that names no file (a network error, say) is not that.
+        if err.filename is None:
+            raise
+        from intent_ci.registry import describe_os_error
+
+        sys.stderr.write(
+            f"intent-ci: error{_which_process(rank, processes)}: {err.filename}: "
+            f"{describe_os_error(err)}; check that it exists and that you may read (or write) it\n"
+        )
         return EXIT_ERROR
     except KeyboardInterrupt:
         sys.stderr.write("intent-ci: interrupted; the registry is unchanged\n")

@@ -480,6 +480,8 @@ def read_texts(path: str | Path, max_chars: int) -> list[str]:
         what = "a folder" if path.is_dir() else "no such file"
         raise IntentCIError(f"{path}: {what}; expected a file with one utterance per line")
     text = _read_utf8(path, max_chars, "utterances to classify")
+    if path.suffix.lower() == ".csv":
+        return _csv_texts(path, text)
     # "\n" ends a line (not U+2028 and the other breaks str.splitlines knows, which JSON Lines
     # may hold inside a string); blank lines at the very end are not utterances
     lines = [line.rstrip("\r") for line in text.rstrip().split("\n")]
@@ -501,6 +503,29 @@ def read_texts(path: str | Path, max_chars: int) -> list[str]:
             raise IntentCIError(
                 f"{path}:{number}: empty utterance; expected one utterance per line "
                 "(remove blank lines)"
+            )
+        texts.append(value.strip())
+    if not texts:
+        raise IntentCIError(f"{path}: no utterances found")
+    return texts
+
+
+def _csv_texts(path: Path, text: str) -> list[str]:
+    """The `text` column of a CSV file, as `read_texts` promises (not its raw lines: the header
+    and any label column would be classified as utterances)."""
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames is None or TEXT not in reader.fieldnames:
+        found = ", ".join(reader.fieldnames or []) or "nothing"
+        raise IntentCIError(
+            f"{path}:1: no `{TEXT}` column (found {found}); expected a CSV header with a "
+            f"`{TEXT}` column, or a .txt file with one utterance per line"
+        )
+    texts = []
+    for row in reader:
+        value = row.get(TEXT)
+        if not isinstance(value, str) or not value.strip():
+            raise IntentCIError(
+                f"{path}:{reader.line_num}: empty `{TEXT}`; expected an utterance to classify"
             )
         texts.append(value.strip())
     if not texts:

@@ -49,7 +49,7 @@ from intent_ci.data import (
     read_examples,
 )
 from intent_ci.errors import IntentCIError, ReleaseVerificationError
-from intent_ci.registry import Registry, check_release_name
+from intent_ci.registry import Registry, check_release_name, no_registry
 from intent_ci.release import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -173,7 +173,7 @@ def verify_registry(
         registry_problems: list[str] = []
     else:
         if not registry.exists():
-            raise IntentCIError(f"no registry at {registry.root}; nothing to verify")
+            raise no_registry(registry.root, "nothing to verify")
         names = registry.releases()
         registry_problems = registry.registry_problems()
     checks = []

@@ -762,6 +762,17 @@ def resolve_add_config(
             "update); the backbone, pooling, head and LoRA shape are fixed by the base release "
             "(train a new base release to change them)"
         )
+    if config.fallback != parent_config.fallback:
+        changed = [
+            f.name
+            for f in dataclasses.fields(config.fallback)
+            if getattr(config.fallback, f.name) != getattr(parent_config.fallback, f.name)
+        ]
+        raise IntentCIError(
+            f"{source}: `fallback.{changed[0]}` has no effect in a child release (add-intent, "
+            "update): the comparison with the head alone is `init`'s; remove the `fallback` "
+            "section"
+        )
     return config
 
 

@@ -98,6 +98,16 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def no_registry(root: Path, hint: str) -> IntentCIError:
+    """The error for a --registry path that holds no registry: a file there is named as such
+    (`intent-ci init` would refuse it too), a missing folder gets `hint`."""
+    if root.exists() and not root.is_dir():
+        return IntentCIError(
+            f"{root}: is a file, not a registry folder; pass --registry with the registry's folder"
+        )
+    return IntentCIError(f"no registry at {root}; {hint}")
+
+
 def describe_os_error(err: BaseException) -> str:
     """A short reason for a failed write: ``No space left on device`` rather than a repr.
 
@@ -206,8 +216,8 @@ class Registry:
         """The release ``LATEST`` points to, or None before the first release.
 
         Raises:
-            ReleaseVerificationError: if ``LATEST`` is a link, is not a release name, or names
-                a release that is not complete.
+            ReleaseVerificationError: if ``LATEST`` is a link or not a file, is not a release
+                name, or names a release that is not complete.
         """
         pointer = self.root / LATEST
         if pointer.is_symlink():
@@ -215,6 +225,11 @@ class Registry:
                 f"{pointer}: is a symbolic link; LATEST must be a regular file inside the registry"
             )
         if not pointer.is_file():
+            if pointer.exists():
+                raise ReleaseVerificationError(
+                    f"{pointer}: is not a file; LATEST must be a file holding a release name such "
+                    "as v3. Remove it, then point it with `intent-ci rollback RELEASE`"
+                )
             return None
         with pointer.open("rb") as handle:
             raw = handle.read(_MAX_POINTER_BYTES + 1)
@@ -236,6 +251,17 @@ class Registry:
                 f"releases: {', '.join(self.releases()) or 'none'}"
             )
         return name
+
+    def _latest_missing(self) -> str | None:
+        """Why ``LATEST`` is absent although the registry has releases (a run killed between
+        committing its first release and pointing LATEST at it, or a hand edit); None otherwise."""
+        releases = self.releases()
+        if not releases or (self.root / LATEST).exists():
+            return None
+        return (
+            f"{self.root / LATEST}: missing, though {self.root} has releases "
+            f"({', '.join(releases)}); point it at one with `intent-ci rollback {releases[-1]}`"
+        )
 
     def aliases(self) -> dict[str, str]:
         """The aliases in ``ALIASES.json`` (alias -> release id), sorted by name; {} if none.
@@ -287,11 +313,11 @@ class Registry:
         if ref != "latest":
             check_release_name(ref)
         if not self.root.is_dir():
-            raise IntentCIError(
-                f"no registry at {self.root}; create one with `intent-ci init --registry {self.root}`"
-            )
+            raise no_registry(self.root, f"create one with `intent-ci init --registry {self.root}`")
         if ref == "latest":
             latest = self.latest()
+            if latest is None and (missing := self._latest_missing()):
+                raise ReleaseVerificationError(missing)
             if latest is None:
                 raise IntentCIError(
                     f"registry {self.root} has no releases yet; run `intent-ci init` first"
@@ -455,7 +481,8 @@ class Registry:
         """Problems of the registry as a whole: ``LATEST``, aliases, stray or linked ``vN`` entries."""
         problems = []
         try:
-            self.latest()
+            if self.latest() is None and (missing := self._latest_missing()):
+                problems.append(missing)
         except IntentCIError as err:
             problems.append(str(err))
         if not self.root.is_dir():
@@ -513,15 +540,24 @@ class Registry:
         Raises:
             IntentCIError: if another run holds it for longer than the configured timeout.
         """
+        lock = self._lock()
         try:
-            with self._lock():
-                yield
+            lock.acquire()
         except Timeout:
             raise IntentCIError(
                 f"{self.root}: another intent-ci run has held the registry lock ({self.root / LOCK}) "
                 f"for over {self.config.lock_timeout_s:g} s; nothing was committed. Try again when it "
                 "has finished, or raise --lock-timeout"
             ) from None
+        except OSError as err:
+            raise IntentCIError(
+                f"{self.root / LOCK}: cannot take the registry lock ({describe_os_error(err)}); "
+                "nothing was changed. Make the registry writable, or choose another --registry"
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
 
     def stale_staging(self) -> list[Path]:
         """Leftovers of runs that are no longer alive: staging folders and ``.tmp-`` files."""
@@ -558,10 +594,16 @@ class Registry:
         Raises:
             IntentCIError: if a file cannot be written.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.clean_stale_staging()
         staging = self.root / f"{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        staging.mkdir()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.clean_stale_staging()
+            staging.mkdir()
+        except OSError as err:
+            raise IntentCIError(
+                f"{self.root}: cannot write a release here ({describe_os_error(err)}); nothing was "
+                "written. Make the registry writable, or choose another --registry"
+            ) from None
         try:
             yield staging
         except OSError as err:
@@ -797,7 +839,7 @@ class Registry:
         """
         check_alias_name(alias)
         if not self.root.is_dir():
-            raise IntentCIError(f"no registry at {self.root}")
+            raise no_registry(self.root, "create one with `intent-ci init`")
         self.clean_stale_staging()
         with self.locked():
             aliases = self.aliases()
@@ -936,6 +978,26 @@ def check_manifest(data: Any, path: Path) -> None:
         raise ReleaseVerificationError(
             f"{path}: field `intents` must be a non-empty list of unique intent names"
         )
+    optional = {
+        "metrics": dict,
+        "replay": dict,
+        "oos": dict,
+        "training": dict,
+        "versions": dict,
+        "memory_changes": dict,
+        "corrections": list,
+    }
+    for key, kind in optional.items():
+        if data.get(key) is not None and not isinstance(data[key], kind):
+            raise ReleaseVerificationError(f"{path}: field `{key}` must be {kinds[kind]} or null")
+    for number, correction in enumerate(data.get("corrections") or []):
+        if not isinstance(correction, dict) or not all(
+            isinstance(correction.get(k), str) for k in ("text", "intent", "previous")
+        ):
+            raise ReleaseVerificationError(
+                f"{path}: field `corrections[{number}]` must be an object with `text`, `intent` "
+                "and `previous` strings"
+            )
     for key in ("new_intents", "parent_intents", "retired_intents", "updated_intents"):
         if key in data and not _is_name_list(data[key]):
             raise ReleaseVerificationError(

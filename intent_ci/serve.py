@@ -403,9 +403,12 @@ class IntentServer:
             )
 
     def begin_shutdown(self) -> None:
-        """From the first SIGINT/SIGTERM on: /readyz answers 503 while requests are still served."""
+        """From the first SIGINT/SIGTERM on: /readyz answers 503 while requests are still served.
+
+        Runs in the signal handler, so it only sets a flag: the `ready` gauge's lock may be held
+        by the very code the signal interrupted; /metrics reads the flag.
+        """
         self.shutting_down = True
-        self.metrics.ready.set(0)
 
     async def predict(self, request: Request) -> Response:
         body = await read_body(request, self.config.max_body_bytes)
@@ -454,6 +457,8 @@ class IntentServer:
         return JSONResponse(body, status_code=200 if served else 503)
 
     async def prometheus(self, request: Request) -> Response:
+        if self.shutting_down:
+            self.metrics.ready.set(0)
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def _request_error(self, request: Request, exc: Exception) -> Response:

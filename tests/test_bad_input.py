@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
@@ -23,6 +26,8 @@ from intent_ci.cli import main
 from intent_ci.data import read_examples
 from intent_ci.errors import IntentCIError
 from tests.conftest import BASE_INTENTS, make_utterances, snapshot, tiny_overrides, write_intents
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -1372,3 +1377,225 @@ def test_rollback_to_a_damaged_release(capsys, registry):
         rf"cannot roll back to v1, it fails verification: {esc(head)}: sha256 [0-9a-f]{{12}}… "
         r"does not match",
     )
+
+
+# ---- registry states, permissions, outputs ---------------------------------------------------
+def unprivileged(argv: list) -> subprocess.CompletedProcess:
+    """The CLI in a subprocess that file permissions bind. Tests often run as root, which reads
+    and writes past them; `setpriv` drops the capabilities that let it, so a chmod is real."""
+    prefix = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("root ignores file permissions, and setpriv (util-linux) is missing")
+        caps = "-dac_override,-dac_read_search"
+        prefix = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "intent_ci.cli", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize("what", ["eval --data", "predict --input", "a release's manifest"])
+def test_an_unreadable_file_is_one_line_naming_it(registry, tmp_path, what):
+    if what == "eval --data":
+        target = tmp_path / "test.csv"
+        target.write_text("text,intent\ncard lost,card_lost\n", encoding="utf-8")
+        argv = ["eval", "--data", target]
+    elif what == "predict --input":
+        target = tmp_path / "in.txt"
+        target.write_text("card lost\n", encoding="utf-8")
+        argv = ["predict", "--input", target]
+    else:
+        target = registry / "v2" / "manifest.json"
+        argv = ["predict", "card lost"]
+    target.chmod(0)
+    try:
+        run = unprivileged([*argv, "--registry", registry])
+    finally:
+        target.chmod(0o644)
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    assert f"intent-ci: error: {target}: Permission denied" in run.stderr, run.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["rollback", "v1"], ["alias", "set", "production", "v1"], ["retire", "card_lost"]],
+    ids=["rollback", "alias-set", "retire"],
+)
+def test_a_read_only_registry_refuses_writes_in_one_line(registry, argv):
+    before = snapshot(registry)
+    folders = [registry, *(p for p in registry.rglob("*") if p.is_dir())]
+    for folder in folders:
+        folder.chmod(0o555)
+    try:
+        run = unprivileged([*argv, "--registry", registry])
+    finally:
+        for folder in folders:
+            folder.chmod(0o755)
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    assert f"intent-ci: error: {registry}" in run.stderr and "Permission denied" in run.stderr
+    assert re.search(r"nothing was|unchanged|still points to", run.stderr), run.stderr[-3000:]
+    assert snapshot(registry) == before
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder"])
+@pytest.mark.parametrize("argv", [["predict", "card lost"], ["show", "latest"], ["verify"]])
+def test_a_missing_latest_is_named_not_taken_for_an_empty_registry(capsys, registry, kind, argv):
+    (registry / "LATEST").unlink()
+    if kind == "folder":
+        (registry / "LATEST").mkdir()
+    err = refused(capsys, [*argv, "--registry", registry], registry, esc(registry / "LATEST"))
+    assert "no releases yet" not in err
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder"])
+def test_verify_all_reports_a_missing_latest_and_rollback_repairs_it(capsys, registry, kind):
+    (registry / "LATEST").unlink()
+    if kind == "folder":
+        (registry / "LATEST").mkdir()
+    assert main(["verify", "--all", "--registry", str(registry)]) == 1
+    assert f"registry  FAILED  {registry / 'LATEST'}" in capsys.readouterr().out
+    if kind == "missing":
+        assert main(["rollback", "v2", "--registry", str(registry)]) == 0
+        assert (registry / "LATEST").read_text(encoding="utf-8").strip() == "v2"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["predict", "card lost"],
+        ["releases"],
+        ["rollback", "v1"],
+        ["alias", "list"],
+        ["alias", "set", "production", "v1"],
+        ["verify", "--all"],
+        ["show", "v1"],
+    ],
+)
+def test_a_registry_path_that_is_a_file_is_named_as_one(capsys, tmp_path, argv):
+    path = tmp_path / "adapters"
+    path.write_text("not a registry\n", encoding="utf-8")
+    refused(capsys, [*argv, "--registry", path], path, rf"{esc(path)}: is a file, not a registry")
+    assert path.read_text(encoding="utf-8") == "not a registry\n"
+
+
+MANIFEST_EDITS = {
+    "oos_list": lambda m: m.__setitem__("oos", [1]),
+    "replay_list": lambda m: m.__setitem__("replay", [1]),
+    "metrics_list": lambda m: m.__setitem__("metrics", [1]),
+    "threshold_text": lambda m: m["oos"].__setitem__("threshold", "abc"),
+    "fingerprint_missing": lambda m: m["backbone"].pop("fingerprint"),
+    "eval_without_accuracy": lambda m: m["metrics"].__setitem__("eval", {"data": "x"}),
+    "eval_list": lambda m: m["metrics"].__setitem__("eval", [1]),
+    "correction_without_previous": lambda m: m.__setitem__("corrections", [{"text": "a"}]),
+    "memory_change_number": lambda m: m.__setitem__("memory_changes", {"card_lost": 1}),
+}
+
+
+@pytest.mark.parametrize("command", ["show", "releases", "diff"])
+@pytest.mark.parametrize("edit", sorted(MANIFEST_EDITS))
+def test_a_hand_edited_manifest_is_never_a_traceback(capsys, registry, edit, command):
+    path = registry / "v2" / "manifest.json"
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    MANIFEST_EDITS[edit](manifest)
+    path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    argv = {"show": ["show", "v2"], "releases": ["releases"], "diff": ["diff", "v1", "v2"]}[command]
+    code = main([*argv, "--registry", str(registry)])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert code in (0, 2), err  # 0 where the command does not read the edited field
+    if code == 2:
+        assert f"intent-ci: error: {path}" in err, err
+
+
+def test_eval_output_inside_a_release_folder(capsys, registry, data_dir):
+    out = registry / "v2" / "out.json"
+    argv = ["eval", "--data", data_dir / "test", "--registry", registry, "--output", out]
+    refused(capsys, argv, registry, r"--output .*inside release folder")
+
+
+def test_check_report_dir_inside_a_release_folder(capsys, registry, data_dir):
+    argv = ["check", "--candidate", "v2", "--data", data_dir / "test", "--registry", registry]
+    argv += ["--report-dir", registry / "v2"]
+    refused(capsys, argv, registry, r"--report-dir .*inside release folder")
+
+
+def test_eval_output_that_is_its_own_input(capsys, registry, tmp_path):
+    data = tmp_path / "test.csv"
+    data.write_text("text,intent\ncard lost,card_lost\n", encoding="utf-8")
+    argv = ["eval", "--data", data, "--output", data, "--registry", registry]
+    refused(capsys, argv, registry, r"--output .*is also the input")
+    assert data.read_text(encoding="utf-8").startswith("text,intent")
+
+
+def test_check_with_a_dangling_production_alias_names_the_alias(
+    capsys, registry, data_dir, tmp_path
+):
+    (registry / "ALIASES.json").write_text(json.dumps({"production": "v7"}), encoding="utf-8")
+    argv = ["check", "--candidate", "v2", "--data", data_dir / "test", "--registry", registry]
+    argv += ["--report-dir", tmp_path / "reports"]
+    pattern = rf"{esc(registry / 'ALIASES.json')}: alias 'production' points to 'v7'"
+    refused(capsys, argv, registry, pattern)
+
+
+def test_a_child_config_changing_fallback_is_refused(capsys, registry, data_dir, tmp_path):
+    config = tmp_path / "child.yaml"
+    config.write_text("fallback:\n  enabled: true\n", encoding="utf-8")
+    argv = ["add-intent", "--data", data_dir / "new" / "report_damage.txt", "--config", config]
+    pattern = rf"{esc(config)}: `fallback.enabled` has no effect in a child release"
+    refused(capsys, [*argv, "--registry", registry], registry, pattern)
+
+
+def test_predict_input_csv_classifies_the_text_column(capsys, registry, tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text('text,intent\ncard lost,card_lost\n"balance, please",x\n', encoding="utf-8")
+    assert main(["predict", "--input", str(path), "--json", "--registry", str(registry)]) == 0
+    out = capsys.readouterr().out
+    assert [json.loads(line)["text"] for line in out.splitlines()] == [
+        "card lost",
+        "balance, please",
+    ]
+    path.write_text("utterance,intent\ncard lost,card_lost\n", encoding="utf-8")
+    pattern = rf"{esc(path)}:1: no `text` column \(found utterance, intent\)"
+    refused(capsys, ["predict", "--input", path, "--registry", registry], registry, pattern)
+
+
+@pytest.mark.parametrize(
+    ("case", "pattern"),
+    [
+        ("non_utf8_new", r".*refund_status\.txt:2: not valid UTF-8"),
+        ("intent_in_base", r".*'track_package' is already in"),
+        ("bad_test_file", r".*test.*not valid UTF-8"),
+    ],
+)
+def test_quickstart_reads_every_input_before_it_trains(
+    capsys, monkeypatch, tmp_path, case, pattern
+):
+    import intent_ci.pipeline
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("quickstart trained before it had read every input")
+
+    monkeypatch.setattr(intent_ci.pipeline, "init_release", no_training)
+    data = tmp_path / "data"
+    shutil.copytree(REPO / "data" / "base", data / "base")
+    shutil.copytree(REPO / "data" / "test", data / "test")
+    (data / "new").mkdir()
+    shipped = (REPO / "data" / "new" / "refund_status.txt").read_bytes()
+    bad = b"where is my refund\n\xe9t\xe9 refund\n"
+    (data / "new" / "refund_status.txt").write_bytes(bad if case == "non_utf8_new" else shipped)
+    intent = "refund_status"
+    if case == "intent_in_base":
+        shutil.copy(REPO / "data" / "base" / "track_package.txt", data / "new")
+        intent = "track_package"
+    if case == "bad_test_file":
+        (data / "test" / "order_status.txt").write_bytes(b"where is \xff my order\n")
+    registry = tmp_path / "adapters"
+    argv = ["quickstart", "--data-dir", data, "--intent", intent, "--registry", registry]
+    refused(capsys, argv, registry, pattern)

@@ -456,6 +456,7 @@ def test_cli_serves_until_sigterm_and_shuts_down_cleanly(registry, tmp_path):
                 timeout=2,
             )
             assert client.get("/readyz").json() == {"ready": False, "reason": "shutting down"}
+            assert "intent_ci_serve_ready 0.0" in client.get("/metrics").text
             answer = client.post("/predict", content=json.dumps({"texts": TEXTS}))
             assert answer.status_code == 200 and answer.json()["release"] == "v2"
             assert time.monotonic() - signalled < 3, "the drain ended before the checks"
