@@ -1240,7 +1240,8 @@ def read_yaml(path: str | Path) -> Any:
     """
     path = Path(path)
     if not path.is_file():
-        raise IntentCIError(f"{path}: config file not found")
+        what = "is a folder; expected a YAML file" if path.is_dir() else "config file not found"
+        raise IntentCIError(f"{path}: {what}")
     try:
         return yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
     except UnicodeDecodeError as err:
@@ -1537,7 +1538,8 @@ def load_yaml(path: Path, what: str) -> Any:
         IntentCIError: if the file is missing (``{path}: {what} not found``), not UTF-8 or not YAML.
     """
     if not path.is_file():
-        raise IntentCIError(f"{path}: {what} not found")
+        found = f"is a folder; expected the {what}" if path.is_dir() else f"{what} not found"
+        raise IntentCIError(f"{path}: {found}")
     try:
         return yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
     except UnicodeDecodeError as err:

@@ -557,7 +557,10 @@ def read_golden(path: str | Path) -> list[GoldenExample]:
     """
     path = Path(path)
     if not path.is_file():
-        raise IntentCIError(f"{path}: golden file not found")
+        what = (
+            "is a folder; expected a golden YAML file" if path.is_dir() else "golden file not found"
+        )
+        raise IntentCIError(f"{path}: {what}")
     try:
         node = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
     except UnicodeDecodeError as err:

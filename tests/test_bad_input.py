@@ -634,6 +634,14 @@ def test_config_file_that_does_not_exist(capsys, fresh, tmp_path):
         fresh,
         rf"{esc(missing)}: config file not found$",
     )
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    refused(
+        capsys,
+        init(tmp_path / "unused", fresh, folder),
+        fresh,
+        rf"{esc(folder)}: is a folder; expected a YAML file$",
+    )
 
 
 def test_add_intent_config_cannot_change_the_backbone(

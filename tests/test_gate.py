@@ -655,6 +655,12 @@ def test_malformed_golden(capsys, gate_registry, gate_data, tmp_path):
         out,
         r".*missing\.yaml: golden file not found",
     )
+    refused(
+        capsys,
+        args(gate_registry, data, out, "v2", "--golden", tmp_path),
+        out,
+        rf"{re.escape(str(tmp_path))}: is a folder; expected a golden YAML file",
+    )
 
 
 def test_bad_gate_config(capsys, gate_registry, gate_data, tmp_path):
