@@ -745,34 +745,29 @@ def init_release(
 def resolve_add_config(
     parent_config: ReleaseConfig, overrides: dict[str, Any] | None, source: str
 ) -> ReleaseConfig:
-    """The parent's config with `overrides` applied; the model section is fixed by the base release.
+    """The parent's config with `overrides` applied; the model section is fixed by the base
+    release, and the fallback section is `init`'s alone.
 
     Raises:
-        IntentCIError: if the overrides change any `model.*` field.
+        IntentCIError: if the overrides change any `model.*` or `fallback.*` field.
     """
     config = apply_overrides(parent_config, overrides or {}, source=source)
-    if config.model != parent_config.model:
+    fixed = {
+        "model": "cannot change in a child release (add-intent, update); the backbone, pooling, "
+        "head and LoRA shape are fixed by the base release (train a new base release to change "
+        "them)",
+        "fallback": "has no effect in a child release (add-intent, update): the comparison with "
+        "the head alone is `init`'s; remove the `fallback` section",
+    }
+    for section, why in fixed.items():
+        mine, parents = getattr(config, section), getattr(parent_config, section)
         changed = [
             f.name
-            for f in dataclasses.fields(config.model)
-            if getattr(config.model, f.name) != getattr(parent_config.model, f.name)
+            for f in dataclasses.fields(mine)
+            if getattr(mine, f.name) != getattr(parents, f.name)
         ]
-        raise IntentCIError(
-            f"{source}: `model.{changed[0]}` cannot change in a child release (add-intent, "
-            "update); the backbone, pooling, head and LoRA shape are fixed by the base release "
-            "(train a new base release to change them)"
-        )
-    if config.fallback != parent_config.fallback:
-        changed = [
-            f.name
-            for f in dataclasses.fields(config.fallback)
-            if getattr(config.fallback, f.name) != getattr(parent_config.fallback, f.name)
-        ]
-        raise IntentCIError(
-            f"{source}: `fallback.{changed[0]}` has no effect in a child release (add-intent, "
-            "update): the comparison with the head alone is `init`'s; remove the `fallback` "
-            "section"
-        )
+        if changed:
+            raise IntentCIError(f"{source}: `{section}.{changed[0]}` {why}")
     return config
 
 
